@@ -1,0 +1,98 @@
+"""Time per op: roofline with calibrated efficiency curves (see profiles.py).
+
+  GEMM       t = overhead + (t_c^p + t_m^p)^(1/p)      t_c = F / (peak_dtype eff_c), t_m = B / (bw eff_m)
+  attention  prefill: t = overhead + F (1 + diag/S) / (peak_bf16 eff);  backward = ratio x forward
+             decode:  t = overhead + max(B / (bw eff_m), F / (peak eff_c))
+  memory ops t = kernels x kernel_overhead + B / (bw eff_m)
+  comm       ring all-reduce: 2 (n-1)/n bytes / link_bw + 2 (n-1) latency
+Each op's time is max(GPU time, host time to issue its kernels): an eager executor that cannot
+keep the GPU fed makes the GPU wait (host-bound), a CUDA graph has no host time.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .ops import Op
+from .profiles import ExecutorProfile, KernelProfile
+from .specs import System
+
+COMM_EFFICIENCY = 0.80   # achieved / nominal link bandwidth for NCCL ring collectives
+
+
+def gemm_time(flops, byts, peak, bw, model):
+    """Vectorised GEMM time and bound (True = compute bound)."""
+    tci = np.asarray(flops, float) / peak
+    tmi = np.asarray(byts, float) / bw
+    tc = tci / model.compute(tci)
+    tm = tmi / model.memory(tmi)
+    p = model.smoothness
+    t = model.overhead_s + (tc ** p + tm ** p) ** (1.0 / p)
+    return t, tc >= tm
+
+
+def memory_op_time(byts, kernels, bw, kp: KernelProfile, kernel_overhead_s: float, slowdown: float = 1.0):
+    tmi = np.asarray(byts, float) / bw
+    return kernels * kernel_overhead_s + slowdown * tmi / kp.memory(tmi)
+
+
+def attn_prefill_time(flops, seq, peak, kp: KernelProfile):
+    f = np.asarray(flops, float) * (1.0 + kp.attn_prefill_diag_tokens / np.maximum(seq, 1))
+    ti = f / peak
+    return kp.attn_prefill_overhead_s + ti / kp.attn_prefill(ti)
+
+
+def attn_decode_time(flops, byts, peak, bw, kp: KernelProfile):
+    tmi = np.asarray(byts, float) / bw
+    tm = tmi / kp.attn_decode(tmi)
+    tci = np.asarray(flops, float) / peak
+    tc = tci / kp.attn_prefill(tci)
+    return kp.attn_decode_overhead_s + np.maximum(tm, tc), tc > tm
+
+
+def allreduce_time(byts, n, link_bw, latency):
+    if n <= 1:
+        return 0.0
+    return 2 * (n - 1) / n * byts / (link_bw * COMM_EFFICIENCY) + 2 * (n - 1) * latency
+
+
+def op_gpu_time(op: Op, system: System, kp: KernelProfile, ex: ExecutorProfile, tp: int = 1) -> tuple[float, str]:
+    """Seconds for one instance of `op` on one GPU of `system`, and what bounds it."""
+    gpu = system.gpu
+    bw = gpu.hbm_bw_Bps
+    if op.cls == "gemm":
+        peak = gpu.peak_flops(op.dtype)
+        t, cb = gemm_time(op.flops, op.bytes, peak, bw, kp.gemm_for(op.dtype))
+        return float(t), "compute" if cb else "memory"
+    if op.cls == "attention":
+        peak = gpu.peak_flops(op.dtype if op.dtype in gpu.peak_flops_by_dtype else "fp16")
+        if op.kind == "attn_decode":
+            t, cb = attn_decode_time(op.flops, op.bytes, peak, bw, kp)
+            return float(t), "compute" if cb else "memory"
+        if op.kind == "attn_prefill_bwd":
+            return float(kp.attn_bwd_ratio * attn_prefill_time(op.flops / 2.5, op.seq, peak, kp)), "compute"
+        return float(attn_prefill_time(op.flops, op.seq, peak, kp)), "compute"
+    if op.cls == "communication":
+        link = system.peer_link
+        return float(allreduce_time(op.bytes, tp, link.bw_Bps, link.latency_s)), "communication"
+    k_over = kp.kernel_overhead_s if ex.kernel_overhead_s is None else ex.kernel_overhead_s
+    slow = kp.norm_slowdown if op.cls == "norm" else 1.0
+    return float(memory_op_time(op.bytes, op.kernels, bw, kp, k_over, slow)), "memory"
+
+
+def time_ops(ops: list[Op], system: System, kp: KernelProfile, ex: ExecutorProfile, tp: int = 1) -> pd.DataFrame:
+    """One row per op with per-step totals: flops, bytes, gpu_time_s, host_time_s, time_s, bound."""
+    rows = []
+    for op in ops:
+        t_gpu, bound = op_gpu_time(op, system, kp, ex, tp)
+        t_host = op.kernels * ex.host_overhead_per_kernel_s if op.cls != "communication" else 0.0
+        t = max(t_gpu, t_host)
+        if t_host > t_gpu:
+            bound = "host"
+        rows.append({
+            "name": op.name, "cls": op.cls, "pass": op.pass_, "count": op.count,
+            "flops": op.flops * op.count, "bytes": op.bytes * op.count, "kernels": op.kernels * op.count,
+            "gpu_time_s": t_gpu * op.count, "host_time_s": t_host * op.count, "time_s": t * op.count,
+            "bound": bound,
+        })
+    return pd.DataFrame(rows)
