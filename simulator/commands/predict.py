@@ -1,0 +1,84 @@
+"""`roofplan predict`: one step of a workload on some hardware."""
+from __future__ import annotations
+
+from ..errors import RoofplanError
+from ..models import load_model
+from ..predict import predict
+from ..profiles import load_executor_profile, load_kernel_profile
+from ..report import add_format_arg, emit, fmt_of
+from ..specs import load_hardware
+from ..units import GiB, fmt_bytes, fmt_time
+from ..workload import Job
+
+
+def add_job_args(p) -> None:
+    """Flags that describe a Job (shared by predict, run and validate)."""
+    p.add_argument("--model", required=True, help="zoo name (roofplan models) or path/to/config.json")
+    p.add_argument("--hardware", required=True, help="GPU or system name (roofplan hw list)")
+    p.add_argument("--phase", required=True, choices=("prefill", "decode", "train"))
+    p.add_argument("--batch", type=int, default=1, help="sequences per step (per data-parallel replica)")
+    p.add_argument("--seq", type=int, default=0, help="prompt / training sequence length (tokens)")
+    p.add_argument("--context", type=int, default=0, help="decode: tokens already in the KV cache")
+    p.add_argument("--dtype", default="bf16", help="compute and weight dtype (bf16, fp16, fp8, fp32)")
+    p.add_argument("--kv-dtype", default="", help="KV cache dtype (default: --dtype)")
+    p.add_argument("--executor", default="default",
+                   help="executor profile (default: kernel time only, as with CUDA graphs; hf-eager: HF transformers eager)")
+    p.add_argument("--kernel-profile", default=None, help="path to a kernel profile .yaml (default: the GPU's own, else the reference)")
+    p.add_argument("--offload", default=None, metavar="weights=cpu", help="stream weights from host memory per layer")
+    p.add_argument("--host-memory", default="pinned", choices=("pinned", "pageable"))
+    p.add_argument("--no-overlap", action="store_true", help="do not overlap weight copies with compute")
+    p.add_argument("--recompute", default="none", choices=("none", "selective", "full"))
+    p.add_argument("--lora-rank", type=int, default=0)
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--dp", type=int, default=1)
+    p.add_argument("--micro-batch", type=int, default=0)
+    p.add_argument("--zero", type=int, default=0)
+
+
+def job_from_args(args) -> Job:
+    offload = "gpu"
+    if args.offload:
+        key, _, val = args.offload.partition("=")
+        if key != "weights" or val not in ("cpu", "gpu"):
+            raise RoofplanError(f"--offload {args.offload} is not understood; use --offload weights=cpu")
+        offload = val
+    return Job(phase=args.phase, batch=args.batch, seq=args.seq, context=args.context, dtype=args.dtype,
+               kv_dtype=args.kv_dtype, recompute=args.recompute, lora_rank=args.lora_rank, tp=args.tp,
+               pp=args.pp, dp=args.dp, micro_batch=args.micro_batch, zero=args.zero,
+               offload_weights=offload, host_memory=args.host_memory, overlap=not args.no_overlap)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="predict time and memory of one step")
+    add_job_args(p)
+    add_format_arg(p)
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args) -> int:
+    model = load_model(args.model)
+    system = load_hardware(args.hardware)
+    ex = load_executor_profile(args.executor)
+    kp = load_kernel_profile(system.gpu.name, args.kernel_profile)
+    pred = predict(model, system, job_from_args(args), ex, kp)
+    by = pred.by_class()
+    rows = [[cls, fmt_time(r.time_s), f"{100 * r.share:.1f}%", f"{r.flops / 1e12:.3g}", fmt_bytes(r.bytes)]
+            for cls, r in by.iterrows()]
+    j = pred.job
+    what = f"{model.name} {j.phase} batch {j.batch}" + (f" seq {j.seq}" if j.seq else "") + \
+        (f" context {j.context}" if j.phase == "decode" else "")
+    par = f" tp{j.tp} pp{j.pp} dp{j.dp}" if j.n_gpus > 1 else ""
+    mem = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in pred.memory.as_dict().items() if v)
+    title = f"{what} on {system.name}{par} ({ex.name} executor, kernel profile {kp.fitted_on})"
+    footer = (f"\nstep time {fmt_time(pred.time_s)}  |  {pred.tokens_per_s:,.0f} tokens/s  |  bound: {pred.bound}\n"
+              f"peak memory {pred.peak_memory_bytes / GiB:.2f} GiB per GPU of {system.gpu.mem_bytes / GiB:.0f} GiB ({mem})")
+    if j.phase == "train":
+        d = pred.as_dict()
+        footer += (f"\nmodel FLOP/s per GPU {d['model_flops_per_gpu_s'] / 1e12:.0f} T, hardware FLOP/s per GPU "
+                   f"{d['hardware_flops_per_gpu_s'] / 1e12:.0f} T, MFU {100 * pred.mfu:.1f}%")
+    if pred.transfer_time_s:
+        footer += f"\nhost->GPU weight transfer {fmt_time(pred.transfer_time_s)} per step ({j.host_memory}, overlap {'on' if j.overlap else 'off'})"
+    emit(fmt_of(args), json_obj=pred.as_dict(), rows=rows, header=["op class", "time", "share", "TFLOP", "bytes"],
+         title=title, footer=footer)
+    return 0

@@ -1,0 +1,89 @@
+"""Printing: tables on a terminal, json/csv for scripts. The only place units are converted for display."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def default_format() -> str:
+    """`table` on a terminal, `json` when piped (scripts get machine-readable output)."""
+    return "table" if sys.stdout.isatty() else "json"
+
+
+def _jsonable(x: Any):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return x
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(_jsonable(obj), indent=2)
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str], align: str | None = None) -> str:
+    """Plain fixed-width table; numbers right-aligned."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    if align is None:
+        align = "".join("r" if rows and isinstance(rows[0][i], (int, float, np.number)) or (rows and _numlike(str(rows[0][i]))) else "l"
+                        for i in range(len(header)))
+    out = []
+    for j, r in enumerate(cells):
+        out.append("  ".join(c.rjust(w) if align[i] == "r" else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        if j == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def _numlike(s: str) -> bool:
+    s = s.replace(",", "").replace("%", "").replace("+", "").split(" ")[0]
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def to_csv(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def emit(fmt: str, *, json_obj: Any, rows: Sequence[Sequence[Any]], header: Sequence[str], title: str = "",
+         footer: str = "") -> None:
+    """Print one result in the chosen format (`table`, `json`, `csv`)."""
+    if fmt == "json":
+        print(to_json(json_obj))
+    elif fmt == "csv":
+        sys.stdout.write(to_csv(rows, header))
+    else:
+        if title:
+            print(title)
+        print(table(rows, header))
+        if footer:
+            print(footer)
+
+
+def add_format_arg(p) -> None:
+    p.add_argument("--format", choices=("table", "json", "csv"), default=None,
+                   help="output format (default: table on a terminal, json otherwise)")
+
+
+def fmt_of(args) -> str:
+    return args.format or default_format()
