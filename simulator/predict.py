@@ -184,7 +184,7 @@ def _train(model, system, job, ex, kp, layers_per_stage):
     n_mb = job.batch // mb
     first, last = True, job.pp == 1
     fwd = forward_ops(model, job, ex, layers=layers_per_stage, batch=mb, embed=first, head=True)
-    bwd = backward_ops(fwd, job)
+    bwd = backward_ops(fwd, job, ex.backward_memory_ratio)
     ops: list[Op] = fwd + loss_ops(model, job, mb * job.seq) + bwd
     if job.recompute == "full":
         ops += [Op(o.name + ".recompute", o.cls, o.flops, o.bytes, o.count, o.kernels, "bwd", o.kind, o.dtype, o.seq)

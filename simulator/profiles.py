@@ -111,6 +111,7 @@ class ExecutorProfile:
     repeat_kv: bool = False          # materialise K/V per query head before attention (HF eager)
     train_residual_bytes: float = 4  # autocast with fp32 master weights keeps the residual in fp32
     workspace_bytes: float = 0.0     # allocator / cuBLAS workspace beyond tensors
+    backward_memory_ratio: float = 2.0   # backward traffic of memory-bound ops / forward traffic
     source: str = ""
 
 
@@ -191,6 +192,7 @@ _EXEC_FIELDS = {
     "rope_kernels": ("rope_kernels", None), "rope_bytes_per_elem": ("rope_bytes_per_elem", None),
     "repeat_kv": ("repeat_kv", None), "train_residual_bytes": ("train_residual_bytes", None),
     "workspace_MiB": ("workspace_bytes", 2**20),
+    "backward_memory_ratio": ("backward_memory_ratio", None),
 }
 
 
