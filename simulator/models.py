@@ -205,6 +205,10 @@ def parse_hf_config(cfg: Any, name: str, path: Path) -> ModelConfig:
     if not mt:
         raise RoofplanError(f"{path}: field 'model_type' is missing; copy it from the model's HF config.json")
     g = lambda *k, **kw: _get(cfg, path, *k, **kw)  # noqa: E731
+    known = ("llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "granite", "mixtral", "qwen3_moe", "olmoe",
+             "deepseek_v3", "deepseek_v2", "opt", "gpt2")
+    if mt not in known:
+        raise RoofplanError(f"{path}: model_type '{mt}' is not supported; supported: {', '.join(known)}")
 
     if mt in ("gpt2",):
         d = g("n_embd", "hidden_size")
@@ -270,8 +274,7 @@ def parse_hf_config(cfg: Any, name: str, path: Path) -> ModelConfig:
             q_lora_rank=g("q_lora_rank", default=0), kv_lora_rank=g("kv_lora_rank"),
             qk_nope_dim=g("qk_nope_head_dim"), qk_rope_dim=g("qk_rope_head_dim"), v_head_dim=g("v_head_dim"),
         )
-    known = "llama, mistral, qwen2, qwen3, mixtral, qwen3_moe, olmoe, deepseek_v3, opt, gpt2"
-    raise RoofplanError(f"{path}: model_type '{mt}' is not supported; supported: {known}")
+    raise RoofplanError(f"{path}: model_type '{mt}' is not supported; supported: {', '.join(known)}")
 
 
 def list_models() -> list[str]:
