@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 from typing import Any, Sequence
 
@@ -48,13 +49,12 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str], align: str | Non
     return "\n".join(out)
 
 
+_NUMBER = re.compile(r"^[+-]?[\d,]*\.?\d+(e[+-]?\d+)?%?( [A-Za-z/]+)?$")
+
+
 def _numlike(s: str) -> bool:
-    s = s.replace(",", "").replace("%", "").replace("+", "").split(" ")[0]
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
+    """A number, optionally with % or one unit word ('8.02 ms', '1,810', '+2.9%')."""
+    return bool(_NUMBER.match(s.strip()))
 
 
 def to_csv(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
