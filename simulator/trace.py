@@ -118,8 +118,9 @@ def op_flops_bytes(name: str, args: dict) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Trace:
-    """One profiler trace. `kernels`: name, cls, op, ts_s, dur_s, stream, ext_id, segment.
-    `cpu_ops`: name, ts_s, dur_s, tid, ext_id, flops, bytes, depth. `segments`: name, phase,
+    """One profiler trace. `kernels`: name, cls, op (launching aten op), flop_op (index of the
+    CPU op whose FLOPs the kernel computes, -1: none), ts_s, dur_s, stream, ext_id, segment.
+    `cpu_ops`: name, ts_s, dur_s, tid, ext_id, flops, bytes, depth, owner. `segments`: name, phase,
     t0_s, t1_s (CPU-side bounds of each step / forward pass)."""
     path: str
     device_name: str
@@ -248,14 +249,15 @@ def load_trace(path: str | Path) -> Trace:
     # count FLOPs once: at the outermost op that has them (linear > matmul > mm > kernel op)
     flops = cpu["flops"].to_numpy().copy()
     byts = cpu["bytes"].to_numpy().copy()
-    counted = np.zeros(len(cpu), bool)
+    owner = np.full(len(cpu), -1, int)    # the op that carries this op's FLOPs (itself or an ancestor)
     for i in range(len(cpu)):
         j = parent[i]
-        inherited = j >= 0 and (counted[j] or flops[j] > 0)
-        counted[i] = inherited
-        if inherited:
+        if j >= 0 and owner[j] >= 0:
+            owner[i] = owner[j]
             flops[i] = byts[i] = 0.0
-    cpu["flops"], cpu["bytes"] = flops, byts
+        elif flops[i] > 0:
+            owner[i] = i
+    cpu["flops"], cpu["bytes"], cpu["owner"] = flops, byts, owner
     ops_only = cpu[~cpu["user"]]
     by_ext = {int(x): i for i, x in ops_only["ext_id"].dropna().items()}
     kern = pd.DataFrame(k_rows).sort_values("ts_s", kind="stable").reset_index(drop=True)
@@ -268,6 +270,7 @@ def load_trace(path: str | Path) -> Trace:
         op_idx.append(i)
     kern["op_index"] = op_idx
     kern["op"] = [cpu.at[i, "name"] if i is not None else "" for i in op_idx]
+    kern["flop_op"] = [int(cpu.at[i, "owner"]) if i is not None else -1 for i in op_idx]
     kern["cls"] = ["copy" if m else classify_kernel(n, o) for n, o, m in zip(kern["name"], kern["op"], kern["memcpy"])]
     kern["cls"] = _eager_rmsnorm(kern["op"].tolist(), kern["cls"].tolist())
     segs = _segments(cpu, kern)
