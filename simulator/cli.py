@@ -19,6 +19,7 @@ COMMANDS = [
     "simulator.commands.hw",
     "simulator.commands.whatif",
     "simulator.commands.calibrate",
+    "simulator.commands.validate",
 ]
 
 
