@@ -262,15 +262,16 @@ def load_trace(path: str | Path) -> Trace:
     by_ext = {int(x): i for i, x in ops_only["ext_id"].dropna().items()}
     kern = pd.DataFrame(k_rows).sort_values("ts_s", kind="stable").reset_index(drop=True)
     op_idx = []
-    for r in kern.itertuples():
-        i = by_ext.get(int(r.ext_id)) if r.ext_id is not None and not _isnan(r.ext_id) else None
-        if i is None and r.corr in flows:
-            tid, t = flows[r.corr]
+    for ext, corr in zip(kern["ext_id"].tolist(), kern["corr"].tolist()):
+        i = by_ext.get(int(ext)) if ext is not None and not _isnan(ext) else None
+        if i is None and corr in flows:
+            tid, t = flows[corr]
             i = _innermost_op(ops_only, tid, t)
         op_idx.append(i)
     kern["op_index"] = op_idx
-    kern["op"] = [cpu.at[i, "name"] if i is not None else "" for i in op_idx]
-    kern["flop_op"] = [int(cpu.at[i, "owner"]) if i is not None else -1 for i in op_idx]
+    names, owners = cpu["name"].tolist(), cpu["owner"].tolist()
+    kern["op"] = [names[i] if i is not None else "" for i in op_idx]
+    kern["flop_op"] = [int(owners[i]) if i is not None else -1 for i in op_idx]
     kern["cls"] = ["copy" if m else classify_kernel(n, o) for n, o, m in zip(kern["name"], kern["op"], kern["memcpy"])]
     kern["cls"] = _eager_rmsnorm(kern["op"].tolist(), kern["cls"].tolist())
     segs = _segments(cpu, kern)
@@ -333,12 +334,11 @@ def _assign_segments(kern: pd.DataFrame, cpu: pd.DataFrame, segs: pd.DataFrame) 
     CPU, so kernel timestamps alone would misplace the queue's tail)."""
     t0 = segs["t0_s"].to_numpy()
     names = segs["name"].tolist()
-    out = []
-    for r in kern.itertuples():
-        t = cpu.at[r.op_index, "ts_s"] if r.op_index is not None and not _isnan(r.op_index) else r.ts_s
-        i = int(np.searchsorted(t0, t, side="right")) - 1
-        out.append(names[max(i, 0)])
-    return out
+    cpu_ts = cpu["ts_s"].tolist()
+    t = np.array([cpu_ts[i] if i is not None and not _isnan(i) else ts
+                  for i, ts in zip(kern["op_index"].tolist(), kern["ts_s"].tolist())])
+    idx = np.maximum(np.searchsorted(t0, t, side="right") - 1, 0)
+    return [names[i] for i in idx]
 
 
 _GPU_WORDS = re.compile(r"[^a-z0-9]+")

@@ -1,4 +1,5 @@
 """Synthetic Kineto traces and the shared measurement paths for the calibration tests."""
+import functools
 import gzip
 import json
 
@@ -44,3 +45,10 @@ def write_trace(path, d, gz=True):
     raw = json.dumps(d).encode()
     path.write_bytes(gzip.compress(raw) if gz else raw)
     return path
+
+
+@functools.lru_cache(maxsize=None)
+def cached_trace(path):
+    """Each shared trace parsed once per test session (Trace is frozen; tests only read it)."""
+    from simulator.trace import load_trace
+    return load_trace(path)

@@ -14,21 +14,21 @@ from simulator.trace_fit import fit_gemm_scale, host_overhead_per_launch, layer_
 from simulator.profiles import load_kernel_profile
 from simulator.workload import Job
 
-from calib_helpers import INFER, SHARED, TRAIN, synthetic_events, write_trace
+from calib_helpers import INFER, SHARED, TRAIN, synthetic_events, write_trace, cached_trace
 
 HF_DECODE_S = 0.10955614700000638   # end_to_end.yaml: hf-decode-llama-3.1-8b-b16-l512
 
 
 def test_layer_structure_of_hf_traces(shared):
-    s = layer_structure(load_trace(INFER))
+    s = layer_structure(cached_trace(INFER))
     assert (s["fused_qkv"], s["fused_gate_up"], s["repeat_kv"], s["kv_cache_concat"]) == (False, False, False, True)
     assert (s["hidden"], s["ffn"]) == (4096, 14336)
-    t = layer_structure(load_trace(TRAIN))
+    t = layer_structure(cached_trace(TRAIN))
     assert (t["hidden"], t["ffn"], t["fused_qkv"]) == (2048, 8192, False)
 
 
 def test_host_overhead_from_decode_segment(shared):
-    t = load_trace(INFER)
+    t = cached_trace(INFER)
     h, ev = host_overhead_per_launch(t, HF_DECODE_S)
     # 1301 launching ops (1461 kernels: cuBLAS split-K adds a reduction kernel to some GEMMs)
     assert ev["segment"] == "decode#1" and ev["launches"] == 1301
@@ -40,8 +40,8 @@ def test_host_overhead_from_decode_segment(shared):
 def test_gemm_scale_agrees_between_traces(shared):
     s = load_hardware("h100-sxm")
     kp = load_kernel_profile("h100-sxm")
-    a, ea = fit_gemm_scale(load_trace(INFER), s, kp)
-    b, eb = fit_gemm_scale(load_trace(TRAIN), s, kp)
+    a, ea = fit_gemm_scale(cached_trace(INFER), s, kp)
+    b, eb = fit_gemm_scale(cached_trace(TRAIN), s, kp)
     assert ea["measured_s"] == pytest.approx(0.1449, rel=1e-2)
     # the HF stack's GEMMs run 14-16% faster than the microbenchmark curves say, in both traces
     assert 1.10 < a < 1.22 and 1.10 < b < 1.22 and abs(a - b) < 0.05

@@ -7,7 +7,7 @@ from simulator.errors import RoofplanError
 from simulator.specs import load_gpu
 from simulator.trace import check_device, classify_kernel, load_trace, op_flops_bytes
 
-from calib_helpers import INFER, TRAIN, synthetic_events, write_trace
+from calib_helpers import INFER, TRAIN, synthetic_events, write_trace, cached_trace
 
 
 @pytest.mark.parametrize("old", [False, True])
@@ -57,7 +57,7 @@ def test_classify_kernels():
 
 
 def test_shared_inference_trace(shared):
-    t = load_trace(INFER)
+    t = cached_trace(INFER)
     assert t.device_name == "NVIDIA H100 80GB HBM3"
     assert len(t.kernels) == 2954 and (t.kernels["op"] != "").all()
     st = t.segment_stats().set_index("segment")
@@ -74,7 +74,7 @@ def test_shared_inference_trace(shared):
 
 
 def test_shared_training_trace(shared):
-    t = load_trace(TRAIN)
+    t = cached_trace(TRAIN)
     assert list(t.segments["phase"]) == ["train"]
     assert t.kernel_time_s == pytest.approx(0.1992, rel=1e-3)
     by = t.by_class()
@@ -85,7 +85,7 @@ def test_shared_training_trace(shared):
 
 
 def test_device_mismatch(shared):
-    t = load_trace(INFER)
+    t = cached_trace(INFER)
     check_device(t, load_gpu("h100-sxm"))
     with pytest.raises(RoofplanError, match="recorded on NVIDIA H100 80GB HBM3, not a100-sxm-80gb; pass --hardware h100-sxm"):
         check_device(t, load_gpu("a100-sxm-80gb"))
