@@ -239,8 +239,8 @@ def load_trace(path: str | Path) -> Trace:
             k_rows.append({"name": str(e.get("name", "")), "ts_s": ts, "dur_s": dur,
                            "stream": args.get("stream"), "ext_id": args.get("External id"),
                            "corr": args.get("correlation"), "memcpy": cat in COPY_CATS})
-    if not k_rows:
-        what = "no events" if not ev else f"{len(ev)} events but no GPU kernels"
+    if not k_rows and not cpu_rows:
+        what = "no events" if not ev else f"{len(ev)} events but no GPU kernels or CPU ops"
         raise RoofplanError(f"trace {p}: {what}; record with torch.profiler activities=[CPU, CUDA] around at least one step")
     cpu = pd.DataFrame(cpu_rows, columns=["name", "ts_s", "dur_s", "tid", "ext_id", "flops", "bytes", "user", "dims"])
     cpu = cpu.sort_values(["ts_s", "dur_s"], ascending=[True, False], kind="stable").reset_index(drop=True)
@@ -260,6 +260,13 @@ def load_trace(path: str | Path) -> Trace:
     cpu["flops"], cpu["bytes"], cpu["owner"] = flops, byts, owner
     ops_only = cpu[~cpu["user"]]
     by_ext = {int(x): i for i, x in ops_only["ext_id"].dropna().items()}
+    if not k_rows:
+        if device_name(d):
+            raise RoofplanError(f"trace {p}: {len(ev)} events but no GPU kernels; record with torch.profiler "
+                                "activities=[CPU, CUDA] around at least one step")
+        k_rows = _cpu_kernels(ops_only, parent, cpu["name"].tolist())
+        if not k_rows:
+            raise RoofplanError(f"trace {p}: no GPU kernels and no aten ops; record with torch.profiler around at least one step")
     kern = pd.DataFrame(k_rows).sort_values("ts_s", kind="stable").reset_index(drop=True)
     op_idx = []
     for ext, corr in zip(kern["ext_id"].tolist(), kern["corr"].tolist()):
@@ -274,9 +281,51 @@ def load_trace(path: str | Path) -> Trace:
     kern["flop_op"] = [int(owners[i]) if i is not None else -1 for i in op_idx]
     kern["cls"] = ["copy" if m else classify_kernel(n, o) for n, o, m in zip(kern["name"], kern["op"], kern["memcpy"])]
     kern["cls"] = _eager_rmsnorm(kern["op"].tolist(), kern["cls"].tolist())
+    kern["cls"] = _in_optimizer_step(kern, cpu)
     segs = _segments(cpu, kern)
     kern["segment"] = _assign_segments(kern, cpu, segs)
     return Trace(str(p), device_name(d), kern, cpu, segs)
+
+
+# aten ops that only make views or metadata: no work of their own on a CPU
+_VIEW_OPS = frozenset(f"aten::{n}" for n in (
+    "view", "reshape", "_reshape_alias", "transpose", "t", "slice", "select", "expand", "unsqueeze", "squeeze",
+    "split", "split_with_sizes", "chunk", "permute", "as_strided", "alias", "detach", "detach_", "empty",
+    "empty_like", "empty_strided", "_unsafe_view", "lift_fresh", "resolve_conj", "resolve_neg", "unbind",
+    "narrow", "result_type", "is_nonzero", "item", "_local_scalar_dense", "set_", "requires_grad_"))
+
+
+def _cpu_kernels(ops: pd.DataFrame, parent: np.ndarray, names: list[str]) -> list[dict]:
+    """A CPU-only trace (no deviceProperties, no kernels): the leaf aten ops are the kernels --
+    on a CPU the op itself does the work. Views and metadata ops are skipped, and do not make
+    their parent a non-leaf (aten::mm calls resolve_conj). `names`: every CPU row's name."""
+    has_child = np.zeros(len(parent), bool)
+    real = np.array([n not in _VIEW_OPS for n in names]) & (parent >= 0)
+    has_child[parent[real]] = True
+    rows = []
+    for i, name, ts, dur, ext in zip(ops.index, ops["name"], ops["ts_s"], ops["dur_s"], ops["ext_id"]):
+        if has_child[i] or not name.startswith("aten::") or name in _VIEW_OPS:
+            continue
+        rows.append({"name": name, "ts_s": ts, "dur_s": dur, "stream": None, "ext_id": ext, "corr": None, "memcpy": False})
+    return rows
+
+
+def _in_optimizer_step(kern: pd.DataFrame, cpu: pd.DataFrame) -> list[str]:
+    """Memory-bound kernels launched inside torch's `Optimizer.step#...` annotation belong to the
+    optimizer (unfused AdamW runs as foreach add/mul/lerp/sqrt/addcdiv kernels)."""
+    cls = kern["cls"].tolist()
+    steps = cpu[cpu["user"] & cpu["name"].str.startswith("Optimizer.step#")]
+    if not len(steps):
+        return cls
+    cpu_ts = cpu["ts_s"].tolist()
+    spans = list(zip(steps["ts_s"], steps["ts_s"] + steps["dur_s"]))
+    for j, i in enumerate(kern["op_index"].tolist()):
+        if i is None or _isnan(i) or cls[j] in ("gemm", "communication"):
+            continue
+        t = cpu_ts[int(i)]
+        if any(a <= t <= b for a, b in spans):
+            cls[j] = "optimizer"
+    return cls
 
 
 def _eager_rmsnorm(ops: list[str], cls: list[str]) -> list[str]:

@@ -108,7 +108,8 @@ def test_bad_traces(tmp_path):
     (tmp_path / "trunc.json.gz").write_bytes(full[: len(full) // 2])
     (tmp_path / "trunc.json").write_text('{"traceEvents": [{"ph": "X", "cat": "kern')
     (tmp_path / "empty.json").write_text('{"traceEvents": []}')
-    (tmp_path / "cpuonly.json").write_text('{"traceEvents": [{"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 1, "dur": 2}]}')
+    (tmp_path / "cpuonly.json").write_text('{"deviceProperties": [{"name": "NVIDIA H100 80GB HBM3"}], '
+                                           '"traceEvents": [{"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 1, "dur": 2}]}')
     (tmp_path / "notrace.json").write_text('{"foo": 1}')
     for name, msg in (("trunc.json.gz", "truncated or corrupt gzip"), ("trunc.json", "not valid JSON"),
                       ("empty.json", "no events"), ("cpuonly.json", "1 events but no GPU kernels"),
