@@ -20,6 +20,7 @@ COMMANDS = [
     "simulator.commands.whatif",
     "simulator.commands.calibrate",
     "simulator.commands.validate",
+    "simulator.commands.run",
 ]
 
 

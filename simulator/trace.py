@@ -35,6 +35,8 @@ STEP_RE = re.compile(r"^ProfilerStep#(\d+)$")
 _TYPE_BYTES = {"c10::BFloat16": 2, "c10::Half": 2, "float": 4, "double": 8, "c10::Float8_e4m3fn": 1,
                "c10::Float8_e5m2": 1, "long int": 8, "int": 4, "signed char": 1, "unsigned char": 1, "bool": 1}
 
+_DTYPE_NAMES = {"c10::BFloat16": "bf16", "c10::Half": "fp16", "float": "fp32", "c10::Float8_e4m3fn": "fp8"}
+
 # (pattern in the lower-cased kernel name, class); first match wins
 _KERNEL_RULES = (
     ("nccl", "communication"),
@@ -120,13 +122,15 @@ def op_flops_bytes(name: str, args: dict) -> tuple[float, float]:
 class Trace:
     """One profiler trace. `kernels`: name, cls, op (launching aten op), flop_op (index of the
     CPU op whose FLOPs the kernel computes, -1: none), ts_s, dur_s, stream, ext_id, segment.
-    `cpu_ops`: name, ts_s, dur_s, tid, ext_id, flops, bytes, depth, owner. `segments`: name, phase,
+    `cpu_ops`: name, ts_s, dur_s, tid, ext_id, flops, bytes, dtype (of the first input), depth,
+    owner. `cpu_only`: no device kernels in the trace; the leaf aten ops stand in for them. `segments`: name, phase,
     t0_s, t1_s (CPU-side bounds of each step / forward pass)."""
     path: str
     device_name: str
     kernels: pd.DataFrame
     cpu_ops: pd.DataFrame
     segments: pd.DataFrame
+    cpu_only: bool = False
 
     @property
     def kernel_time_s(self) -> float:
@@ -234,7 +238,8 @@ def load_trace(path: str | Path) -> Trace:
             f, b = op_flops_bytes(str(e.get("name", "")), args)
             cpu_rows.append({"name": str(e.get("name", "")), "ts_s": ts, "dur_s": dur, "tid": e.get("tid"),
                              "ext_id": args.get("External id"), "flops": f, "bytes": b,
-                             "user": cat == "user_annotation", "dims": args.get("Input Dims")})
+                             "user": cat == "user_annotation", "dims": args.get("Input Dims"),
+                             "dtype": _DTYPE_NAMES.get((args.get("Input type") or [""])[0], "")})
         elif cat in KERNEL_CATS or cat in COPY_CATS:
             k_rows.append({"name": str(e.get("name", "")), "ts_s": ts, "dur_s": dur,
                            "stream": args.get("stream"), "ext_id": args.get("External id"),
@@ -242,7 +247,7 @@ def load_trace(path: str | Path) -> Trace:
     if not k_rows and not cpu_rows:
         what = "no events" if not ev else f"{len(ev)} events but no GPU kernels or CPU ops"
         raise RoofplanError(f"trace {p}: {what}; record with torch.profiler activities=[CPU, CUDA] around at least one step")
-    cpu = pd.DataFrame(cpu_rows, columns=["name", "ts_s", "dur_s", "tid", "ext_id", "flops", "bytes", "user", "dims"])
+    cpu = pd.DataFrame(cpu_rows, columns=["name", "ts_s", "dur_s", "tid", "ext_id", "flops", "bytes", "user", "dims", "dtype"])
     cpu = cpu.sort_values(["ts_s", "dur_s"], ascending=[True, False], kind="stable").reset_index(drop=True)
     depth, parent = _nesting(cpu["ts_s"].to_numpy(), (cpu["ts_s"] + cpu["dur_s"]).to_numpy(), cpu["tid"].to_numpy())
     cpu["depth"] = depth
@@ -260,6 +265,7 @@ def load_trace(path: str | Path) -> Trace:
     cpu["flops"], cpu["bytes"], cpu["owner"] = flops, byts, owner
     ops_only = cpu[~cpu["user"]]
     by_ext = {int(x): i for i, x in ops_only["ext_id"].dropna().items()}
+    cpu_only = not k_rows
     if not k_rows:
         if device_name(d):
             raise RoofplanError(f"trace {p}: {len(ev)} events but no GPU kernels; record with torch.profiler "
@@ -284,7 +290,7 @@ def load_trace(path: str | Path) -> Trace:
     kern["cls"] = _in_optimizer_step(kern, cpu)
     segs = _segments(cpu, kern)
     kern["segment"] = _assign_segments(kern, cpu, segs)
-    return Trace(str(p), device_name(d), kern, cpu, segs)
+    return Trace(str(p), device_name(d), kern, cpu, segs, cpu_only)
 
 
 # aten ops that only make views or metadata: no work of their own on a CPU

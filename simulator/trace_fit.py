@@ -12,6 +12,7 @@ What a trace tells about a software stack, and how each field is derived:
   runs as a second kernel of the same call and costs no extra host time. The profiler itself
   slows the host (record_shapes: several us per op), so a step time measured without the
   profiler (`step_time_s`) replaces the traced CPU span when given.
+* CPU-only traces: `kernel_overhead_us` (see cpu_op_overhead).
 * `gemm_efficiency_scale`: measured GEMM kernel time of the trace's own GEMM calls (shapes
   from `Input Dims`) over the kernel profile's prediction for the same shapes, compute-bound
   calls only (the scale multiplies the peak, which memory-bound GEMMs do not reach).
@@ -39,17 +40,20 @@ def gemm_calls(trace: Trace, segment: str | None = None) -> pd.DataFrame:
     if segment is not None:
         k = k[k["segment"] == segment]
     g = k.groupby("flop_op").agg(time_s=("dur_s", "sum"), kernels=("dur_s", "size"), segment=("segment", "first"))
-    ops = trace.cpu_ops.loc[g.index, ["name", "flops", "bytes"]]
+    ops = trace.cpu_ops.loc[g.index, ["name", "flops", "bytes", "dtype"]]
     return ops.join(g).reset_index(drop=True)
 
 
-def fit_gemm_scale(trace: Trace, system: System, kp: KernelProfile, dtype: str = "bf16") -> tuple[float, dict]:
+def fit_gemm_scale(trace: Trace, system: System, kp: KernelProfile, dtype: str | None = None) -> tuple[float, dict]:
     """Scale on the GEMM peak that makes the kernel profile reproduce the trace's compute-bound
     GEMM time: s with sum(t_pred(peak s)) = sum(t_meas), solved by bisection (t_pred falls
     monotonically in s). Returns (scale, evidence)."""
     calls = gemm_calls(trace)
     if not len(calls):
         raise RoofplanError(f"trace {trace.path}: no GEMM calls with recorded shapes; record with record_shapes=True")
+    if dtype is None:   # the dtype that carries most GEMM FLOPs in the trace
+        dtype = calls.groupby("dtype")["flops"].sum().idxmax() or "bf16"
+    calls = calls[calls["dtype"] == dtype]
     gpu = system.gpu
     model = kp.gemm_for(dtype)
     peak, bw = gpu.peak_flops(dtype), gpu.hbm_bw_Bps
@@ -69,6 +73,22 @@ def fit_gemm_scale(trace: Trace, system: System, kp: KernelProfile, dtype: str =
     scale = (lo * hi) ** 0.5
     return scale, {"gemm_calls": len(calls), "compute_bound_calls": len(big), "measured_s": measured,
                    "predicted_unscaled_s": predicted(1.0)}
+
+
+def cpu_op_overhead(trace: Trace, step_time_s: float | None = None) -> tuple[float, int]:
+    """Fixed cost per op of a CPU-only trace (dispatch, allocation, thread wake-up): the wall time
+    of the busiest step not covered by leaf ops, plus the median duration of the memory-bound
+    leaf ops (too small to stream at bandwidth), per op, scaled by step_time_s / traced span when
+    the step was also timed without the profiler. Goes to `kernel_overhead_us`: on a CPU
+    there is no launch queue, every op pays it in series."""
+    st = trace.segment_stats().sort_values("kernels").iloc[-1]
+    k = trace.kernels[trace.kernels["segment"] == st["segment"]]
+    small = k[k["cls"].isin(["elementwise", "norm"])]["dur_s"]
+    gaps = max(0.0, float(st["cpu_span_s"] - st["kernel_time_s"]))
+    per_op = gaps / max(len(k), 1) + (float(small.median()) if len(small) else 0.0)
+    # the profiler slows every op; a step time measured without it rescales the traced one
+    scale = step_time_s / float(st["cpu_span_s"]) if step_time_s else 1.0
+    return per_op * min(scale, 1.0), len(k)
 
 
 def layer_structure(trace: Trace) -> dict:
@@ -150,6 +170,8 @@ def fit_executor_profile(traces: list[Trace], system: System, kp: KernelProfile,
         evidence["layer_structure"] = struct
     host = None
     for t in traces:
+        if t.cpu_only:      # no launch queue on a CPU: its per-op cost is kernel_overhead_us below
+            continue
         try:
             host = host_overhead_per_launch(t, step_time_s)
             break
@@ -158,7 +180,7 @@ def fit_executor_profile(traces: list[Trace], system: System, kp: KernelProfile,
     if host:
         prof["host_overhead_per_kernel_us"] = round(host[0] * 1e6, 2)
         evidence["host"] = host[1]
-    elif step_time_s:
+    elif step_time_s and not any(t.cpu_only for t in traces):
         raise RoofplanError("--step-time applies to a host-bound step, but no trace has one (GPU busy >= 50% everywhere)")
     scales = [fit_gemm_scale(t, system, kp) for t in traces]
     flops = [s[1].get("measured_s", 0.0) for s in scales]
@@ -166,5 +188,10 @@ def fit_executor_profile(traces: list[Trace], system: System, kp: KernelProfile,
         scale = float(np.average([s[0] for s in scales], weights=flops))
         prof["gemm_efficiency_scale"] = round(scale, 4)
         evidence["gemm"] = [s[1] for s in scales]
+    cpu = [t for t in traces if t.cpu_only]
+    if cpu:
+        k_over, n = cpu_op_overhead(cpu[0], step_time_s)
+        prof["kernel_overhead_us"] = round(k_over * 1e6, 3)
+        evidence["cpu_op_overhead"] = {"ops": n, "overhead_s": k_over}
     prof["description"] = prof.get("description") or f"fitted by roofplan calibrate from {len(traces)} trace(s)"
     return prof, evidence
