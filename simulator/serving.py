@@ -37,9 +37,9 @@ from .specs import System
 from .workload import Job
 
 GPU_MEMORY_UTILIZATION = 0.9   # vLLM's default share of device memory it manages (weights + KV)
-PREFILL_GRID = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768)
-DECODE_BATCH_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-DECODE_CONTEXT_GRID = (64, 256, 1024, 2048, 4096, 8192, 16384, 32768)
+PREFILL_GRID = (16, 128, 512, 2048, 8192, 32768)
+DECODE_BATCH_GRID = (1, 4, 16, 64, 256, 1024)
+DECODE_CONTEXT_GRID = (64, 512, 2048, 8192, 32768)
 
 
 @dataclass(frozen=True)
@@ -90,9 +90,11 @@ def step_tables(model: ModelConfig, system: System, tp: int = 1, dtype: str = "b
     of a decode step, divided by the KV bytes of one token on this GPU."""
     gpu = system.gpu
     L = model.max_positions
+    from .profiles import load_executor_profile, load_kernel_profile
+    executor = executor or load_executor_profile("default")
+    kernels = kernels or load_kernel_profile(gpu.name)   # parsed once, not per predict() call
     kw = dict(executor=executor, kernels=kernels, check_memory=False)
-    base = inference_memory(model, Job("decode", batch=1, context=0, dtype=dtype, tp=tp),
-                            executor or _default_executor())
+    base = inference_memory(model, Job("decode", batch=1, context=0, dtype=dtype, tp=tp), executor)
     kv_tok = kv_cache_bytes(model, Job("decode", batch=1, context=0, dtype=dtype, tp=tp))
     budget = GPU_MEMORY_UTILIZATION * gpu.mem_bytes - base.weights - base.workspace - base.activations
     if budget <= 0:
@@ -110,11 +112,6 @@ def step_tables(model: ModelConfig, system: System, tp: int = 1, dtype: str = "b
     return StepTables(model=model.name, gpu=gpu.name, tp=tp, prefill_tokens=ptoks, prefill_s=np.array(pre),
                       decode_batch=bat, decode_context=ctx, decode_s=dec, kv_bytes_per_token=kv_tok,
                       kv_budget_tokens=budget / kv_tok, max_context=L)
-
-
-def _default_executor():
-    from .profiles import load_executor_profile
-    return load_executor_profile("default")
 
 
 def _widen(system: System, n: int) -> System:
@@ -182,6 +179,9 @@ def _quantile_mix(values: np.ndarray, weight: np.ndarray, q: float) -> float:
 
 def _ttft_quantile(service: np.ndarray, weight: np.ndarray, rho: float, wait_mean: float, q: float) -> float:
     """q-quantile of TTFT = W + S_i with P(W > t) = rho exp(-rho t / W_mean) (W independent of S)."""
+    if len(service) == 1:     # closed form: W_q = (W_mean / rho) ln(rho / (1 - q)) when rho > 1 - q
+        wq = wait_mean / rho * math.log(rho / (1 - q)) if rho > 1 - q and wait_mean > 0 else 0.0
+        return float(service[0]) + wq
     def tail(t):
         x = np.maximum(t - service, 0.0)
         pw = rho * np.exp(-rho * x / wait_mean) if wait_mean > 0 else (x <= 0) * 0.0
@@ -202,15 +202,17 @@ def _decode_fixed_point(tables: StepTables, mix: RequestMix, rate: float, slow: 
     if b_max < 1:
         return math.inf, f"one request ({mix.mean(mix.in_tokens + mix.out_tokens):.0f} tokens) exceeds the KV cache ({tables.kv_budget_tokens:.0f} tokens)"
 
-    def g(b):
-        return rate * e_out * float(tables.decode_time(b, ctx)) / slow - b
-    if g(b_max) > 0:
+    # g(B) = rate E[out] decode(B) / slow - B is > 0 near 0 and decreasing past its root (decode
+    # time grows sublinearly in B); evaluate on a log grid at once, then interpolate the sign change
+    grid = np.geomspace(1e-4, b_max, 400)
+    g = rate * e_out * tables.decode_time(grid, ctx) / slow - grid
+    if g[-1] > 0:
         return math.inf, f"decode batch would exceed the KV-cache limit of {b_max:.0f} sequences"
-    lo, hi = 0.0, b_max
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if g(max(mid, 1e-9)) > 0 else (lo, mid)
-    return hi, ""
+    k = int(np.argmax(g <= 0))
+    if k == 0:
+        return float(grid[0]), ""
+    b0, b1, g0, g1 = grid[k - 1], grid[k], g[k - 1], g[k]
+    return float(b0 + (b1 - b0) * g0 / (g0 - g1)), ""
 
 
 def _estimate(tables_d: StepTables, mix: RequestMix, rate: float, service: np.ndarray, rate_p: float,
@@ -273,6 +275,28 @@ def disaggregated(tables_p: StepTables, tables_d: StepTables, mix: RequestMix, r
     return est
 
 
+def prefill_pool(tables: StepTables, mix: RequestMix, rate: float, link_Bps: float = 0.0) -> ServingEstimate:
+    """One prefill-only instance at `rate` (decode capacity elsewhere is ample): TTFT fields only,
+    TPOT fields 0."""
+    if rate <= 0:
+        raise RoofplanError(f"arrival rate must be > 0 (got {rate})")
+    service = tables.prefill_time(mix.in_tokens)
+    if link_Bps:
+        service = service + kv_transfer_time(tables, mix.in_tokens, link_Bps)
+    est = _estimate(tables, mix, rate, service, rate, 0.0, 0.0, 0.0)
+    return est
+
+
+def decode_pool(tables: StepTables, mix: RequestMix, rate: float) -> ServingEstimate:
+    """One decode-only instance at `rate` (prompts arrive prefilled): TPOT fields, TTFT 0."""
+    if rate <= 0:
+        raise RoofplanError(f"arrival rate must be > 0 (got {rate})")
+    batch, why = _decode_fixed_point(tables, mix, rate, 1.0)
+    if why:
+        return _unstable(rate, why)
+    return _estimate(tables, mix, rate, np.zeros_like(mix.in_tokens), 0.0, 1.0, batch, 1.0)
+
+
 def max_rate(estimate, slo_ttft_s: float, slo_tpot_s: float, percentile: int = 90,
              hi: float = 1.0, rel_tol: float = 1e-3) -> float:
     """Largest arrival rate r with estimate(r).meets(SLOs) (0 when even a trickle misses them):
@@ -328,13 +352,20 @@ def _run_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, n_ou
     (Sarathi-Serve hybrid batches cost about the sum of their parts when the chunk is compute-bound).
     Returns (first-token time, finish time, iterations, truncated)."""
     n = len(arrive)
+    n_in, n_out = n_in.tolist(), n_out.tolist()
     first = np.full(n, np.nan)
     finish = np.full(n, np.nan)
-    done_pre = np.zeros(n, dtype=int) if not prefilled else n_in.copy()
-    gen = np.zeros(n, dtype=int) if not prefilled else np.ones(n, dtype=int)
+    done_pre = [0] * n if not prefilled else list(n_in)
+    gen = [0] * n if not prefilled else [1] * n
     if prefilled:
         first[:] = arrive
     budget = tables.kv_budget_tokens
+    # dense lookups so one iteration costs no numpy call: decode over batch 1..max x 64 contexts,
+    # prefill over 0..chunk tokens
+    b_cap = int(min(max(budget / max(min(i + o for i, o in zip(n_in, n_out)), 1), 1), 4096)) + 1
+    ctx_step = max(tables.max_context / 63, 1.0)
+    dec_tab = tables.decode_time(np.arange(b_cap + 1)[:, None], (np.arange(64) * ctx_step)[None, :]).tolist()
+    pre_tab = tables.prefill_time(np.arange(chunk_tokens + 1)).tolist()
     t, nxt, used, it = 0.0, 0, 0.0, 0
     running: list[int] = []
     finished = 0
@@ -365,10 +396,10 @@ def _run_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, n_ou
                     pre_done_now.append(r)
         dt = 0.0
         if pre_tok:
-            dt += float(tables.prefill_time(pre_tok))
+            dt += pre_tab[pre_tok]
         if dec:
-            ctx = float(np.mean([n_in[r] + gen[r] for r in dec]))
-            dt += float(tables.decode_time(len(dec), ctx))
+            ctx = sum(n_in[r] + gen[r] for r in dec) / len(dec)
+            dt += dec_tab[min(len(dec), b_cap)][min(int(ctx / ctx_step + 0.5), 63)]
         t += dt
         it += 1
         for r in pre_done_now:
