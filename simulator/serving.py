@@ -66,14 +66,14 @@ class StepTables:
         return np.where(t > self.prefill_tokens[-1], t * slope, out)
 
     def decode_time(self, batch, context) -> np.ndarray:
-        """One decode step of `batch` sequences with `context` cached tokens each (bilinear:
-        log batch x context; above the batch grid time grows linearly with the batch)."""
+        """One decode step of `batch` sequences with `context` cached tokens each (bilinear in
+        batch x context: step time is close to affine in both; above the grid, linear in batch)."""
         b = np.maximum(np.asarray(batch, dtype=float), 1.0)
         c = np.clip(np.asarray(context, dtype=float), self.decode_context[0], self.decode_context[-1])
-        lb = np.log(self.decode_batch)
-        bb = np.minimum(b, self.decode_batch[-1])
-        i = np.clip(np.searchsorted(lb, np.log(bb)) - 1, 0, len(lb) - 2)
-        fb = (np.log(bb) - lb[i]) / (lb[i + 1] - lb[i])
+        lb = self.decode_batch
+        bb = np.minimum(b, lb[-1])
+        i = np.clip(np.searchsorted(lb, bb) - 1, 0, len(lb) - 2)
+        fb = (bb - lb[i]) / (lb[i + 1] - lb[i])
         j = np.clip(np.searchsorted(self.decode_context, c) - 1, 0, len(self.decode_context) - 2)
         fc = (c - self.decode_context[j]) / (self.decode_context[j + 1] - self.decode_context[j])
         d = self.decode_s
@@ -216,7 +216,7 @@ def _decode_fixed_point(tables: StepTables, mix: RequestMix, rate: float, slow: 
 
 
 def _estimate(tables_d: StepTables, mix: RequestMix, rate: float, service: np.ndarray, rate_p: float,
-              rho_decode_share: float, batch: float, tpot_scale: float) -> ServingEstimate:
+              rho_decode_share: float, batch: float, tpot_scale: float, offset_s: float = 0.0) -> ServingEstimate:
     w = mix.weight
     es, es2 = float(np.sum(w * service)), float(np.sum(w * service ** 2))
     rho = rate_p * es
@@ -224,10 +224,10 @@ def _estimate(tables_d: StepTables, mix: RequestMix, rate: float, service: np.nd
         return _unstable(rate, f"prefill utilisation {rho:.2f} >= 1")
     wait = rate_p * es2 / (2 * (1 - rho))
     tpot_i = tables_d.decode_time(batch, mix.in_tokens + mix.out_tokens / 2) * tpot_scale
-    ttft_q = {q: _ttft_quantile(service, w, rho, wait, q) for q in (0.5, 0.9, 0.99)}
+    ttft_q = {q: _ttft_quantile(service, w, rho, wait, q) + offset_s for q in (0.5, 0.9, 0.99)}
     return ServingEstimate(
         rate_rps=rate, stable=True, reason="",
-        ttft_mean_s=wait + es, ttft_p50_s=ttft_q[0.5], ttft_p90_s=ttft_q[0.9], ttft_p99_s=ttft_q[0.99],
+        ttft_mean_s=wait + es + offset_s, ttft_p50_s=ttft_q[0.5], ttft_p90_s=ttft_q[0.9], ttft_p99_s=ttft_q[0.99],
         tpot_mean_s=float(np.sum(w * tpot_i)), tpot_p90_s=_quantile_mix(tpot_i, w, 0.9),
         tpot_p99_s=_quantile_mix(tpot_i, w, 0.99), decode_batch=batch,
         utilisation=max(rho, rho_decode_share),
@@ -249,7 +249,9 @@ def aggregated(tables: StepTables, mix: RequestMix, rate: float, chunk_tokens: i
     chunks = np.ceil(mix.in_tokens / chunk_tokens)
     d_b = tables.decode_time(batch, mix.in_tokens + mix.out_tokens / 2)
     service = pre + chunks * d_b     # a chunk shares its iteration with the running decode batch
-    return _estimate(tables, mix, rate, service, rate, 1.0 if batch > 0 else 0.0, batch, 1 / (1 - rho_p))
+    # an arrival joins at the next iteration boundary: mean residual of the running decode step
+    resid = 0.5 * float(np.sum(mix.weight * d_b)) * min(batch, 1.0)
+    return _estimate(tables, mix, rate, service, rate, 1.0 if batch > 0 else 0.0, batch, 1 / (1 - rho_p), resid)
 
 
 def kv_transfer_time(tables: StepTables, in_tokens, link_Bps: float, latency_s: float = 0.0) -> np.ndarray:
