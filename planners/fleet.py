@@ -154,8 +154,9 @@ def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: 
             name = labels[b] if labels else f"bucket {b}"
             raise RoofplanError(f"no GPU option meets the SLOs for requests of {name}; loosen --slo-ttft-ms/--slo-tpot-ms or add faster GPUs to --gpus")
     prob = pulp.LpProblem("fleet", pulp.LpMinimize)
-    n = [pulp.LpVariable(f"n_{o}", lowBound=0, cat=pulp.LpInteger) for o in range(no)]
-    x = {(b, o): pulp.LpVariable(f"x_{b}_{o}", lowBound=0, upBound=1)
+    var = _var_factory(prob)
+    n = [var(f"n_{o}", 0, None, pulp.LpInteger) for o in range(no)]
+    x = {(b, o): var(f"x_{b}_{o}", 0, 1, pulp.LpContinuous)
          for b in range(nb) for o in range(no) if tput[b, o] > 0 and bucket_rates_rps[b] > 0}
     prob += pulp.lpSum(options[o].price_usd_per_h * n[o] for o in range(no))
     for b in range(nb):
@@ -185,6 +186,14 @@ def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: 
                      for o in range(no)])
     cost = float(sum(options[o].price_usd_per_h * count[o] for o in range(no)))
     return FleetPlan(tuple(options), count, share, load, cost, rep, np.asarray(bucket_rates_rps, dtype=float))
+
+
+def _var_factory(prob):
+    """prob.add_variable (PuLP >= 3.3; LpVariable alone is deprecated there) or LpVariable."""
+    import pulp
+    if hasattr(prob, "add_variable"):
+        return lambda name, lo, hi, cat: prob.add_variable(name, lowBound=lo, upBound=hi, cat=cat)
+    return lambda name, lo, hi, cat: pulp.LpVariable(name, lowBound=lo, upBound=hi, cat=cat)
 
 
 def restrict(options: list[FleetOption], tput: np.ndarray, keep) -> tuple[list[FleetOption], np.ndarray]:

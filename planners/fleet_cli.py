@@ -52,7 +52,12 @@ def parse_caps(text: str, gpus: list[str]) -> dict[str, int]:
     if not text:
         return {}
     if "=" not in text:
-        n = _ints(text, "--max-per-type")[0]
+        try:
+            n = int(text)
+        except ValueError:
+            raise RoofplanError(f"--max-per-type '{text}' must be one integer or gpu=N pairs, e.g. h100-sxm=8,l4=16") from None
+        if n < 0:
+            raise RoofplanError(f"--max-per-type {n}: the cap must be >= 0")
         return {g: n for g in gpus}
     caps = {}
     for part in text.split(","):
