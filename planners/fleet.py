@@ -155,7 +155,11 @@ def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: 
             raise RoofplanError(f"no GPU option meets the SLOs for requests of {name}; loosen --slo-ttft-ms/--slo-tpot-ms or add faster GPUs to --gpus")
     prob = pulp.LpProblem("fleet", pulp.LpMinimize)
     var = _var_factory(prob)
-    n = [var(f"n_{o}", 0, None, pulp.LpInteger) for o in range(no)]
+    # n_o never needs more instances than carrying every bucket it can serve alone (tightens the LP)
+    with np.errstate(divide="ignore"):
+        n_max = [int(math.ceil(np.sum(np.where(tput[:, o] > 0, bucket_rates_rps / np.where(tput[:, o] > 0, tput[:, o], 1), 0)) - 1e-9))
+                 for o in range(no)]
+    n = [var(f"n_{o}", 0, n_max[o], pulp.LpInteger) for o in range(no)]
     x = {(b, o): var(f"x_{b}_{o}", 0, 1, pulp.LpContinuous)
          for b in range(nb) for o in range(no) if tput[b, o] > 0 and bucket_rates_rps[b] > 0}
     prob += pulp.lpSum(options[o].price_usd_per_h * n[o] for o in range(no))
