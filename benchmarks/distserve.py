@@ -1,0 +1,34 @@
+"""DistServe's motivating case (Zhong et al., OSDI 2024, arXiv:2401.09670, section 2 / Figure 1):
+a 13B model on one A100-80GB, input 512 / output 64 tokens, P90 TTFT <= 0.4 s and P90 TPOT <= 0.04 s.
+Published per-GPU goodput: colocated (vLLM) 1.6 req/s; prefill-only 5.6; decode-only 10;
+disaggregated 2 prefill + 1 decode GPUs = 10 req/s on 3 GPUs = 3.3 req/s per GPU.
+Prints the serving model's figures for OPT-13B on a100-sxm-80gb beside them."""
+from simulator import serving as sv
+from simulator.models import load_model
+from simulator.specs import load_hardware
+
+PUBLISHED = {"colocated": 1.6, "prefill-only": 5.6, "decode-only": 10.0, "disaggregated 2P+1D per GPU": 3.3}
+
+
+def main() -> dict:
+    t = sv.step_tables(load_model("opt-13b"), load_hardware("a100-sxm-80gb"), tp=1)
+    mix = sv.RequestMix.of([512], [64])
+    ttft, tpot = 0.4, 0.04
+    ours = {
+        "colocated": sv.max_rate(lambda r: sv.aggregated(t, mix, r), ttft, tpot),
+        "colocated, no chunking": sv.max_rate(lambda r: sv.aggregated(t, mix, r, chunk_tokens=10**9), ttft, tpot),
+        "prefill-only": sv.max_rate(lambda r: sv.prefill_pool(t, mix, r), ttft, float("inf")),
+        "decode-only": sv.max_rate(lambda r: sv.decode_pool(t, mix, r), float("inf"), tpot),
+    }
+    ours["disaggregated 2P+1D per GPU"] = min(2 * ours["prefill-only"], ours["decode-only"]) / 3
+    print(f"prefill(512) {float(t.prefill_time(512)) * 1e3:.1f} ms, decode(batch 1, ctx 576) "
+          f"{float(t.decode_time(1, 576)) * 1e3:.1f} ms")
+    print(f"{'goodput (req/s per GPU)':32s} {'model':>8s} {'published':>10s} {'ratio':>7s}")
+    for k, v in ours.items():
+        pub = PUBLISHED.get(k)
+        print(f"{k:32s} {v:8.2f} {pub if pub else '-':>10} {(v / pub if pub else float('nan')):7.2f}")
+    return ours
+
+
+if __name__ == "__main__":
+    main()
