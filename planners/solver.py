@@ -6,6 +6,7 @@ to and the wall time, so a user can tell an optimum from a time-limited incumben
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import time
@@ -22,8 +23,14 @@ class SolveReport:
     time_s: float      # wall time of the solve call
 
 
+@functools.lru_cache(maxsize=1)
+def _available() -> frozenset[str]:
+    """Installed solvers (a fact about the environment; probing costs ~5 ms, so once)."""
+    return frozenset(pulp.listSolvers(onlyAvailable=True))
+
+
 def _solvers(time_limit_s: float, gap: float):
-    available = set(pulp.listSolvers(onlyAvailable=True))
+    available = _available()
     if "HiGHS" in available:
         yield "HiGHS", pulp.HiGHS(msg=False, timeLimit=time_limit_s, gapRel=gap)
     if "HiGHS_CMD" in available:
