@@ -270,11 +270,9 @@ def _caps(system: System, req: OffloadRequest, ex: ExecutorProfile) -> tuple[flo
 
 
 def _memory_rows(lp, caps, elastic):
-    """Slack variables for the memory rows (GiB the cap would have to grow), or zeros."""
-    slack = {}
-    for key, cap in zip(("gpu", "host", "nvme"), caps):
-        slack[key] = lp.var(f"extra_{key}") if elastic else 0.0
-    return slack
+    """Slack for the memory rows (GiB the cap would have to grow): a variable for the tier named
+    by `elastic` ("gpu" | "host" | "nvme"), zero for the others."""
+    return {key: lp.var(f"extra_{key}") if elastic == key else 0.0 for key in ("gpu", "host", "nvme")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -567,27 +565,34 @@ def _nb_choices(req, gbs):
 
 
 def _raise_infeasible(model, system, req, ex, kp, rates, fixed, gbs, nb):
-    """Smallest plan with elastic memory: the extra GPU / host / NVMe bytes it needs."""
-    if req.phase == "train":
-        out, _ = _train_lp(model, system, kp, ex, req, rates, req.batch or 1, fixed, elastic=True)
-    else:
-        g = gbs or (min(_gbs_choices(req)) if req.batch else 1)
-        k = nb or (req.batch // g if req.batch else 1)
-        out, _ = _inference_lp(model, system, kp, ex, req, rates, g, k, req.attention == "cpu", fixed, elastic=True)
-    if out is None:
-        raise RoofplanError(f"no offload plan for {model.name} on {system.name}; check --gpu-memory/--host-memory")
-    slack = out["slack"]
-    key = max(slack, key=slack.get)
+    """The smallest plan (one sequence, unless pinned) with one memory cap made elastic at a time:
+    how much more GPU memory, or host memory, or NVMe alone would make it fit."""
     caps = dict(zip(("gpu", "host", "nvme"), _caps(system, req, ex)))
-    flag = {"gpu": "--gpu-memory", "host": "--host-memory", "nvme": "a system with more NVMe"}[key]
-    need = caps[key] + slack[key]
-    what = {"gpu": "GPU memory", "host": "host memory", "nvme": "NVMe capacity"}[key]
-    others = ", ".join(f"{k} +{fmt_bytes(v)}" for k, v in slack.items() if v > 1 and k != key)
+    need = {}
+    for tier in ("nvme", "host", "gpu"):          # cheapest capacity first
+        if req.phase == "train":
+            out, _ = _train_lp(model, system, kp, ex, req, rates, req.batch or 1, fixed, elastic=tier)
+        else:
+            g = gbs or (min(_gbs_choices(req)) if req.batch else 1)
+            k = nb or (req.batch // g if req.batch else 1)
+            out, _ = _inference_lp(model, system, kp, ex, req, rates, g, k, req.attention == "cpu", fixed,
+                                   elastic=tier)
+        if out is not None:
+            need[tier] = out["slack"][tier]
+    if not need:
+        raise RoofplanError(f"no offload plan for {model.name} {req.phase} on {system.name} even with more memory; "
+                            f"check --gpu-memory/--host-memory/--nvme")
+    names = {"gpu": "GPU memory", "host": "host memory", "nvme": "NVMe capacity"}
+    flags = {"gpu": "--gpu-memory", "host": "--host-memory", "nvme": "--nvme"}
+    tier = min(need, key=lambda t: need[t])
+    alts = ", ".join(f"{names[t]} +{fmt_bytes(need[t])}" for t in need if t != tier)
+    total = caps[tier] + need[tier]
+    fix = (f"use {flags[tier]} {math.ceil(total / GiB)}" if tier != "nvme" or caps["nvme"] else
+           "use a system with NVMe")
     raise RoofplanError(
-        f"{model.name} {req.phase} does not fit on {system.name}: binding constraint is {what}, short by "
-        f"{fmt_bytes(slack[key])} (needs {need / GiB:.1f} GiB, has {caps[key] / GiB:.1f} GiB"
-        f"{'; also ' + others if others else ''}); use {flag} >= {math.ceil(need / GiB)}"
-        f"{' GiB' if key != 'nvme' else ''} or a smaller --batch/--prompt-len")
+        f"{model.name} {req.phase} does not fit on {system.name}: binding constraint is {names[tier]}, "
+        f"short by {fmt_bytes(need[tier])} (needs {total / GiB:.1f} GiB, has {caps[tier] / GiB:.1f} GiB"
+        f"{'; or ' + alts if alts else ''}); {fix}, or a smaller --batch/--prompt-len")
 
 
 def _validate(model: ModelConfig, system: System, req: OffloadRequest) -> None:

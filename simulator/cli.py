@@ -17,6 +17,7 @@ from .errors import RoofplanError
 COMMANDS = [
     "simulator.commands.predict",
     "simulator.commands.hw",
+    "planners.offload_cmd",
 ]
 
 
