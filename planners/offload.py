@@ -56,7 +56,8 @@ JSON plan (schema "roofplan.offload-plan/1", stable; the executor runs from it):
               fractions in [0, 1] summing to 1 (FlexGen's --percent: wg wc cg cc hg hc)
   attention:  "gpu" | "cpu"          optimizer_step: {gpu, cpu} fractions (train) or null
   pinned_buffer_bytes, memory_bytes: {gpu, host, nvme} (peak, SI bytes)
-  predicted:  {time_s, tokens_per_s, latency_s, prefill_s, decode_s, model_tflops_per_s}
+  predicted:  {time_s, tokens_per_s, latency_s, prefill_s, decode_s, model_tflops_per_s,
+              hardware_tflops_per_s (train: + the full-recompute forward, 8 instead of 6 FLOP/param/token)}
   stages:     [{stage, count, layer_time_s, resources_s: {gpu, cpu, h2d, d2h, disk_read,
               disk_write, cpu_mem}, utilisation: {...}, binds}]
   binds:      the resource that binds the longest stage
@@ -222,7 +223,9 @@ class OffloadPlan:
             "pinned_buffer_bytes": self.pinned_buffer_bytes, "memory_bytes": self.memory_bytes,
             "predicted": {"time_s": self.time_s, "tokens_per_s": self.tokens_per_s, "latency_s": self.time_s,
                           "prefill_s": stage_s.get("prefill", 0.0), "decode_s": stage_s.get("decode", 0.0),
-                          "model_tflops_per_s": self.model_flops / self.time_s / 1e12},
+                          "model_tflops_per_s": self.model_flops / self.time_s / 1e12,
+                          "hardware_tflops_per_s": self.model_flops * (4 / 3 if r.phase == "train" else 1)
+                          / self.time_s / 1e12},
             "stages": [{"stage": s.name, "count": s.count, "layer_time_s": s.layer_time_s,
                         "resources_s": dict(s.resources_s),
                         "utilisation": {k: (v / s.layer_time_s if s.layer_time_s else 0.0)
@@ -246,7 +249,7 @@ class _LP:
         self.vars: dict[str, object] = {}
 
     def var(self, name, lo=0.0, hi=None):
-        v = self.pulp.LpVariable(name, lowBound=lo, upBound=hi)
+        v = self.prob.add_variable(name, lowBound=lo, upBound=hi)
         self.vars[name] = v
         return v
 
@@ -430,20 +433,28 @@ def _train_lp(model, system, kp, ex, req, rates, mb, fixed=None, elastic=False):
     }
     disk_r = 2 * wd * W + OPT_STATE_BYTES * P_layer * od
     disk_w = 2 * P_layer * wd + OPT_STATE_BYTES * P_layer * od
-    r["disk_read"] = disk_r / rates.disk_read_Bps if has_nvme else 0
-    r["disk_write"] = disk_w / rates.disk_write_Bps if has_nvme else 0
+    ov = req.overlap_optimizer
+    # serial optimizer (ZeRO-Infinity): the NVMe swap of optimizer states belongs to the step after
+    # the backward, with the CPU Adam; overlapped (Fuyou): every layer step hides it
+    r["disk_read"] = (disk_r if ov else 2 * wd * W) / rates.disk_read_Bps if has_nvme else 0
+    r["disk_write"] = (disk_w if ov else 2 * P_layer * wd) / rates.disk_write_Bps if has_nvme else 0
     # CPU Adam streams 28 B/param through host memory, plus every copy in or out
     r["cpu_mem"] = (ADAM_BYTES_PER_PARAM * P_layer * (oc + od) + 2 * (wc + wd) * W + 2 * ac * C
                     + 2 * P_layer * (oc + od) + disk_r + disk_w) / rates.cpu_mem_Bps
     T = lp.var("T_layer")
     for k, e in r.items():
-        if not isinstance(e, (int, float)) and (k != "cpu" or req.overlap_optimizer):
+        if not isinstance(e, (int, float)) and (k != "cpu" or ov):
             P += T >= e
     # embedding and LM head: fp16 weights stay on the GPU; their optimizer states follow o*,
     # and their update runs after the last backward (not hidden behind a layer)
     total = L * T + t_ends + og * t_adam_gpu_ends + (oc + od) * P_ends / rates.cpu_adam_params_per_s
-    if not req.overlap_optimizer:      # ZeRO-Infinity: the CPU step starts after the backward ends
-        total = total + L * r["cpu"]
+    if not ov:      # ZeRO-Infinity: the optimizer phase starts after the backward ends
+        T_opt = lp.var("T_optimizer_layer")
+        P += T_opt >= r["cpu"]
+        if has_nvme:
+            P += T_opt >= OPT_STATE_BYTES * P_layer * od / rates.disk_read_Bps
+            P += T_opt >= OPT_STATE_BYTES * P_layer * od / rates.disk_write_Bps
+        total = total + L * T_opt
 
     W_all, O_all, C_all = W * L, OPT_STATE_BYTES * (P_layer * L + P_ends), C * L
     gpu_mem = (wg * W_all + og * (O_all + 4 * (P_layer * L + P_ends)) + ag * C_all + 2 * W * (1 - wg)
