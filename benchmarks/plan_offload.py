@@ -24,8 +24,8 @@ def _setup(name):
 
 def solve_times(ex) -> None:
     rows = []
-    for hw, model, phase in [("flexgen-t4", "llama-3.1-70b", "decode"), ("fuyou-rtx4090", "llama-3.1-70b", "decode"),
-                             ("fuyou-rtx4090", "llama-3.1-70b", "train"), ("flexgen-t4", "opt-175b", "decode")]:
+    for hw, model, phase in [("flexgen-t4", "llama-3.1-70b", "decode"), ("fuyou-rtx-4090", "llama-3.1-70b", "decode"),
+                             ("fuyou-rtx-4090", "llama-3.1-70b", "train"), ("flexgen-t4", "opt-175b", "decode")]:
         system, kp = _setup(hw)
         m = load_model(model)
         dtype = "bf16" if "bf16" in system.gpu.peak_flops_by_dtype else "fp16"
@@ -61,7 +61,7 @@ def flexgen_rows(ex) -> None:
 
 
 def fuyou_rows(ex) -> None:
-    system, kp = _setup("fuyou-rtx4090")
+    system, kp = _setup("fuyou-rtx-4090")
     m = load_model("opt-13b")
     rows = []
     for label, req, fixed, pub in [
@@ -74,7 +74,7 @@ def fuyou_rows(ex) -> None:
         d = p.as_dict()["predicted"]
         rows.append([label, p.gpu_batch_size, f"{d['model_tflops_per_s']:.0f}", f"{d['hardware_tflops_per_s']:.0f}",
                      f"{pub:.0f}", f"{d['hardware_tflops_per_s'] / pub - 1:+.0%}", p.binds])
-    print("\nFine-tuning a 13B model (opt-13b, GPT-3 13B shape) on fuyou-rtx4090, seq 1024, bf16, full recompute")
+    print("\nFine-tuning a 13B model (opt-13b, GPT-3 13B shape) on fuyou-rtx-4090, seq 1024, bf16, full recompute")
     print(table(rows, ["plan", "batch", "model TFLOP/s", "hardware TFLOP/s", "published", "err", "binds"]))
 
 

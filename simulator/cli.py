@@ -17,6 +17,7 @@ from .errors import RoofplanError
 COMMANDS = [
     "simulator.commands.predict",
     "simulator.commands.hw",
+    "simulator.commands.whatif",
     "planners.offload_cmd",
 ]
 

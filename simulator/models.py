@@ -177,6 +177,13 @@ class ModelConfig:
             return self.kv_lora_rank + self.qk_rope_dim
         return 2 * self.n_kv_heads * self.head_dim
 
+    def kv_cache_elems_per_token_layer_per_gpu(self, tp: int) -> int:
+        """This GPU's share under tensor parallelism: KV heads split over ranks, replicated
+        once tp exceeds their number (each rank keeps at least one); MLA's latent is replicated."""
+        if self.is_mla:
+            return self.kv_cache_elems_per_token_layer()
+        return 2 * max(1, self.n_kv_heads // tp) * self.head_dim
+
     def kv_cache_bytes_per_token(self, dtype_bytes: float) -> float:
         return self.n_layers * self.kv_cache_elems_per_token_layer() * dtype_bytes
 
@@ -205,6 +212,10 @@ def parse_hf_config(cfg: Any, name: str, path: Path) -> ModelConfig:
     if not mt:
         raise RoofplanError(f"{path}: field 'model_type' is missing; copy it from the model's HF config.json")
     g = lambda *k, **kw: _get(cfg, path, *k, **kw)  # noqa: E731
+    known = ("llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "granite", "mixtral", "qwen3_moe", "olmoe",
+             "deepseek_v3", "deepseek_v2", "opt", "gpt2")
+    if mt not in known:
+        raise RoofplanError(f"{path}: model_type '{mt}' is not supported; supported: {', '.join(known)}")
 
     if mt in ("gpt2",):
         d = g("n_embd", "hidden_size")
@@ -270,8 +281,7 @@ def parse_hf_config(cfg: Any, name: str, path: Path) -> ModelConfig:
             q_lora_rank=g("q_lora_rank", default=0), kv_lora_rank=g("kv_lora_rank"),
             qk_nope_dim=g("qk_nope_head_dim"), qk_rope_dim=g("qk_rope_head_dim"), v_head_dim=g("v_head_dim"),
         )
-    known = "llama, mistral, qwen2, qwen3, mixtral, qwen3_moe, olmoe, deepseek_v3, opt, gpt2"
-    raise RoofplanError(f"{path}: model_type '{mt}' is not supported; supported: {known}")
+    raise RoofplanError(f"{path}: model_type '{mt}' is not supported; supported: {', '.join(known)}")
 
 
 def list_models() -> list[str]:

@@ -106,7 +106,18 @@ def layer_forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bo
 
     linears = _linears(model, moe, ex)
     attn_names = {"qkv", "q", "k", "v", "q_a", "q_b", "kv_a", "kv_b", "o"}
+    # autocast training keeps the residual stream in fp32 (r bytes); every projection that reads
+    # it first casts its input to the compute dtype (one cast kernel per linear call)
+    r = ex.train_residual_bytes if job.phase == "train" else a
+    autocast = r != a
+
+    def casts(names):
+        n = sum(1 for l in linears if l.name in names)
+        if autocast and n:
+            elementwise(f"autocast_cast_{'_'.join(sorted(names))[:12]}", n * T * d, r + a, n)
+
     norm("attn_norm")
+    casts({"qkv", "q", "k", "v", "q_a", "kv_a"})
     for lin in linears:
         if lin.name == "o":
             break
@@ -118,7 +129,7 @@ def layer_forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bo
                 ex.rope_kernels)
     # KV cache write (inference): the new tokens' K and V
     if job.phase != "train":
-        kv_elems = model.kv_cache_elems_per_token_layer() // (1 if model.is_mla else tp)
+        kv_elems = model.kv_cache_elems_per_token_layer_per_gpu(tp)
         elementwise("kv_write", T * kv_elems, a + kvb, 2, "elementwise")
     # attention
     if model.is_mla and job.phase == "decode":
@@ -129,7 +140,7 @@ def layer_forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bo
         d_qk = d_v = model.head_dim
     if job.phase == "decode":
         L = kv_len + 1
-        cache = batch * L * (model.kv_cache_elems_per_token_layer() // (1 if model.is_mla else tp)) * kvb
+        cache = batch * L * model.kv_cache_elems_per_token_layer_per_gpu(tp) * kvb
         flops = 2.0 * batch * heads * L * (d_qk + d_v)
         ops.append(Op(f"{prefix}attention", "attention", flops, cache + 2 * T * heads * d_v * a, count,
                       kind="attn_decode", dtype=job.dtype))
@@ -146,8 +157,9 @@ def layer_forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bo
             gemm(lin)
     if tp > 1:
         ops.append(Op(f"{prefix}attn_allreduce", "communication", 0.0, T * d * a, count, kind="allreduce"))
-    elementwise("residual_add", T * d, 3 * a)
+    elementwise("residual_add", T * d, a + 2 * r)
     norm("mlp_norm")
+    casts({"gate_up", "gate", "up"} if not moe else {"router"})
     mlp = [l for l in linears if l.name not in attn_names]
     if moe:
         elementwise("router_topk", T * model.n_experts, 4 * a, 4)
@@ -163,7 +175,7 @@ def layer_forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bo
         elementwise("moe_combine", T * model.top_k * d, 2 * a, 3)
     if tp > 1:
         ops.append(Op(f"{prefix}mlp_allreduce", "communication", 0.0, T * d * a, count, kind="allreduce"))
-    elementwise("residual_add2", T * d, 3 * a)
+    elementwise("residual_add2", T * d, a + 2 * r)
     return ops
 
 
@@ -197,9 +209,12 @@ def forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, layers: int |
     return ops
 
 
-def backward_ops(fwd: list[Op], job: Job) -> list[Op]:
+def backward_ops(fwd: list[Op], job: Job, memory_ratio: float = 2.0) -> list[Op]:
     """Backward of a forward op list: GEMMs 2x (1x when weights are frozen), attention by the
-    profile's ratio (applied in the time model via kind), elementwise ~2x traffic."""
+    profile's ratio (applied in the time model via kind), memory-bound ops `memory_ratio` x
+    their forward traffic (2 in theory: read the saved input and the incoming gradient, write
+    one gradient; eager autograd with fp32 norms and gradient accumulation moves more -- the
+    executor profile carries the fitted value)."""
     out = []
     for op in fwd:
         if op.cls == "gemm":
@@ -215,8 +230,8 @@ def backward_ops(fwd: list[Op], job: Job) -> list[Op]:
         elif op.cls == "embedding":
             out.append(Op(op.name + ".bwd", "embedding", 0.0, op.bytes * 2, op.count, 3, "bwd", dtype=op.dtype))
         else:
-            out.append(Op(op.name + ".bwd", op.cls, op.flops * 2, op.bytes * 2, op.count, op.kernels, "bwd",
-                          op.kind, op.dtype))
+            out.append(Op(op.name + ".bwd", op.cls, op.flops * 2, op.bytes * memory_ratio, op.count,
+                          max(1, round(op.kernels * memory_ratio / 2)), "bwd", op.kind, op.dtype))
     return out
 
 

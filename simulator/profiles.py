@@ -77,6 +77,8 @@ class KernelProfile:
     memory: Curve                          # elementwise / norm / copy kernels: fraction of HBM bw
     kernel_overhead_s: float               # per small kernel, GPU side (launch latency, tail)
     norm_slowdown: float                   # eager RMSNorm (reductions, fp32) vs a plain streaming kernel
+    eager_slowdown: float                  # memory-bound kernels inside a real model (broadcasts, strides,
+                                           # mixed dtypes) vs the contiguous microbenchmarks; from a trace
     h2d_pinned_eff: float                  # fraction of host link bandwidth
     d2h_pinned_eff: float
     h2d_pageable_Bps: float                # pageable copies are bound by the host's staging copy
@@ -111,6 +113,8 @@ class ExecutorProfile:
     repeat_kv: bool = False          # materialise K/V per query head before attention (HF eager)
     train_residual_bytes: float = 4  # autocast with fp32 master weights keeps the residual in fp32
     workspace_bytes: float = 0.0     # allocator / cuBLAS workspace beyond tensors
+    backward_memory_ratio: float = 2.0   # backward traffic of memory-bound ops / forward traffic
+    gemm_efficiency_scale: float = 1.0   # this stack's GEMMs vs the microbenchmarked ones (layout, library)
     source: str = ""
 
 
@@ -156,6 +160,7 @@ def parse_kernel_profile(d, path: Path) -> KernelProfile:
         memory=Curve.from_yaml(ew, where + " elementwise"),
         kernel_overhead_s=float(_req(ew, "kernel_overhead_us", where)) * US,
         norm_slowdown=float(ew.get("norm_slowdown", 1.0)),
+        eager_slowdown=float(ew.get("eager_slowdown", 1.0)),
         h2d_pinned_eff=float(_req(cp, "h2d_pinned_efficiency", where)),
         d2h_pinned_eff=float(_req(cp, "d2h_pinned_efficiency", where)),
         h2d_pageable_Bps=float(_req(cp, "h2d_pageable_GBps", where)) * 1e9,
@@ -191,6 +196,8 @@ _EXEC_FIELDS = {
     "rope_kernels": ("rope_kernels", None), "rope_bytes_per_elem": ("rope_bytes_per_elem", None),
     "repeat_kv": ("repeat_kv", None), "train_residual_bytes": ("train_residual_bytes", None),
     "workspace_MiB": ("workspace_bytes", 2**20),
+    "backward_memory_ratio": ("backward_memory_ratio", None),
+    "gemm_efficiency_scale": ("gemm_efficiency_scale", None),
 }
 
 

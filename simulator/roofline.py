@@ -61,7 +61,7 @@ def op_gpu_time(op: Op, system: System, kp: KernelProfile, ex: ExecutorProfile, 
     gpu = system.gpu
     bw = gpu.hbm_bw_Bps
     if op.cls == "gemm":
-        peak = gpu.peak_flops(op.dtype)
+        peak = gpu.peak_flops(op.dtype) * ex.gemm_efficiency_scale
         t, cb = gemm_time(op.flops, op.bytes, peak, bw, kp.gemm_for(op.dtype))
         return float(t), "compute" if cb else "memory"
     if op.cls == "attention":
@@ -76,7 +76,7 @@ def op_gpu_time(op: Op, system: System, kp: KernelProfile, ex: ExecutorProfile, 
         link = system.peer_link
         return float(allreduce_time(op.bytes, tp, link.bw_Bps, link.latency_s)), "communication"
     k_over = kp.kernel_overhead_s if ex.kernel_overhead_s is None else ex.kernel_overhead_s
-    slow = kp.norm_slowdown if op.cls == "norm" else 1.0
+    slow = kp.eager_slowdown * (kp.norm_slowdown if op.cls == "norm" else 1.0)
     return float(memory_op_time(op.bytes, op.kernels, bw, kp, k_over, slow)), "memory"
 
 

@@ -26,7 +26,7 @@ def t4():
 
 @pytest.fixture(scope="module")
 def rtx():
-    system = load_hardware("fuyou-rtx4090")
+    system = load_hardware("fuyou-rtx-4090")
     return system, load_kernel_profile(system.gpu.name)
 
 
@@ -111,7 +111,10 @@ def test_fuyou_13b_finetune_within_stated_tolerance(rtx):
     # tolerance 40%: the RTX 4090 has no GEMM measurements of its own; it runs on the H100-fitted
     # efficiency curves (72% of peak at the plateau) and the plan is GPU-bound
     assert hw == pytest.approx(FUYOU_TFLOPS, rel=0.40)
-    assert fuyou.binds == "gpu"
+    # GPU-bound: the LP keeps weights on the GPU until the weight stream just matches compute
+    layer = fuyou.stages[0]
+    assert fuyou.binds in ("gpu", "h2d")
+    assert layer.resources_s["gpu"] == pytest.approx(layer.layer_time_s, rel=1e-3)
     assert fuyou.placement["optimizer_states"]["cpu"] > 0.99     # 13B x 12 B does not fit 24 GB
     zhw = zinf.as_dict()["predicted"]["hardware_tflops_per_s"]
     assert ZERO_INFINITY_TFLOPS < zhw < hw                         # serial optimizer loses, as published
@@ -185,7 +188,7 @@ def test_cli_json_schema_for_the_executor(capsys):
 
 
 def test_cli_table(capsys):
-    assert main(["plan", "offload", "--model", "opt-13b", "--hardware", "fuyou-rtx4090", "--phase", "train",
+    assert main(["plan", "offload", "--model", "opt-13b", "--hardware", "fuyou-rtx-4090", "--phase", "train",
                  "--format", "table"]) == 0
     out = capsys.readouterr().out
     assert "train_layer" in out and "binds" in out and "optimizer_states" in out

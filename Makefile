@@ -1,0 +1,40 @@
+# Two commands do all set-up on a fresh machine with Python 3.11:
+#   make demo   -> creates .venv, installs roofplan, runs the flagship what-if
+#   make test   -> installs the test extras (and torch's CPU build when it is on local disk), runs pytest
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH  := torch==2.13.0
+
+.PHONY: demo test install bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e .
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[test,dist]'
+	@# torch only from local disk (--no-index): never pull a multi-GB CUDA build from an index.
+	@# Without it the executor tests skip; everything else runs.
+	$(BIN)/python -m pip install -q filelock "typing-extensions>=4.10" "setuptools>=77.0.3" "sympy>=1.13.3" "networkx>=2.5.1" jinja2 "fsspec>=0.8.5"
+	-$(BIN)/python -m pip install -q --no-index $(TORCH) || echo "note: $(TORCH) CPU wheel not on local disk; executor tests will be skipped"
+	@touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/roofplan whatif --model llama-3.1-70b --hardware h100-sxm,a100-sxm-80gb \
+	    --gpus 1,2,4,8 --phase decode --batch 16 --context 2048 --format table
+
+test: $(VENV)/.installed-test
+	MPLBACKEND=Agg $(BIN)/python -m pytest
+
+bench: $(VENV)/.installed-test
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,72 @@
+"""The CLI contract: predict's json fields, exit code 2 with one line for bad input."""
+import json
+
+import pytest
+
+from simulator.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_predict_json_contract(capsys):
+    code, out, _ = run(capsys, "predict", "--model", "llama-3.1-8b", "--hardware", "h100-sxm", "--phase", "decode",
+                       "--batch", "16", "--context", "512", "--format", "json")
+    assert code == 0
+    d = json.loads(out)
+    assert {"time_s", "peak_memory_bytes", "time_by_class_s", "bound"} <= set(d)
+    assert d["bound"] == "memory" and 0.005 < d["time_s"] < 0.02
+
+
+def test_predict_csv_and_table(capsys):
+    code, out, _ = run(capsys, "predict", "--model", "llama-3.2-1b", "--hardware", "h100-sxm", "--phase", "prefill",
+                       "--batch", "2", "--seq", "512", "--format", "csv")
+    assert code == 0 and out.splitlines()[0].startswith("op class,")
+    code, out, _ = run(capsys, "predict", "--model", "llama-3.2-1b", "--hardware", "h100-sxm", "--phase", "train",
+                       "--batch", "2", "--seq", "512", "--format", "table")
+    assert code == 0 and "MFU" in out and "peak memory" in out
+
+
+def test_offload_flag(capsys):
+    code, out, _ = run(capsys, "predict", "--model", "llama-3.1-8b", "--hardware", "h100-sxm", "--phase", "decode",
+                       "--offload", "weights=cpu", "--host-memory", "pageable", "--format", "json")
+    d = json.loads(out)
+    assert code == 0 and d["bound"] == "transfer" and d["transfer_time_s"] > 1.0
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["predict", "--model", "llama-9b", "--hardware", "h100-sxm", "--phase", "decode"], "unknown model 'llama-9b'"),
+    (["predict", "--model", "llama-3.1-8b", "--hardware", "h1000", "--phase", "decode"], "unknown hardware 'h1000'"),
+    (["predict", "--model", "llama-3.1-8b", "--hardware", "h100-sxm", "--phase", "decode", "--batch", "-4"], "--batch must be a positive integer"),
+    (["predict", "--model", "llama-3.1-8b", "--hardware", "h100-sxm", "--phase", "decode", "--context", "999999"], "exceeds"),
+    (["predict", "--model", "llama-3.1-405b", "--hardware", "h100-sxm", "--phase", "decode"], "does not fit"),
+    (["predict", "--model", "llama-3.1-8b", "--hardware", "h100-sxm", "--phase", "decode", "--offload", "kv=disk"], "--offload kv=disk"),
+    (["predict", "--model", "llama-3.1-8b", "--hardware", "h100-sxm", "--phase", "fly"], "invalid choice"),
+])
+def test_bad_input_exit_2_one_line(capsys, argv, msg):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert msg in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_whatif_flagship(capsys):
+    code, out, _ = run(capsys, "whatif", "--model", "llama-3.1-70b", "--hardware", "h100-sxm,a100-sxm-80gb",
+                       "--gpus", "1,2,4,8", "--batch", "16", "--context", "2048", "--format", "json")
+    d = json.loads(out)["results"]
+    assert code == 0 and len(d) == 8
+    one_h100 = d[0]
+    assert one_h100["gpus"] == 1 and not one_h100["fits"]          # 141 GB of weights
+    h100 = {r["gpus"]: r for r in d if r["hardware"] == "h100-sxm"}
+    a100 = {r["gpus"]: r for r in d if r["hardware"] == "a100-sxm-80gb"}
+    assert h100[8]["time_s"] < h100[2]["time_s"]
+    assert h100[4]["time_s"] < a100[4]["time_s"]                   # more HBM bandwidth
+
+
+def test_hw_and_models_listing(capsys):
+    code, out, _ = run(capsys, "hw", "show", "h100-sxm", "--format", "json")
+    assert code == 0 and json.loads(out)["sm_count"] == 132
+    code, out, _ = run(capsys, "models", "--format", "json")
+    assert code == 0 and any(m["name"] == "deepseek-v3" for m in json.loads(out))

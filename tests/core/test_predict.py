@@ -1,0 +1,140 @@
+"""Predictions against the shared H100 measurements, published memory formulas, invariants."""
+import math
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from simulator.errors import RoofplanError
+from simulator.memory import kv_cache_bytes, training_memory
+from simulator.models import load_model
+from simulator.predict import predict
+from simulator.profiles import load_executor_profile
+from simulator.specs import load_hardware
+from simulator.workload import Job
+
+H100 = load_hardware("h100-sxm")
+
+
+def job_of(case) -> Job:
+    return Job(phase=case["phase"], batch=case["batch"], seq=case.get("seq", 0), context=case.get("context", 0),
+               recompute=case.get("recompute", "none"),
+               offload_weights="cpu" if case.get("offload") else "gpu", host_memory=case.get("host_memory", "pinned"),
+               overlap=case.get("overlap", True))
+
+
+def _cases(end_to_end, groups):
+    return [c for c in end_to_end["cases"] if c["group"] in groups]
+
+
+def _mape(pairs):
+    return sum(abs(p / m - 1) for m, p in pairs) / len(pairs)
+
+
+def test_time_mape_overhead_free_and_offload(end_to_end):
+    cases = _cases(end_to_end, ("graph", "offload", "train"))
+    pairs = [(c["time_s"], predict(load_model(c["model"]), H100, job_of(c)).time_s) for c in cases]
+    assert len(pairs) >= 15
+    assert _mape(pairs) <= 0.10
+    assert max(abs(p / m - 1) for m, p in pairs) <= 0.15
+
+
+def test_memory_mape(end_to_end):
+    cases = [c for c in _cases(end_to_end, ("graph", "train")) if "peak_memory_bytes" in c]
+    pairs = [(c["peak_memory_bytes"], predict(load_model(c["model"]), H100, job_of(c)).peak_memory_bytes) for c in cases]
+    assert _mape(pairs) <= 0.10
+
+
+def test_decode_is_memory_bound_and_weights_dominate():
+    p = predict(load_model("llama-3.1-8b"), H100, Job("decode", batch=1, context=512))
+    assert p.bound == "memory"
+    # reading 16 GB of weights at ~3 TB/s cannot take less than ~5 ms
+    assert p.time_s > 16.06e9 / 3.35e12
+
+
+def test_kv_cache_formula():
+    # batch 16 x (4096 + 1) tokens x 128 KiB per token
+    j = Job("decode", batch=16, context=4096)
+    assert kv_cache_bytes(load_model("llama-3.1-8b"), j) == 16 * 4097 * 131072
+
+
+def test_training_model_states_18_bytes_per_param():
+    # ZeRO paper (Rajbhandari et al. 2020) sec. 3.1: mixed-precision Adam holds 16 B/param
+    # (fp16 params + grads, fp32 master + m + v); we keep the fp32 master as the parameter and a
+    # bf16 working copy: weights 6 B + optimizer 8 B, gradients 4 B when accumulated.
+    m = load_model("llama-3.2-1b")
+    mem = training_memory(m, Job("train", batch=8, seq=512, micro_batch=4), load_executor_profile("default"))
+    P = m.params_total()
+    assert mem.weights == pytest.approx(6 * P)
+    assert mem.optimizer == pytest.approx(8 * P)
+    assert mem.gradients == pytest.approx(4 * P)
+
+
+def test_full_recompute_saves_memory_costs_time():
+    m = load_model("llama-3.2-1b")
+    a = predict(m, H100, Job("train", batch=4, seq=2048))
+    b = predict(m, H100, Job("train", batch=4, seq=2048, recompute="full"))
+    assert b.peak_memory_bytes < 0.7 * a.peak_memory_bytes
+    assert b.time_s > a.time_s
+    assert b.hardware_flops > b.model_flops == pytest.approx(a.model_flops)
+
+
+def test_lora_trains_fewer_params_faster():
+    m = load_model("llama-3.1-8b")
+    full = predict(m, H100, Job("train", batch=1, seq=1024, recompute="full"), check_memory=False)
+    lora = predict(m, H100, Job("train", batch=1, seq=1024, lora_rank=16, recompute="full"))
+    assert lora.time_s < full.time_s
+    assert lora.peak_memory_bytes < 0.4 * full.peak_memory_bytes
+
+
+def test_offload_pageable_slower_than_pinned_and_overlap_helps():
+    m = load_model("llama-3.1-8b")
+    pinned = predict(m, H100, Job("decode", batch=1, context=512, offload_weights="cpu"))
+    pageable = predict(m, H100, Job("decode", batch=1, context=512, offload_weights="cpu", host_memory="pageable"))
+    serial = predict(m, H100, Job("decode", batch=1, context=512, offload_weights="cpu", overlap=False))
+    assert pageable.time_s > 5 * pinned.time_s
+    assert serial.time_s > pinned.time_s
+    assert pinned.bound == "transfer"
+    resident = predict(m, H100, Job("decode", batch=1, context=512))
+    assert pinned.peak_memory_bytes < 0.25 * resident.peak_memory_bytes
+
+
+def test_tensor_parallel_splits_memory_and_time():
+    m = load_model("llama-3.1-70b")
+    one = predict(m, load_hardware("dgx-h100"), Job("decode", batch=16, context=2048, tp=2))
+    four = predict(m, load_hardware("dgx-h100"), Job("decode", batch=16, context=2048, tp=4))
+    assert four.peak_memory_bytes < one.peak_memory_bytes
+    assert four.time_s < one.time_s
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 64), context=st.integers(0, 8192), scale=st.floats(1.1, 3.0))
+def test_more_bandwidth_never_slower(batch, context, scale):
+    from dataclasses import replace
+    m = load_model("llama-3.1-8b")
+    j = Job("decode", batch=batch, context=context)
+    fast = replace(H100, gpu=replace(H100.gpu, hbm_bw_Bps=H100.gpu.hbm_bw_Bps * scale))
+    assert predict(m, fast, j).time_s <= predict(m, H100, j).time_s * (1 + 1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 32), context=st.integers(0, 4096))
+def test_bigger_batch_never_less_memory_or_time(batch, context):
+    m = load_model("llama-3.1-8b")
+    a = predict(m, H100, Job("decode", batch=batch, context=context))
+    b = predict(m, H100, Job("decode", batch=batch + 1, context=context))
+    assert b.peak_memory_bytes > a.peak_memory_bytes
+    assert b.time_s >= a.time_s * (1 - 1e-9)
+
+
+def test_bad_inputs_one_line():
+    m = load_model("llama-3.1-8b")
+    with pytest.raises(RoofplanError, match="--batch must be a positive integer"):
+        predict(m, H100, Job("decode", batch=-1))
+    with pytest.raises(RoofplanError, match="exceeds llama-3.1-8b's limit of 131072"):
+        predict(m, H100, Job("decode", batch=1, context=200_000))
+    with pytest.raises(RoofplanError, match=r"does not fit: needs .*over by"):
+        predict(load_model("llama-3.1-70b"), H100, Job("decode", batch=1, context=512))
+    with pytest.raises(RoofplanError, match="needs --seq"):
+        predict(m, H100, Job("prefill", batch=1))
+    with pytest.raises(RoofplanError, match="t4 has no bf16 support"):
+        predict(m, load_hardware("t4"), Job("decode", batch=1, context=16))

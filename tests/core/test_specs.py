@@ -1,0 +1,79 @@
+"""Hardware specs: every file valid and sourced; bad files give one-line errors naming file and field."""
+import shutil
+
+import pytest
+
+from simulator import REPO_ROOT, specs
+from simulator.errors import RoofplanError
+
+GPUS = ["h100-sxm", "h100-pcie", "h200", "b200", "a100-sxm-80gb", "a100-sxm-40gb", "a100-pcie-80gb", "l40s",
+        "l4", "a10g", "t4", "rtx-4090", "rtx-3090", "v100-sxm-32gb", "mi300x"]
+
+
+def test_all_specs_valid():
+    names = specs.validate_all()
+    assert set(GPUS) <= set(names["gpu"])
+    assert {"pcie-gen3-x16", "pcie-gen4-x16", "pcie-gen5-x16", "nvlink-3", "nvlink-4", "infiniband-ndr"} <= set(names["link"])
+    assert {"dgx-h100", "dgx-a100"} <= set(names["system"])
+    assert names["cpu"] and names["nvme"]
+
+
+def test_h100_datasheet_numbers():
+    g = specs.load_gpu("h100-sxm")
+    assert g.peak_flops("bf16") == pytest.approx(989.4e12, rel=0.01)   # dense, not the 1979 sparse figure
+    assert g.hbm_bw_Bps == pytest.approx(3.35e12, rel=0.01)
+    assert g.mem_bytes == 80 * 2**30
+
+
+def test_dense_not_sparse_peaks():
+    # no GPU lists a dense bf16 peak above its fp8 peak, nor fp8 above 2x bf16
+    for name in GPUS:
+        g = specs.load_gpu(name)
+        p = g.peak_flops_by_dtype
+        if "bf16" in p and "fp8" in p:
+            assert p["fp8"] <= 2.01 * p["bf16"], name
+
+
+def test_unknown_gpu_suggests():
+    with pytest.raises(RoofplanError, match="did you mean: h100-sxm"):
+        specs.load_hardware("h100-smx")
+
+
+def test_bare_gpu_and_count_syntax():
+    s = specs.load_hardware("8xh100-sxm")
+    assert s.gpu_count == 8 and s.peer_link.name == "nvlink-4"
+
+
+@pytest.fixture
+def hw_copy(tmp_path, monkeypatch):
+    dst = tmp_path / "hardware_specs"
+    shutil.copytree(REPO_ROOT / "hardware_specs", dst)
+    monkeypatch.setenv("ROOFPLAN_HW_DIR", str(dst))
+    return dst
+
+
+def test_malformed_yaml(hw_copy):
+    (hw_copy / "gpus" / "h100-sxm.yaml").write_text("name: h100-sxm\nkind: [gpu\n")
+    with pytest.raises(RoofplanError, match=r"h100-sxm.yaml: line \d+ malformed YAML"):
+        specs.load_gpu("h100-sxm")
+
+
+def test_missing_field(hw_copy):
+    p = hw_copy / "gpus" / "h100-sxm.yaml"
+    p.write_text("\n".join(l for l in p.read_text().splitlines() if not l.startswith("memory_GiB")))
+    with pytest.raises(RoofplanError, match="field 'memory_GiB' is missing"):
+        specs.load_gpu("h100-sxm")
+
+
+def test_missing_source(hw_copy):
+    p = hw_copy / "links" / "nvlink-4.yaml"
+    p.write_text("\n".join(l for l in p.read_text().splitlines() if not l.startswith("source")))
+    with pytest.raises(RoofplanError, match="field 'source' is missing"):
+        specs.load_link("nvlink-4")
+
+
+def test_bad_value(hw_copy):
+    p = hw_copy / "gpus" / "h100-sxm.yaml"
+    p.write_text(p.read_text().replace("sm_count: 132", "sm_count: many"))
+    with pytest.raises(RoofplanError, match="field 'sm_count' must be a positive integer"):
+        specs.load_gpu("h100-sxm")
