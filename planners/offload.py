@@ -350,7 +350,8 @@ def _inference_lp(model, system, kp, ex, req, rates, gbs, nb, attn_cpu, fixed=No
     cache_buf = 0 if attn_cpu else 2 * gbs * (s + n) * K * (1 - cg)
     gpu_mem = (wg * W_all + cg * KV_all + hg * H_home + ends_bytes + stream_buf + cache_buf
                + pre.work_bytes + ex.workspace_bytes)   # work_bytes holds the GPU batch's hidden in/out
-    pinned = 2 * (wd * W + nb * gbs * (ctx * K * cd + s * Hb * hd)) if has_nvme else 0
+    # NVMe traffic stages through pinned host buffers, double-buffered per GPU batch (zig-zag order)
+    pinned = 2 * (wd * W + gbs * (ctx * K * cd + s * Hb * hd)) if has_nvme else 0
     host_mem = wc * W_all + cc * KV_all + hc * H_home + pinned
     nvme_mem = wd * W_all + cd * KV_all + hd * H_home
     caps = _caps(system, req, ex)
