@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from simulator.errors import RoofplanError
 from simulator.models import ModelConfig

@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from planners.flexgen import PUBLISHED, effective_fractions, flexgen_cost_model, score_policy
 from planners.offload import RESOURCES, SCHEMA, OffloadRequest, plan_offload
@@ -222,3 +223,17 @@ def test_infeasible_names_the_least_extra_memory(capsys):
     system, kp = load_hardware("flexgen-t4"), load_kernel_profile("t4")
     plan_offload(load_model("opt-30b"), system, OffloadRequest(phase="decode", dtype="fp16", gpu_mem_bytes=need * GiB),
                  EX, kp)
+
+
+# ---- property: more memory of any tier never makes the best plan slower --------------------------
+
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(gpu_gib=st.floats(10.0, 16.0), host_gib=st.floats(120.0, 208.0), more=st.floats(1.0, 2.0),
+       tier=st.sampled_from(["gpu_mem_bytes", "host_mem_bytes"]))
+def test_more_memory_never_slower(gpu_gib, host_gib, more, tier):
+    system, kp = load_hardware("flexgen-t4"), load_kernel_profile("t4")
+    model = load_model("opt-30b")
+    req = OffloadRequest(phase="decode", dtype="fp16", gpu_mem_bytes=gpu_gib * GiB, host_mem_bytes=host_gib * GiB)
+    bigger = dataclasses.replace(req, **{tier: getattr(req, tier) * more})
+    base = plan_offload(model, system, req, EX, kp).tokens_per_s
+    assert plan_offload(model, system, bigger, EX, kp).tokens_per_s >= base * (1 - 1e-6)
