@@ -264,6 +264,10 @@ class _LP:
         v = self.pulp.value(expr)
         return float(v) if v is not None else 0.0
 
+    def fraction(self, var) -> float:
+        """A placement fraction, with the solver's +-1e-9 noise clipped to [0, 1]."""
+        return min(1.0, max(0.0, self.value(var)))
+
 
 def _caps(system: System, req: OffloadRequest, ex: ExecutorProfile) -> tuple[float, float, float]:
     gpu = req.gpu_mem_bytes if req.gpu_mem_bytes is not None else system.gpu.mem_bytes
@@ -371,13 +375,13 @@ def _inference_lp(model, system, kp, ex, req, rates, gbs, nb, attn_cpu, fixed=No
         return None, rep
     tokens = bls * (n if req.phase == "decode" else s)
     model_flops = 2.0 * (model.params_total() - model.embedding_params) * tokens
-    v = lp.value
+    v, f = lp.value, lp.fraction
     out = dict(
         gpu_batch_size=gbs, num_gpu_batches=nb,
         placement={
-            "weights": {"gpu": v(wg), "cpu": v(wc), "nvme": v(wd)},
-            "kv_cache": {"gpu": v(cg), "cpu": v(cc), "nvme": v(cd)},
-            "activations": {"gpu": v(hg), "cpu": v(hc), "nvme": v(hd)},
+            "weights": {"gpu": f(wg), "cpu": f(wc), "nvme": f(wd)},
+            "kv_cache": {"gpu": f(cg), "cpu": f(cc), "nvme": f(cd)},
+            "activations": {"gpu": f(hg), "cpu": f(hc), "nvme": f(hd)},
         },
         attention="cpu" if attn_cpu else "gpu", optimizer_step=None,
         time_s=v(total), tokens=tokens,
@@ -475,17 +479,17 @@ def _train_lp(model, system, kp, ex, req, rates, mb, fixed=None, elastic=False):
     rep = solve(P, time_limit_s=10, gap=1e-4)
     if rep.status != "Optimal":
         return None, rep
-    v = lp.value
+    v, f = lp.value, lp.fraction
     fwd_flops = float(layer_df.loc[layer_df["name"].isin([o.name for o in fwd]) & (layer_df["pass"] == "fwd"), "flops"].sum()) / 2
     model_flops = 3.0 * (fwd_flops * L + sum(o.flops * o.count for o in ends_fwd))
     out = dict(
         gpu_batch_size=mb, num_gpu_batches=1,
         placement={
-            "weights": {"gpu": v(wg), "cpu": v(wc), "nvme": v(wd)},
-            "optimizer_states": {"gpu": v(og), "cpu": v(oc), "nvme": v(od)},
-            "checkpoints": {"gpu": v(ag), "cpu": v(ac), "nvme": v(ad)},
+            "weights": {"gpu": f(wg), "cpu": f(wc), "nvme": f(wd)},
+            "optimizer_states": {"gpu": f(og), "cpu": f(oc), "nvme": f(od)},
+            "checkpoints": {"gpu": f(ag), "cpu": f(ac), "nvme": f(ad)},
         },
-        attention="gpu", optimizer_step={"gpu": v(og), "cpu": v(oc) + v(od)},
+        attention="gpu", optimizer_step={"gpu": f(og), "cpu": 1.0 - f(og)},
         time_s=v(total), tokens=float(T_tok),
         stages=(Stage("train_layer", L, v(T), {k: v(e) if not isinstance(e, (int, float)) else float(e)
                                                for k, e in r.items()}),),
