@@ -11,12 +11,15 @@ RESOURCE_HEADERS = {"gpu": "GPU", "cpu": "CPU", "h2d": "PCIe h2d", "d2h": "PCIe 
 
 def plan_subparsers(sub):
     """The `plan` command's own subparsers, created once and shared by every planner module."""
+    import argparse
     parser = sub.choices.get("plan")
     if parser is None:
         parser = sub.add_parser("plan", help="search for the best plan (offload, parallelism, ...)")
         parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
-        parser._plan_sub = parser.add_subparsers(dest="planner", metavar="PLANNER", parser_class=type(parser))
-    return parser._plan_sub
+    for action in parser._actions:          # another planner module may have made them already
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return parser.add_subparsers(dest="planner", metavar="PLANNER", parser_class=type(parser))
 
 
 def register(sub) -> None:
