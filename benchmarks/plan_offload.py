@@ -62,20 +62,23 @@ def flexgen_rows(ex) -> None:
 
 def fuyou_rows(ex) -> None:
     system, kp = _setup("fuyou-rtx-4090")
-    m = load_model("opt-13b")
     rows = []
-    for label, req, fixed, pub in [
-        ("overlapped CPU Adam (Fuyou-like)", OffloadRequest(phase="train", dtype="bf16", seq=1024), None, FUYOU_TFLOPS),
-        ("serial optimizer, states on NVMe (ZeRO-Infinity-like)",
+    for model, label, req, fixed, pub in [
+        ("opt-13b", "overlapped CPU Adam (Fuyou-like)", OffloadRequest(phase="train", dtype="bf16", seq=1024), None,
+         FUYOU_TFLOPS),
+        ("llama-2-13b", "overlapped CPU Adam (Fuyou-like)", OffloadRequest(phase="train", dtype="bf16", seq=1024), None,
+         FUYOU_TFLOPS),
+        ("opt-13b", "serial optimizer, states on NVMe (ZeRO-Infinity-like)",
          OffloadRequest(phase="train", dtype="bf16", seq=1024, overlap_optimizer=False),
          {"optimizer_states": {"gpu": 0.0, "cpu": 0.0}}, ZERO_INFINITY_TFLOPS),
     ]:
-        p = plan_offload(m, system, req, ex, kp, fixed=fixed)
+        p = plan_offload(load_model(model), system, req, ex, kp, fixed=fixed)
         d = p.as_dict()["predicted"]
-        rows.append([label, p.gpu_batch_size, f"{d['model_tflops_per_s']:.0f}", f"{d['hardware_tflops_per_s']:.0f}",
+        rows.append([model, label, p.gpu_batch_size, f"{d['model_tflops_per_s']:.0f}", f"{d['hardware_tflops_per_s']:.0f}",
                      f"{pub:.0f}", f"{d['hardware_tflops_per_s'] / pub - 1:+.0%}", p.binds])
-    print("\nFine-tuning a 13B model (opt-13b, GPT-3 13B shape) on fuyou-rtx-4090, seq 1024, bf16, full recompute")
-    print(table(rows, ["plan", "batch", "model TFLOP/s", "hardware TFLOP/s", "published", "err", "binds"]))
+    print("\nFine-tuning a 13B model (opt-13b has the GPT-3 13B shape Fuyou used) on fuyou-rtx-4090, seq 1024, bf16, "
+          "full recompute")
+    print(table(rows, ["model", "plan", "batch", "model TFLOP/s", "hardware TFLOP/s", "published", "err", "binds"]))
 
 
 if __name__ == "__main__":
