@@ -6,17 +6,9 @@ import math
 from simulator.errors import RoofplanError
 from simulator.report import add_format_arg, emit, fmt_of
 
+from .offload_cmd import plan_subparsers   # the shared `plan` group
+
 DEFAULT_GPUS = "h100-sxm,a100-sxm-80gb,l4,a10g"
-
-
-def plan_subparsers(subparsers):
-    """The `plan` group's sub-parsers, created once and shared by every planner command module."""
-    if "plan" in subparsers.choices:
-        return subparsers.choices["plan"]._roofplan_sub
-    p = subparsers.add_parser("plan", help="planners: choose hardware for a workload")
-    sub = p.add_subparsers(dest="planner", metavar="PLANNER", parser_class=type(p))
-    p._roofplan_sub = sub
-    return sub
 
 
 def register(subparsers) -> None:

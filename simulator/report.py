@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 from typing import Any, Sequence
 
@@ -38,8 +39,10 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str], align: str | Non
     cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     if align is None:
-        align = "".join("r" if rows and isinstance(rows[0][i], (int, float, np.number)) or (rows and _numlike(str(rows[0][i]))) else "l"
-                        for i in range(len(header)))
+        def numeric(i):
+            vals = [r[i] for r in rows if str(r[i]) not in ("-", "")]
+            return bool(vals) and all(isinstance(v, (int, float, np.number)) or _numlike(str(v)) for v in vals)
+        align = "".join("r" if numeric(i) else "l" for i in range(len(header)))
     out = []
     for j, r in enumerate(cells):
         out.append("  ".join(c.rjust(w) if align[i] == "r" else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
@@ -48,13 +51,12 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str], align: str | Non
     return "\n".join(out)
 
 
+_NUMBER = re.compile(r"^[+-]?[\d,]*\.?\d+(e[+-]?\d+)?%?( [A-Za-z/]+)?$")
+
+
 def _numlike(s: str) -> bool:
-    s = s.replace(",", "").replace("%", "").replace("+", "").split(" ")[0]
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
+    """A number, optionally with % or one unit word ('8.02 ms', '1,810', '+2.9%')."""
+    return bool(_NUMBER.match(s.strip()))
 
 
 def to_csv(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:

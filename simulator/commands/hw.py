@@ -35,7 +35,8 @@ def cmd_list(args) -> int:
             s = specs.load_any(name) if kind != "system" else specs.load_system(name)
             if kind == "gpu":
                 s = specs.load_gpu(name)
-                info = f"{s.mem_bytes / GiB:.0f} GiB, {s.hbm_bw_Bps / GB:.0f} GB/s, bf16 {s.peak_flops_by_dtype.get('bf16', s.peak_flops_by_dtype.get('fp16', 0)) / TFLOPS:.0f} TFLOPS"
+                dt = "bf16" if "bf16" in s.peak_flops_by_dtype else "fp16"
+                info = f"{s.mem_bytes / GiB:.0f} GiB, {s.hbm_bw_Bps / GB:.0f} GB/s, {dt} {s.peak_flops_by_dtype.get(dt, 0) / TFLOPS:.0f} TFLOPS dense"
             elif kind == "system":
                 price = f", ${s.price_usd_per_h:.2f}/h" if s.price_usd_per_h else ""
                 info = f"{s.gpu_count} x {s.gpu.name}{price}"

@@ -63,7 +63,7 @@ def cmd_whatif(args) -> int:
                 continue
             usd = price * n / 3600 / p.tokens_per_s * 1e6 if price else None
             fits = p.fits
-            rows.append([hw, n, fmt_time(p.time_s), f"{p.tokens_per_s:,.0f}",
+            rows.append([hw, n, fmt_time(p.time_s) if fits else "-", f"{p.tokens_per_s:,.0f}" if fits else "-",
                          f"{p.peak_memory_bytes / GiB:.1f} / {system.gpu.mem_bytes / GiB:.0f}",
                          f"{usd:.3f}" if usd is not None and fits else "-",
                          p.bound, "ok" if fits else "does not fit"])
