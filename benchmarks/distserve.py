@@ -16,7 +16,6 @@ def main() -> dict:
     ttft, tpot = 0.4, 0.04
     ours = {
         "colocated": sv.max_rate(lambda r: sv.aggregated(t, mix, r), ttft, tpot),
-        "colocated, no chunking": sv.max_rate(lambda r: sv.aggregated(t, mix, r, chunk_tokens=10**9), ttft, tpot),
         "prefill-only": sv.max_rate(lambda r: sv.prefill_pool(t, mix, r), ttft, float("inf")),
         "decode-only": sv.max_rate(lambda r: sv.decode_pool(t, mix, r), float("inf"), tpot),
     }
