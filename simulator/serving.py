@@ -14,7 +14,8 @@ Closed forms (`aggregated`, `disaggregated`), Poisson arrivals at rate lam:
                    shares the iterations: chunked prefill, Sarathi-Serve, Agrawal et al. OSDI 2024)
   TTFT wait        Pollaczek-Khinchine M/G/1 mean  W = lam E[S^2] / (2 (1 - rho)),  rho = lam E[S];
                    tail P(W > t) = rho exp(-rho t / W) (exponential approximation of the M/G/1
-                   waiting time, Kingman); TTFT_i = W + S_i, percentiles of the mixture.
+                   waiting time, Kingman); TTFT_i = W + S_i (+ half a decode step: an arrival
+                   joins at the next iteration boundary), percentiles of the mixture.
   decode batch     Little's law  B = lam E[out] TPOT,  TPOT = decode(B, ctx) / (1 - rho_prefill):
                    the fixed point is found by bisection; no fixed point below the KV-cache limit
                    B_max = KV budget / E[in + out] -> unstable.

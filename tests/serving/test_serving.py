@@ -125,3 +125,24 @@ def test_max_rate_is_the_slo_boundary(tables):
     r = sv.max_rate(lambda x: sv.aggregated(tables, mix, x), 0.4, 0.04)
     assert sv.aggregated(tables, mix, r).meets(0.4, 0.04)
     assert not sv.aggregated(tables, mix, r * 1.01).meets(0.4, 0.04)
+
+
+# DistServe's own A100-80GB profile of OPT-13B at TP 1 (LLMServe/DistServe,
+# simdistserve/estimators/profile_data/profiler-a100-80g.distserve.json), times in ms:
+#   prefill(n)            = a + b n + c n^2
+#   decode(batch, tokens) = a + b x (sum of contexts) + c x batch   (batch < 95)
+DISTSERVE_PREFILL = (16.456860431694288, 0.09264750660897617, 6.474785740229194e-06)
+DISTSERVE_DECODE_SMALL = (19.934702624895458, 0.0006269356524350583, 0.03850697740828398)
+
+
+def test_step_times_near_distserve_a100_profile(tables):
+    """The core's A100 step times (H100-fitted kernel curves on A100 peaks) stay within 30% of
+    DistServe's measured profile; prefill is slower than measured for long prompts, decode faster."""
+    a, b, c = DISTSERVE_PREFILL
+    for n in (128, 512, 1024, 2048):
+        ref = (a + b * n + c * n * n) / 1e3
+        assert float(tables.prefill_time(n)) == pytest.approx(ref, rel=0.30)
+    a, b, c = DISTSERVE_DECODE_SMALL
+    for batch, ctx in ((1, 512), (16, 512), (64, 1024)):
+        ref = (a + b * batch * ctx + c * batch) / 1e3
+        assert float(tables.decode_time(batch, ctx)) == pytest.approx(ref, rel=0.30)
