@@ -116,6 +116,39 @@ def test_serving_plan_meets_slos_and_beats_single_types(llama8b_chat_plan):
     assert np.all(tput[:, h100] >= tput[:, l4])
 
 
+@pytest.fixture(scope="module")
+def small_candidates():
+    from planners.fleet import candidate_options
+    return candidate_options(load_model("llama-3.2-1b"), ["l4", "a10g", "h100-sxm"], tps=(1,))
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.lists(st.tuples(st.integers(16, 4000), st.integers(8, 1000), st.floats(0.05, 1.0)), min_size=1, max_size=4),
+       st.floats(0.5, 80.0))
+def test_generated_workloads_mix_never_dearer(small_candidates, reqs, rate):
+    """Generated workloads through the serving model: the mixed fleet costs no more than the
+    cheapest single-type fleet (each single-type problem is a restriction of the mixed one)."""
+    from planners.fleet import throughput_matrix
+    from simulator.serving_workload import Bucket, ServingWorkload
+    tot = sum(w for _, _, w in reqs)
+    wl = ServingWorkload("gen", rate, tuple(Bucket(i, i, o, o, w / tot) for i, o, w in reqs), "generated")
+    options = [c[0] for c in small_candidates]
+    tput = throughput_matrix(small_candidates, wl, 2.0, 0.1)
+    rates = wl.bucket_rates_rps()
+    from simulator.errors import RoofplanError
+    try:
+        mixed = solve_fleet(options, tput, rates).cost_usd_per_h
+    except RoofplanError:
+        mixed = math.inf             # then no single type can serve it either (checked below)
+    singles = []
+    for g in ("l4", "a10g", "h100-sxm"):
+        try:
+            singles.append(solve_fleet(*restrict(options, tput, lambda o, g=g: o.gpu == g), rates).cost_usd_per_h)
+        except Exception:
+            singles.append(math.inf)
+    assert mixed <= min(singles) * (1 + 1e-4) + 1e-9 or (math.isinf(mixed) and all(map(math.isinf, singles)))
+
+
 def run(capsys, *argv):
     code = main(list(argv))
     out, err = capsys.readouterr()
@@ -141,6 +174,7 @@ def test_cli_json(capsys):
     (["--slo-tpot-ms", "0.01"], "no GPU option meets the SLOs"),
     (["--max-per-type", "0"], "raise --max-per-type"),
     (["--tp", "x"], "--tp 'x'"),
+    (["--gpus", "l4,rtx-3090"], "no priced instance in hardware_specs/systems uses GPU 'rtx-3090'"),
 ])
 def test_cli_bad_input_exit_2_one_line(capsys, extra, msg):
     argv = {"--model": "llama-3.2-1b", "--workload": "chat", "--slo-ttft-ms": "500", "--slo-tpot-ms": "50",
