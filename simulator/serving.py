@@ -178,6 +178,23 @@ def _quantile_mix(values: np.ndarray, weight: np.ndarray, q: float) -> float:
     return float(values[order][min(np.searchsorted(cw, q), len(cw) - 1)])
 
 
+def _normal_mix_quantile(mean: np.ndarray, sd: np.ndarray, weight: np.ndarray, q: float) -> float:
+    """q-quantile of a mixture of normals (sd 0: point masses)."""
+    if not np.any(sd > 0):
+        return _quantile_mix(mean, weight, q)
+    if len(mean) == 1:
+        from statistics import NormalDist
+        return float(mean[0] + NormalDist().inv_cdf(q) * sd[0])
+    def cdf(t):
+        z = np.where(sd > 0, (t - mean) / np.where(sd > 0, sd, 1.0), np.where(t >= mean, np.inf, -np.inf))
+        return float(np.sum(weight * 0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))))
+    lo, hi = float(np.min(mean - 6 * sd)), float(np.max(mean + 6 * sd))
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
+    return hi
+
+
 def _ttft_quantile(service: np.ndarray, weight: np.ndarray, rho: float, wait_mean: float, q: float) -> float:
     """q-quantile of TTFT = W + S_i with P(W > t) = rho exp(-rho t / W_mean) (W independent of S)."""
     if len(service) == 1:     # closed form: W_q = (W_mean / rho) ln(rho / (1 - q)) when rho > 1 - q
@@ -217,7 +234,8 @@ def _decode_fixed_point(tables: StepTables, mix: RequestMix, rate: float, slow: 
 
 
 def _estimate(tables_d: StepTables, mix: RequestMix, rate: float, service: np.ndarray, rate_p: float,
-              rho_decode_share: float, batch: float, tpot_scale: float, offset_s: float = 0.0) -> ServingEstimate:
+              rho_decode_share: float, batch: float, tpot_scale: float, offset_s: float = 0.0,
+              stall_var_rate: float = 0.0) -> ServingEstimate:
     w = mix.weight
     es, es2 = float(np.sum(w * service)), float(np.sum(w * service ** 2))
     rho = rate_p * es
@@ -225,12 +243,15 @@ def _estimate(tables_d: StepTables, mix: RequestMix, rate: float, service: np.nd
         return _unstable(rate, f"prefill utilisation {rho:.2f} >= 1")
     wait = rate_p * es2 / (2 * (1 - rho))
     tpot_i = tables_d.decode_time(batch, mix.in_tokens + mix.out_tokens / 2) * tpot_scale
+    # prefills landing in a request's decode lifetime L = n TPOT (n = out - 1 gaps) form a compound
+    # Poisson stall: Var(TPOT_i) = lam E[S^2] L / n^2 = stall_var_rate x TPOT_i / n
+    tpot_sd = np.sqrt(stall_var_rate * tpot_i / np.maximum(mix.out_tokens - 1, 1))
     ttft_q = {q: _ttft_quantile(service, w, rho, wait, q) + offset_s for q in (0.5, 0.9, 0.99)}
     return ServingEstimate(
         rate_rps=rate, stable=True, reason="",
         ttft_mean_s=wait + es + offset_s, ttft_p50_s=ttft_q[0.5], ttft_p90_s=ttft_q[0.9], ttft_p99_s=ttft_q[0.99],
-        tpot_mean_s=float(np.sum(w * tpot_i)), tpot_p90_s=_quantile_mix(tpot_i, w, 0.9),
-        tpot_p99_s=_quantile_mix(tpot_i, w, 0.99), decode_batch=batch,
+        tpot_mean_s=float(np.sum(w * tpot_i)), tpot_p90_s=_normal_mix_quantile(tpot_i, tpot_sd, w, 0.9),
+        tpot_p99_s=_normal_mix_quantile(tpot_i, tpot_sd, w, 0.99), decode_batch=batch,
         utilisation=max(rho, rho_decode_share),
         kv_tokens=batch * mix.mean(mix.in_tokens + mix.out_tokens / 2))
 
@@ -252,7 +273,9 @@ def aggregated(tables: StepTables, mix: RequestMix, rate: float, chunk_tokens: i
     service = pre + chunks * d_b     # a chunk shares its iteration with the running decode batch
     # an arrival joins at the next iteration boundary: mean residual of the running decode step
     resid = 0.5 * float(np.sum(mix.weight * d_b)) * min(batch, 1.0)
-    return _estimate(tables, mix, rate, service, rate, 1.0 if batch > 0 else 0.0, batch, 1 / (1 - rho_p), resid)
+    stall_var_rate = rate * float(np.sum(mix.weight * pre ** 2))
+    return _estimate(tables, mix, rate, service, rate, 1.0 if batch > 0 else 0.0, batch, 1 / (1 - rho_p), resid,
+                     stall_var_rate)
 
 
 def kv_transfer_time(tables: StepTables, in_tokens, link_Bps: float, latency_s: float = 0.0) -> np.ndarray:
