@@ -124,9 +124,11 @@ def layer_forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bo
         if lin.name in attn_names:
             gemm(lin)
     # rotary embedding on q and k (MLA: on the rope part only)
+    # (models with learned absolute positions -- GPT-2/3, OPT -- have no rotary embedding)
     rope_dim = model.qk_rope_dim if model.is_mla else model.head_dim
-    elementwise("rope", T * (heads + (1 if model.is_mla else kv_heads)) * rope_dim, ex.rope_bytes_per_elem,
-                ex.rope_kernels)
+    if not model.learned_positions:
+        elementwise("rope", T * (heads + (1 if model.is_mla else kv_heads)) * rope_dim, ex.rope_bytes_per_elem,
+                    ex.rope_kernels)
     # KV cache write (inference): the new tokens' K and V
     if job.phase != "train":
         kv_elems = model.kv_cache_elems_per_token_layer() // (1 if model.is_mla else tp)

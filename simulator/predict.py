@@ -200,7 +200,7 @@ def _train(model, system, job, ex, kp, layers_per_stage):
     opt_df = time_ops(opt, system, kp, ex, job.tp)
     step = per_mb * (n_mb + job.pp - 1) + float(opt_df["time_s"].sum())
     if job.dp > 1:
-        link = system.network if (system.network and job.n_gpus > system.gpu_count) else system.peer_link
         grad_bytes = params_gpu * DTYPE_BYTES[job.dtype]
-        step += allreduce_time(grad_bytes, job.dp, link.bw_Bps, link.latency_s)
+        # Megatron rank order (tp fastest, then dp): a DP group's ranks are tp apart
+        step += allreduce_time(grad_bytes, job.dp, system, max(1, min(job.dp, system.gpu_count // job.tp)))
     return ops + opt, step, 0.0
