@@ -154,6 +154,9 @@ def layer_forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bo
             elementwise("repeat_kv", 2 * T * heads * d_qk, 2 * a, 2)
         ops.append(Op(f"{prefix}attention", "attention", flops, byts, count, kind="attn_prefill",
                       dtype=job.dtype, seq=S))
+        if ex.attn_score_bytes_per_elem:
+            # unfused attention materialises the full S x S scores (softmax, dropout) in HBM
+            elementwise("attn_scores", batch * heads * S * S, ex.attn_score_bytes_per_elem, 3)
     for lin in linears:
         if lin.name == "o":
             gemm(lin)
