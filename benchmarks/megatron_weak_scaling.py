@@ -54,11 +54,12 @@ def rows():
         step = train_step(model, system, plan, SEQ, executor=EXECUTOR)
         predicted = step.hardware_flops_per_gpu_s / 1e12
         out.append((f"{params_b}B t{tp} p{pp} d{plan.dp} B{batch}", published, predicted,
-                    (predicted - published) / published, step))
+                    (predicted - published) / published, step, model.params_total()))
     return out
 
 
 if __name__ == "__main__":
-    print(f"{'case':28s} {'published':>9s} {'predicted':>9s} {'error':>7s}  params(B)")
-    for case, pub, pred, err, step in rows():
-        print(f"{case:28s} {pub:9.0f} {pred:9.1f} {100 * err:+6.1f}%  {step.model_flops / 3 / 2 / 2048 / step.plan.global_batch / 1e9:.1f}")
+    print("TFLOP/s per GPU (paper eq. 3), published vs predicted, DGX A100 80GB + 8x HDR IB")
+    print(f"{'case':28s} {'published':>9s} {'predicted':>9s} {'error':>7s} {'params':>8s}")
+    for case, pub, pred, err, step, params in rows():
+        print(f"{case:28s} {pub:9.0f} {pred:9.1f} {100 * err:+6.1f}% {params / 1e9:7.1f}B")

@@ -56,6 +56,7 @@ from .workload import Job
 
 RECOMPUTE = ("none", "selective", "full")
 MASTER_ADAM_BYTES = 12.0     # fp32 master weights + Adam m + v per parameter
+ATTENTION_OPS = ("attention", "attn_qk", "attn_scores", "attn_av")   # what selective recompute redoes
 GRAD_BYTES = 4.0             # fp32 gradient (Megatron main_grad; the core's training memory too)
 
 
@@ -242,7 +243,8 @@ def stage_times(model: ModelConfig, system: System, seq: int, tp: int, micro_bat
         df_f, df_b = time_ops(fwd, system, kp, ex, tp), time_ops(bwd, system, kp, ex, tp)
         (cf, mf), (cb, mb) = _split(df_f), _split(df_b)
         out[f"{key}_fwd"], out[f"{key}_bwd"], out[f"{key}_tp_comm"] = cf, cb, mf + mb
-        out[f"{key}_attn_fwd"] = float(df_f.loc[df_f["cls"] == "attention", "time_s"].sum())
+        attn = df_f["name"].str.endswith(ATTENTION_OPS)
+        out[f"{key}_attn_fwd"] = float(df_f.loc[attn, "time_s"].sum())
     ends_f = forward_ops(model, job, ex, layers=0, batch=micro_batch, embed=True, head=True)
     emb = [o for o in ends_f if o.cls == "embedding"]
     head = [o for o in ends_f if o.cls != "embedding"]
@@ -385,7 +387,8 @@ def step_time_terms(model: ModelConfig, system: System, seq: int, st: StageTimes
     per_layer_tp = (1 - moe_frac) * st.layer_tp_comm + moe_frac * st.moe_tp_comm
     ends = np.where(pp == 1, st.embed + st.head, max(st.embed, st.head))
     t_mb_compute = layers_stage * (per_layer + per_layer_rec) + ends
-    t_mb_tp = layers_stage * per_layer_tp * (1 + rec * (recompute == "full"))
+    # forward has 2 of the layer's 4 TP collectives; full recompute repeats the forward's
+    t_mb_tp = layers_stage * per_layer_tp * (1.5 if recompute == "full" else 1.0)
     # MoE expert parallelism: dispatch + combine all-to-all, forward and backward
     tokens = mb * seq / cp
     a2a_bytes = tokens * model.top_k * model.hidden * a / tp if model.is_moe else 0.0
