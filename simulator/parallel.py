@@ -20,7 +20,7 @@ Model Training on GPU Clusters Using Megatron-LM", sec. 2.2 and 3):
 Memory per GPU (first pipeline stage, the fullest):
   model states per parameter: 2 (bf16 weights) + 4 (fp32 gradient, Megatron main_grad)
   + 12 (fp32 master, Adam m, v) = 18 B; ZeRO (Rajbhandari et al. 2020) shards the 12 over dp at
-  stage >= 1, the gradient at >= 2 and the weights at 3.
+  stage >= 1, the gradient at >= 2 and the weights at 3 (plus two gathered layers in flight).
   activations: GPT-style models (LayerNorm, biases, dropout: Korthikanti et al. 2022, "Reducing
   Activation Recomputation in Large Transformer Models", Table 2) per layer, in bytes
       no parallelism            s b h (34 + 5 a s / h)
@@ -302,13 +302,14 @@ def korthikanti_activation_bytes_per_layer(s, b, h, a, t=1, sp=False, recompute=
     """Activation bytes one GPT layer keeps for backward (Korthikanti et al. 2022, Table 2; fp16
     activations, 1-byte dropout masks). Vectorised."""
     s, b, h, a, t = (np.asarray(x, float) for x in (s, b, h, a, t))
+    sp = np.asarray(sp, bool)
     sbh = s * b * h
     if recompute == "full":
-        return 2 * sbh / np.where(sp, t, 1)
-    attn_scores = 5 * a * s / h if recompute == "none" else 0.0
-    if sp:
-        return sbh * (34 + attn_scores) / t
-    return sbh * (10 + 24 / t + attn_scores / t)
+        out = 2 * sbh / np.where(sp, t, 1)
+    else:
+        attn_scores = 5 * a * s / h if recompute == "none" else 0.0
+        out = np.where(sp, sbh * (34 + attn_scores) / t, sbh * (10 + 24 / t + attn_scores / t))
+    return float(out) if np.ndim(out) == 0 else out
 
 
 def _is_gpt_style(model: ModelConfig) -> bool:
@@ -350,7 +351,11 @@ def memory_terms(model, seq, ex, tp, pp, dp, cp, ep, micro_batch, n_micro, vpp, 
     tp, pp, dp, cp, ep, mb, m, v, zero = (np.asarray(x) for x in (tp, pp, dp, cp, ep, micro_batch, n_micro, vpp, zero))
     P = stage_params(model, tp, pp, ep)
     a = DTYPE_BYTES["bf16"]
-    weights = P * a / np.where(zero >= 3, dp, 1)
+    # ZeRO-3 gathers each layer's full (tp-sharded) weights just in time: the layer in use and the
+    # prefetched next one are resident in bf16 besides the shard
+    per_layer, expert_per_layer, _ = _param_split(model)
+    gathered = 2 * (per_layer + expert_per_layer / ep) / tp * a
+    weights = np.where(zero >= 3, P * a / dp + gathered, P * a)
     grads = P * GRAD_BYTES / np.where(zero >= 2, dp, 1)
     optimizer = P * MASTER_ADAM_BYTES / np.where(zero >= 1, dp, 1)
     s_local = seq // cp
