@@ -11,6 +11,7 @@ from .memory import MemoryBreakdown, inference_memory, training_memory, weight_p
 from .models import ModelConfig
 from .ops import Op, backward_ops, forward_ops, loss_ops, optimizer_ops, trainable_params
 from .profiles import ExecutorProfile, KernelProfile, load_executor_profile, load_kernel_profile
+from .comm import collective_time
 from .roofline import allreduce_time, time_ops
 from .specs import System
 from .units import DTYPE_BYTES, fmt_bytes
@@ -131,7 +132,7 @@ def predict(model: ModelConfig, system: System, job: Job, executor: ExecutorProf
         if job.pp > 1:
             # one request traverses all stages in turn; activations hop between GPUs
             hop = job.batch * (1 if job.phase == "decode" else job.seq) * model.hidden * a
-            step_time = step_time * job.pp + (job.pp - 1) * (hop / system.peer_link.bw_Bps + system.peer_link.latency_s)
+            step_time = step_time * job.pp + (job.pp - 1) * collective_time("p2p", hop, 2, system, 2)
             notes.append(f"pipeline of {job.pp} stages: latency is the sum of the stages")
         step_time += ex.host_overhead_per_step_s
         ops = fwd

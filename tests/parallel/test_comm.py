@@ -85,3 +85,16 @@ def test_cross_node_group_without_network_is_a_one_line_error():
         collective_time("all_reduce", 1e9, 16, box)
     with pytest.raises(RoofplanError, match="unknown collective"):
         collective_time("broadcast", 1e9, 8, box)
+
+
+def test_serving_tp_allreduce_goes_through_comm():
+    # decode with tp 4: each layer's two all-reduces cost what simulator.comm says
+    from simulator.models import load_model
+    from simulator.predict import predict
+    from simulator.workload import Job
+    system = load_system("dgx-h100")
+    model = load_model("llama-3.1-8b")
+    p = predict(model, system, Job(phase="decode", batch=16, context=512, tp=4))
+    comm = p.ops[p.ops["cls"] == "communication"]
+    per_call = collective_time("all_reduce", 16 * model.hidden * 2, 4, system)
+    assert comm["time_s"].sum() == pytest.approx(2 * model.n_layers * per_call, rel=1e-9)
