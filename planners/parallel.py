@@ -75,6 +75,24 @@ def _grid_for(model: ModelConfig, system: System, n_gpus: int, global_batch: int
     return np.array(rows, dtype=np.int64).reshape(-1, 6)
 
 
+def _score(model, system, seq, ex, opt, N, tp, mb, grid, st):
+    """Time and memory of the grid rows (pp, dp, m, v, zero, sp) sharing one (tp, micro-batch, sp)."""
+    pp, dp, m, v, zero, sp = grid.T
+    frames = []
+    for rc in RECOMPUTE:
+        t = step_time_terms(model, system, seq, st, tp, pp, dp, 1, 1, mb, m, v, zero, rc, True, 2.0, opt)
+        mem = memory_terms(model, seq, ex, tp, pp, dp, 1, 1, mb, m, v, sp.astype(bool), zero, rc)
+        total_mem = sum(np.broadcast_to(x, pp.shape).astype(float) for x in mem.values())
+        df = pd.DataFrame({"gpus": N, "tp": tp, "pp": pp, "dp": dp, "micro_batch": mb, "n_micro": m,
+                           "vpp": v, "zero": zero, "sp": sp.astype(bool), "recompute": rc,
+                           "time_s": t["time"], "memory_bytes": total_mem})
+        for k in TERMS:
+            df[f"{k}_s"] = np.broadcast_to(t[k], pp.shape)
+        df["compute_s"] = df["compute_s"] - df["recompute_s"]
+        frames.append(df)
+    return frames, len(grid) * len(RECOMPUTE)
+
+
 def search(model: ModelConfig, system: System, n_gpus: int, global_batch: int, seq: int,
            objective: str = "throughput", executor: ExecutorProfile | None = None,
            kernels: KernelProfile | None = None, gpu_counts: list[int] | None = None,
@@ -110,23 +128,15 @@ def search(model: ModelConfig, system: System, n_gpus: int, global_batch: int, s
                 g = _grid_for(model, system, N, global_batch, tp, mb, zeros)
                 if not len(g):
                     continue
-                if (tp, mb) not in cache:
-                    cache[tp, mb] = stage_times(model, system, seq, tp, mb, 1, ex, kp)
-                st = cache[tp, mb]
-                pp, dp, m, v, zero, sp = g.T
-                for rc in RECOMPUTE:
-                    t = step_time_terms(model, system, seq, st, tp, pp, dp, 1, 1, mb, m, v, zero, rc,
-                                        True, 2.0, opt)
-                    mem = memory_terms(model, seq, ex, tp, pp, dp, 1, 1, mb, m, v, sp.astype(bool), zero, rc)
-                    total_mem = sum(np.broadcast_to(x, pp.shape).astype(float) for x in mem.values())
-                    df = pd.DataFrame({"gpus": N, "tp": tp, "pp": pp, "dp": dp, "micro_batch": mb, "n_micro": m,
-                                       "vpp": v, "zero": zero, "sp": sp.astype(bool), "recompute": rc,
-                                       "time_s": t["time"], "memory_bytes": total_mem})
-                    for k in TERMS:
-                        df[f"{k}_s"] = np.broadcast_to(t[k], pp.shape)
-                    df["compute_s"] = df["compute_s"] - df["recompute_s"]
-                    frames.append(df)
-                    evaluated += len(df)
+                for sp_on in (False, True):
+                    rows = g[g[:, 5] == int(sp_on)]
+                    if not len(rows):
+                        continue
+                    if (tp, mb, sp_on) not in cache:
+                        cache[tp, mb, sp_on] = stage_times(model, system, seq, tp, mb, 1, ex, kp, sp=sp_on)
+                    frames_, n_ = _score(model, system, seq, ex, opt, N, tp, mb, rows, cache[tp, mb, sp_on])
+                    frames += frames_
+                    evaluated += n_
     if not frames:
         raise RoofplanError(f"no plan divides --global-batch {global_batch} over {n_gpus} GPUs; "
                             f"use a global batch that is a multiple of the data-parallel degree")
@@ -195,7 +205,7 @@ def compare_with(search_result: PlanSearch, model: ModelConfig, system: System, 
 
 
 def register(sub) -> None:
-    from planners import plan_subparsers
+    from planners.offload_cmd import plan_subparsers
     from simulator.report import add_format_arg
     p = plan_subparsers(sub).add_parser(
         "parallel", help="best training parallelism (tp, pp, dp, micro-batch, schedule, ZeRO, recompute, SP) for N GPUs")

@@ -224,9 +224,14 @@ def _split(df):
     return float(df.loc[~comm, "time_s"].sum()), float(df.loc[comm, "time_s"].sum())
 
 
+SEQUENCE_PARALLEL_OPS = ("attn_norm", "mlp_norm", "residual_add", "residual_add2")
+
+
 def stage_times(model: ModelConfig, system: System, seq: int, tp: int, micro_batch: int, cp: int,
-                ex: ExecutorProfile, kp: KernelProfile, dtype: str = "bf16") -> StageTimes:
-    """Time one layer (dense and MoE) and the stage ends for a micro-batch through the core."""
+                ex: ExecutorProfile, kp: KernelProfile, dtype: str = "bf16", sp: bool = False) -> StageTimes:
+    """Time one layer (dense and MoE) and the stage ends for a micro-batch through the core.
+    With sequence parallelism the norms and residual adds (Megatron's sequence-parallel region,
+    Korthikanti et al. 2022 sec. 4.2.2) run on seq / tp tokens per GPU."""
     s_local = seq // cp
     job = Job(phase="train", batch=micro_batch, seq=s_local, tp=tp, micro_batch=micro_batch, dtype=dtype)
     T = micro_batch * s_local
@@ -239,6 +244,9 @@ def stage_times(model: ModelConfig, system: System, seq: int, tp: int, micro_bat
                                 kv_len=0, prefix="layer.")
         # context parallel: local queries attend to the keys of all cp chunks
         fwd = [replace(o, flops=o.flops * cp) if o.cls == "attention" else o for o in fwd]
+        if sp and tp > 1:
+            fwd = [replace(o, flops=o.flops / tp, bytes=o.bytes / tp) if o.name.endswith(SEQUENCE_PARALLEL_OPS) else o
+                   for o in fwd]
         bwd = backward_ops(fwd, job, ex.backward_memory_ratio)
         df_f, df_b = time_ops(fwd, system, kp, ex, tp), time_ops(bwd, system, kp, ex, tp)
         (cf, mf), (cb, mb) = _split(df_f), _split(df_b)
@@ -456,7 +464,7 @@ def train_step(model: ModelConfig, system: System, plan: ParallelPlan, seq: int,
     validate_plan(plan, model, system, seq)
     ex = executor or load_executor_profile("default")
     kp = kernels or load_kernel_profile(system.gpu.name)
-    st = stage_times(model, system, seq, plan.tp, plan.micro_batch, plan.cp, ex, kp, plan.dtype)
+    st = stage_times(model, system, seq, plan.tp, plan.micro_batch, plan.cp, ex, kp, plan.dtype, plan.sp)
     t = step_time_terms(model, system, seq, st, plan.tp, plan.pp, plan.dp, plan.cp, plan.ep, plan.micro_batch,
                         plan.n_micro, plan.vpp, plan.zero, plan.recompute, plan.overlap_grad_reduce,
                         plan.grad_reduce_bytes, optimizer_seconds_per_param(model, system, ex, kp))

@@ -39,8 +39,10 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str], align: str | Non
     cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     if align is None:
-        align = "".join("r" if rows and isinstance(rows[0][i], (int, float, np.number)) or (rows and _numlike(str(rows[0][i]))) else "l"
-                        for i in range(len(header)))
+        def numeric(i):
+            vals = [r[i] for r in rows if str(r[i]) not in ("-", "")]
+            return bool(vals) and all(isinstance(v, (int, float, np.number)) or _numlike(str(v)) for v in vals)
+        align = "".join("r" if numeric(i) else "l" for i in range(len(header)))
     out = []
     for j, r in enumerate(cells):
         out.append("  ".join(c.rjust(w) if align[i] == "r" else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())

@@ -180,3 +180,21 @@ def test_bad_plans_are_one_line_errors(dgx, kw, msg):
     plan = ParallelPlan(**{**dict(global_batch=64), **kw})
     with pytest.raises(RoofplanError, match=msg):
         train_step(gpt(4096, 32, 32), dgx, plan, 2048)
+
+
+def test_sequence_parallel_never_slower_and_shards_norms(dgx, meg):
+    model = gpt(8192, 48, 64)
+    base = ParallelPlan(tp=8, pp=2, dp=2, global_batch=32, recompute="selective")
+    off, on = train_step(model, dgx, base, 2048, meg), train_step(model, dgx, replace(base, sp=True), 2048, meg)
+    assert on.time_s < off.time_s and on.peak_memory_bytes < off.peak_memory_bytes
+    assert on.tp_comm_s == pytest.approx(off.tp_comm_s)   # all-gather + reduce-scatter = all-reduce volume
+
+
+def test_planner_rows_match_train_step(dgx, meg):
+    from planners.parallel import plan_of, search
+    model = gpt(4096, 32, 32)
+    res = search(model, dgx, 32, 128, 2048, executor=meg)
+    for _, row in res.plans.head(5).iterrows():
+        step = train_step(model, dgx, plan_of(row), 2048, meg)
+        assert step.time_s == pytest.approx(row["time_s"], rel=1e-9)
+        assert step.peak_memory_bytes == pytest.approx(row["memory_bytes"], rel=1e-9)
