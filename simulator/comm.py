@@ -118,10 +118,3 @@ def bus_bandwidth_Bps(op: str, nbytes, n, time_s):
     out = algbw * factor
     return float(out) if np.ndim(out) == 0 else out
 
-
-def group_ranks_per_node(system: System, group_size: int, inner: int) -> int:
-    """Ranks of one group per node when the group's ranks are `inner` apart in the rank order
-    (Megatron order: tp fastest, then dp, then pp -> the TP group has inner 1, DP inner tp,
-    PP inner tp x dp)."""
-    per_node = max(1, system.gpu_count // max(inner, 1))
-    return int(min(group_size, per_node))

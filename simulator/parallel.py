@@ -43,7 +43,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .comm import collective_time, group_ranks_per_node
+from .comm import collective_time
 from .errors import RoofplanError
 from .memory import MemoryBreakdown, saved_activation_bytes_per_token_layer
 from .models import ModelConfig
@@ -425,14 +425,21 @@ def step_time_terms(model: ModelConfig, system: System, seq: int, st: StageTimes
     t_send = collective_time("p2p", p2p_bytes, np.where(pp > 1, 2, 1), system, pp_rpn)
     pp_comm = np.where(pp > 1, 2 * v * m * t_send + 2 * (pp - 1) * t_send, 0.0)
     # data parallel gradients of this stage (non-expert over dp, expert over dp / ep)
-    per_layer_p, expert_p, _ = _param_split(model)
     P = stage_params(model, tp, pp, ep)
-    grad_bytes = P * grad_reduce_bytes
+    P_expert = stage_params(model, tp, pp, ep) - stage_params(model, tp, pp, np.inf)  # experts on this GPU
+    P_dense = P - P_expert
     dp_inner = tp * cp
     dp_rpn = np.minimum(dp, np.maximum(1, system.gpu_count // dp_inner))
-    t_ar = collective_time("all_reduce", grad_bytes, dp, system, dp_rpn)
-    t_rs = collective_time("reduce_scatter", grad_bytes, dp, system, dp_rpn)
-    t_ag = collective_time("all_gather", P * a, dp, system, dp_rpn)
+    # expert weights are replicated over dp / ep ranks only (their ranks are tp x ep apart)
+    edp = np.maximum(dp // ep, 1)
+    edp_rpn = np.minimum(edp, np.maximum(1, system.gpu_count // (dp_inner * ep)))
+
+    def reduce_time(kind, bytes_per_param):
+        return (collective_time(kind, P_dense * bytes_per_param, dp, system, dp_rpn)
+                + collective_time(kind, P_expert * bytes_per_param, edp, system, edp_rpn))
+    t_ar = reduce_time("all_reduce", grad_reduce_bytes)
+    t_rs = reduce_time("reduce_scatter", grad_reduce_bytes)
+    t_ag = reduce_time("all_gather", a)
     t_dp = np.where(zero == 0, t_ar, t_rs + t_ag)
     last_bwd = layers_stage * (1 - moe_frac) * st.layer_bwd + layers_stage * moe_frac * st.moe_bwd
     exposed = np.where(overlap_grad_reduce, np.maximum(0.0, t_dp - last_bwd), t_dp)
