@@ -436,7 +436,7 @@ def step_time_terms(model: ModelConfig, system: System, seq: int, st: StageTimes
 
     def reduce_time(kind, bytes_per_param):
         return (collective_time(kind, P_dense * bytes_per_param, dp, system, dp_rpn)
-                + collective_time(kind, P_expert * bytes_per_param, edp, system, edp_rpn))
+                + np.where(P_expert > 0, collective_time(kind, P_expert * bytes_per_param, edp, system, edp_rpn), 0.0))
     t_ar = reduce_time("all_reduce", grad_reduce_bytes)
     t_rs = reduce_time("reduce_scatter", grad_reduce_bytes)
     t_ag = reduce_time("all_gather", a)
