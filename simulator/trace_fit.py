@@ -77,18 +77,23 @@ def fit_gemm_scale(trace: Trace, system: System, kp: KernelProfile, dtype: str |
 
 def cpu_op_overhead(trace: Trace, step_time_s: float | None = None) -> tuple[float, int]:
     """Fixed cost per op of a CPU-only trace (dispatch, allocation, thread wake-up): the wall time
-    of the busiest step not covered by leaf ops, plus the median duration of the memory-bound
+    of a step not covered by leaf ops, plus the median duration of the memory-bound
     leaf ops (too small to stream at bandwidth), per op, scaled by step_time_s / traced span when
-    the step was also timed without the profiler. Goes to `kernel_overhead_us`: on a CPU
+    the step was also timed without the profiler; the least disturbed step wins. Goes to `kernel_overhead_us`: on a CPU
     there is no launch queue, every op pays it in series."""
-    st = trace.segment_stats().sort_values("kernels").iloc[-1]
-    k = trace.kernels[trace.kernels["segment"] == st["segment"]]
-    small = k[k["cls"].isin(["elementwise", "norm"])]["dur_s"]
-    gaps = max(0.0, float(st["cpu_span_s"] - st["kernel_time_s"]))
-    per_op = gaps / max(len(k), 1) + (float(small.median()) if len(small) else 0.0)
-    # the profiler slows every op; a step time measured without it rescales the traced one
-    scale = step_time_s / float(st["cpu_span_s"]) if step_time_s else 1.0
-    return per_op * min(scale, 1.0), len(k)
+    best, n_ops = float("inf"), 0
+    for st in trace.segment_stats().itertuples():     # least disturbed step: the smallest per-op cost
+        k = trace.kernels[trace.kernels["segment"] == st.segment]
+        if not len(k):
+            continue
+        small = k[k["cls"].isin(["elementwise", "norm"])]["dur_s"]
+        gaps = max(0.0, float(st.cpu_span_s - st.kernel_time_s))
+        per_op = gaps / len(k) + (float(small.median()) if len(small) else 0.0)
+        # the profiler slows every op; a step time measured without it rescales the traced one
+        scale = min(step_time_s / float(st.cpu_span_s), 1.0) if step_time_s else 1.0
+        if per_op * scale < best:
+            best, n_ops = per_op * scale, len(k)
+    return best, n_ops
 
 
 def layer_structure(trace: Trace) -> dict:
