@@ -145,6 +145,8 @@ def build_step(cfg: ModelConfig, spec: RunSpec, device: torch.device):
             getattr(model, name).to(device)
         model.cos, model.sin = model.cos.to(device), model.sin.to(device)
         streamer = LayerStreamer(model, device, spec.host_memory == "pinned", spec.overlap)
+        model.n_params = sum(p.numel() for p in model.parameters())
+        model.layers = torch.nn.ModuleList()      # the streamer's host copies are the only ones now
     ids = torch.randint(0, cfg.vocab, (spec.batch, q_len), device=device)
     if train:
         params = apply_lora(model, spec.lora_rank) if spec.lora_rank else [p for p in model.parameters()]
@@ -215,7 +217,7 @@ def run(cfg: ModelConfig, spec: RunSpec, trace_path: str | None = None, result_p
         "torch": torch.__version__,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": getattr(model, "n_params", None) or sum(p.numel() for p in model.parameters()),
     }
     if device.type == "cuda":
         result["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(device))

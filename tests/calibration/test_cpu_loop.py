@@ -81,3 +81,41 @@ def _loop(tmp_path, capsys, monkeypatch):
                 break
         errors[(phase, batch, seq or context)] = pred / best - 1
     return errors
+
+
+def test_run_modes_write_traces(tmp_path, capsys):
+    """Every executor mode runs on cpu and leaves a trace that the ingestion reads back."""
+    from simulator.trace import load_trace
+    cases = [("train", ["--seq", "32", "--lora-rank", "4", "--recompute", "full"]),
+             ("decode", ["--context", "16", "--offload", "weights=cpu", "--no-overlap"]),
+             ("prefill", ["--seq", "16", "--offload", "weights=cpu"])]
+    for phase, extra in cases:
+        t = tmp_path / f"{phase}.json.gz"
+        r = tmp_path / f"{phase}.json"
+        assert main(["run", "--model", TINY, "--phase", phase, "--batch", "2", "--dtype", "fp32", "--steps", "1",
+                     "--warmup", "0", "--trace-steps", "1", "--trace", str(t), "--result", str(r), "--format", "json", *extra]) == 0
+        capsys.readouterr()
+        res = json.loads(r.read_text())
+        assert res["phase"] == phase and res["time_s"] > 0 and res["params"] > 3e6
+        tr = load_trace(t)
+        assert list(tr.segments["name"]) == ["ProfilerStep#1"]
+        names = set(tr.cpu_ops["name"])
+        assert {"layer0", "layer3"} <= names
+        if "--offload" in extra:
+            assert {"h2d layer0", "h2d layer3"} <= names
+        if phase == "train":
+            assert {"train.forward", "train.backward", "train.optimizer"} <= names
+            assert "optimizer" in set(tr.kernels["cls"]) and "gemm" in set(tr.kernels["cls"])
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["run", "--model", TINY, "--phase", "prefill", "--device", "cuda", "--seq", "8"], "no CUDA device"),
+    (["run", "--model", TINY, "--phase", "prefill"], "needs --seq"),
+    (["run", "--model", TINY, "--phase", "train", "--seq", "8", "--offload", "weights=cpu"], "applies to prefill and decode"),
+    (["run", "--model", "deepseek-v3", "--phase", "prefill", "--seq", "8"], "builds dense decoders"),
+])
+def test_run_bad_input(argv, msg, capsys):
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(argv) == 2
+    assert msg in capsys.readouterr().err
