@@ -32,8 +32,12 @@ def pick_segment(trace: Trace, phase: str, segment: str | None = None) -> str:
     same = trace.segments[trace.segments["phase"] == phase]["name"].tolist()
     if same:
         return same[-1]
-    generic = trace.segments[trace.segments["phase"].isin(["step", "train"])]["name"].tolist()
-    if generic and phase == "train" or len(names) == 1:
+    # ProfilerStep#N steps (any phase) and a backward-carrying trace (train): the last step,
+    # the one least disturbed by profiler start-up
+    generic = trace.segments[trace.segments["phase"] == "step"]["name"].tolist()
+    if phase == "train":
+        generic += trace.segments[trace.segments["phase"] == "train"]["name"].tolist()
+    if generic or len(names) == 1:
         return (generic or names)[-1]
     raise RoofplanError(f"trace {trace.path} has no {phase} segment (it has {', '.join(names)}); pass --segment NAME or another --phase")
 

@@ -117,3 +117,16 @@ def test_bad_traces(tmp_path):
         with pytest.raises(RoofplanError, match=msg) as e:
             load_trace(tmp_path / name)
         assert "\n" not in str(e.value) and name in str(e.value)
+
+
+def test_pick_segment(tmp_path, shared):
+    from simulator.validate import pick_segment
+    t = load_trace(write_trace(tmp_path / "t.json.gz", synthetic_events()))
+    assert pick_segment(t, "prefill") == "ProfilerStep#1"
+    assert pick_segment(t, "decode", "ProfilerStep#0") == "ProfilerStep#0"
+    with pytest.raises(RoofplanError, match="has no segment 'x'; it has ProfilerStep#0, ProfilerStep#1"):
+        pick_segment(t, "decode", "x")
+    hf = cached_trace(INFER)
+    assert pick_segment(hf, "decode") == "decode#1" and pick_segment(hf, "prefill") == "prefill#0"
+    with pytest.raises(RoofplanError, match="has no train segment"):
+        pick_segment(hf, "train")
