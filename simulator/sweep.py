@@ -262,13 +262,29 @@ def shard_groups(groups: list[Group], shard_size: int) -> list[list[Group]]:
     return out
 
 
-def sweep_group(g: Group) -> dict[str, np.ndarray]:
-    """Columns (RESULT_COLUMNS) for every configuration of one group. A structural error (tp that
-    does not divide the heads, unknown GPU) fills the `error` column instead of stopping the sweep."""
+def _loaded(cache: dict, kind: str, name: str):
+    """Specs loaded once per shard (`cache` lives for one run_shard call: no global state)."""
     from .models import load_model
     from .pricing import cheapest_price_per_gpu_h
     from .profiles import load_executor_profile, load_kernel_profile
     from .specs import load_hardware
+    loaders = {"model": load_model, "hardware": load_hardware, "executor": load_executor_profile,
+               "kernels": load_kernel_profile, "price": lambda n: cheapest_price_per_gpu_h(n)[0]}
+    key = (kind, name)
+    if key not in cache:
+        try:
+            cache[key] = loaders[kind](name)
+        except RoofplanError as e:
+            cache[key] = e
+    if isinstance(cache[key], RoofplanError):
+        raise cache[key]
+    return cache[key]
+
+
+def sweep_group(g: Group, cache: dict | None = None) -> dict[str, np.ndarray]:
+    """Columns (RESULT_COLUMNS) for every configuration of one group. A structural error (tp that
+    does not divide the heads, unknown GPU) fills the `error` column instead of stopping the sweep."""
+    cache = {} if cache is None else cache
     Bg, Sg, Cg = np.meshgrid(np.array(g.batch, np.int64), np.array(g.seq, np.int64),
                              np.array(g.context, np.int64), indexing="ij")
     B, S, C = Bg.ravel(), Sg.ravel(), Cg.ravel()
@@ -287,11 +303,11 @@ def sweep_group(g: Group) -> dict[str, np.ndarray]:
     cols["error"] = np.full(n, "", object)
     job = Job(phase=g.phase, dtype=g.dtype, tp=g.tp, pp=g.pp, dp=g.dp, offload_weights=g.offload)
     try:
-        model = load_model(g.model)
-        system = load_hardware(g.hardware)
-        ex = load_executor_profile(g.executor)
-        kp = load_kernel_profile(system.gpu.name)
-        price, _ = cheapest_price_per_gpu_h(system.gpu.name)
+        model = _loaded(cache, "model", g.model)
+        system = _loaded(cache, "hardware", g.hardware)
+        ex = _loaded(cache, "executor", g.executor)
+        kp = _loaded(cache, "kernels", system.gpu.name)
+        price = _loaded(cache, "price", system.gpu.name)
         ok = _check_sizes(model, g.phase, B, S, C)
         cols["error"][~ok] = f"sizes out of range for {model.name} (max {model.max_positions} tokens)"
         idx = np.flatnonzero(ok)
@@ -334,8 +350,29 @@ def predict_rows(model, system, jobs: list[Job], ex, kp) -> dict[str, np.ndarray
     return out
 
 
-def run_shard(groups: list[Group]):
-    """All groups of one shard -> one pandas DataFrame (RESULT_COLUMNS)."""
+def gpu_prices(groups: list[Group]) -> dict[str, float | None]:
+    """Cheapest USD per GPU-hour (price_usd_per_h / gpu_count over hardware_specs/systems, as
+    pricing.cheapest_price_per_gpu_h) of every GPU the groups use, in one pass over the systems."""
+    from .specs import list_names, load_hardware, load_system
+    gpus = set()
+    for hw in dict.fromkeys(g.hardware for g in groups):
+        try:
+            gpus.add(load_hardware(hw).gpu.name)
+        except RoofplanError:
+            continue
+    out: dict[str, float | None] = {g: None for g in gpus}
+    for name in list_names("system"):
+        s = load_system(name)
+        if s.gpu.name in gpus and s.price_usd_per_h:
+            p = s.price_usd_per_h / s.gpu_count
+            out[s.gpu.name] = p if out[s.gpu.name] is None else min(out[s.gpu.name], p)
+    return out
+
+
+def run_shard(groups: list[Group], prices: dict[str, float | None] | None = None):
+    """All groups of one shard -> one pandas DataFrame (RESULT_COLUMNS). `prices` (GPU name ->
+    USD per GPU-hour, from gpu_prices) saves each shard the price look-up."""
     import pandas as pd
-    parts = [pd.DataFrame(sweep_group(g), columns=list(RESULT_COLUMNS)) for g in groups]
+    cache: dict = {("price", k): v for k, v in (prices or {}).items()}
+    parts = [pd.DataFrame(sweep_group(g, cache), columns=list(RESULT_COLUMNS)) for g in groups]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(RESULT_COLUMNS))

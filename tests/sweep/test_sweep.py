@@ -14,15 +14,16 @@ from simulator.specs import load_hardware
 from simulator.sweep import predict_many, sweep_group, parse_grid, Group
 from simulator.workload import Job
 
-MODELS = ["llama-3.1-8b", "llama-3.1-70b", "mixtral-8x7b", "deepseek-v3", "opt-6.7b", "gpt2"]
+# dense GQA, MoE, MLA + MoE, MHA with a plain MLP (gpt2: 12 heads, so tp 8 is refused)
+MODELS = ["llama-3.1-8b", "llama-3.1-70b", "mixtral-8x7b", "deepseek-v3", "gpt2"]
 GPUS = ["h100-sxm", "a100-sxm-80gb"]
-BATCH = np.array([1, 3, 16, 64])[:, None]
-CTX = np.array([0, 127, 511, 1000])[None, :]
-SEQ = np.array([1, 128, 512, 1000])[None, :]
+BATCH = np.array([1, 16, 64])[:, None]
+CTX = np.array([0, 511, 1000])[None, :]
+SEQ = np.array([1, 128, 1000])[None, :]
 
 
 def _cases():
-    for m, hw, phase, tp, pp in itertools.product(MODELS, GPUS, ("decode", "prefill"), (1, 2, 8), (1, 3)):
+    for m, hw, phase, tp, pp in itertools.product(MODELS, GPUS, ("decode", "prefill"), (1, 8), (1, 3)):
         yield m, hw, phase, tp, pp, "gpu"
     for m, hw, phase in itertools.product(("llama-3.1-8b", "mixtral-8x7b"), GPUS, ("decode", "prefill")):
         yield m, hw, phase, 1, 1, "cpu"
@@ -43,7 +44,7 @@ def test_vectorised_equals_scalar(m, hw, phase, tp, pp, offload):
         return
     n = 0
     for i, b in enumerate(BATCH[:, 0]):
-        for j in range(4):
+        for j in range(3):
             s = int(SEQ[0, j]) if phase == "prefill" else 0
             c = int(CTX[0, j]) if phase == "decode" else 0
             p = predict(model, system, replace(job, batch=int(b), seq=s, context=c), ex, kp, check_memory=False)
@@ -54,4 +55,4 @@ def test_vectorised_equals_scalar(m, hw, phase, tp, pp, offload):
             assert bool(many.fits[i, j]) == p.fits
             assert many.bound[i, j] == p.bound
             n += 1
-    assert n == 16
+    assert n == 9
