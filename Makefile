@@ -20,7 +20,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e '.[test,dist]'
 	@# torch only from local disk (--no-index): never pull a multi-GB CUDA build from an index.
 	@# Without it the executor tests skip; everything else runs.
-	$(BIN)/python -m pip install -q filelock typing-extensions sympy networkx jinja2 fsspec
+	$(BIN)/python -m pip install -q filelock "typing-extensions>=4.10" "setuptools>=77.0.3" "sympy>=1.13.3" "networkx>=2.5.1" jinja2 "fsspec>=0.8.5"
 	-$(BIN)/python -m pip install -q --no-index $(TORCH) || echo "note: $(TORCH) CPU wheel not on local disk; executor tests will be skipped"
 	@touch $@
 

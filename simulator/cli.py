@@ -18,6 +18,7 @@ COMMANDS = [
     "simulator.commands.predict",
     "simulator.commands.hw",
     "simulator.commands.whatif",
+    "planners.offload_cmd",
     "simulator.commands.sweep",
 ]
 

@@ -66,7 +66,7 @@ def kv_cache_bytes(model: ModelConfig, job: Job) -> float:
     """K and V (or MLA latent) for every cached token of every sequence, this GPU's share."""
     tokens = job.context + 1 if job.phase == "decode" else job.seq
     layers = -(-model.n_layers // job.pp)
-    per_tok_layer = model.kv_cache_elems_per_token_layer() / (1 if model.is_mla else job.tp)
+    per_tok_layer = model.kv_cache_elems_per_token_layer_per_gpu(job.tp)
     return job.batch * tokens * layers * per_tok_layer * job.kv_bytes_per_elem
 
 

@@ -177,6 +177,13 @@ class ModelConfig:
             return self.kv_lora_rank + self.qk_rope_dim
         return 2 * self.n_kv_heads * self.head_dim
 
+    def kv_cache_elems_per_token_layer_per_gpu(self, tp: int) -> int:
+        """This GPU's share under tensor parallelism: KV heads split over ranks, replicated
+        once tp exceeds their number (each rank keeps at least one); MLA's latent is replicated."""
+        if self.is_mla:
+            return self.kv_cache_elems_per_token_layer()
+        return 2 * max(1, self.n_kv_heads // tp) * self.head_dim
+
     def kv_cache_bytes_per_token(self, dtype_bytes: float) -> float:
         return self.n_layers * self.kv_cache_elems_per_token_layer() * dtype_bytes
 

@@ -129,7 +129,7 @@ def layer_forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bo
                 ex.rope_kernels)
     # KV cache write (inference): the new tokens' K and V
     if job.phase != "train":
-        kv_elems = model.kv_cache_elems_per_token_layer() // (1 if model.is_mla else tp)
+        kv_elems = model.kv_cache_elems_per_token_layer_per_gpu(tp)
         elementwise("kv_write", T * kv_elems, a + kvb, 2, "elementwise")
     # attention
     if model.is_mla and job.phase == "decode":
@@ -140,7 +140,7 @@ def layer_forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bo
         d_qk = d_v = model.head_dim
     if job.phase == "decode":
         L = kv_len + 1
-        cache = batch * L * (model.kv_cache_elems_per_token_layer() // (1 if model.is_mla else tp)) * kvb
+        cache = batch * L * model.kv_cache_elems_per_token_layer_per_gpu(tp) * kvb
         flops = 2.0 * batch * heads * L * (d_qk + d_v)
         ops.append(Op(f"{prefix}attention", "attention", flops, cache + 2 * T * heads * d_v * a, count,
                       kind="attn_decode", dtype=job.dtype))

@@ -91,7 +91,8 @@ def predict(model: ModelConfig, system: System, job: Job, executor: ExecutorProf
     a = DTYPE_BYTES[job.dtype]
 
     if job.phase == "train":
-        ops, step_time, transfer = _train(model, system, job, ex, kp, layers_per_stage)
+        ops, df, step_time = _train(model, system, job, ex, kp, layers_per_stage)
+        transfer = 0.0
         mem = training_memory(model, job, ex)
         tokens = job.batch * job.seq * job.dp
         attn_fwd = sum(o.flops * o.count for o in ops if o.cls == "attention" and o.pass_ == "fwd")
@@ -134,13 +135,9 @@ def predict(model: ModelConfig, system: System, job: Job, executor: ExecutorProf
             step_time = step_time * job.pp + (job.pp - 1) * (hop / system.peer_link.bw_Bps + system.peer_link.latency_s)
             notes.append(f"pipeline of {job.pp} stages: latency is the sum of the stages")
         step_time += ex.host_overhead_per_step_s
-        ops = fwd
         tokens = job.batch * (1 if job.phase == "decode" else job.seq) * job.dp
         model_flops = hardware_flops = sum(o.flops * o.count for o in fwd if o.cls in ("gemm", "attention")) \
             * job.pp * job.tp * job.dp
-        mem_df = df
-    if job.phase == "train":
-        mem_df = time_ops(ops, system, kp, ex, job.tp)
     peak = mem.total
     fits = peak <= gpu.mem_bytes
     if check_memory and not fits:
@@ -150,11 +147,11 @@ def predict(model: ModelConfig, system: System, job: Job, executor: ExecutorProf
             f"{fmt_bytes(gpu.mem_bytes)} (over by {fmt_bytes(peak - gpu.mem_bytes)}; {parts}); "
             f"use more GPUs (--tp/--pp), a smaller --batch, --offload weights=cpu or --recompute full"
         )
-    totals = mem_df.groupby("bound")["time_s"].sum()
+    totals = df.groupby("bound")["time_s"].sum()
     bound = "transfer" if transfer and transfer >= step_time * 0.5 else str(totals.idxmax()) if len(totals) else "compute"
     pred = Prediction(
         model=model.name, hardware=system.name, job=job, time_s=step_time, peak_memory_bytes=peak,
-        memory=mem, ops=mem_df, bound=bound, tokens_per_s=tokens / step_time, transfer_time_s=transfer,
+        memory=mem, ops=df, bound=bound, tokens_per_s=tokens / step_time, transfer_time_s=transfer,
         notes=tuple(notes), model_flops=model_flops, hardware_flops=hardware_flops, n_gpus=n_gpus, fits=fits,
     )
     object.__setattr__(pred, "_peak", gpu.peak_flops(job.dtype))
@@ -182,8 +179,7 @@ def _train(model, system, job, ex, kp, layers_per_stage):
     all-reduce, pipeline bubble (1F1B: (pp - 1) extra micro-batch slots)."""
     mb = job.micro_batch
     n_mb = job.batch // mb
-    first, last = True, job.pp == 1
-    fwd = forward_ops(model, job, ex, layers=layers_per_stage, batch=mb, embed=first, head=True)
+    fwd = forward_ops(model, job, ex, layers=layers_per_stage, batch=mb)
     bwd = backward_ops(fwd, job, ex.backward_memory_ratio)
     ops: list[Op] = fwd + loss_ops(model, job, mb * job.seq) + bwd
     if job.recompute == "full":
@@ -194,13 +190,21 @@ def _train(model, system, job, ex, kp, layers_per_stage):
                 for o in fwd if o.cls == "attention"]
     df = time_ops(ops, system, kp, ex, job.tp)
     per_mb = float(df["time_s"].sum())
+    # the per-op table reports the whole step: every micro-batch (and bubble slot) of this stage
+    slots = n_mb + job.pp - 1
+    df[["flops", "bytes", "kernels", "gpu_time_s", "host_time_s", "time_s"]] *= slots
     params_gpu = trainable_params(model, job) * weight_params_per_gpu(model, job) / model.params_total()
     shard = job.dp if job.zero >= 1 else 1
     opt = optimizer_ops(model, job, params_gpu / shard)
     opt_df = time_ops(opt, system, kp, ex, job.tp)
-    step = per_mb * (n_mb + job.pp - 1) + float(opt_df["time_s"].sum())
+    step = per_mb * slots + float(opt_df["time_s"].sum())
     if job.dp > 1:
         link = system.network if (system.network and job.n_gpus > system.gpu_count) else system.peer_link
         grad_bytes = params_gpu * DTYPE_BYTES[job.dtype]
-        step += allreduce_time(grad_bytes, job.dp, link.bw_Bps, link.latency_s)
-    return ops + opt, step, 0.0
+        dp_time = allreduce_time(grad_bytes, job.dp, link.bw_Bps, link.latency_s)
+        step += dp_time
+        opt_df = pd.concat([opt_df, pd.DataFrame([{"name": "dp_grad_allreduce", "cls": "communication", "pass": "opt",
+                                                   "count": 1, "flops": 0.0, "bytes": grad_bytes, "kernels": 1,
+                                                   "gpu_time_s": dp_time, "host_time_s": 0.0, "time_s": dp_time,
+                                                   "bound": "communication"}])], ignore_index=True)
+    return ops + opt, pd.concat([df, opt_df], ignore_index=True), step

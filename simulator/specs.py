@@ -76,6 +76,7 @@ class CPU:
     mem_bw_Bps: float
     peak_flops_fp32: float
     source: str = ""
+    attention_Bps: float | None = None   # measured KV-cache rate of CPU attention (None: roofline)
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,7 @@ SCHEMA: dict[str, list[tuple[str, str, Callable, bool]]] = {
         ("name", "name", _str, _R), ("vendor", "vendor", _str, _R), ("cores", "cores", _pos_int, _R),
         ("memory_bandwidth_GBps", "mem_bw_Bps", _num(GB), _R),
         ("peak_fp32_TFLOPS", "peak_flops_fp32", _num(TFLOPS), _R),
+        ("attention_GBps", "attention_Bps", _opt_num(GB), _O),
     ],
     "nvme": [
         ("name", "name", _str, _R), ("capacity_GB", "capacity_bytes", _num(GB), _R),

@@ -1,0 +1,74 @@
+"""Op-list FLOPs against the standard counting formulas (Kaplan et al. 2020; Megatron-LM)."""
+import pytest
+
+from simulator.models import load_model
+from simulator.ops import experts_touched, forward_ops
+from simulator.predict import predict
+from simulator.profiles import load_executor_profile
+from simulator.specs import load_hardware
+from simulator.workload import Job
+
+EX = load_executor_profile("default")
+
+
+def gemm_flops(ops):
+    return sum(o.flops * o.count for o in ops if o.cls == "gemm")
+
+
+@pytest.mark.parametrize("name", ["llama-3.1-8b", "qwen2.5-7b", "mistral-7b", "opt-6.7b"])
+def test_prefill_gemm_flops_are_2_params_per_token(name):
+    # forward GEMM FLOPs = 2 x (non-embedding parameters) x tokens; LM head for the last position only
+    m = load_model(name)
+    B, S = 2, 1024
+    ops = forward_ops(m, Job("prefill", batch=B, seq=S), EX)
+    linear_params = m.params_total() - m.embedding_params - m.head_params
+    expected = 2 * linear_params * B * S + 2 * m.hidden * m.vocab * B
+    assert gemm_flops(ops) == pytest.approx(expected, rel=0.002)   # norms' few params are not GEMMs
+
+
+def test_causal_attention_flops():
+    # B h S^2 (d_qk + d_v) per layer: half of the 4 B h S^2 d of full attention
+    m = load_model("llama-3.1-8b")
+    ops = forward_ops(m, Job("prefill", batch=1, seq=4096), EX)
+    attn = sum(o.flops * o.count for o in ops if o.cls == "attention")
+    assert attn == 32 * 32 * 4096**2 * 256
+
+
+def test_training_flops_six_per_param_token():
+    # Kaplan: C = 6 N T for the dense part (plus attention); tied LM head counted once
+    m = load_model("llama-3.2-1b")
+    p = predict(m, load_hardware("h100-sxm"), Job("train", batch=4, seq=2048))
+    T = 4 * 2048
+    N = m.params_total() - m.embedding_params + (m.vocab * m.hidden if m.tie_embeddings else 0)
+    attn = 3 * 16 * 32 * 2048**2 * 128 * 4
+    assert p.model_flops == pytest.approx(6 * N * T + attn, rel=0.002)
+
+
+def test_moe_active_flops_and_expert_reads():
+    m = load_model("mixtral-8x7b")
+    ops = forward_ops(m, Job("decode", batch=1, context=100), EX)
+    experts = [o for o in ops if o.name.endswith("experts_gate_up")][0]
+    # one token, top-2 of 8 experts: 2 x (4096 x 2 x 14336) multiply-adds
+    assert experts.flops == 2 * 2 * 4096 * 2 * 14336
+    assert experts_touched(8, 2, 1) == pytest.approx(2.0)
+    assert experts_touched(8, 2, 1000) == pytest.approx(8.0)
+    # a batch of 64 tokens reads (almost) every expert's weights
+    ops64 = forward_ops(m, Job("decode", batch=64, context=100), EX)
+    e64 = [o for o in ops64 if o.name.endswith("experts_gate_up")][0]
+    assert e64.bytes > 3.9 * experts.bytes
+
+
+def test_mla_decode_reads_latent_cache():
+    m = load_model("deepseek-v3")
+    ops = forward_ops(m, Job("decode", batch=8, context=4095, dtype="fp8"), EX)
+    attn = [o for o in ops if o.cls == "attention"][0]
+    # 8 sequences x 4096 tokens x 576 latent elements x 1 byte (fp8 cache)
+    assert attn.bytes >= 8 * 4096 * 576
+    assert attn.bytes < 1.1 * 8 * 4096 * 576
+
+
+def test_kv_heads_replicate_beyond_tp():
+    m = load_model("llama-3.1-70b")   # 8 KV heads
+    assert m.kv_cache_elems_per_token_layer_per_gpu(8) == 2 * 1 * 128
+    assert m.kv_cache_elems_per_token_layer_per_gpu(16) == 2 * 1 * 128   # replicated, not halved
+    assert m.kv_cache_elems_per_token_layer_per_gpu(2) == 2 * 4 * 128

@@ -1,0 +1,238 @@
+"""Offload planner: FlexGen's published T4 numbers, Fuyou's RTX 4090 fine-tuning, invariants,
+the JSON schema the executor reads, and one-line errors."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from planners.flexgen import PUBLISHED, effective_fractions, flexgen_cost_model, score_policy
+from planners.offload import RESOURCES, SCHEMA, OffloadRequest, plan_offload
+from simulator.cli import main
+from simulator.models import load_model
+from simulator.profiles import load_executor_profile, load_kernel_profile
+from simulator.specs import load_hardware
+from simulator.units import GiB
+
+EX = load_executor_profile("default")
+
+
+@pytest.fixture(scope="module")
+def t4():
+    system = load_hardware("flexgen-t4")
+    return system, load_kernel_profile(system.gpu.name)
+
+
+@pytest.fixture(scope="module")
+def rtx():
+    system = load_hardware("fuyou-rtx-4090")
+    return system, load_kernel_profile(system.gpu.name)
+
+
+@pytest.fixture(scope="module")
+def flexgen_rows(t4):
+    system, kp = t4
+    out = {}
+    for name, pub in PUBLISHED.items():
+        model = load_model(name)
+        out[name] = (pub, score_policy(model, system, pub, EX, kp),
+                     plan_offload(model, system, OffloadRequest(phase="decode", dtype="fp16"), EX, kp),
+                     flexgen_cost_model(model, pub))
+    return out
+
+
+# ---- Acceptance A: FlexGen, ICML 2023, Table 2 (T4, prompt 512, gen 32) -------------------------
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_published_flexgen_policy_within_25_percent_of_measured(flexgen_rows, name):
+    pub, ours, _, _ = flexgen_rows[name]
+    assert ours.tokens_per_s == pytest.approx(pub.throughput_tok_s, rel=0.25)
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_planner_at_flexgen_batch_within_25_percent_of_measured(t4, flexgen_rows, name):
+    # the planner's own plan for FlexGen's effective batch (2, 144, 256 sequences)
+    system, kp = t4
+    pub, ours, _, _ = flexgen_rows[name]
+    p = plan_offload(load_model(name), system, OffloadRequest(phase="decode", dtype="fp16",
+                                                              batch=pub.gpu_batch_size * pub.num_gpu_batches), EX, kp)
+    assert p.tokens_per_s == pytest.approx(pub.throughput_tok_s, rel=0.25)
+    assert p.tokens_per_s >= ours.tokens_per_s * (1 - 1e-6)
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_planner_beats_or_matches_flexgen_policy_under_our_model(flexgen_rows, name):
+    _, ours, best, _ = flexgen_rows[name]
+    assert best.tokens_per_s >= ours.tokens_per_s * (1 - 1e-6)
+
+
+def test_flexgen_own_cost_model_is_off_as_the_issue_reports(flexgen_rows):
+    # no HBM term: 2.4x optimistic on OPT-6.7B; one fitted disk constant: 4-5x pessimistic on 175B
+    pub, _, _, cm = flexgen_rows["opt-6.7b"]
+    assert 2.2 < cm / pub.throughput_tok_s < 2.6
+    pub, _, _, cm = flexgen_rows["opt-175b"]
+    assert 4.0 < pub.throughput_tok_s / cm < 5.0
+    pub, _, _, cm = flexgen_rows["opt-30b"]
+    assert cm == pytest.approx(pub.throughput_tok_s, rel=0.05)
+
+
+def test_what_binds_the_flexgen_rows(flexgen_rows):
+    # 6.7B all on GPU: HBM-bound decode; 30B: CPU attention + weight stream; 175B: the SSD
+    assert flexgen_rows["opt-6.7b"][1].binds == "gpu"
+    assert flexgen_rows["opt-30b"][1].binds == "cpu"
+    assert flexgen_rows["opt-175b"][1].binds == "disk_read"
+
+
+def test_flexgen_percent_is_applied_per_tensor():
+    # --percent 20 80 on OPT-30B puts only q_proj on the GPU: one of twelve h^2 blocks
+    eff = effective_fractions(load_model("opt-30b"), (20, 80, 0, 100, 0, 100))
+    assert eff["weights"]["gpu"] == pytest.approx(1 / 12, rel=0.01)
+    assert sum(eff["weights"].values()) == pytest.approx(1.0)
+    eff = effective_fractions(load_model("opt-175b"), (0, 50, 0, 0, 0, 100))
+    assert eff["weights"]["nvme"] == pytest.approx(0.5, rel=0.01)
+    assert eff["kv_cache"]["nvme"] == 1.0
+
+
+# ---- Acceptance B: Fuyou (Liao et al. 2024): 13B fine-tuning on one RTX 4090 ----------------------
+
+FUYOU_TFLOPS = 156.0          # Fuyou, GPT-3 13B, RTX 4090 (abstract)
+ZERO_INFINITY_TFLOPS = 45.0   # ZeRO-Infinity on the same box (abstract)
+
+
+def test_fuyou_13b_finetune_within_stated_tolerance(rtx):
+    system, kp = rtx
+    model = load_model("opt-13b")      # same shape as GPT-3 13B: 40 layers, hidden 5120
+    fuyou = plan_offload(model, system, OffloadRequest(phase="train", dtype="bf16", seq=1024), EX, kp)
+    zinf = plan_offload(model, system, OffloadRequest(phase="train", dtype="bf16", seq=1024,
+                                                      overlap_optimizer=False), EX, kp,
+                        fixed={"optimizer_states": {"gpu": 0.0, "cpu": 0.0}})
+    hw = fuyou.as_dict()["predicted"]["hardware_tflops_per_s"]
+    # tolerance 40%: the RTX 4090 has no GEMM measurements of its own; it runs on the H100-fitted
+    # efficiency curves (72% of peak at the plateau) and the plan is GPU-bound
+    assert hw == pytest.approx(FUYOU_TFLOPS, rel=0.40)
+    # GPU-bound: the LP keeps weights on the GPU until the weight stream just matches compute
+    layer = fuyou.stages[0]
+    assert fuyou.binds in ("gpu", "h2d")
+    assert layer.resources_s["gpu"] == pytest.approx(layer.layer_time_s, rel=1e-3)
+    assert fuyou.placement["optimizer_states"]["cpu"] > 0.99     # 13B x 12 B does not fit 24 GB
+    zhw = zinf.as_dict()["predicted"]["hardware_tflops_per_s"]
+    assert ZERO_INFINITY_TFLOPS < zhw < hw                         # serial optimizer loses, as published
+    assert hw / zhw > 1.15
+
+
+# ---- invariants ----------------------------------------------------------------------------------
+
+def _faster_link(system, factor):
+    link = dataclasses.replace(system.host_link, bw_Bps=system.host_link.bw_Bps * factor)
+    return dataclasses.replace(system, host_link=link)
+
+
+@pytest.mark.parametrize("name", ["opt-30b", "opt-175b"])
+def test_more_pcie_or_host_memory_is_never_slower(t4, name):
+    system, kp = t4
+    model = load_model(name)
+    req = OffloadRequest(phase="decode", dtype="fp16")
+    base = plan_offload(model, system, req, EX, kp).tokens_per_s
+    assert plan_offload(model, _faster_link(system, 2.0), req, EX, kp).tokens_per_s >= base * (1 - 1e-6)
+    more_host = dataclasses.replace(req, host_mem_bytes=system.host_mem_bytes * 1.5)
+    assert plan_offload(model, system, more_host, EX, kp).tokens_per_s >= base * (1 - 1e-6)
+
+
+def test_plan_is_consistent(t4):
+    system, kp = t4
+    p = plan_offload(load_model("opt-30b"), system, OffloadRequest(phase="decode", dtype="fp16"), EX, kp)
+    d = p.as_dict()
+    for fr in d["placement"].values():
+        assert sum(fr.values()) == pytest.approx(1.0, abs=1e-6)
+        assert all(0.0 <= v <= 1.0 for v in fr.values())
+    for stage in d["stages"]:
+        assert set(stage["resources_s"]) == set(RESOURCES)
+        assert stage["layer_time_s"] == pytest.approx(max(stage["resources_s"].values()), rel=1e-6)
+        assert stage["binds"] == max(stage["resources_s"], key=stage["resources_s"].get)
+    stage_sum = sum(stage["layer_time_s"] * stage["count"] for stage in d["stages"])
+    assert stage_sum <= d["predicted"]["time_s"] <= stage_sum * 1.05      # + embedding / LM head
+    assert d["predicted"]["tokens_per_s"] == pytest.approx(d["schedule"]["block_size"] * 32 / d["predicted"]["time_s"])
+    assert d["memory_bytes"]["gpu"] <= system.gpu.mem_bytes * (1 + 1e-6)
+    assert d["memory_bytes"]["host"] <= system.host_mem_bytes * (1 + 1e-6)
+
+
+def test_pinned_batch_is_respected(t4):
+    system, kp = t4
+    p = plan_offload(load_model("opt-6.7b"), system, OffloadRequest(phase="decode", dtype="fp16", batch=24), EX, kp)
+    assert p.block_size == 24
+
+
+def test_latency_objective_picks_one_batch(t4):
+    system, kp = t4
+    p = plan_offload(load_model("opt-6.7b"), system, OffloadRequest(phase="decode", dtype="fp16",
+                                                                    objective="latency"), EX, kp)
+    assert p.block_size == 1
+
+
+# ---- CLI -----------------------------------------------------------------------------------------
+
+def test_cli_json_schema_for_the_executor(capsys):
+    rc = main(["plan", "offload", "--model", "opt-6.7b", "--hardware", "flexgen-t4", "--phase", "decode",
+               "--batch", "8", "--format", "json"])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["schema"] == SCHEMA and d["dtype"] == "fp16"
+    assert d["schedule"]["gpu_batch_size"] * d["schedule"]["num_gpu_batches"] == 8
+    for key in ("weights", "kv_cache", "activations"):
+        assert set(d["placement"][key]) == {"gpu", "cpu", "nvme"}
+    assert d["attention"] in ("gpu", "cpu")
+    assert d["predicted"]["time_s"] > 0 and d["solver"]["status"] == "Optimal"
+    assert d["solver"]["name"] in ("HiGHS", "HiGHS_CMD", "PULP_CBC_CMD")
+
+
+def test_cli_table(capsys):
+    assert main(["plan", "offload", "--model", "opt-13b", "--hardware", "fuyou-rtx-4090", "--phase", "train",
+                 "--format", "table"]) == 0
+    out = capsys.readouterr().out
+    assert "train_layer" in out and "binds" in out and "optimizer_states" in out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--model", "opt-175b", "--hardware", "flexgen-t4", "--phase", "decode", "--host-memory", "50", "--nvme", "100"],
+     "binding constraint is"),
+    (["--model", "opt-30b", "--hardware", "flexgen-t4", "--phase", "decode", "--gpu-memory", "-1"], "--gpu-memory must be > 0"),
+    (["--model", "opt-30b", "--hardware", "h100-sxm", "--phase", "decode"], "has no cpu"),
+    (["--model", "opt-30b", "--hardware", "flexgen-t4", "--phase", "decode", "--dtype", "bf16"], "no bf16"),
+    (["--model", "opt-30b", "--hardware", "flexgen-t4", "--phase", "decode", "--prompt-len", "4000"], "exceeds"),
+    (["--model", "opt-30b", "--hardware", "nope", "--phase", "decode"], "unknown hardware"),
+])
+def test_cli_errors_are_one_line_exit_2(capsys, argv, needle):
+    assert main(["plan", "offload", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err
+
+
+def test_infeasible_names_the_least_extra_memory(capsys):
+    assert main(["plan", "offload", "--model", "opt-30b", "--hardware", "flexgen-t4", "--phase", "decode",
+                 "--gpu-memory", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "binding constraint is GPU memory" in err
+    short = float(err.split("short by ")[1].split(" GiB")[0])
+    # OPT-30B's embedding (0.7 GiB) + one layer's double buffer (2.3 GiB) + workspace exceed 1 GiB
+    assert 1.5 < short < 4.0
+    # and the suggested cap is enough
+    need = int(err.split("--gpu-memory ")[1].split(",")[0])
+    system, kp = load_hardware("flexgen-t4"), load_kernel_profile("t4")
+    plan_offload(load_model("opt-30b"), system, OffloadRequest(phase="decode", dtype="fp16", gpu_mem_bytes=need * GiB),
+                 EX, kp)
+
+
+# ---- property: more memory of any tier never makes the best plan slower --------------------------
+
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(gpu_gib=st.floats(10.0, 16.0), host_gib=st.floats(120.0, 208.0), more=st.floats(1.0, 2.0),
+       tier=st.sampled_from(["gpu_mem_bytes", "host_mem_bytes"]))
+def test_more_memory_never_slower(gpu_gib, host_gib, more, tier):
+    system, kp = load_hardware("flexgen-t4"), load_kernel_profile("t4")
+    model = load_model("opt-30b")
+    req = OffloadRequest(phase="decode", dtype="fp16", gpu_mem_bytes=gpu_gib * GiB, host_mem_bytes=host_gib * GiB)
+    bigger = dataclasses.replace(req, **{tier: getattr(req, tier) * more})
+    base = plan_offload(model, system, req, EX, kp).tokens_per_s
+    assert plan_offload(model, system, bigger, EX, kp).tokens_per_s >= base * (1 - 1e-6)
