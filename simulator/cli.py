@@ -19,6 +19,7 @@ COMMANDS = [
     "simulator.commands.hw",
     "simulator.commands.whatif",
     "planners.offload_cmd",
+    "planners.parallel",
     "simulator.commands.sweep",
 ]
 

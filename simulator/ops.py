@@ -124,9 +124,11 @@ def layer_forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bo
         if lin.name in attn_names:
             gemm(lin)
     # rotary embedding on q and k (MLA: on the rope part only)
+    # (models with learned absolute positions -- GPT-2/3, OPT -- have no rotary embedding)
     rope_dim = model.qk_rope_dim if model.is_mla else model.head_dim
-    elementwise("rope", T * (heads + (1 if model.is_mla else kv_heads)) * rope_dim, ex.rope_bytes_per_elem,
-                ex.rope_kernels)
+    if not model.learned_positions:
+        elementwise("rope", T * (heads + (1 if model.is_mla else kv_heads)) * rope_dim, ex.rope_bytes_per_elem,
+                    ex.rope_kernels)
     # KV cache write (inference): the new tokens' K and V
     if job.phase != "train":
         kv_elems = model.kv_cache_elems_per_token_layer_per_gpu(tp)
@@ -150,8 +152,17 @@ def layer_forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bo
         byts = T * (heads * (d_qk + d_v) + 2 * kv_heads * d_qk) * a
         if ex.repeat_kv and kv_heads < heads:
             elementwise("repeat_kv", 2 * T * heads * d_qk, 2 * a, 2)
-        ops.append(Op(f"{prefix}attention", "attention", flops, byts, count, kind="attn_prefill",
-                      dtype=job.dtype, seq=S))
+        if ex.attn_score_bytes_per_elem:
+            # unfused attention (Megatron 2021): two batched GEMMs over the full S x S square, the
+            # scores materialised in HBM for softmax and dropout (their traffic in attn_scores)
+            ops.append(Op(f"{prefix}attn_qk", "gemm", 2.0 * batch * heads * S * S * d_qk,
+                          T * (heads + kv_heads) * d_qk * a, count, dtype=job.dtype))
+            elementwise("attn_scores", batch * heads * S * S, ex.attn_score_bytes_per_elem, 3)
+            ops.append(Op(f"{prefix}attn_av", "gemm", 2.0 * batch * heads * S * S * d_v,
+                          T * (heads + kv_heads) * d_v * a, count, dtype=job.dtype))
+        else:
+            ops.append(Op(f"{prefix}attention", "attention", flops, byts, count, kind="attn_prefill",
+                          dtype=job.dtype, seq=S))
     for lin in linears:
         if lin.name == "o":
             gemm(lin)

@@ -11,6 +11,7 @@ from .memory import MemoryBreakdown, inference_memory, training_memory, weight_p
 from .models import ModelConfig
 from .ops import Op, backward_ops, forward_ops, loss_ops, optimizer_ops, trainable_params
 from .profiles import ExecutorProfile, KernelProfile, load_executor_profile, load_kernel_profile
+from .comm import collective_time
 from .roofline import allreduce_time, time_ops
 from .specs import System
 from .units import DTYPE_BYTES, fmt_bytes
@@ -132,7 +133,7 @@ def predict(model: ModelConfig, system: System, job: Job, executor: ExecutorProf
         if job.pp > 1:
             # one request traverses all stages in turn; activations hop between GPUs
             hop = job.batch * (1 if job.phase == "decode" else job.seq) * model.hidden * a
-            step_time = step_time * job.pp + (job.pp - 1) * (hop / system.peer_link.bw_Bps + system.peer_link.latency_s)
+            step_time = step_time * job.pp + (job.pp - 1) * collective_time("p2p", hop, 2, system, 2)
             notes.append(f"pipeline of {job.pp} stages: latency is the sum of the stages")
         step_time += ex.host_overhead_per_step_s
         tokens = job.batch * (1 if job.phase == "decode" else job.seq) * job.dp
@@ -199,9 +200,9 @@ def _train(model, system, job, ex, kp, layers_per_stage):
     opt_df = time_ops(opt, system, kp, ex, job.tp)
     step = per_mb * slots + float(opt_df["time_s"].sum())
     if job.dp > 1:
-        link = system.network if (system.network and job.n_gpus > system.gpu_count) else system.peer_link
         grad_bytes = params_gpu * DTYPE_BYTES[job.dtype]
-        dp_time = allreduce_time(grad_bytes, job.dp, link.bw_Bps, link.latency_s)
+        # Megatron rank order (tp fastest, then dp): a DP group's ranks are tp apart
+        dp_time = allreduce_time(grad_bytes, job.dp, system, max(1, min(job.dp, system.gpu_count // job.tp)))
         step += dp_time
         opt_df = pd.concat([opt_df, pd.DataFrame([{"name": "dp_grad_allreduce", "cls": "communication", "pass": "opt",
                                                    "count": 1, "flops": 0.0, "bytes": grad_bytes, "kernels": 1,

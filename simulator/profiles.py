@@ -115,6 +115,7 @@ class ExecutorProfile:
     workspace_bytes: float = 0.0     # allocator / cuBLAS workspace beyond tensors
     backward_memory_ratio: float = 2.0   # backward traffic of memory-bound ops / forward traffic
     gemm_efficiency_scale: float = 1.0   # this stack's GEMMs vs the microbenchmarked ones (layout, library)
+    attn_score_bytes_per_elem: float = 0.0  # unfused attention: HBM bytes per score element (0 = flash)
     source: str = ""
 
 
@@ -198,6 +199,7 @@ _EXEC_FIELDS = {
     "workspace_MiB": ("workspace_bytes", 2**20),
     "backward_memory_ratio": ("backward_memory_ratio", None),
     "gemm_efficiency_scale": ("gemm_efficiency_scale", None),
+    "attn_score_bytes_per_elem": ("attn_score_bytes_per_elem", None),
 }
 
 

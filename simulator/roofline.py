@@ -4,7 +4,7 @@
   attention  prefill: t = overhead + F (1 + diag/S) / (peak_bf16 eff);  backward = ratio x forward
              decode:  t = overhead + max(B / (bw eff_m), F / (peak eff_c))
   memory ops t = kernels x kernel_overhead + B / (bw eff_m)
-  comm       ring all-reduce: 2 (n-1)/n bytes / link_bw + 2 (n-1) latency
+  comm       collectives from simulator.comm (alpha-beta, ring/hierarchical, NCCL efficiencies)
 Each op's time is max(GPU time, host time to issue its kernels): an eager executor that cannot
 keep the GPU fed makes the GPU wait (host-bound), a CUDA graph has no host time.
 """
@@ -16,8 +16,6 @@ import pandas as pd
 from .ops import Op
 from .profiles import ExecutorProfile, KernelProfile
 from .specs import System
-
-COMM_EFFICIENCY = 0.80   # achieved / nominal link bandwidth for NCCL ring collectives
 
 
 def gemm_time(flops, byts, peak, bw, model):
@@ -50,10 +48,10 @@ def attn_decode_time(flops, byts, peak, bw, kp: KernelProfile):
     return kp.attn_decode_overhead_s + np.maximum(tm, tc), tc > tm
 
 
-def allreduce_time(byts, n, link_bw, latency):
-    if n <= 1:
-        return 0.0
-    return 2 * (n - 1) / n * byts / (link_bw * COMM_EFFICIENCY) + 2 * (n - 1) * latency
+def allreduce_time(byts, n, system: System, ranks_per_node=None):
+    """All-reduce of `byts` per rank over `n` ranks of `system` (see simulator.comm)."""
+    from .comm import collective_time
+    return collective_time("all_reduce", byts, n, system, ranks_per_node)
 
 
 def op_gpu_time(op: Op, system: System, kp: KernelProfile, ex: ExecutorProfile, tp: int = 1) -> tuple[float, str]:
@@ -73,8 +71,7 @@ def op_gpu_time(op: Op, system: System, kp: KernelProfile, ex: ExecutorProfile, 
             return float(kp.attn_bwd_ratio * attn_prefill_time(op.flops / 2.5, op.seq, peak, kp)), "compute"
         return float(attn_prefill_time(op.flops, op.seq, peak, kp)), "compute"
     if op.cls == "communication":
-        link = system.peer_link
-        return float(allreduce_time(op.bytes, tp, link.bw_Bps, link.latency_s)), "communication"
+        return float(allreduce_time(op.bytes, tp, system, min(tp, system.gpu_count))), "communication"
     k_over = kp.kernel_overhead_s if ex.kernel_overhead_s is None else ex.kernel_overhead_s
     slow = kp.eager_slowdown * (kp.norm_slowdown if op.cls == "norm" else 1.0)
     return float(memory_op_time(op.bytes, op.kernels, bw, kp, k_over, slow)), "memory"

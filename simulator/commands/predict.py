@@ -36,6 +36,17 @@ def add_job_args(p) -> None:
     p.add_argument("--zero", type=int, default=0)
 
 
+def add_parallel_train_args(p) -> None:
+    """Training-only parallelism flags (simulator.parallel); any of them, or more than one GPU,
+    selects the multi-GPU training model."""
+    p.add_argument("--global-batch", type=int, default=0,
+                   help="train: sequences per optimizer step over all replicas (default: --batch x --dp)")
+    p.add_argument("--sp", action="store_true", help="train: Megatron sequence parallelism (with --tp)")
+    p.add_argument("--ep", type=int, default=1, help="train: expert-parallel degree (MoE; divides --dp)")
+    p.add_argument("--cp", type=int, default=1, help="train: context-parallel degree (splits --seq)")
+    p.add_argument("--vpp", type=int, default=1, help="train: virtual pipeline stages per GPU (interleaved 1F1B)")
+
+
 def job_from_args(args) -> Job:
     offload = "gpu"
     if args.offload:
@@ -52,12 +63,63 @@ def job_from_args(args) -> Job:
 def register(sub) -> None:
     p = sub.add_parser("predict", help="predict time and memory of one step")
     add_job_args(p)
+    add_parallel_train_args(p)
     p.add_argument("--plot", default=None, metavar="FILE.png", help="write a roofline + memory figure")
     add_format_arg(p)
     p.set_defaults(func=cmd_predict)
 
 
+def _uses_parallel_train(args) -> bool:
+    return args.phase == "train" and (args.tp * args.pp * args.dp * args.cp > 1 or args.global_batch
+                                      or args.sp or args.ep > 1 or args.vpp > 1)
+
+
+def cmd_predict_parallel(args) -> int:
+    """Multi-GPU training step through simulator.parallel (time terms, memory, FLOP/s per GPU)."""
+    from ..parallel import ParallelPlan, train_step
+    from ..specs import system_from_gpu
+    if args.lora_rank or args.offload:
+        raise RoofplanError("--lora-rank and --offload are single-GPU training options; drop them or the parallel flags")
+    model = load_model(args.model)
+    system = load_hardware(args.hardware)
+    n = args.tp * args.pp * args.dp * args.cp
+    if system.gpu_count == 1 and system.name == system.gpu.name and n > 1:
+        system = system_from_gpu(system.gpu, min(n, 8))   # a bare GPU name: one node of such GPUs
+    ex = load_executor_profile(args.executor)
+    kp = load_kernel_profile(system.gpu.name, args.kernel_profile)
+    mb = args.micro_batch or args.batch
+    plan = ParallelPlan(tp=args.tp, pp=args.pp, dp=args.dp, cp=args.cp, ep=args.ep, micro_batch=mb,
+                        global_batch=args.global_batch or args.batch * args.dp, vpp=args.vpp, sp=args.sp,
+                        zero=args.zero, recompute=args.recompute, dtype=args.dtype)
+    step = train_step(model, system, plan, args.seq, ex, kp)
+    terms = step.terms()
+    rows = [[k, fmt_time(v), f"{100 * v / step.time_s:.1f}%"] for k, v in terms.items() if v > 0]
+    mem = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in step.memory.as_dict().items() if v)
+    title = (f"{model.name} train global batch {plan.global_batch} seq {args.seq} on {plan.n_gpus} x {system.gpu.name} "
+             f"({system.name}) tp{plan.tp} pp{plan.pp} dp{plan.dp}" + (f" cp{plan.cp}" if plan.cp > 1 else "")
+             + (f" ep{plan.ep}" if plan.ep > 1 else "") + f" mb{plan.micro_batch} x {plan.n_micro} {plan.schedule}"
+             + (f" v{plan.vpp}" if plan.vpp > 1 else "") + f" zero{plan.zero} recompute {plan.recompute}"
+             + (" sp" if plan.sp else "") + f" ({ex.name} executor)")
+    footer = (f"\nstep time {fmt_time(step.time_s)}  |  {step.tokens_per_s:,.0f} tokens/s\n"
+              f"peak memory {step.peak_memory_bytes / GiB:.2f} GiB per GPU of {system.gpu.mem_bytes / GiB:.0f} GiB "
+              f"({mem}){'' if step.fits else '  -- DOES NOT FIT'}\n"
+              f"model FLOP/s per GPU {step.model_flops_per_gpu_s / 1e12:.0f} T, hardware FLOP/s per GPU "
+              f"{step.hardware_flops_per_gpu_s / 1e12:.0f} T, MFU {100 * step.mfu:.1f}%")
+    if not step.fits:
+        raise RoofplanError(
+            f"{model.name} training does not fit: needs {fmt_bytes(step.peak_memory_bytes)} per GPU but "
+            f"{system.gpu.name} has {fmt_bytes(system.gpu.mem_bytes)} ({mem}); use more --tp/--pp, --zero, "
+            f"--recompute full, --sp or a smaller --micro-batch")
+    emit(fmt_of(args), json_obj={"model": model.name, "hardware": system.name, "phase": "train", **step.as_dict()},
+         rows=rows, header=["term", "time", "share"], title=title, footer=footer)
+    return 0
+
+
 def cmd_predict(args) -> int:
+    if _uses_parallel_train(args):
+        return cmd_predict_parallel(args)
+    if args.phase != "train" and (args.global_batch or args.sp or args.ep > 1 or args.cp > 1 or args.vpp > 1):
+        raise RoofplanError("--global-batch, --sp, --ep, --cp and --vpp apply to --phase train only")
     model = load_model(args.model)
     system = load_hardware(args.hardware)
     ex = load_executor_profile(args.executor)
