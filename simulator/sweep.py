@@ -3,8 +3,8 @@
 `predict_many` evaluates the same formulas as the scalar `predict()` on numpy arrays. The op
 lists in ops.py and the memory formulas in memory.py are plain arithmetic, so handing them a
 `Job` whose batch / seq / context are numpy arrays yields ops whose flops and bytes are arrays;
-the roofline primitives (gemm_time, memory_op_time, attn_*_time) are already array functions of
-(flops, bytes) -- their efficiency curves are np.interp. Arrays may be broadcast against each
+roofline.op_gpu_time_array dispatches each op to array functions of (flops, bytes) -- the
+efficiency curves are np.interp. Arrays may be broadcast against each
 other (batch (nB,1,1) x seq (1,nS,1) x context (1,1,nC)): every op is then evaluated only on the
 axes it depends on (a decode GEMM depends on batch, not context) and the sums broadcast to the
 full grid, which is why a cartesian sweep runs at millions of configurations per second.
@@ -26,7 +26,8 @@ from .models import ModelConfig
 from .ops import Op, forward_ops
 from .predict import _h2d_Bps, _widen, predict
 from .profiles import ExecutorProfile, KernelProfile
-from .roofline import allreduce_time, attn_decode_time, attn_prefill_time, gemm_time, memory_op_time
+from .comm import collective_time
+from .roofline import op_gpu_time_array
 from .specs import System
 from .units import DTYPE_BYTES
 from .workload import Job, validate_job
@@ -47,27 +48,6 @@ class ManyPredictions:
     transfer_time_s: np.ndarray
     memory: dict                      # MEMORY_PARTS -> array
     n_gpus: int
-
-
-def _op_gpu_time(op: Op, system: System, kp: KernelProfile, ex: ExecutorProfile, tp: int):
-    """Array twin of roofline.op_gpu_time: (seconds per instance, bound label or boolean array
-    True = compute bound)."""
-    gpu = system.gpu
-    bw = gpu.hbm_bw_Bps
-    if op.cls == "gemm":
-        peak = gpu.peak_flops(op.dtype) * ex.gemm_efficiency_scale
-        return gemm_time(op.flops, op.bytes, peak, bw, kp.gemm_for(op.dtype))
-    if op.cls == "attention":
-        peak = gpu.peak_flops(op.dtype if op.dtype in gpu.peak_flops_by_dtype else "fp16")
-        if op.kind == "attn_decode":
-            return attn_decode_time(op.flops, op.bytes, peak, bw, kp)
-        return attn_prefill_time(op.flops, op.seq, peak, kp), "compute"
-    if op.cls == "communication":
-        link = system.peer_link
-        return allreduce_time(np.asarray(op.bytes, float), tp, link.bw_Bps, link.latency_s), "communication"
-    k_over = kp.kernel_overhead_s if ex.kernel_overhead_s is None else ex.kernel_overhead_s
-    slow = kp.eager_slowdown * (kp.norm_slowdown if op.cls == "norm" else 1.0)
-    return memory_op_time(op.bytes, op.kernels, bw, kp, k_over, slow), "memory"
 
 
 def _check_sizes(model: ModelConfig, phase: str, batch, seq, context) -> np.ndarray:
@@ -115,7 +95,7 @@ def predict_many(model: ModelConfig, system: System, job: Job, batch, seq=0, con
     layer_compute = np.zeros(shape)
     by_bound = {b: np.zeros(shape) for b in BOUNDS}
     for op in fwd:
-        t_gpu, bound = _op_gpu_time(op, system, kp, ex, job.tp)
+        t_gpu, bound = op_gpu_time_array(op, system, kp, ex, job.tp)
         t_gpu = np.asarray(t_gpu, float)
         t_host = op.kernels * ex.host_overhead_per_kernel_s if op.cls != "communication" else 0.0
         t = (np.maximum(t_gpu, t_host) if t_host else t_gpu) * op.count
@@ -154,7 +134,7 @@ def predict_many(model: ModelConfig, system: System, job: Job, batch, seq=0, con
         mem = inference_memory(model, vjob, ex)
     if job.pp > 1:
         hop = B * (1 if job.phase == "decode" else S) * model.hidden * a
-        step = step * job.pp + (job.pp - 1) * (hop / system.peer_link.bw_Bps + system.peer_link.latency_s)
+        step = step * job.pp + (job.pp - 1) * collective_time("p2p", hop, 2, system, 2)
     step = step + ex.host_overhead_per_step_s
     tokens = B * (1 if job.phase == "decode" else S) * job.dp
     mem_parts = {k: np.broadcast_to(np.asarray(getattr(mem, k), float), shape) for k in MEMORY_PARTS}

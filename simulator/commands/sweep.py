@@ -135,8 +135,9 @@ def run_sweep(groups, shard_size: int, shard_dir: Path, workers: int = 1, dask_s
     paths = [shard_dir / f"shard-{i:05d}{shard_ext}" for i in range(len(shards))]
     todo = [i for i, p in enumerate(paths) if not (resume and p.is_file())]
     bar = Progress(sum(sum(g.size for g in s) for s in shards), len(shards), progress)
+    pending = set(todo)
     for i in range(len(shards)):
-        if i not in set(todo):
+        if i not in pending:
             bar.update(sum(g.size for g in shards[i]))
     if dask_scheduler:
         try:

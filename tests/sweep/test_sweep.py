@@ -9,7 +9,7 @@ import pytest
 from simulator.errors import RoofplanError
 from simulator.models import load_model
 from simulator.predict import predict
-from simulator.profiles import load_executor_profile, load_kernel_profile
+from simulator.profiles import list_profiles, load_executor_profile, load_kernel_profile
 from simulator.specs import load_hardware
 from simulator.sweep import predict_many, sweep_group, parse_grid, Group
 from simulator.workload import Job
@@ -24,15 +24,19 @@ SEQ = np.array([1, 128, 1000])[None, :]
 
 def _cases():
     for m, hw, phase, tp, pp in itertools.product(MODELS, GPUS, ("decode", "prefill"), (1, 8), (1, 3)):
-        yield m, hw, phase, tp, pp, "gpu"
+        yield m, hw, phase, tp, pp, "gpu", "default"
     for m, hw, phase in itertools.product(("llama-3.1-8b", "mixtral-8x7b"), GPUS, ("decode", "prefill")):
-        yield m, hw, phase, 1, 1, "cpu"
+        yield m, hw, phase, 1, 1, "cpu", "default"
+    # every other shipped executor profile (host overhead per kernel, unfused attention, ...)
+    for ex in sorted(set(list_profiles("executors")) - {"default"}):
+        for phase, tp in itertools.product(("decode", "prefill"), (1, 4)):
+            yield "llama-3.1-8b", "h100-sxm", phase, tp, 1, "gpu", ex
 
 
-@pytest.mark.parametrize("m,hw,phase,tp,pp,offload", list(_cases()))
-def test_vectorised_equals_scalar(m, hw, phase, tp, pp, offload):
+@pytest.mark.parametrize("m,hw,phase,tp,pp,offload,executor", list(_cases()))
+def test_vectorised_equals_scalar(m, hw, phase, tp, pp, offload, executor):
     model, system = load_model(m), load_hardware(hw)
-    ex, kp = load_executor_profile("default"), load_kernel_profile(system.gpu.name)
+    ex, kp = load_executor_profile(executor), load_kernel_profile(system.gpu.name)
     job = Job(phase=phase, tp=tp, pp=pp, offload_weights=offload)
     sizes = dict(batch=BATCH, context=CTX) if phase == "decode" else dict(batch=BATCH, seq=SEQ)
     try:
