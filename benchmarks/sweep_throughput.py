@@ -5,6 +5,8 @@ end-to-end `roofplan sweep` (grid expansion, process pool, shard files, CSV).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 import tempfile
@@ -73,9 +75,10 @@ def end_to_end():
         out = Path(d) / f"results{ext}"
         for workers in (1, min(4, os.cpu_count() or 1)):
             t0 = time.perf_counter()
-            rc = main(["sweep", str(gpath), "-o", str(out), "--workers", str(workers), "--top", "0",
-                       "--shard-size", "65536", "--shard-dir", str(Path(d) / f"shards{workers}"),
-                       "--format", "json", "--quiet"])
+            with contextlib.redirect_stdout(io.StringIO()):   # the command's JSON summary
+                rc = main(["sweep", str(gpath), "-o", str(out), "--workers", str(workers), "--top", "0",
+                           "--shard-size", "65536", "--shard-dir", str(Path(d) / f"shards{workers}"),
+                           "--format", "json", "--quiet"])
             t = time.perf_counter() - t0
             import pandas as pd
             n = len(pd.read_parquet(out) if ext == ".parquet" else pd.read_csv(out))
