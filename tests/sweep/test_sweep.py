@@ -60,3 +60,48 @@ def test_vectorised_equals_scalar(m, hw, phase, tp, pp, offload, executor):
             assert many.bound[i, j] == p.bound
             n += 1
     assert n == 9
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+# sizes stay within the shortest limit here (olmoe: 4096 positions)
+_MODELS = {m: load_model(m) for m in ("llama-3.1-8b", "qwen2.5-7b", "olmoe-1b-7b", "mistral-7b")}
+_H100 = load_hardware("h100-sxm")
+_EX, _KP = load_executor_profile("default"), load_kernel_profile("h100-sxm")
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.sampled_from(sorted(_MODELS)), phase=st.sampled_from(["decode", "prefill"]),
+       tp=st.sampled_from([1, 2, 4]), sizes=st.lists(st.tuples(st.integers(1, 512), st.integers(1, 4000)),
+                                                    min_size=1, max_size=5))
+def test_random_configs_equal_scalar(m, phase, tp, sizes):
+    """Scattered (not cartesian) configurations: element i of the arrays is predict() of config i."""
+    model = _MODELS[m]
+    b = np.array([s[0] for s in sizes])
+    n = np.array([s[1] for s in sizes])
+    job = Job(phase=phase, tp=tp)
+    kw = dict(context=n) if phase == "decode" else dict(seq=n)
+    many = predict_many(model, _H100, job, b, executor=_EX, kernels=_KP, **kw)
+    for i, (bi, ni) in enumerate(sizes):
+        one = replace(job, batch=bi, **({"context": ni} if phase == "decode" else {"seq": ni}))
+        p = predict(model, _H100, one, _EX, _KP, check_memory=False)
+        assert many.time_s[i] == pytest.approx(p.time_s, rel=1e-9)
+        assert many.peak_memory_bytes[i] == pytest.approx(p.peak_memory_bytes, rel=1e-9)
+        assert many.bound[i] == p.bound
+
+
+def test_out_of_range_sizes_are_refused():
+    with pytest.raises(RoofplanError, match="out of range"):
+        predict_many(load_model("gpt2"), _H100, Job("decode"), np.array([1, 2]), context=np.array([10, 5000]))
+    with pytest.raises(RoofplanError, match="prefill and decode"):
+        predict_many(load_model("gpt2"), _H100, Job("train", seq=8), np.array([1]), seq=np.array([8]))
+
+
+def test_progress_bar_on_stderr(capsys):
+    from simulator.commands.sweep import Progress
+    bar = Progress(total_configs=30, n_shards=2, enabled=True)
+    bar.update(10)
+    bar.update(20)
+    err = capsys.readouterr().err
+    assert "1/2 shards, 10/30 configs" in err and "2/2 shards, 30/30 configs" in err and err.endswith("\n")
+    assert "[" + "#" * 30 + "]" in err
