@@ -145,19 +145,71 @@ def offload_timeline(pred) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["lane", "layer", "start_s", "duration_s"])
 
 
+def pipeline_timeline(pp: int, n_micro: int, fwd_s: float, bwd_s: float) -> pd.DataFrame:
+    """1F1B pipeline schedule (Narayanan et al. 2021, PipeDream-Flush): stage s runs pp - s - 1
+    warm-up forwards, then alternates one forward and one backward, then drains the backwards.
+    F(s, i) waits for F(s-1, i); B(s, i) waits for B(s+1, i). With equal stages the step takes
+    (n_micro + pp - 1) x (fwd + bwd): the (pp - 1) slots are the bubble predict() charges.
+    Rows: lane (stage k), micro_batch, kind (fwd | bwd), start_s, duration_s."""
+    if pp < 1 or n_micro < 1:
+        raise RoofplanError("a pipeline timeline needs pp >= 1 stages and >= 1 micro-batches")
+    order = []
+    for s in range(pp):
+        warm = min(pp - s - 1, n_micro)
+        seq = [("fwd", i) for i in range(warm)]
+        f, b = warm, 0
+        while b < n_micro:
+            if f < n_micro:
+                seq.append(("fwd", f))
+                f += 1
+            seq.append(("bwd", b))
+            b += 1
+        order.append(seq)
+    end: dict = {}
+    pos = [0] * pp
+    free = [0.0] * pp
+    rows = []
+    while any(pos[s] < len(order[s]) for s in range(pp)):
+        progressed = False
+        for s in range(pp):
+            while pos[s] < len(order[s]):
+                kind, i = order[s][pos[s]]
+                dep = ("fwd", s - 1, i) if kind == "fwd" and s > 0 else ("bwd", s + 1, i) if kind == "bwd" and s < pp - 1 else None
+                if kind == "bwd" and s == pp - 1:
+                    dep = ("fwd", s, i)
+                if dep is not None and dep not in end:
+                    break
+                start = max(free[s], end[dep] if dep else 0.0)
+                dur = fwd_s if kind == "fwd" else bwd_s
+                end[(kind, s, i)] = free[s] = start + dur
+                rows.append((f"stage {s}", i, kind, start, dur))
+                pos[s] += 1
+                progressed = True
+        if not progressed:
+            raise RoofplanError("pipeline schedule deadlocked; this is a bug in pipeline_timeline")
+    return pd.DataFrame(rows, columns=["lane", "micro_batch", "kind", "start_s", "duration_s"])
+
+
 def timeline_plot(tasks: pd.DataFrame, path, title: str = "", ax=None) -> pd.DataFrame:
-    """Gantt chart: one row per lane, one bar per task (columns lane, start_s, duration_s)."""
+    """Gantt chart: one row per lane, one bar per task (columns lane, start_s, duration_s; bars
+    are coloured by `kind` when the column exists, else by lane)."""
     plt = _plt()
     lanes = list(dict.fromkeys(tasks["lane"]))
+    key = "kind" if "kind" in tasks else "lane"
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colour_of = {k: colours[j % len(colours)] for j, k in enumerate(dict.fromkeys(tasks[key]))}
     own = ax is None
     if own:
         fig, ax = plt.subplots(figsize=(9, 0.6 * len(lanes) + 1.5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, lane in enumerate(lanes):
         t = tasks[tasks["lane"] == lane]
         ax.broken_barh(list(zip(t["start_s"] * 1e3, t["duration_s"] * 1e3)), (k - 0.35, 0.7),
-                       facecolors=colors[k % len(colors)], edgecolor="white", linewidth=0.3)
+                       facecolors=[colour_of[v] for v in t[key]], edgecolor="white", linewidth=0.3)
+    if key == "kind":
+        from matplotlib.patches import Patch
+        ax.legend(handles=[Patch(color=c, label=k) for k, c in colour_of.items()], fontsize=7, loc="upper right")
     ax.set_yticks(range(len(lanes)), lanes)
+    ax.invert_yaxis()
     ax.set_xlabel("time (ms)")
     ax.set_title(title)
     if own:

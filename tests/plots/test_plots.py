@@ -104,3 +104,20 @@ def test_plot_bad_extension_is_one_line(tmp_path, capsys):
                "--plot", str(tmp_path / "x.txt"), "--format", "json"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "use a .png" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("pp,n_micro", [(1, 4), (4, 8), (4, 2), (8, 16)])
+def test_pipeline_timeline_1f1b(tmp_path, pp, n_micro):
+    f, b = 1e-3, 2e-3
+    tasks = plots.pipeline_timeline(pp, n_micro, f, b)
+    # every stage runs every micro-batch forward and backward once
+    assert len(tasks) == 2 * pp * n_micro
+    # equal stages: (n_micro + pp - 1) slots of (fwd + bwd), the bubble predict() charges for training
+    assert (tasks["start_s"] + tasks["duration_s"]).max() == pytest.approx((n_micro + pp - 1) * (f + b), rel=1e-12)
+    # 1F1B keeps at most pp - s micro-batches in flight on stage s (the activation memory bound)
+    for s in range(pp):
+        t = tasks[tasks["lane"] == f"stage {s}"].sort_values("start_s")
+        in_flight = (t["kind"] == "fwd").cumsum() - (t["kind"] == "bwd").cumsum()
+        assert in_flight.max() <= pp - s
+    plots.timeline_plot(tasks, tmp_path / "pipe.png", title="1F1B")
+    assert (tmp_path / "pipe.png").stat().st_size > 3_000
