@@ -20,6 +20,7 @@ COMMANDS = [
     "simulator.commands.whatif",
     "planners.offload_cmd",
     "planners.parallel",
+    "planners.fleet_cli",
     "simulator.commands.sweep",
 ]
 

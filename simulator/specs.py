@@ -96,7 +96,7 @@ class System:
     gpu: GPU
     gpu_count: int
     host_link: Link
-    gpu_link: Link | None          # intra-node GPU-GPU fabric; None = peers over host_link
+    gpu_link: Link | None = None   # intra-node GPU-GPU fabric; None = peers over host_link
     cpu: CPU | None = None
     cpu_count: int = 0
     host_mem_bytes: float | None = None   # None: not specified (a bare GPU); capacity unchecked

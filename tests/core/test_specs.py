@@ -77,3 +77,10 @@ def test_bad_value(hw_copy):
     p.write_text(p.read_text().replace("sm_count: 132", "sm_count: many"))
     with pytest.raises(RoofplanError, match="field 'sm_count' must be a positive integer"):
         specs.load_gpu("h100-sxm")
+
+
+def test_optional_system_fields_may_be_omitted(hw_copy):
+    (hw_copy / "systems" / "tiny-box.yaml").write_text(
+        "name: tiny-box\nkind: system\ndescription: one L4\ngpu: l4\ngpu_count: 1\nhost_link: pcie-gen4-x16\nsource: test\n")
+    s = specs.load_system("tiny-box")
+    assert s.gpu_link is None and s.peer_link.name == "pcie-gen4-x16" and s.host_mem_bytes is None

@@ -1,0 +1,305 @@
+"""SLO-aware serving fleets across GPU types and prices (Melange, Griggs et al. 2024,
+arXiv:2404.14527, section 5: cost-aware bin packing as an ILP).
+
+Options o = (GPU type, TP degree, role); role is `aggregated` (one instance runs prefill and
+decode) or `prefill` / `decode` (a DistServe-style disaggregated pool). For every request bucket
+b (input x output length) and option o the serving model gives T[b, o], the largest request rate
+one instance sustains while meeting the SLOs at the chosen percentile (`simulator.serving.max_rate`).
+
+    minimise    sum_o price_o n_o                                   ($/h)
+    subject to  sum_{o agg} x[b,o] + sum_{o prefill} x[b,o] = 1       every bucket's prefill served
+                sum_{o agg} x[b,o] + sum_{o decode}  x[b,o] = 1       every bucket's decode served
+                sum_b x[b,o] lam_b / T[b,o] <= n_o                    instance capacity
+                sum_{o on gpu g} tp_o n_o <= cap_g                    inventory
+                n_o integer >= 0, 0 <= x[b,o] <= 1
+Fractions x are continuous (Melange's slices with an unbounded slice factor: a load balancer can
+split any bucket's traffic), so the plan is never dearer than Melange's slice assignment. Like
+Melange, a bucket's throughput on an instance is assumed independent of what else it serves.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simulator.errors import RoofplanError
+from simulator.models import ModelConfig
+from simulator.pricing import cheapest_price_per_gpu_h
+from simulator.serving import (RequestMix, StepTables, aggregated, decode_pool, max_rate, prefill_pool,
+                               step_tables)
+from simulator.serving_workload import ServingWorkload
+from simulator.specs import load_gpu, system_from_gpu
+
+from .solver import SolveReport, solve
+
+ROLES = ("aggregated", "prefill", "decode")
+
+
+@dataclass(frozen=True)
+class FleetOption:
+    gpu: str
+    tp: int
+    role: str
+    price_usd_per_gpu_h: float
+    instance: str = ""            # the priced instance the GPU-hour price comes from
+
+    @property
+    def price_usd_per_h(self) -> float:
+        return self.price_usd_per_gpu_h * self.tp
+
+    @property
+    def label(self) -> str:
+        return f"{self.gpu} tp{self.tp} {self.role}"
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    options: tuple[FleetOption, ...]
+    count: np.ndarray             # instances per option
+    share: np.ndarray             # [bucket, option] fraction of the bucket's requests
+    load: np.ndarray              # instances' worth of load per option (sum_b x lam / T)
+    cost_usd_per_h: float
+    report: SolveReport
+    bucket_rates_rps: np.ndarray
+
+    @property
+    def utilisation(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.count > 0, self.load / np.maximum(self.count, 1), 0.0)
+
+    def gpus_by_type(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for o, n in zip(self.options, self.count):
+            if n:
+                out[o.gpu] = out.get(o.gpu, 0) + int(n) * o.tp
+        return out
+
+
+def option_prices(gpus: list[str]) -> dict[str, tuple[float, str]]:
+    """Cheapest $/GPU-h per GPU type over hardware_specs/systems (instance price / gpu_count)."""
+    out = {}
+    for g in gpus:
+        load_gpu(g)
+        price, inst = cheapest_price_per_gpu_h(g)
+        if price is None:
+            raise RoofplanError(f"no priced instance in hardware_specs/systems uses GPU '{g}'; add one with price_usd_per_h")
+        out[g] = (price, inst)
+    return out
+
+
+def candidate_options(model: ModelConfig, gpus: list[str], tps=(1, 2, 4, 8), roles=ROLES,
+                      dtype: str = "bf16") -> list[tuple[FleetOption, StepTables]]:
+    """Every (GPU, TP, role) that holds the model, with its step tables (built once per GPU x TP)."""
+    prices = option_prices(gpus)
+    out = []
+    for g in gpus:
+        system = system_from_gpu(load_gpu(g), 1)
+        for tp in tps:
+            if model.n_heads % tp or (model.n_kv_heads % tp and tp % model.n_kv_heads):
+                continue
+            try:
+                tables = step_tables(model, system, tp, dtype)
+            except RoofplanError:
+                continue          # does not fit at this TP
+            for role in roles:
+                out.append((FleetOption(g, tp, role, prices[g][0], prices[g][1]), tables))
+    if not out:
+        raise RoofplanError(f"{model.name} fits on none of {', '.join(gpus)} at TP {', '.join(map(str, tps))}; "
+                            f"add larger GPUs to --gpus or allow a larger --tp")
+    return out
+
+
+def _estimator(role: str, tables: StepTables, mix: RequestMix):
+    if role == "aggregated":
+        return lambda r: aggregated(tables, mix, r)
+    if role == "prefill":
+        return lambda r: prefill_pool(tables, mix, r)
+    return lambda r: decode_pool(tables, mix, r)
+
+
+def _slos(role: str, slo_ttft_s: float, slo_tpot_s: float) -> tuple[float, float]:
+    return {"aggregated": (slo_ttft_s, slo_tpot_s), "prefill": (slo_ttft_s, math.inf),
+            "decode": (math.inf, slo_tpot_s)}[role]
+
+
+def throughput_matrix(candidates, workload: ServingWorkload, slo_ttft_s: float, slo_tpot_s: float,
+                      percentile: int = 90) -> np.ndarray:
+    """T[b, o]: requests/s one instance of option o serves for bucket b within the SLOs (0: never)."""
+    T = np.zeros((len(workload.buckets), len(candidates)))
+    for j, (opt, tables) in enumerate(candidates):
+        for i, b in enumerate(workload.buckets):
+            if b.in_tokens + b.out_tokens > tables.max_context:
+                continue
+            mix = RequestMix.of([b.in_tokens], [b.out_tokens])
+            st, sp = _slos(opt.role, slo_ttft_s, slo_tpot_s)
+            T[i, j] = max_rate(_estimator(opt.role, tables, mix), st, sp, percentile, rel_tol=2e-3)
+    return T
+
+
+def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: np.ndarray,
+                max_gpus: dict[str, int] | None = None, time_limit_s: float = 10,
+                gap: float = 1e-4, labels: list[str] | None = None) -> FleetPlan:
+    """The ILP in the module docstring. `tput[b, o]` in requests/s per instance."""
+    import pulp
+    nb, no = tput.shape
+    roles = [o.role for o in options]
+    for b in range(nb):
+        if bucket_rates_rps[b] <= 0:
+            continue
+        agg = any(tput[b, o] > 0 for o in range(no) if roles[o] == "aggregated")
+        dis = (any(tput[b, o] > 0 for o in range(no) if roles[o] == "prefill")
+               and any(tput[b, o] > 0 for o in range(no) if roles[o] == "decode"))
+        if not (agg or dis):
+            name = labels[b] if labels else f"bucket {b}"
+            raise RoofplanError(f"no GPU option meets the SLOs for requests of {name}; loosen --slo-ttft-ms/--slo-tpot-ms or add faster GPUs to --gpus")
+    prob = pulp.LpProblem("fleet", pulp.LpMinimize)
+    var = _var_factory(prob)
+    # n_o never needs more instances than carrying every bucket it can serve alone (tightens the LP)
+    with np.errstate(divide="ignore"):
+        n_max = [int(math.ceil(np.sum(np.where(tput[:, o] > 0, bucket_rates_rps / np.where(tput[:, o] > 0, tput[:, o], 1), 0)) - 1e-9))
+                 for o in range(no)]
+    n = [var(f"n_{o}", 0, n_max[o], pulp.LpInteger) for o in range(no)]
+    x = {(b, o): var(f"x_{b}_{o}", 0, 1, pulp.LpContinuous)
+         for b in range(nb) for o in range(no) if tput[b, o] > 0 and bucket_rates_rps[b] > 0}
+    prob += pulp.lpSum(options[o].price_usd_per_h * n[o] for o in range(no))
+    for b in range(nb):
+        if bucket_rates_rps[b] <= 0:
+            continue
+        agg = [x[b, o] for o in range(no) if (b, o) in x and roles[o] == "aggregated"]
+        prob += pulp.lpSum(agg + [x[b, o] for o in range(no) if (b, o) in x and roles[o] == "prefill"]) == 1
+        prob += pulp.lpSum(agg + [x[b, o] for o in range(no) if (b, o) in x and roles[o] == "decode"]) == 1
+    for o in range(no):
+        terms = [x[b, o] * (bucket_rates_rps[b] / tput[b, o]) for b in range(nb) if (b, o) in x]
+        if terms:
+            prob += pulp.lpSum(terms) <= n[o]
+        else:
+            prob += n[o] == 0
+    for g, cap in (max_gpus or {}).items():
+        prob += pulp.lpSum(options[o].tp * n[o] for o in range(no) if options[o].gpu == g) <= cap
+    rep = solve(prob, time_limit_s, gap)
+    if rep.status != "Optimal":
+        caps = ", ".join(f"{g}={c}" for g, c in (max_gpus or {}).items())
+        raise RoofplanError(f"no fleet meets the load within the inventory ({caps or 'no caps'}; solver {rep.solver}: {rep.status}); "
+                            f"raise --max-per-type or loosen the SLOs")
+    count = np.array([round(v.value() or 0) for v in n], dtype=int)
+    share = np.zeros((nb, no))
+    for (b, o), v in x.items():
+        share[b, o] = v.value() or 0.0
+    load = np.array([sum(share[b, o] * bucket_rates_rps[b] / tput[b, o] for b in range(nb) if (b, o) in x)
+                     for o in range(no)])
+    cost = float(sum(options[o].price_usd_per_h * count[o] for o in range(no)))
+    return FleetPlan(tuple(options), count, share, load, cost, rep, np.asarray(bucket_rates_rps, dtype=float))
+
+
+def _var_factory(prob):
+    """prob.add_variable (PuLP >= 3.3; LpVariable alone is deprecated there) or LpVariable."""
+    import pulp
+    if hasattr(prob, "add_variable"):
+        return lambda name, lo, hi, cat: prob.add_variable(name, lowBound=lo, upBound=hi, cat=cat)
+    return lambda name, lo, hi, cat: pulp.LpVariable(name, lowBound=lo, upBound=hi, cat=cat)
+
+
+def restrict(options: list[FleetOption], tput: np.ndarray, keep) -> tuple[list[FleetOption], np.ndarray]:
+    idx = [i for i, o in enumerate(options) if keep(o)]
+    return [options[i] for i in idx], tput[:, idx]
+
+
+@dataclass(frozen=True)
+class FleetResult:
+    plan: FleetPlan
+    single_type_cost_usd_per_h: dict[str, float]     # best fleet of one GPU type (inf: none)
+    predicted: list[dict] = field(default_factory=list)   # per used option: rate, P90 TTFT/TPOT
+    slo_attainment: float = 1.0
+
+
+def evaluate_plan(plan: FleetPlan, candidates, workload: ServingWorkload, slo_ttft_s: float,
+                  slo_tpot_s: float, percentile: int = 90) -> tuple[list[dict], float]:
+    """Serving-model check of each used option at its assigned mix and per-instance rate; SLO
+    attainment = share of the request rate on options whose predicted percentiles meet the SLOs."""
+    rows, ok_rate, total = [], 0.0, 0.0
+    for o, (opt, tables) in enumerate(candidates):
+        if plan.count[o] == 0:
+            continue
+        lam = plan.share[:, o] * plan.bucket_rates_rps
+        if lam.sum() <= 0:
+            rows.append(dict(option=opt.label, instances=int(plan.count[o]), rate_rps=0.0, meets=True,
+                             ttft_p_ms=0.0, tpot_p_ms=0.0))
+            continue
+        mix = RequestMix.of([b.in_tokens for b in workload.buckets], [b.out_tokens for b in workload.buckets], lam + 1e-300)
+        rate = lam.sum() / plan.count[o]
+        est = _estimator(opt.role, tables, mix)(rate)
+        st, sp = _slos(opt.role, slo_ttft_s, slo_tpot_s)
+        meets = est.meets(st, sp, percentile)
+        rows.append(dict(option=opt.label, instances=int(plan.count[o]), rate_rps=float(lam.sum()), meets=bool(meets),
+                         ttft_p_ms=getattr(est, f"ttft_p{percentile}_s") * 1e3,
+                         tpot_p_ms=getattr(est, f"tpot_p{percentile}_s") * 1e3))
+        if opt.role != "decode":      # count each request once (at its prefill / aggregated option)
+            total += lam.sum()
+            ok_rate += lam.sum() if meets else 0.0
+    return rows, (ok_rate / total if total else 1.0)
+
+
+def plan_fleet(model: ModelConfig, workload: ServingWorkload, slo_ttft_s: float, slo_tpot_s: float,
+               gpus: list[str], max_gpus: dict[str, int] | None = None, tps=(1, 2, 4, 8), roles=ROLES,
+               percentile: int = 90, candidates=None) -> tuple[FleetResult, list, np.ndarray]:
+    """Profile every option with the serving model, solve the ILP for the mix and for each single
+    GPU type, and check the plan. Returns (result, candidates, throughput matrix)."""
+    if slo_ttft_s <= 0 or slo_tpot_s <= 0:
+        raise RoofplanError("--slo-ttft-ms and --slo-tpot-ms must be > 0")
+    cands = candidates or candidate_options(model, gpus, tps, roles)
+    options = [c[0] for c in cands]
+    tput = throughput_matrix(cands, workload, slo_ttft_s, slo_tpot_s, percentile)
+    rates = workload.bucket_rates_rps()
+    labels = [b.label for b in workload.buckets]
+    plan = solve_fleet(options, tput, rates, max_gpus, labels=labels)
+    single = {}
+    for g in dict.fromkeys(o.gpu for o in options):
+        opts_g, t_g = restrict(options, tput, lambda o: o.gpu == g)
+        try:
+            single[g] = solve_fleet(opts_g, t_g, rates, max_gpus, labels=labels).cost_usd_per_h
+        except RoofplanError:
+            single[g] = math.inf
+    rows, att = evaluate_plan(plan, cands, workload, slo_ttft_s, slo_tpot_s, percentile)
+    return FleetResult(plan, single, rows, att), cands, tput
+
+
+def pareto_front(candidates, workload: ServingWorkload, slo_ttft_s: float, slo_tpot_s: float,
+                 max_gpus=None, scales=(0.5, 0.75, 1.0, 1.5, 2.0, 3.0), percentile: int = 90) -> list[dict]:
+    """Cost of the cheapest fleet as both SLOs scale together; keeps the non-dominated points
+    (tighter SLO and lower cost)."""
+    options = [c[0] for c in candidates]
+    pts = []
+    for s in scales:
+        tput = throughput_matrix(candidates, workload, slo_ttft_s * s, slo_tpot_s * s, percentile)
+        try:
+            cost = solve_fleet(options, tput, workload.bucket_rates_rps(), max_gpus).cost_usd_per_h
+        except RoofplanError:
+            cost = math.inf
+        pts.append(dict(scale=s, slo_ttft_ms=slo_ttft_s * s * 1e3, slo_tpot_ms=slo_tpot_s * s * 1e3, cost_usd_per_h=cost))
+    front, best = [], math.inf
+    for p in sorted(pts, key=lambda p: p["scale"]):
+        p["pareto"] = p["cost_usd_per_h"] < best
+        best = min(best, p["cost_usd_per_h"])
+        front.append(p)
+    return front
+
+
+def plot_pareto(front: list[dict], path: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    pts = [p for p in front if math.isfinite(p["cost_usd_per_h"])]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([p["slo_tpot_ms"] for p in pts], [p["cost_usd_per_h"] for p in pts], "o-")
+    ax.set_xlabel("TPOT SLO (ms); TTFT SLO scaled by the same factor")
+    ax.set_ylabel("fleet cost ($/h)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as e:
+        raise RoofplanError(f"--plot {path}: cannot write ({e.strerror}); choose a writable path") from None
+    finally:
+        plt.close(fig)
