@@ -85,7 +85,6 @@ def op_gpu_time(op: Op, system: System, kp: KernelProfile, ex: ExecutorProfile, 
     return float(t), bound
 
 
-
 def time_ops(ops: list[Op], system: System, kp: KernelProfile, ex: ExecutorProfile, tp: int = 1) -> pd.DataFrame:
     """One row per op with per-step totals: flops, bytes, gpu_time_s, host_time_s, time_s, bound."""
     rows = []
