@@ -35,7 +35,9 @@ class Curve:
     eff: tuple[float, ...]
 
     def __call__(self, t_ideal):
-        x = np.log10(np.maximum(t_ideal, 1e-12))
+        # np.interp clamps beyond the knots, so log10(0) = -inf is safe: silence its warning
+        with np.errstate(divide="ignore"):
+            x = np.log10(t_ideal)
         return np.interp(x, self.log_t, self.eff)
 
     @staticmethod

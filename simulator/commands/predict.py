@@ -64,6 +64,7 @@ def register(sub) -> None:
     p = sub.add_parser("predict", help="predict time and memory of one step")
     add_job_args(p)
     add_parallel_train_args(p)
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="write a roofline + memory figure")
     add_format_arg(p)
     p.set_defaults(func=cmd_predict)
 
@@ -141,6 +142,9 @@ def cmd_predict(args) -> int:
                    f"{d['hardware_flops_per_gpu_s'] / 1e12:.0f} T, MFU {100 * pred.mfu:.1f}%")
     if pred.transfer_time_s:
         footer += f"\nhost->GPU weight transfer {fmt_time(pred.transfer_time_s)} per step ({j.host_memory}, overlap {'on' if j.overlap else 'off'})"
+    if getattr(args, "plot", None):
+        from ..plots import prediction_figure
+        prediction_figure(pred, system, args.plot)
     emit(fmt_of(args), json_obj=pred.as_dict(), rows=rows, header=["op class", "time", "share", "TFLOP", "bytes"],
          title=title, footer=footer)
     return 0
