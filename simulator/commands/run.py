@@ -11,8 +11,11 @@ from ..units import fmt_bytes, fmt_time
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="run a job on a real device (torch) and record a trace")
-    p.add_argument("--model", required=True, help="zoo name or path/to/config.json")
-    p.add_argument("--phase", required=True, choices=("prefill", "decode", "train"))
+    p.add_argument("--model", default=None, help="zoo name or path/to/config.json (with --plan: default the plan's model)")
+    p.add_argument("--phase", default=None, choices=("prefill", "decode", "train"))
+    p.add_argument("--plan", default=None, metavar="PLAN.json",
+                   help="run an offload plan (roofplan plan offload --format json): placement, batch, zig-zag schedule")
+    p.add_argument("--nvme-dir", default=None, metavar="DIR", help="with --plan: folder for NVMe-placed weights (default: a temp dir)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--seq", type=int, default=0, help="prompt / training sequence length")
     p.add_argument("--context", type=int, default=0, help="decode: tokens already in the KV cache")
@@ -44,6 +47,12 @@ def register(sub) -> None:
 
 
 def cmd_run(args) -> int:
+    if args.plan:
+        from .run_plan import cmd_run_plan
+        return cmd_run_plan(args)
+    for flag in ("model", "phase"):
+        if not getattr(args, flag):
+            raise RoofplanError(f"roofplan run needs --{flag} (or --plan PLAN.json)")
     from ..models import load_model
     from ..workload import Job, validate_job
     model = load_model(args.model)

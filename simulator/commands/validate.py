@@ -15,6 +15,8 @@ def register(sub) -> None:
     p = sub.add_parser("validate", help="compare predictions with a profiler trace or measured end-to-end cases")
     p.add_argument("--trace", default=None, metavar="T", help="torch.profiler Chrome trace (.json/.json.gz)")
     p.add_argument("--end-to-end", default=None, metavar="FILE", help="measured cases (measurements/<gpu>/end_to_end.yaml format)")
+    p.add_argument("--plan", default=None, metavar="PLAN.json", help="offload plan (roofplan plan offload --format json)")
+    p.add_argument("--result", default=None, metavar="RESULT.json", help="with --plan: roofplan run --plan ... --result")
     p.add_argument("--segment", default=None, help="trace segment to compare (default: the last one of --phase)")
     p.add_argument("--plot", default=None, metavar="OUT.png", help="bar chart of predicted vs measured per class")
     p.add_argument("--chrome-trace", default=None, metavar="PRED.json", help="write the predicted timeline as a Chrome trace")
@@ -45,10 +47,13 @@ def register(sub) -> None:
 
 
 def cmd_validate(args) -> int:
-    if bool(args.trace) == bool(args.end_to_end):
-        raise RoofplanError("validate needs exactly one of --trace T (with --model, --hardware, --phase) or --end-to-end FILE")
+    if sum(map(bool, (args.trace, args.end_to_end, args.plan))) != 1:
+        raise RoofplanError("validate needs exactly one of --trace T (with --model, --hardware, --phase), "
+                            "--end-to-end FILE or --plan PLAN.json --result RESULT.json")
     if args.end_to_end:
         return _end_to_end(args)
+    if args.plan:
+        return _plan(args)
     for flag in ("model", "hardware", "phase"):
         if not getattr(args, flag):
             raise RoofplanError(f"validate --trace needs --{flag} (the job the trace recorded)")
@@ -125,4 +130,27 @@ def _end_to_end(args) -> int:
     emit(fmt_of(args), json_obj={"hardware": hw, "cases": df.to_dict("records"), "groups": groups, "all": overall},
          rows=rows, header=["case", "group", "measured", "predicted", "error", "mem meas", "mem pred", "mem error"],
          title=f"predicted vs measured on {hw} ({args.end_to_end})", footer=footer)
+    return 0
+
+
+def _plan(args) -> int:
+    if not args.result:
+        raise RoofplanError("validate --plan needs --result RESULT.json (written by roofplan run --plan PLAN.json --result RESULT.json)")
+    from planners.offload_check import PLAN_SCHEMA, RUN_SCHEMA, compare, load_json
+    plan = load_json(args.plan, "--plan", PLAN_SCHEMA)
+    res = load_json(args.result, "--result", RUN_SCHEMA)
+    d = compare(plan, res)
+    fmt_v = lambda v, u: fmt_time(v) if u == "s" else f"{v:,.2f} {u}"
+    rows = [[r["quantity"], fmt_v(r["predicted"], r["unit"]), fmt_v(r["measured"], r["unit"]),
+             f"{100 * r['error']:+.1f}%" if r["error"] is not None else "-"] for r in d["rows"]]
+    ex = d["placement"]["executed"] or {}
+    weff = ex.get("weights_effective", {})
+    footer = ("\npredicted bound: " + ", ".join(f"{s['stage']} {s['binds']} ({100 * s['utilisation'][s['binds']]:.0f}%)"
+                                            for s in d["stages"])
+              + f"; plan binds: {d['binds']}"
+              + "\nweights gpu/cpu/nvme planned " + "/".join(f"{100 * plan['placement']['weights'][t]:.0f}" for t in ("gpu", "cpu", "nvme"))
+              + ", executed (whole tensors) " + "/".join(f"{100 * weff.get(t, 0):.0f}" for t in ("gpu", "cpu", "nvme"))
+              + f"; KV cache on {ex.get('kv_cache')}, activations on {ex.get('activations')}, attention on {ex.get('attention')}")
+    emit(fmt_of(args), json_obj=d, rows=rows, header=["quantity", "predicted", "measured", "error"],
+         title=f"{d['model']} plan for {d['hardware']} vs run on {d['device']}", footer=footer)
     return 0

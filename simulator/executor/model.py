@@ -67,7 +67,9 @@ class Block(nn.Module):
         self.down = nn.Linear(f, d, bias=cfg.linear_bias)
         self.rope = cfg.learned_positions == 0
 
-    def forward(self, x, cos, sin, k_cache, v_cache, pos0: int):
+    def forward(self, x, cos, sin, k_cache, v_cache, pos0: int, attend=None):
+        """`attend(q, k, v, k_cache, v_cache, pos0)` -> [B, h, T, d] replaces the cache write and
+        SDPA below (the plan executor attends over a host-resident cache with it)."""
         B, T, _ = x.shape
         q, k, v = self.qkv(self.attn_norm(x)).split([self.h * self.hd, self.kv * self.hd, self.kv * self.hd], dim=-1)
         q = q.view(B, T, self.h, self.hd).transpose(1, 2)
@@ -76,11 +78,7 @@ class Block(nn.Module):
         if self.rope:
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
-        if k_cache is not None:
-            k_cache[:, :, pos0:pos0 + T] = k
-            v_cache[:, :, pos0:pos0 + T] = v
-            k, v = k_cache[:, :, :pos0 + T], v_cache[:, :, :pos0 + T]
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=self.kv != self.h)
+        a = (attend or self.attend)(q, k, v, k_cache, v_cache, pos0)
         x = x + self.o(a.transpose(1, 2).reshape(B, T, self.h * self.hd))
         u = self.up(self.mlp_norm(x))
         if self.gated:
@@ -89,6 +87,16 @@ class Block(nn.Module):
         else:
             u = F.gelu(u)
         return x + self.down(u)
+
+
+    def attend(self, q, k, v, k_cache, v_cache, pos0: int):
+        """Write k, v into the static cache (if any) and attend over positions [0, pos0 + T)."""
+        T = q.shape[2]
+        if k_cache is not None:
+            k_cache[:, :, pos0:pos0 + T] = k
+            v_cache[:, :, pos0:pos0 + T] = v
+            k, v = k_cache[:, :, :pos0 + T], v_cache[:, :, :pos0 + T]
+        return F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=self.kv != self.h)
 
 
 class Decoder(nn.Module):
