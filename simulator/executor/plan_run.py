@@ -19,10 +19,10 @@ template Block (executor/model.py), so the model code is the executor's, not a c
 KV cache (whole tier): on the device, the Block's own static cache. On the host with attention on
 the CPU (decode): q, k, v go to the host, k, v are written into the host cache and SDPA runs on
 the CPU, the output goes back. On the host with attention on the GPU (prefill always, decode if
-the plan says so): the new k, v are written to the host cache and the cache up to the current
-position is copied into a device window per layer and GPU batch (synchronously, on the compute
-stream). Activations (whole tier): on the host, each GPU batch's hidden state goes to the host
-after every layer and back before the next one.
+the plan says so): the new k, v are written to the host cache and, in decode, the cache up to the
+current position is copied into a device window per layer and GPU batch (synchronously, on the
+compute stream; the planner counts that copy as h2d traffic). Activations (whole tier): on the host, each GPU batch's hidden state goes to the host
+after every layer and back before the next one (non-blocking copies on the compute stream).
 
 Refused with a one-line RoofplanError (field and fix): another schema, phase train, a KV cache or
 activations split over tiers or on NVMe, a workload longer than the model's positions.
@@ -285,6 +285,8 @@ class PlanExecutor:
                 a = F.scaled_dot_product_attention(q.to("cpu"), kc[:, :, :pos0 + T], vc[:, :, :pos0 + T],
                                                    is_causal=T > 1, enable_gqa=blk.kv != blk.h)
                 return a.to(self.device)
+            if pos0 == 0:          # prefill: the new k, v are the whole cache and already on the device
+                return F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=blk.kv != blk.h)
             wk, wv = self.window
             wk[:, :, :pos0 + T].copy_(kc[:, :, :pos0 + T])
             wv[:, :, :pos0 + T].copy_(vc[:, :, :pos0 + T])
@@ -308,7 +310,8 @@ class PlanExecutor:
                     x = xs[k].to(self.device, non_blocking=True) if ps.act_tier == "cpu" else xs[k]
                     kc, vc = self.caches[i][k]
                     x = functional_call(blk, params, (x, cos, sin, kc, vc, pos0), {"attend": attend})
-                    xs[k] = x.to("cpu") if ps.act_tier == "cpu" else x
+                    # non_blocking d2h lands in pinned memory, ordered on the stream before the next h2d
+                    xs[k] = x.to("cpu", non_blocking=True) if ps.act_tier == "cpu" else x
                 w.done(i)
         return xs
 
