@@ -98,8 +98,8 @@ for name in ("opt-30b", "opt-175b"):
 # ### Where each tensor class lives
 #
 # The placement is a fraction per tensor class and tier. OPT-30B keeps about a fifth of its weights
-# on the GPU and the rest in CPU memory, which just fits in 208 GB together with the KV cache of
-# hundreds of sequences. OPT-175B does not fit in CPU memory at all: a third of the weights and
+# on the GPU and the rest in CPU memory; the KV cache of its 256 sequences fills most of the
+# remaining 208 GB of DRAM and the last 8% spills to the SSD. OPT-175B does not fit in CPU memory at all: a third of the weights and
 # the whole KV cache go to the SSD.
 
 # %%
@@ -204,7 +204,7 @@ plt.close(ax.figure)
 # Reading it: our model prices FlexGen's own policies within a few percent of what FlexGen
 # measured. FlexGen's cost model is close on OPT-30B (the row its constants were fitted on) but
 # 4-5x pessimistic on OPT-175B: it uses one fitted disk bandwidth of 0.47 GiB/s, while the SSD
-# reads at 2.65 GB/s. The planner's plans beat FlexGen's hand-picked policies by 10-30% under
+# reads at 2.65 GB/s. The planner's plans beat FlexGen's hand-picked policies by 10-20% under
 # our model: for OPT-30B it keeps attention on the GPU and lets the weight stream saturate PCIe.
 
 # %% [markdown]
