@@ -22,6 +22,9 @@ COMMANDS = [
     "planners.parallel",
     "planners.fleet_cli",
     "simulator.commands.sweep",
+    "simulator.commands.calibrate",
+    "simulator.commands.validate",
+    "simulator.commands.run",
 ]
 
 

@@ -25,7 +25,11 @@ def gemm_time(flops, byts, peak, bw, model):
     tc = tci / model.compute(tci)
     tm = tmi / model.memory(tmi)
     p = model.smoothness
-    t = model.overhead_s + (tc ** p + tm ** p) ** (1.0 / p)
+    # (tc^p + tm^p)^(1/p) written as hi (1 + (lo/hi)^p)^(1/p): two powers instead of three,
+    # and no overflow for tiny times raised to a large p
+    hi = np.maximum(tc, tm)
+    ratio = np.minimum(tc, tm) / np.where(hi > 0, hi, 1.0)
+    t = model.overhead_s + hi * (1.0 + ratio ** p) ** (1.0 / p)
     return t, tc >= tm
 
 

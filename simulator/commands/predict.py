@@ -47,13 +47,18 @@ def add_parallel_train_args(p) -> None:
     p.add_argument("--vpp", type=int, default=1, help="train: virtual pipeline stages per GPU (interleaved 1F1B)")
 
 
+def parse_offload(text: str | None) -> str:
+    """`--offload weights=cpu` -> "cpu" (where the weights live); no flag -> "gpu"."""
+    if not text:
+        return "gpu"
+    key, _, val = text.partition("=")
+    if key != "weights" or val not in ("cpu", "gpu"):
+        raise RoofplanError(f"--offload {text} is not understood; use --offload weights=cpu")
+    return val
+
+
 def job_from_args(args) -> Job:
-    offload = "gpu"
-    if args.offload:
-        key, _, val = args.offload.partition("=")
-        if key != "weights" or val not in ("cpu", "gpu"):
-            raise RoofplanError(f"--offload {args.offload} is not understood; use --offload weights=cpu")
-        offload = val
+    offload = parse_offload(args.offload)
     return Job(phase=args.phase, batch=args.batch, seq=args.seq, context=args.context, dtype=args.dtype,
                kv_dtype=args.kv_dtype, recompute=args.recompute, lora_rank=args.lora_rank, tp=args.tp,
                pp=args.pp, dp=args.dp, micro_batch=args.micro_batch, zero=args.zero,
