@@ -35,6 +35,7 @@ class Op:
     kind: str = ""       # sub-kind the time model needs: attn_prefill | attn_decode | allreduce ...
     dtype: str = "bf16"
     seq: int = 0         # attention: query length (causal waste ~ diag/seq)
+    group: int = 0       # communication: ranks in the collective (0 = the tensor-parallel group)
 
 
 def experts_touched(n_experts: int, top_k: int, tokens: int) -> float:
@@ -85,11 +86,14 @@ def layer_forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bo
         ops.append(Op(f"{prefix}{name}", "norm", 4.0 * T * d, ex.norm_bytes_per_elem * T * d * a / 2,
                       count, ex.norm_kernels if model.norm == "rms" else 1, dtype=job.dtype))
 
+    ep = job.ep if moe else 1
+
     def gemm(lin: Linear):
-        k_in, n_out = _split_tp(lin, tp)
+        # expert parallelism: each of ep ranks holds count/ep whole experts, split tp/ep ways
+        k_in, n_out = _split_tp(lin, tp // ep if lin.moe else tp)
         if lin.moe:
-            routed = T * lin.active               # token-expert pairs
-            touched = experts_touched(lin.count, lin.active, T)
+            routed = T * lin.active / ep          # token-expert pairs on this rank (balanced routing)
+            touched = experts_touched(lin.count, lin.active, T) / ep
             flops = 2.0 * routed * k_in * n_out
             byts = touched * k_in * n_out * w_bytes + routed * (k_in + n_out) * a
         else:
@@ -181,7 +185,7 @@ def layer_forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bo
         elementwise("router_topk", T * model.n_experts, 4 * a, 4)
     for lin in mlp:
         if lin.name in ("down", "experts_down", "shared_down"):
-            f = (lin.d_in // tp) * (T * model.top_k if lin.moe else T)
+            f = (lin.d_in // (tp // ep if lin.moe else tp)) * (T * model.top_k / ep if lin.moe else T)
             if model.gated_mlp:
                 elementwise(f"act_{lin.name}", f, 5 * a, 2)   # silu(g) (r+w), * u (2r + w)
             else:
@@ -189,7 +193,13 @@ def layer_forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bo
         gemm(lin)
     if moe:
         elementwise("moe_combine", T * model.top_k * d, 2 * a, 3)
-    if tp > 1:
+    if ep > 1:
+        # dispatch each token's top-k copies to the experts' ranks and combine them back
+        # (all-to-all of the (ep-1)/ep that leave this rank; bytes are this rank's send buffer)
+        for name in ("moe_dispatch", "moe_combine_a2a"):
+            ops.append(Op(f"{prefix}{name}", "communication", 0.0, T * model.top_k * d * a / ep, count,
+                          kind="all_to_all", group=ep))
+    if tp > 1 and not (ep > 1 and ep == tp):   # pure EP: the combine all-to-all already sums the experts
         ops.append(Op(f"{prefix}mlp_allreduce", "communication", 0.0, T * d * a, count, kind="allreduce"))
     elementwise("residual_add2", T * d, a + 2 * r)
     return ops

@@ -75,6 +75,10 @@ def op_gpu_time_array(op: Op, system: System, kp: KernelProfile, ex: ExecutorPro
             return kp.attn_bwd_ratio * attn_prefill_time(op.flops / 2.5, op.seq, peak, kp), "compute"
         return attn_prefill_time(op.flops, op.seq, peak, kp), "compute"
     if op.cls == "communication":
+        if op.kind == "all_to_all":
+            from .comm import collective_time
+            n = op.group or tp
+            return collective_time("all_to_all", op.bytes, n, system, min(n, system.gpu_count)), "communication"
         return allreduce_time(op.bytes, tp, system, min(tp, system.gpu_count)), "communication"
     k_over = kp.kernel_overhead_s if ex.kernel_overhead_s is None else ex.kernel_overhead_s
     slow = kp.eager_slowdown * (kp.norm_slowdown if op.cls == "norm" else 1.0)

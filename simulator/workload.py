@@ -32,6 +32,8 @@ class Job:
     pp: int = 1
     dp: int = 1
     micro_batch: int = 0      # train: sequences per micro-batch (0 = batch)
+    ep: int = 1               # inference: expert parallelism inside the tensor-parallel group
+                              # (each of ep ranks holds n_experts/ep whole experts, tp/ep-way split)
     zero: int = 0             # ZeRO stage 0-3 (train)
     offload_weights: str = "gpu"   # gpu | cpu  (weights streamed per layer over the host link)
     host_memory: str = "pinned"    # pinned | pageable
@@ -89,6 +91,16 @@ def validate_job(job: Job, model: ModelConfig) -> Job:
         raise RoofplanError(f"--tp {job.tp} does not divide {model.name}'s {heads} attention heads / {model.n_kv_heads} KV heads; use a divisor")
     if job.pp > model.n_layers:
         raise RoofplanError(f"--pp {job.pp} exceeds {model.name}'s {model.n_layers} layers")
+    if job.ep != 1:
+        if not isinstance(job.ep, int) or job.ep < 1:
+            raise RoofplanError(f"--ep must be a positive integer (got {job.ep})")
+        if not model.is_moe:
+            raise RoofplanError(f"--ep {job.ep} needs a mixture-of-experts model; {model.name} is dense")
+        if job.phase == "train":
+            raise RoofplanError("--ep with --phase train is the parallelism model's (it splits --dp); "
+                                "for training pass --ep together with --dp")
+        if job.tp % job.ep or model.n_experts % job.ep:
+            raise RoofplanError(f"--ep {job.ep} must divide --tp {job.tp} and {model.name}'s {model.n_experts} experts")
     if job.phase != "train" and (job.lora_rank or job.zero):
         raise RoofplanError("--lora-rank and --zero apply to --phase train only")
     mb = job.micro_batch or job.batch

@@ -42,22 +42,28 @@ def add_parallel_train_args(p) -> None:
     p.add_argument("--global-batch", type=int, default=0,
                    help="train: sequences per optimizer step over all replicas (default: --batch x --dp)")
     p.add_argument("--sp", action="store_true", help="train: Megatron sequence parallelism (with --tp)")
-    p.add_argument("--ep", type=int, default=1, help="train: expert-parallel degree (MoE; divides --dp)")
+    p.add_argument("--ep", type=int, default=1,
+                   help="expert-parallel degree (MoE): train: splits --dp; prefill/decode: inside the --tp group")
     p.add_argument("--cp", type=int, default=1, help="train: context-parallel degree (splits --seq)")
     p.add_argument("--vpp", type=int, default=1, help="train: virtual pipeline stages per GPU (interleaved 1F1B)")
 
 
+def parse_offload(text: str | None) -> str:
+    """`--offload weights=cpu` -> "cpu" (where the weights live); no flag -> "gpu"."""
+    if not text:
+        return "gpu"
+    key, _, val = text.partition("=")
+    if key != "weights" or val not in ("cpu", "gpu"):
+        raise RoofplanError(f"--offload {text} is not understood; use --offload weights=cpu")
+    return val
+
+
 def job_from_args(args) -> Job:
-    offload = "gpu"
-    if args.offload:
-        key, _, val = args.offload.partition("=")
-        if key != "weights" or val not in ("cpu", "gpu"):
-            raise RoofplanError(f"--offload {args.offload} is not understood; use --offload weights=cpu")
-        offload = val
+    offload = parse_offload(args.offload)
     return Job(phase=args.phase, batch=args.batch, seq=args.seq, context=args.context, dtype=args.dtype,
                kv_dtype=args.kv_dtype, recompute=args.recompute, lora_rank=args.lora_rank, tp=args.tp,
                pp=args.pp, dp=args.dp, micro_batch=args.micro_batch, zero=args.zero,
-               offload_weights=offload, host_memory=args.host_memory, overlap=not args.no_overlap)
+               ep=getattr(args, "ep", 1) if args.phase != "train" else 1, offload_weights=offload, host_memory=args.host_memory, overlap=not args.no_overlap)
 
 
 def register(sub) -> None:
@@ -118,8 +124,8 @@ def cmd_predict_parallel(args) -> int:
 def cmd_predict(args) -> int:
     if _uses_parallel_train(args):
         return cmd_predict_parallel(args)
-    if args.phase != "train" and (args.global_batch or args.sp or args.ep > 1 or args.cp > 1 or args.vpp > 1):
-        raise RoofplanError("--global-batch, --sp, --ep, --cp and --vpp apply to --phase train only")
+    if args.phase != "train" and (args.global_batch or args.sp or args.cp > 1 or args.vpp > 1):
+        raise RoofplanError("--global-batch, --sp, --cp and --vpp apply to --phase train only")
     model = load_model(args.model)
     system = load_hardware(args.hardware)
     ex = load_executor_profile(args.executor)

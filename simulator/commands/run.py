@@ -56,12 +56,8 @@ def cmd_run(args) -> int:
     from ..models import load_model
     from ..workload import Job, validate_job
     model = load_model(args.model)
-    offload = "gpu"
-    if args.offload:
-        key, _, val = args.offload.partition("=")
-        if key != "weights" or val not in ("cpu", "gpu"):
-            raise RoofplanError(f"--offload {args.offload} is not understood; use --offload weights=cpu")
-        offload = val
+    from .predict import parse_offload
+    offload = parse_offload(args.offload)
     validate_job(Job(phase=args.phase, batch=args.batch, seq=args.seq, context=args.context, dtype=args.dtype,
                      recompute=args.recompute, lora_rank=args.lora_rank, offload_weights=offload), model)
     for name in ("steps", "trace_steps"):

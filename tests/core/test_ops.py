@@ -72,3 +72,25 @@ def test_kv_heads_replicate_beyond_tp():
     assert m.kv_cache_elems_per_token_layer_per_gpu(8) == 2 * 1 * 128
     assert m.kv_cache_elems_per_token_layer_per_gpu(16) == 2 * 1 * 128   # replicated, not halved
     assert m.kv_cache_elems_per_token_layer_per_gpu(2) == 2 * 4 * 128
+
+
+def test_expert_parallel_serving():
+    from simulator.errors import RoofplanError
+    m = load_model("mixtral-8x7b")
+    tp8 = forward_ops(m, Job("decode", batch=64, context=100, tp=8), EX)
+    ep8 = forward_ops(m, Job("decode", batch=64, context=100, tp=8, ep=8), EX)
+    e_tp = [o for o in tp8 if o.name.endswith("experts_gate_up")][0]
+    e_ep = [o for o in ep8 if o.name.endswith("experts_gate_up")][0]
+    # same FLOPs per GPU either way (8 routed pairs... split 8 ways), whole experts instead of slices
+    assert e_ep.flops == pytest.approx(e_tp.flops)
+    a2a = [o for o in ep8 if o.kind == "all_to_all"]
+    assert len(a2a) == 2 and all(o.group == 8 for o in a2a)
+    # 64 tokens x top-2 x 4096 x 2 B, this rank's eighth
+    assert a2a[0].bytes == 64 * 2 * 4096 * 2 / 8
+    assert not any(o.name.endswith("mlp_allreduce") and o.name.startswith("moe") for o in ep8)
+    p = predict(m, load_hardware("dgx-h100"), Job("decode", batch=64, context=100, tp=8, ep=8))
+    assert p.time_s > 0 and "communication" in p.by_class().index
+    with pytest.raises(RoofplanError, match="--ep 3 must divide --tp 8"):
+        predict(m, load_hardware("dgx-h100"), Job("decode", batch=1, context=100, tp=8, ep=3))
+    with pytest.raises(RoofplanError, match="needs a mixture-of-experts model"):
+        predict(load_model("llama-3.1-8b"), load_hardware("dgx-h100"), Job("decode", batch=1, tp=2, ep=2))
