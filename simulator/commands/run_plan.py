@@ -20,8 +20,14 @@ def cmd_run_plan(args) -> int:
     name = args.model or plan.get("model")
     try:
         model = load_model(name)
-    except RoofplanError as e:
-        raise RoofplanError(f"plan model {name!r}: {e}; pass --model path/to/config.json") from None
+    except RoofplanError:
+        if args.model:
+            raise
+        raise RoofplanError(f"the plan's model {name!r} is not in the zoo; pass --model path/to/config.json "
+                            f"(the config the plan was made from)") from None
+    if model.name != plan.get("model"):
+        raise RoofplanError(f"--model {args.model} is {model.name}, the plan is for {plan.get('model')}; "
+                            f"pass the config the plan was made from")
     try:
         import torch  # noqa: F401
     except ImportError:

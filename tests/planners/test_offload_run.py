@@ -106,6 +106,23 @@ def _reference(cfg, ps, seed=0):
     return out
 
 
+def test_prefill_plan_matches_all_resident_model(plan):
+    from simulator.executor.plan_run import PlanExecutor, parse_plan
+    from simulator.models import load_model
+    cfg = load_model(TINY)
+    p = _hand_plan(plan[0], (0.0, 0.5, 0.5), "cpu", "cpu", "gpu", gbs=1, nb=3, dtype="fp32")
+    p["phase"], p["workload"]["gen_len"] = "prefill", None
+    ps = parse_plan(p)
+    assert ps.max_len == 8 and ps.tokens == 3 * 8        # prompt tokens count in a prefill plan
+    ex = PlanExecutor(cfg, ps, torch.device("cpu"), seed=3)
+    try:
+        got = ex.generate()
+    finally:
+        ex.close()
+    want = _reference(cfg, ps, seed=3)
+    assert len(got) == 1 and got[0].shape == (3, cfg.vocab) and torch.equal(got[0], want[0])
+
+
 @pytest.mark.parametrize("weights,kv,act,attention,dtype", [
     ((0.5, 0.3, 0.2), "cpu", "cpu", "cpu", "fp32"),     # every weight tier, host KV + CPU attention
     ((0.5, 0.3, 0.2), "cpu", "gpu", "gpu", "bf16"),     # host KV copied into a device window
@@ -160,5 +177,9 @@ def test_validate_plan_errors(plan, tmp_path, capsys):
     other.write_text(json.dumps({"schema": "roofplan.plan-run/1", "phase": "prefill", "schedule": {"block_size": 2}}))
     assert main(["validate", "--plan", str(path), "--result", str(other)]) == 2
     assert "is not a run of this plan" in capsys.readouterr().err
+    assert main(["run", "--plan", str(path)]) == 2
+    assert "pass --model path/to/config.json" in capsys.readouterr().err
+    assert main(["run", "--plan", str(path), "--model", "llama-2-7b"]) == 2
+    assert "the plan is for tiny-llama" in capsys.readouterr().err
     assert main(["run", "--model", TINY]) == 2
     assert "needs --phase" in capsys.readouterr().err
