@@ -36,7 +36,6 @@ import json
 import os
 import statistics
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -155,8 +154,6 @@ class PlanWeights:
         self.resident, self.host = [], []
         self._tmp = None
         self.nvme_path, self.nvme_off = None, {}
-        nvme_bytes = sum(model.layers[0].get_parameter(n).numel() * model.layers[0].get_parameter(n).element_size()
-                         for n in self.nvme_names)
         if self.nvme_names:
             if nvme_dir is None:
                 self._tmp = tempfile.TemporaryDirectory(prefix="roofplan-nvme-")
@@ -182,13 +179,11 @@ class PlanWeights:
         self.slots = [{n: torch.empty_like(p, device=device) for n, p in shapes.items()} for _ in range(2)]
         self.staging = [{n: torch.empty_like(shapes[n], device="cpu", pin_memory=pinned and cuda)
                          for n in self.nvme_names} for _ in range(2)]
-        self.nvme_layer_bytes = nvme_bytes
         self.stream = torch.cuda.Stream(device) if cuda else None
         self.ready = [torch.cuda.Event() for _ in range(2)] if cuda else None
         self.free = [torch.cuda.Event() for _ in range(2)] if cuda else None
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="roofplan-stage") if self.streamed else None
         self.pending = {}
-        self.lock = threading.Lock()
 
     def _stage(self, i: int) -> None:
         """Worker thread: NVMe -> pinned staging, then host -> device slot (side stream on cuda)."""
@@ -223,7 +218,7 @@ class PlanWeights:
                 self.pending.pop(i).result()
             if self.stream is not None:
                 torch.cuda.current_stream().wait_event(self.ready[i % 2])
-        self._submit(i + 1) if i + 1 < self.n else self._submit(0)
+        self._submit(i + 1 if i + 1 < self.n else 0)      # the last layer prefetches the next block's first
         return {**self.resident[i], **{n: self.slots[i % 2][n] for n in self.streamed}}
 
     def done(self, i: int) -> None:
