@@ -282,13 +282,26 @@ def plan_fleet(model: ModelConfig, workload: ServingWorkload, slo_ttft_s: float,
     rates = workload.bucket_rates_rps()
     labels = [b.label for b in workload.buckets]
     plan = solve_fleet(options, tput, rates, max_gpus, labels=labels)
-    single = {}
+    single, single_plans = {}, {}
     for g in dict.fromkeys(o.gpu for o in options):
+        keep = np.array([o.gpu == g for o in options])
         opts_g, t_g = restrict(options, tput, lambda o: o.gpu == g)
         try:
-            single[g] = solve_fleet(opts_g, t_g, rates, max_gpus, labels=labels).cost_usd_per_h
+            p_g = solve_fleet(opts_g, t_g, rates, max_gpus, labels=labels)
         except RoofplanError:
             single[g] = math.inf
+            continue
+        single[g] = p_g.cost_usd_per_h
+        single_plans[g] = (p_g, keep)
+    best = min(single_plans, key=lambda g: single[g], default=None)
+    if best is not None and single[best] < plan.cost_usd_per_h:
+        # the mixed ILP stops within its gap; a cheaper single-type fleet is also a mixed plan
+        p_g, keep = single_plans[best]
+        count = np.zeros(len(options), dtype=int)
+        share = np.zeros((len(rates), len(options)))
+        load = np.zeros(len(options))
+        count[keep], share[:, keep], load[keep] = p_g.count, p_g.share, p_g.load
+        plan = FleetPlan(tuple(options), count, share, load, p_g.cost_usd_per_h, p_g.report, plan.bucket_rates_rps)
     rows, att = evaluate_plan(plan, cands, workload, slo_ttft_s, slo_tpot_s, percentile)
     return FleetResult(plan, single, rows, att), cands, tput
 
