@@ -71,7 +71,8 @@ def test_prefill_only_goodput_within_20_percent(measured):
     closed = ds.goodputs(measured, simulated=False)
     assert closed["prefill-only"] == pytest.approx(5.6, rel=0.20)
     mix = sv.RequestMix.of([512], [64])
-    des = sv.max_rate_simulated(measured, mix, 0.4, float("inf"), tables_decode=measured, n_decode=4)
+    # 3000 requests: the simulated goodput varies by ~5% over seeds (5.9-6.4 for seeds 0-3)
+    des = sv.max_rate_simulated(measured, mix, 0.4, float("inf"), tables_decode=measured, n_decode=4, n_requests=3000)
     assert des == pytest.approx(5.6, rel=0.20)
 
 
