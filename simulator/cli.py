@@ -21,6 +21,10 @@ COMMANDS = [
     "planners.offload_cmd",
     "planners.parallel",
     "planners.fleet_cli",
+    "simulator.commands.sweep",
+    "simulator.commands.calibrate",
+    "simulator.commands.validate",
+    "simulator.commands.run",
 ]
 
 

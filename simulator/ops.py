@@ -132,7 +132,12 @@ def layer_forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bo
     # KV cache write (inference): the new tokens' K and V
     if job.phase != "train":
         kv_elems = model.kv_cache_elems_per_token_layer_per_gpu(tp)
-        elementwise("kv_write", T * kv_elems, a + kvb, 2, "elementwise")
+        if ex.kv_cache_concat and job.phase == "decode":
+            # torch.cat(cache, new): read the L cached tokens, write L + 1 (K and V)
+            cat_bytes = batch * kv_elems * (2 * kv_len + 1) * kvb + T * kv_elems * a
+            ops.append(Op(f"{prefix}kv_write", "elementwise", T * kv_elems, cat_bytes, count, 2, dtype=job.dtype))
+        else:
+            elementwise("kv_write", T * kv_elems, a + kvb, 2, "elementwise")
     # attention
     if model.is_mla and job.phase == "decode":
         d_qk, d_v = model.kv_lora_rank + model.qk_rope_dim, model.kv_lora_rank  # absorbed: attend over the latent

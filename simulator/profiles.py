@@ -35,7 +35,9 @@ class Curve:
     eff: tuple[float, ...]
 
     def __call__(self, t_ideal):
-        x = np.log10(np.maximum(t_ideal, 1e-12))
+        # np.interp clamps beyond the knots, so log10(0) = -inf is safe: silence its warning
+        with np.errstate(divide="ignore"):
+            x = np.log10(t_ideal)
         return np.interp(x, self.log_t, self.eff)
 
     @staticmethod
@@ -111,6 +113,8 @@ class ExecutorProfile:
     rope_kernels: int = 10           # q and k: 2 x (mul, neg, cat, mul, add)
     rope_bytes_per_elem: float = 20  # x*cos 4, neg (half) 2, cat 4, *sin 4, add 6
     repeat_kv: bool = False          # materialise K/V per query head before attention (HF eager)
+    kv_cache_concat: bool = False    # decode appends by torch.cat: the whole cache is copied every
+                                     # step (HF DynamicCache), not written in place
     train_residual_bytes: float = 4  # autocast with fp32 master weights keeps the residual in fp32
     workspace_bytes: float = 0.0     # allocator / cuBLAS workspace beyond tensors
     backward_memory_ratio: float = 2.0   # backward traffic of memory-bound ops / forward traffic
@@ -195,7 +199,8 @@ _EXEC_FIELDS = {
     "fused_qkv": ("fused_qkv", None), "fused_gate_up": ("fused_gate_up", None),
     "norm_kernels": ("norm_kernels", None), "norm_bytes_per_elem": ("norm_bytes_per_elem", None),
     "rope_kernels": ("rope_kernels", None), "rope_bytes_per_elem": ("rope_bytes_per_elem", None),
-    "repeat_kv": ("repeat_kv", None), "train_residual_bytes": ("train_residual_bytes", None),
+    "repeat_kv": ("repeat_kv", None), "kv_cache_concat": ("kv_cache_concat", None),
+    "train_residual_bytes": ("train_residual_bytes", None),
     "workspace_MiB": ("workspace_bytes", 2**20),
     "backward_memory_ratio": ("backward_memory_ratio", None),
     "gemm_efficiency_scale": ("gemm_efficiency_scale", None),

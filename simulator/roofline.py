@@ -25,7 +25,11 @@ def gemm_time(flops, byts, peak, bw, model):
     tc = tci / model.compute(tci)
     tm = tmi / model.memory(tmi)
     p = model.smoothness
-    t = model.overhead_s + (tc ** p + tm ** p) ** (1.0 / p)
+    # (tc^p + tm^p)^(1/p) written as hi (1 + (lo/hi)^p)^(1/p): two powers instead of three,
+    # and no overflow for tiny times raised to a large p
+    hi = np.maximum(tc, tm)
+    ratio = np.minimum(tc, tm) / np.where(hi > 0, hi, 1.0)
+    t = model.overhead_s + hi * (1.0 + ratio ** p) ** (1.0 / p)
     return t, tc >= tm
 
 
@@ -54,27 +58,35 @@ def allreduce_time(byts, n, system: System, ranks_per_node=None):
     return collective_time("all_reduce", byts, n, system, ranks_per_node)
 
 
-def op_gpu_time(op: Op, system: System, kp: KernelProfile, ex: ExecutorProfile, tp: int = 1) -> tuple[float, str]:
-    """Seconds for one instance of `op` on one GPU of `system`, and what bounds it."""
+def op_gpu_time_array(op: Op, system: System, kp: KernelProfile, ex: ExecutorProfile, tp: int = 1):
+    """Seconds for one instance of `op` and what bounds it: a label, or a boolean array (True =
+    compute bound, else memory). Works on array-valued ops too (flops/bytes as numpy arrays, as
+    the vectorised sweep builds them): this is the one place an op is dispatched to its formula."""
     gpu = system.gpu
     bw = gpu.hbm_bw_Bps
     if op.cls == "gemm":
         peak = gpu.peak_flops(op.dtype) * ex.gemm_efficiency_scale
-        t, cb = gemm_time(op.flops, op.bytes, peak, bw, kp.gemm_for(op.dtype))
-        return float(t), "compute" if cb else "memory"
+        return gemm_time(op.flops, op.bytes, peak, bw, kp.gemm_for(op.dtype))
     if op.cls == "attention":
         peak = gpu.peak_flops(op.dtype if op.dtype in gpu.peak_flops_by_dtype else "fp16")
         if op.kind == "attn_decode":
-            t, cb = attn_decode_time(op.flops, op.bytes, peak, bw, kp)
-            return float(t), "compute" if cb else "memory"
+            return attn_decode_time(op.flops, op.bytes, peak, bw, kp)
         if op.kind == "attn_prefill_bwd":
-            return float(kp.attn_bwd_ratio * attn_prefill_time(op.flops / 2.5, op.seq, peak, kp)), "compute"
-        return float(attn_prefill_time(op.flops, op.seq, peak, kp)), "compute"
+            return kp.attn_bwd_ratio * attn_prefill_time(op.flops / 2.5, op.seq, peak, kp), "compute"
+        return attn_prefill_time(op.flops, op.seq, peak, kp), "compute"
     if op.cls == "communication":
-        return float(allreduce_time(op.bytes, tp, system, min(tp, system.gpu_count))), "communication"
+        return allreduce_time(op.bytes, tp, system, min(tp, system.gpu_count)), "communication"
     k_over = kp.kernel_overhead_s if ex.kernel_overhead_s is None else ex.kernel_overhead_s
     slow = kp.eager_slowdown * (kp.norm_slowdown if op.cls == "norm" else 1.0)
-    return float(memory_op_time(op.bytes, op.kernels, bw, kp, k_over, slow)), "memory"
+    return memory_op_time(op.bytes, op.kernels, bw, kp, k_over, slow), "memory"
+
+
+def op_gpu_time(op: Op, system: System, kp: KernelProfile, ex: ExecutorProfile, tp: int = 1) -> tuple[float, str]:
+    """Seconds for one instance of `op` on one GPU of `system`, and what bounds it."""
+    t, bound = op_gpu_time_array(op, system, kp, ex, tp)
+    if not isinstance(bound, str):
+        bound = "compute" if bound else "memory"
+    return float(t), bound
 
 
 def time_ops(ops: list[Op], system: System, kp: KernelProfile, ex: ExecutorProfile, tp: int = 1) -> pd.DataFrame:

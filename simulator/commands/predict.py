@@ -47,13 +47,18 @@ def add_parallel_train_args(p) -> None:
     p.add_argument("--vpp", type=int, default=1, help="train: virtual pipeline stages per GPU (interleaved 1F1B)")
 
 
+def parse_offload(text: str | None) -> str:
+    """`--offload weights=cpu` -> "cpu" (where the weights live); no flag -> "gpu"."""
+    if not text:
+        return "gpu"
+    key, _, val = text.partition("=")
+    if key != "weights" or val not in ("cpu", "gpu"):
+        raise RoofplanError(f"--offload {text} is not understood; use --offload weights=cpu")
+    return val
+
+
 def job_from_args(args) -> Job:
-    offload = "gpu"
-    if args.offload:
-        key, _, val = args.offload.partition("=")
-        if key != "weights" or val not in ("cpu", "gpu"):
-            raise RoofplanError(f"--offload {args.offload} is not understood; use --offload weights=cpu")
-        offload = val
+    offload = parse_offload(args.offload)
     return Job(phase=args.phase, batch=args.batch, seq=args.seq, context=args.context, dtype=args.dtype,
                kv_dtype=args.kv_dtype, recompute=args.recompute, lora_rank=args.lora_rank, tp=args.tp,
                pp=args.pp, dp=args.dp, micro_batch=args.micro_batch, zero=args.zero,
@@ -64,6 +69,7 @@ def register(sub) -> None:
     p = sub.add_parser("predict", help="predict time and memory of one step")
     add_job_args(p)
     add_parallel_train_args(p)
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="write a roofline + memory figure")
     add_format_arg(p)
     p.set_defaults(func=cmd_predict)
 
@@ -141,6 +147,9 @@ def cmd_predict(args) -> int:
                    f"{d['hardware_flops_per_gpu_s'] / 1e12:.0f} T, MFU {100 * pred.mfu:.1f}%")
     if pred.transfer_time_s:
         footer += f"\nhost->GPU weight transfer {fmt_time(pred.transfer_time_s)} per step ({j.host_memory}, overlap {'on' if j.overlap else 'off'})"
+    if getattr(args, "plot", None):
+        from ..plots import prediction_figure
+        prediction_figure(pred, system, args.plot)
     emit(fmt_of(args), json_obj=pred.as_dict(), rows=rows, header=["op class", "time", "share", "TFLOP", "bytes"],
          title=title, footer=footer)
     return 0
