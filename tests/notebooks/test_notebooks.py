@@ -9,8 +9,15 @@ from simulator import REPO_ROOT
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 MEASUREMENTS = REPO_ROOT.parent / "shared" / "measurements" / "h100-sxm"
-# figures each notebook must produce (prefix = notebook number)
 NEEDS_MEASUREMENTS = {"02"}
+# figures each notebook must produce (prefix = notebook number)
+EXPECTED_FIGURES = {
+    "01": {"01_throughput_cost.png", "01_memory.png", "01_roofline.png", "01_batch_sweep.png"},
+    "02": {"02_fit_vs_microbench.png", "02_gemm_efficiency.png", "02_validation.png"},
+    "03": {"03_placement.png", "03_layer_step_gantt.png", "03_flexgen_comparison.png", "03_host_memory_sweep.png"},
+    "04": {"04_weak_scaling.png", "04_plan_breakdown.png", "04_pipeline_1f1b.png", "04_memory_zero_recompute.png"},
+    "05": {"05_latency_vs_rate.png", "05_fleet_cost.png", "05_pareto.png"},
+}
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -25,6 +32,12 @@ def test_notebook_runs_and_writes_figures(nb, tmp_path):
     figs = sorted(tmp_path.glob(f"{num}_*.png"))
     assert len(figs) >= 3, f"{nb.name} wrote {[f.name for f in figs]}"
     assert all(f.stat().st_size > 5_000 for f in figs)
+    missing = EXPECTED_FIGURES.get(num, set()) - {f.name for f in figs}
+    assert not missing, f"{nb.name} did not write {sorted(missing)}"
+
+
+def test_every_notebook_lists_its_figures():
+    assert {nb.name[:2] for nb in NOTEBOOKS} == set(EXPECTED_FIGURES)
 
 
 def test_notebooks_are_jupytext_percent_scripts():
