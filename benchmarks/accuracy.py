@@ -29,8 +29,9 @@ def main() -> int:
         print(f"{r.id:44s} {r.measured_time_s * 1e3:8.2f}ms {r.predicted_time_s * 1e3:8.2f}ms {100 * r.time_error:+6.1f}%   {mem}")
     print()
     for group, g in df.groupby("group"):
-        mem = g["memory_error"] if "memory_error" in g else []
-        print(f"{group:10s} cases {len(g):2d}  time MAPE {100 * mape(g.time_error):5.1f}%  memory MAPE {100 * mape(mem):5.1f}%")
+        mem = mape(g["memory_error"]) if "memory_error" in g else float("nan")
+        mem_txt = f"  memory MAPE {100 * mem:5.1f}%" if mem == mem else ""
+        print(f"{group:10s} cases {len(g):2d}  time MAPE {100 * mape(g.time_error):5.1f}%{mem_txt}")
     return 0
 
 

@@ -29,10 +29,10 @@ def _available() -> frozenset[str]:
     return frozenset(pulp.listSolvers(onlyAvailable=True))
 
 
-def _solvers(time_limit_s: float, gap: float):
+def _solvers(time_limit_s: float, gap: float, highs_options: dict):
     available = _available()
     if "HiGHS" in available:
-        yield "HiGHS", pulp.HiGHS(msg=False, timeLimit=time_limit_s, gapRel=gap)
+        yield "HiGHS", pulp.HiGHS(msg=False, timeLimit=time_limit_s, gapRel=gap, **highs_options)
     if "HiGHS_CMD" in available:
         yield "HiGHS_CMD", pulp.HiGHS_CMD(msg=False, timeLimit=time_limit_s, gapRel=gap)
     yield "PULP_CBC_CMD", pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=gap)
@@ -58,10 +58,12 @@ def _quiet_stdout():
             os.close(saved)
 
 
-def solve(problem: pulp.LpProblem, time_limit_s=10, gap=1e-4) -> SolveReport:
-    """Solve `problem` in place with the first solver that runs; the variables hold the answer."""
+def solve(problem: pulp.LpProblem, time_limit_s=10, gap=1e-4, highs_options: dict | None = None) -> SolveReport:
+    """Solve `problem` in place with the first solver that runs; the variables hold the answer.
+    `highs_options`: HiGHS option names and values (e.g. presolve="off"), used by the in-process
+    HiGHS only."""
     last_error: Exception | None = None
-    for name, solver in _solvers(time_limit_s, gap):
+    for name, solver in _solvers(time_limit_s, gap, highs_options or {}):
         t0 = time.perf_counter()
         try:
             with _quiet_stdout():

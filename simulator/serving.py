@@ -57,6 +57,7 @@ class StepTables:
     kv_bytes_per_token: float     # per GPU
     kv_budget_tokens: float       # tokens of KV cache the instance can hold
     max_context: int
+    iteration_overhead_s: float = 0.0   # engine host time per iteration, included in both tables
 
     def prefill_time(self, tokens) -> np.ndarray:
         """Prefill of `tokens` prompt tokens (log-log interpolation; linear extrapolation above)."""
@@ -84,11 +85,15 @@ class StepTables:
 
 
 def step_tables(model: ModelConfig, system: System, tp: int = 1, dtype: str = "bf16",
-                executor: ExecutorProfile | None = None, kernels: KernelProfile | None = None) -> StepTables:
+                executor: ExecutorProfile | None = None, kernels: KernelProfile | None = None,
+                iteration_overhead_s: float = 0.0) -> StepTables:
     """Evaluate the core `predict` on the prefill and decode grids for one (model, GPU, TP).
 
     KV budget (vLLM): GPU_MEMORY_UTILIZATION x device memory - weights - workspace - activations
-    of a decode step, divided by the KV bytes of one token on this GPU."""
+    of a decode step, divided by the KV bytes of one token on this GPU.
+    `iteration_overhead_s`: host time the serving engine adds to every iteration and does not
+    overlap with the GPU (scheduler, sampler, detokenizer of vLLM V0; 0 for an engine that keeps
+    the GPU fed); added to every prefill and decode step."""
     gpu = system.gpu
     L = model.max_positions
     from .profiles import load_executor_profile, load_kernel_profile
@@ -110,9 +115,12 @@ def step_tables(model: ModelConfig, system: System, tp: int = 1, dtype: str = "b
     bat = np.array(DECODE_BATCH_GRID, dtype=float)
     dec = np.array([[predict(model, system, Job("decode", batch=int(b), context=int(c), dtype=dtype, tp=tp), **kw).time_s
                      for c in ctx] for b in bat])
-    return StepTables(model=model.name, gpu=gpu.name, tp=tp, prefill_tokens=ptoks, prefill_s=np.array(pre),
-                      decode_batch=bat, decode_context=ctx, decode_s=dec, kv_bytes_per_token=kv_tok,
-                      kv_budget_tokens=budget / kv_tok, max_context=L)
+    if iteration_overhead_s < 0:
+        raise RoofplanError(f"iteration overhead must be >= 0 s (got {iteration_overhead_s})")
+    return StepTables(model=model.name, gpu=gpu.name, tp=tp, prefill_tokens=ptoks,
+                      prefill_s=np.array(pre) + iteration_overhead_s, decode_batch=bat, decode_context=ctx,
+                      decode_s=dec + iteration_overhead_s, kv_bytes_per_token=kv_tok,
+                      kv_budget_tokens=budget / kv_tok, max_context=L, iteration_overhead_s=iteration_overhead_s)
 
 
 def _widen(system: System, n: int) -> System:
@@ -256,9 +264,17 @@ def _estimate(tables_d: StepTables, mix: RequestMix, rate: float, service: np.nd
         kv_tokens=batch * mix.mean(mix.in_tokens + mix.out_tokens / 2))
 
 
-def aggregated(tables: StepTables, mix: RequestMix, rate: float, chunk_tokens: int = 512) -> ServingEstimate:
-    """One instance serving both phases with continuous batching and chunked prefill (formulas in
-    the module docstring). `rate` is requests/s arriving at this instance."""
+def aggregated(tables: StepTables, mix: RequestMix, rate: float, chunk_tokens: int = 512,
+               chunked_prefill: bool = True) -> ServingEstimate:
+    """One instance serving both phases with continuous batching (formulas in the module
+    docstring). `rate` is requests/s arriving at this instance.
+
+    chunked_prefill=True (Sarathi-Serve, vLLM V1): a prompt runs in chunks of `chunk_tokens` that
+    share their iterations with the decode batch, so its service includes ceil(in / chunk) decode
+    steps. chunked_prefill=False (vLLM V0, the colocated baseline of DistServe): an iteration runs
+    either the waiting prompts or one decode step, prompts first; a prompt's service is its
+    prefill alone and every prefill stalls the whole decode batch (the stall enters TPOT through
+    1 / (1 - rho_prefill) and its compound-Poisson variance)."""
     if rate <= 0:
         raise RoofplanError(f"arrival rate must be > 0 (got {rate})")
     pre = tables.prefill_time(mix.in_tokens)
@@ -268,9 +284,11 @@ def aggregated(tables: StepTables, mix: RequestMix, rate: float, chunk_tokens: i
     batch, why = _decode_fixed_point(tables, mix, rate, 1 - rho_p)
     if why:
         return _unstable(rate, why)
-    chunks = np.ceil(mix.in_tokens / chunk_tokens)
     d_b = tables.decode_time(batch, mix.in_tokens + mix.out_tokens / 2)
-    service = pre + chunks * d_b     # a chunk shares its iteration with the running decode batch
+    if chunked_prefill:              # a chunk shares its iteration with the running decode batch
+        service = pre + np.ceil(mix.in_tokens / chunk_tokens) * d_b
+    else:
+        service = pre
     # an arrival joins at the next iteration boundary: mean residual of the running decode step
     resid = 0.5 * float(np.sum(mix.weight * d_b)) * min(batch, 1.0)
     stall_var_rate = rate * float(np.sum(mix.weight * pre ** 2))
@@ -371,11 +389,17 @@ def sample_requests(mix: RequestMix, rate: float, n: int, seed: int = 0):
 
 
 def _run_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, n_out: np.ndarray,
-                  prefilled: bool, chunk_tokens: int, max_iterations: int, deadline_s: float):
-    """Iteration-level continuous batching on one instance (vLLM scheduler with chunked prefill):
-    admit FCFS while the KV cache can reserve in + out tokens; each iteration runs the decode batch
-    plus up to `chunk_tokens` prompt tokens; time = prefill(chunk) + decode(batch, mean context)
+                  prefilled: bool, chunk_tokens: int, max_iterations: int, deadline_s: float,
+                  chunked_prefill: bool = True):
+    """Iteration-level continuous batching on one instance: admit FCFS while the KV cache can
+    reserve in + out tokens.
+    chunked_prefill=True (vLLM with chunked prefill): each iteration runs the decode batch plus up
+    to `chunk_tokens` prompt tokens; time = prefill(chunk) + decode(batch, mean context)
     (Sarathi-Serve hybrid batches cost about the sum of their parts when the chunk is compute-bound).
+    chunked_prefill=False (vLLM V0 scheduler): when prompts wait, the iteration prefills whole
+    prompts, FCFS, up to `chunk_tokens` tokens (max_num_batched_tokens; at least one prompt) and no
+    decode runs; otherwise it is one decode step of the batch. Prompts of one iteration cost
+    sum of prefill(in_i) (each prompt attends only to itself).
     Returns (first-token time, finish time, iterations, truncated)."""
     n = len(arrive)
     n_in, n_out = n_in.tolist(), n_out.tolist()
@@ -391,7 +415,9 @@ def _run_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, n_ou
     b_cap = int(min(max(budget / max(min(i + o for i, o in zip(n_in, n_out)), 1), 1), 4096)) + 1
     ctx_step = max(tables.max_context / 63, 1.0)
     dec_tab = tables.decode_time(np.arange(b_cap + 1)[:, None], (np.arange(64) * ctx_step)[None, :]).tolist()
-    pre_tab = tables.prefill_time(np.arange(chunk_tokens + 1)).tolist()
+    longest = chunk_tokens if chunked_prefill else max(chunk_tokens, max(n_in))
+    pre_tab = tables.prefill_time(np.arange(longest + 1)).tolist()
+    overhead = tables.iteration_overhead_s
     t, nxt, used, it = 0.0, 0, 0.0, 0
     running: list[int] = []
     finished = 0
@@ -412,17 +438,29 @@ def _run_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, n_ou
         chunk_left = chunk_tokens
         pre_tok = 0
         pre_done_now = []
-        for r in running:
-            if done_pre[r] < n_in[r] and chunk_left > 0:
-                take = min(chunk_left, n_in[r] - done_pre[r])
-                done_pre[r] += take
-                chunk_left -= take
-                pre_tok += take
-                if done_pre[r] >= n_in[r]:
-                    pre_done_now.append(r)
         dt = 0.0
-        if pre_tok:
-            dt += pre_tab[pre_tok]
+        if chunked_prefill:
+            for r in running:
+                if done_pre[r] < n_in[r] and chunk_left > 0:
+                    take = min(chunk_left, n_in[r] - done_pre[r])
+                    done_pre[r] += take
+                    chunk_left -= take
+                    pre_tok += take
+                    if done_pre[r] >= n_in[r]:
+                        pre_done_now.append(r)
+            if pre_tok:
+                dt += pre_tab[pre_tok] - (overhead if dec else 0.0)   # one iteration: one overhead
+        else:
+            for r in running:
+                if done_pre[r] < n_in[r]:
+                    if pre_done_now and n_in[r] > chunk_left:
+                        break      # FCFS: the next prompt waits for the next iteration
+                    chunk_left -= n_in[r]
+                    done_pre[r] = n_in[r]
+                    dt += pre_tab[n_in[r]] - (overhead if pre_done_now else 0.0)
+                    pre_done_now.append(r)
+            if pre_done_now:
+                dec = []       # prompts first: the decode batch waits for this iteration
         if dec:
             ctx = sum(n_in[r] + gen[r] for r in dec) / len(dec)
             dt += dec_tab[min(len(dec), b_cap)][min(int(ctx / ctx_step + 0.5), 63)]
@@ -448,16 +486,17 @@ def _run_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, n_ou
 def simulate(tables: StepTables, mix: RequestMix, rate: float, n_requests: int = 1000, seed: int = 0,
              chunk_tokens: int = 512, tables_decode: StepTables | None = None, n_prefill: int = 1,
              n_decode: int = 1, link_Bps: float = 0.0, max_iterations: int = 2_000_000,
-             max_time_s: float = 1e6) -> SimResult:
+             max_time_s: float = 1e6, chunked_prefill: bool = True) -> SimResult:
     """Discrete-event simulation of `n_requests` Poisson arrivals (seeded). Aggregated when
-    `tables_decode` is None; otherwise prefill instances (FCFS, one prompt at a time) hand the KV
-    cache to decode instances (round-robin), as in DistServe."""
+    `tables_decode` is None (scheduling policy `chunked_prefill`, see `_run_instance`); otherwise
+    prefill instances (FCFS, one prompt at a time) hand the KV cache to decode instances
+    (round-robin), as in DistServe."""
     if rate <= 0 or n_requests < 1:
         raise RoofplanError("simulate needs rate > 0 and n_requests >= 1")
     arrive, n_in, n_out = sample_requests(mix, rate, n_requests, seed)
     if tables_decode is None:
         first, finish, it, trunc = _run_instance(tables, arrive, n_in, n_out, False, chunk_tokens,
-                                                 max_iterations, max_time_s)
+                                                 max_iterations, max_time_s, chunked_prefill)
     else:
         pre_s = tables.prefill_time(n_in)
         xfer = kv_transfer_time(tables, n_in, link_Bps) if link_Bps else np.zeros(n_requests)
@@ -481,3 +520,19 @@ def simulate(tables: StepTables, mix: RequestMix, rate: float, n_requests: int =
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot = np.where(n_out > 1, (finish - first) / (n_out - 1), np.nan)
     return SimResult(ttft_s=ttft, tpot_s=tpot, in_tokens=n_in, out_tokens=n_out, iterations=it, truncated=trunc)
+
+
+def max_rate_simulated(tables: StepTables, mix: RequestMix, slo_ttft_s: float, slo_tpot_s: float,
+                       percentile: int = 90, n_requests: int = 800, seed: int = 0, hi: float = 64.0,
+                       rel_tol: float = 0.02, **sim_kw) -> float:
+    """Largest Poisson rate whose simulated P`percentile` TTFT and TPOT (over requests, DistServe's
+    definition) meet the SLOs: bisection on `simulate` with a fixed seed (`sim_kw` go to it)."""
+    def ok(rate: float) -> bool:
+        sim = simulate(tables, mix, rate, n_requests=n_requests, seed=seed, **sim_kw)
+        return (not sim.truncated and sim.percentile("ttft_s", percentile) <= slo_ttft_s
+                and sim.percentile("tpot_s", percentile) <= slo_tpot_s)
+    lo = 0.0
+    while hi - lo > rel_tol * hi:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
