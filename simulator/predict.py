@@ -80,13 +80,9 @@ def predict(model: ModelConfig, system: System, job: Job, executor: ExecutorProf
     job = validate_job(job, model)
     ex = executor or load_executor_profile("default")
     kp = kernels or load_kernel_profile(system.gpu.name)
+    system = system_for_job(system, job)
     gpu = system.gpu
-    gpu.peak_flops(job.dtype)  # clear error if the GPU lacks the dtype
     n_gpus = job.n_gpus
-    if n_gpus > system.gpu_count and system.name in (gpu.name,):
-        system = _widen(system, n_gpus)
-    elif n_gpus > system.gpu_count:
-        raise RoofplanError(f"the plan needs {n_gpus} GPUs (tp x pp x dp) but {system.name} has {system.gpu_count}; use a larger system or smaller degrees")
     layers_per_stage = -(-model.n_layers // job.pp)
     notes: list[str] = []
     a = DTYPE_BYTES[job.dtype]
@@ -170,9 +166,18 @@ def _h2d_Bps(system: System, kp: KernelProfile, host_memory: str) -> float:
     return system.host_link.bw_Bps * kp.h2d_pinned_eff
 
 
-def _widen(system: System, n: int) -> System:
+def system_for_job(system: System, job: Job) -> System:
+    """The system a job runs on: a bare GPU name grows to as many GPUs as tp x pp x dp asks;
+    a named system must have them. Also checks that the GPU has the job's dtype."""
     from .specs import system_from_gpu
-    return system_from_gpu(system.gpu, n)
+    system.gpu.peak_flops(job.dtype)  # clear error if the GPU lacks the dtype
+    n = job.n_gpus
+    if n > system.gpu_count and system.name == system.gpu.name:
+        return system_from_gpu(system.gpu, n)
+    if n > system.gpu_count:
+        raise RoofplanError(f"the plan needs {n} GPUs (tp x pp x dp) but {system.name} has {system.gpu_count}; "
+                            "use a larger system or smaller degrees")
+    return system
 
 
 def _train(model, system, job, ex, kp, layers_per_stage):

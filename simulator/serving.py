@@ -34,7 +34,7 @@ from .memory import inference_memory, kv_cache_bytes
 from .models import ModelConfig
 from .predict import predict
 from .profiles import ExecutorProfile, KernelProfile
-from .specs import System
+from .specs import System, system_from_gpu
 from .workload import Job
 
 GPU_MEMORY_UTILIZATION = 0.9   # vLLM's default share of device memory it manages (weights + KV)
@@ -107,7 +107,7 @@ def step_tables(model: ModelConfig, system: System, tp: int = 1, dtype: str = "b
         raise RoofplanError(
             f"{model.name} does not fit on {tp} x {gpu.name} for serving: weights need "
             f"{base.weights / 2**30:.1f} GiB per GPU of {gpu.mem_bytes / 2**30:.0f} GiB; use a larger --tp or another GPU")
-    system = system if system.gpu_count >= tp else _widen(system, tp)
+    system = system if system.gpu_count >= tp else system_from_gpu(system.gpu, tp)
     ptoks = np.array([t for t in PREFILL_GRID if t <= L] or [L], dtype=float)
     pre = [predict(model, system, Job("prefill", batch=1, seq=int(t), dtype=dtype, tp=tp), **kw).time_s for t in ptoks]
     ctx = np.array([c for c in DECODE_CONTEXT_GRID if c < L] + [L - 1], dtype=float)
@@ -121,11 +121,6 @@ def step_tables(model: ModelConfig, system: System, tp: int = 1, dtype: str = "b
                       prefill_s=np.array(pre) + iteration_overhead_s, decode_batch=bat, decode_context=ctx,
                       decode_s=dec + iteration_overhead_s, kv_bytes_per_token=kv_tok,
                       kv_budget_tokens=budget / kv_tok, max_context=L, iteration_overhead_s=iteration_overhead_s)
-
-
-def _widen(system: System, n: int) -> System:
-    from .specs import system_from_gpu
-    return system_from_gpu(system.gpu, n)
 
 
 # ---------------------------------------------------------------------------------------------

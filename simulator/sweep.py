@@ -23,8 +23,8 @@ import numpy as np
 from .errors import RoofplanError
 from .memory import inference_memory, weight_params_per_gpu
 from .models import ModelConfig
-from .ops import Op, forward_ops
-from .predict import _h2d_Bps, _widen, predict
+from .ops import forward_ops
+from .predict import _h2d_Bps, predict, system_for_job
 from .profiles import ExecutorProfile, KernelProfile
 from .comm import collective_time
 from .roofline import op_gpu_time_array
@@ -78,13 +78,9 @@ def predict_many(model: ModelConfig, system: System, job: Job, batch, seq=0, con
     job = validate_job(replace(job, batch=int(B.flat[0]), seq=int(S.flat[0]), context=int(C.flat[0])), model)
     ex = executor or load_executor_profile("default")
     kp = kernels or load_kernel_profile(system.gpu.name)
+    system = system_for_job(system, job)
     gpu = system.gpu
-    gpu.peak_flops(job.dtype)
     n_gpus = job.n_gpus
-    if n_gpus > system.gpu_count and system.name in (gpu.name,):
-        system = _widen(system, n_gpus)
-    elif n_gpus > system.gpu_count:
-        raise RoofplanError(f"the plan needs {n_gpus} GPUs (tp x pp x dp) but {system.name} has {system.gpu_count}; use a larger system or smaller degrees")
     lps = -(-model.n_layers // job.pp)
     a = DTYPE_BYTES[job.dtype]
     vjob = replace(job, batch=B, seq=S, context=C)
