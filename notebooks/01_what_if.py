@@ -33,8 +33,6 @@
 # Figures go to `notebooks/out/`.
 
 # %%
-import os
-from pathlib import Path
 
 import matplotlib
 
@@ -52,12 +50,7 @@ from simulator.sweep import predict_many
 from simulator.units import GiB
 from simulator.workload import Job
 
-try:
-    HERE = Path(__file__).resolve().parent
-except NameError:          # inside Jupyter
-    HERE = Path.cwd()
-OUT = Path(os.environ.get("ROOFPLAN_NOTEBOOK_OUT", HERE / "out"))
-OUT.mkdir(parents=True, exist_ok=True)
+OUT = plots.notebook_out_dir()
 
 MODEL = "llama-3.1-70b"
 GPUS = ["h100-sxm", "a100-sxm-80gb"]

@@ -53,12 +53,9 @@ from simulator.profiles import load_executor_profile, load_kernel_profile, parse
 from simulator.roofline import attn_decode_time, gemm_time
 from simulator.specs import load_gpu, load_hardware, load_link
 
-try:
-    HERE = Path(__file__).resolve().parent
-except NameError:          # inside Jupyter
-    HERE = Path.cwd()
-OUT = Path(os.environ.get("ROOFPLAN_NOTEBOOK_OUT", HERE / "out"))
-OUT.mkdir(parents=True, exist_ok=True)
+from simulator import plots  # noqa: E402
+
+OUT = plots.notebook_out_dir()
 MEAS = Path(os.environ.get("ROOFPLAN_MEASUREMENTS", REPO_ROOT.parent / "shared" / "measurements" / "h100-sxm"))
 if not (MEAS / "microbench.jsonl").is_file():
     raise SystemExit(f"no microbench.jsonl in {MEAS}; set ROOFPLAN_MEASUREMENTS to the measurements folder")

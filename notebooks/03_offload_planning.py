@@ -41,9 +41,7 @@
 # (jupytext). Figures go to `notebooks/out/`.
 
 # %%
-import os
 from dataclasses import replace
-from pathlib import Path
 
 import matplotlib
 
@@ -62,12 +60,7 @@ from simulator.profiles import load_executor_profile, load_kernel_profile
 from simulator.specs import load_hardware
 from simulator.units import GiB
 
-try:
-    HERE = Path(__file__).resolve().parent
-except NameError:          # inside Jupyter
-    HERE = Path.cwd()
-OUT = Path(os.environ.get("ROOFPLAN_NOTEBOOK_OUT", HERE / "out"))
-OUT.mkdir(parents=True, exist_ok=True)
+OUT = plots.notebook_out_dir()
 
 EXECUTOR = load_executor_profile("default")
 t4 = load_hardware("flexgen-t4")

@@ -38,9 +38,7 @@
 # (jupytext). Figures go to `notebooks/out/`.
 
 # %%
-import os
 import sys
-from pathlib import Path
 
 import matplotlib
 
@@ -61,12 +59,8 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import megatron_weak_scaling  # noqa: E402  (Megatron-LM's Table 1 and how we score it)
 from plan_parallel import MEGATRON_1024  # noqa: E402  (Megatron's GPT-3 configuration on 1024 GPUs)
 
-try:
-    HERE = Path(__file__).resolve().parent
-except NameError:          # inside Jupyter
-    HERE = Path.cwd()
-OUT = Path(os.environ.get("ROOFPLAN_NOTEBOOK_OUT", HERE / "out"))
-OUT.mkdir(parents=True, exist_ok=True)
+
+OUT = plots.notebook_out_dir()
 
 MEGATRON = load_executor_profile("megatron")     # Megatron-LM's kernels (fused LayerNorm, unfused attention)
 dgx_a100 = load_system("dgx-a100")

@@ -41,9 +41,7 @@
 
 # %%
 import math
-import os
 from dataclasses import replace
-from pathlib import Path
 
 import matplotlib
 
@@ -61,12 +59,7 @@ from simulator.serving import aggregated, max_rate, simulate, step_tables
 from simulator.serving_workload import load_serving_workload
 from simulator.specs import load_gpu, system_from_gpu
 
-try:
-    HERE = Path(__file__).resolve().parent
-except NameError:          # inside Jupyter
-    HERE = Path.cwd()
-OUT = Path(os.environ.get("ROOFPLAN_NOTEBOOK_OUT", HERE / "out"))
-OUT.mkdir(parents=True, exist_ok=True)
+OUT = plots.notebook_out_dir()
 
 model = load_model("llama-3.1-8b")
 chat = load_serving_workload("chat")

@@ -273,3 +273,15 @@ def prediction_figure(pred, system, path) -> dict:
     mem = memory_plot([pred], None, labels=[f"{system.gpu.name}"], capacity_bytes=system.gpu.mem_bytes, ax=a2)
     _save(fig, path)
     return {"roofline": df, "roofs": roofs, "memory": mem}
+
+
+def notebook_out_dir():
+    """Where the notebooks write their figures: $ROOFPLAN_NOTEBOOK_OUT, else notebooks/out/ of the
+    repository (git-ignored); created if missing."""
+    import os
+    from pathlib import Path
+
+    from . import REPO_ROOT
+    out = Path(os.environ.get("ROOFPLAN_NOTEBOOK_OUT", REPO_ROOT / "notebooks" / "out"))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
