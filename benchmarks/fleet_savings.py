@@ -16,7 +16,7 @@ def main(model_name: str = "llama-3.1-8b") -> None:
     model = load_model(model_name)
     cands = candidate_options(model, GPUS, tps=(1, 2))
     options = [c[0] for c in cands]
-    print(f"| workload | TPOT SLO | rate (req/s) | mixed fleet | mixed $/h | best single type | single $/h | saving |")
+    print("| workload | TPOT SLO | rate (req/s) | mixed fleet | mixed $/h | best single type | single $/h | saving |")
     print("|---|---|---|---|---|---|---|---|")
     for wl_name in ("chat", "long-document", "mixed"):
         wl0 = load_serving_workload(wl_name)

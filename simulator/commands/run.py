@@ -2,7 +2,6 @@
 weights, time it, and record a profiler trace (needs the `executor` extra: torch)."""
 from __future__ import annotations
 
-import json
 
 from ..errors import RoofplanError
 from ..report import add_format_arg, emit, fmt_of

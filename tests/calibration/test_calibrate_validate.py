@@ -9,7 +9,6 @@ from simulator.models import load_model
 from simulator.predict import predict
 from simulator.profiles import load_executor_profile
 from simulator.specs import load_hardware
-from simulator.trace import load_trace
 from simulator.trace_fit import fit_gemm_scale, host_overhead_per_launch, layer_structure
 from simulator.profiles import load_kernel_profile
 from simulator.workload import Job

@@ -2,7 +2,6 @@ import gzip
 
 import pytest
 
-from simulator.cli import main
 from simulator.errors import RoofplanError
 from simulator.specs import load_gpu
 from simulator.trace import check_device, classify_kernel, load_trace, op_flops_bytes

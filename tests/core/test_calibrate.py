@@ -1,5 +1,4 @@
 """The shipped H100 kernel profile reproduces the microbenchmarks it was fitted to."""
-import json
 
 import numpy as np
 import pytest

@@ -1,5 +1,4 @@
 """Predictions against the shared H100 measurements, published memory formulas, invariants."""
-import math
 
 import pytest
 from hypothesis import given, settings, strategies as st

@@ -55,7 +55,6 @@ def test_plan_parallel_gpt3_on_1024_a100(capsys):
     times = [p["time_s"] for p in d["plans"]]
     assert times == sorted(times)
     # at least as fast as the Megatron-style t8 p8 d16 configuration under the same model
-    from planners.parallel import search
     from simulator.parallel import ParallelPlan, train_step
     from simulator.profiles import load_executor_profile
     ref = train_step(load_model("gpt3-175b"), load_hardware("dgx-a100"),

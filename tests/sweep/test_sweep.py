@@ -11,7 +11,7 @@ from simulator.models import load_model
 from simulator.predict import predict
 from simulator.profiles import list_profiles, load_executor_profile, load_kernel_profile
 from simulator.specs import load_hardware
-from simulator.sweep import predict_many, sweep_group, parse_grid, Group
+from simulator.sweep import predict_many
 from simulator.workload import Job
 
 # dense GQA, MoE, MLA + MoE, MHA with a plain MLP (gpt2: 12 heads, so tp 8 is refused)

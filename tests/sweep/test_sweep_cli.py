@@ -1,5 +1,4 @@
 """`roofplan sweep`: process pool, Dask, resumable shards, CSV/Parquet, summary, bad input."""
-from dataclasses import replace
 
 import pandas as pd
 import pytest
