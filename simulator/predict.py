@@ -142,7 +142,9 @@ def predict(model: ModelConfig, system: System, job: Job, executor: ExecutorProf
         raise RoofplanError(
             f"{model.name} {job.phase} does not fit: needs {fmt_bytes(peak)} per GPU but {gpu.name} has "
             f"{fmt_bytes(gpu.mem_bytes)} (over by {fmt_bytes(peak - gpu.mem_bytes)}; {parts}); "
-            f"use more GPUs (--tp/--pp), a smaller --batch, --offload weights=cpu or --recompute full"
+            + ("use more GPUs (--tp/--pp), a smaller --batch or --micro-batch, --recompute full or --lora-rank"
+               if job.phase == "train" else
+               "use more GPUs (--tp/--pp), a smaller --batch or --context, or --offload weights=cpu")
         )
     totals = df.groupby("bound")["time_s"].sum()
     bound = "transfer" if transfer and transfer >= step_time * 0.5 else str(totals.idxmax()) if len(totals) else "compute"
