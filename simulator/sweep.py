@@ -87,11 +87,19 @@ def predict_many(model: ModelConfig, system: System, job: Job, batch, seq=0, con
     fwd = forward_ops(model, vjob, ex, layers=lps)
 
     shape = np.broadcast_shapes(B.shape, S.shape, C.shape)
+    by_tokens = _token_only_ops(model, vjob, ex, lps, fwd, shape)
     compute = np.zeros(shape)
     layer_compute = np.zeros(shape)
     by_bound = {b: np.zeros(shape) for b in BOUNDS}
-    for op in fwd:
-        t_gpu, bound = op_gpu_time_array(op, system, kp, ex, job.tp)
+    for i, op in enumerate(fwd):
+        if i in by_tokens:   # evaluated once per distinct token count, gathered to every config
+            unique_op, inverse = by_tokens[i]
+            t_u, bound = op_gpu_time_array(unique_op, system, kp, ex, job.tp)
+            t_gpu = np.asarray(t_u, float)[inverse]
+            if not isinstance(bound, str):
+                bound = np.asarray(bound)[inverse]
+        else:
+            t_gpu, bound = op_gpu_time_array(op, system, kp, ex, job.tp)
         t_gpu = np.asarray(t_gpu, float)
         t_host = op.kernels * ex.host_overhead_per_kernel_s if op.cls != "communication" else 0.0
         t = (np.maximum(t_gpu, t_host) if t_host else t_gpu) * op.count
@@ -144,6 +152,38 @@ def predict_many(model: ModelConfig, system: System, job: Job, batch, seq=0, con
         time_s=step, tokens_per_s=np.broadcast_to(tokens / step, shape), peak_memory_bytes=np.broadcast_to(peak, shape),
         fits=np.broadcast_to(peak <= gpu.mem_bytes, shape), bound=np.broadcast_to(bound, shape),
         transfer_time_s=np.broadcast_to(transfer, shape), memory=mem_parts, n_gpus=n_gpus)
+
+
+def _token_only_ops(model: ModelConfig, vjob: Job, ex: ExecutorProfile, lps: int, fwd, shape) -> dict:
+    """Ops whose FLOPs and bytes depend only on the step's token count (prefill: batch x seq,
+    decode: batch) -- most of them -- are timed once per distinct count and gathered, instead of
+    once per configuration: a sweep of scattered (batch, context) pairs has few distinct batches.
+    Which ops qualify is found, not assumed: an op qualifies when two jobs with the same token
+    counts but different shapes (prefill: T x 1 vs 1 x T; decode: context 0 vs 1) give it equal
+    numbers. Returns {index in fwd: (op on the distinct counts, inverse index into `shape`)}."""
+    n = int(np.prod(shape))
+    if n < 4096:
+        return {}
+    B = np.broadcast_to(vjob.batch, shape)
+    tokens = B * (np.broadcast_to(vjob.seq, shape) if vjob.phase == "prefill" else 1)
+    unique, inverse = np.unique(tokens, return_inverse=True)
+    if unique.size * 2 > n:   # too few repeats to pay for np.unique and the gathers
+        return {}
+    if vjob.phase == "prefill":
+        a = forward_ops(model, replace(vjob, batch=unique, seq=np.ones_like(unique)), ex, layers=lps)
+        b = forward_ops(model, replace(vjob, batch=np.ones_like(unique), seq=unique), ex, layers=lps)
+    else:
+        a = forward_ops(model, replace(vjob, batch=unique, context=np.zeros_like(unique)), ex, layers=lps)
+        b = forward_ops(model, replace(vjob, batch=unique, context=np.ones_like(unique)), ex, layers=lps)
+    if not (len(a) == len(b) == len(fwd)):
+        return {}
+    out = {}
+    for i, (op, x, y) in enumerate(zip(fwd, a, b)):
+        full_size = np.shape(op.flops) == shape or np.shape(op.bytes) == shape
+        if op.name == x.name == y.name and full_size and np.array_equal(x.flops, y.flops) \
+                and np.array_equal(x.bytes, y.bytes) and np.array_equal(x.seq, y.seq):
+            out[i] = (x, inverse.reshape(shape))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

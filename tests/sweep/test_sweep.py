@@ -105,3 +105,31 @@ def test_progress_bar_on_stderr(capsys):
     err = capsys.readouterr().err
     assert "1/2 shards, 10/30 configs" in err and "2/2 shards, 30/30 configs" in err and err.endswith("\n")
     assert "[" + "#" * 30 + "]" in err
+
+
+@pytest.mark.parametrize("m,phase,executor", [
+    ("llama-3.1-8b", "decode", "default"), ("llama-3.1-8b", "prefill", "default"),
+    ("mixtral-8x7b", "decode", "hf-eager"), ("gpt2", "prefill", "megatron"),
+])
+def test_large_scattered_sweep_uses_token_dedup_and_equals_scalar(m, phase, executor):
+    """Above 4096 configs with repeated token counts, token-only ops are timed once per distinct
+    count (simulator.sweep._token_only_ops); attention and other shape-dependent ops are not."""
+    from simulator.sweep import _token_only_ops
+    from simulator.ops import forward_ops
+    model, ex = load_model(m), load_executor_profile(executor)
+    rng = np.random.default_rng(1)
+    n = 6000
+    b = rng.choice([1, 2, 4, 8, 16, 32], n)
+    s = rng.choice([64, 128, 256, 512, 1000], n)
+    job = Job(phase=phase, tp=1)
+    kw = dict(context=s) if phase == "decode" else dict(seq=s)
+    many = predict_many(model, _H100, job, b, executor=ex, kernels=_KP, **kw)
+    vjob = replace(job, batch=b, **({"context": s} if phase == "decode" else {"seq": s}))
+    fwd = forward_ops(model, vjob, ex)
+    dedup = _token_only_ops(model, vjob, ex, model.n_layers, fwd, (n,))
+    assert dedup and not any(fwd[i].cls == "attention" for i in dedup)
+    for i in rng.choice(n, 25, replace=False):
+        one = replace(job, batch=int(b[i]), **({"context": int(s[i])} if phase == "decode" else {"seq": int(s[i])}))
+        p = predict(model, _H100, one, ex, _KP, check_memory=False)
+        assert many.time_s[i] == pytest.approx(p.time_s, rel=1e-9)
+        assert many.bound[i] == p.bound
