@@ -339,9 +339,5 @@ def plot_pareto(front: list[dict], path: str, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=120)
-    except OSError as e:
-        raise RoofplanError(f"--plot {path}: cannot write ({e.strerror}); choose a writable path") from None
-    finally:
-        plt.close(fig)
+    from simulator.plots import save_figure
+    save_figure(fig, path)

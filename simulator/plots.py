@@ -24,13 +24,19 @@ def _plt():
     return plt
 
 
-def _save(fig, path) -> None:
+def save_figure(fig, path) -> None:
+    """Write a figure (.png, .svg or .pdf) and close it; a bad name or an unwritable place is
+    a one-line user error."""
     p = Path(path)
-    if p.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise RoofplanError(f"plot file {path}: use a .png, .svg or .pdf name")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=120, bbox_inches="tight")
-    _plt().close(fig)
+    try:
+        if p.suffix.lower() not in (".png", ".svg", ".pdf"):
+            raise RoofplanError(f"plot file {path}: use a .png, .svg or .pdf name")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(p, dpi=120, bbox_inches="tight")
+    except OSError as e:
+        raise RoofplanError(f"plot file {path}: cannot write ({e.strerror}); choose a writable path") from None
+    finally:
+        _plt().close(fig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,7 +84,7 @@ def roofline_plot(pred, system, path, ax=None) -> tuple[pd.DataFrame, dict]:
     ax.set_title(f"{pred.model} {pred.job.phase} on {system.gpu.name} (marker size: share of step time)")
     ax.legend(fontsize=7, loc="lower right")
     if own:
-        _save(fig, path)
+        save_figure(fig, path)
     return df, roofs
 
 
@@ -112,7 +118,7 @@ def memory_plot(preds: Sequence, path, labels: Sequence[str] | None = None, capa
     ax.tick_params(axis="x", rotation=30)
     ax.legend(fontsize=7)
     if own:
-        _save(fig, path)
+        save_figure(fig, path)
     return df
 
 
@@ -213,7 +219,7 @@ def timeline_plot(tasks: pd.DataFrame, path, title: str = "", ax=None) -> pd.Dat
     ax.set_xlabel("time (ms)")
     ax.set_title(title)
     if own:
-        _save(fig, path)
+        save_figure(fig, path)
     return tasks
 
 
@@ -261,7 +267,7 @@ def pareto_plot(x, y, labels: Sequence[str], path, xlabel: str = "", ylabel: str
     ax.set_title(title)
     ax.legend(fontsize=7)
     if own:
-        _save(fig, path)
+        save_figure(fig, path)
     return front
 
 
@@ -271,7 +277,7 @@ def prediction_figure(pred, system, path) -> dict:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
     df, roofs = roofline_plot(pred, system, None, ax=a1)
     mem = memory_plot([pred], None, labels=[f"{system.gpu.name}"], capacity_bytes=system.gpu.mem_bytes, ax=a2)
-    _save(fig, path)
+    save_figure(fig, path)
     return {"roofline": df, "roofs": roofs, "memory": mem}
 
 

@@ -98,12 +98,8 @@ def plot(df: pd.DataFrame, summary: dict, title: str, path: str | Path) -> None:
     ax.set_title(title, fontsize=9)
     ax.legend()
     fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=120)
-    except OSError as e:
-        raise RoofplanError(f"cannot write plot {path} ({e.strerror})") from None
-    finally:
-        plt.close(fig)
+    from simulator.plots import save_figure
+    save_figure(fig, path)
 
 
 def _blocks(ops: pd.DataFrame) -> list[tuple[list[dict], int]]:
