@@ -119,6 +119,8 @@ class ExecutorProfile:
     backward_memory_ratio: float = 2.0   # backward traffic of memory-bound ops / forward traffic
     gemm_efficiency_scale: float = 1.0   # this stack's GEMMs vs the microbenchmarked ones (layout, library)
     attn_score_bytes_per_elem: float = 0.0  # unfused attention: HBM bytes per score element (0 = flash)
+    attn_decode_efficiency_scale: float = 1.0  # this stack's decode attention (e.g. paged) vs the
+                                               # microbenchmarked kernel, on HBM bandwidth
     source: str = ""
 
 
@@ -204,6 +206,7 @@ _EXEC_FIELDS = {
     "backward_memory_ratio": ("backward_memory_ratio", None),
     "gemm_efficiency_scale": ("gemm_efficiency_scale", None),
     "attn_score_bytes_per_elem": ("attn_score_bytes_per_elem", None),
+    "attn_decode_efficiency_scale": ("attn_decode_efficiency_scale", None),
 }
 
 

@@ -70,7 +70,7 @@ def op_gpu_time_array(op: Op, system: System, kp: KernelProfile, ex: ExecutorPro
     if op.cls == "attention":
         peak = gpu.peak_flops(op.dtype if op.dtype in gpu.peak_flops_by_dtype else "fp16")
         if op.kind == "attn_decode":
-            return attn_decode_time(op.flops, op.bytes, peak, bw, kp)
+            return attn_decode_time(op.flops, op.bytes, peak, bw * ex.attn_decode_efficiency_scale, kp)
         if op.kind == "attn_prefill_bwd":
             return kp.attn_bwd_ratio * attn_prefill_time(op.flops / 2.5, op.seq, peak, kp), "compute"
         return attn_prefill_time(op.flops, op.seq, peak, kp), "compute"

@@ -58,6 +58,7 @@ class StepTables:
     kv_budget_tokens: float       # tokens of KV cache the instance can hold
     max_context: int
     iteration_overhead_s: float = 0.0   # engine host time per iteration, included in both tables
+    prefill_attn_s: np.ndarray | None = None   # attention share of prefill_s (per prompt: quadratic)
 
     def prefill_time(self, tokens) -> np.ndarray:
         """Prefill of `tokens` prompt tokens (log-log interpolation; linear extrapolation above)."""
@@ -66,6 +67,22 @@ class StepTables:
         out = np.exp(np.interp(np.log(t), x, y))
         slope = self.prefill_s[-1] / self.prefill_tokens[-1]
         return np.where(t > self.prefill_tokens[-1], t * slope, out)
+
+    def attention_time(self, tokens) -> np.ndarray:
+        """Attention part of the prefill of one prompt of `tokens` (log-log; quadratic above the grid)."""
+        t = np.maximum(np.asarray(tokens, dtype=float), 1.0)
+        if self.prefill_attn_s is None:
+            return np.zeros_like(t)
+        a = np.maximum(self.prefill_attn_s, 1e-12)
+        out = np.exp(np.interp(np.log(t), np.log(self.prefill_tokens), np.log(a)))
+        return np.where(t > self.prefill_tokens[-1], a[-1] * (t / self.prefill_tokens[-1]) ** 2, out)
+
+    def batch_prefill_time(self, prompts) -> float:
+        """One iteration prefilling several whole prompts together: the GEMMs and the weight reads
+        run once over the summed tokens, attention per prompt (each attends only to itself)."""
+        n = np.asarray(prompts, dtype=float)
+        total = float(n.sum())
+        return float(self.prefill_time(total) - self.attention_time(total) + self.attention_time(n).sum())
 
     def decode_time(self, batch, context) -> np.ndarray:
         """One decode step of `batch` sequences with `context` cached tokens each (bilinear in
@@ -109,7 +126,11 @@ def step_tables(model: ModelConfig, system: System, tp: int = 1, dtype: str = "b
             f"{base.weights / 2**30:.1f} GiB per GPU of {gpu.mem_bytes / 2**30:.0f} GiB; use a larger --tp or another GPU")
     system = system if system.gpu_count >= tp else system_from_gpu(system.gpu, tp)
     ptoks = np.array([t for t in PREFILL_GRID if t <= L] or [L], dtype=float)
-    pre = [predict(model, system, Job("prefill", batch=1, seq=int(t), dtype=dtype, tp=tp), **kw).time_s for t in ptoks]
+    pre, attn = [], []
+    for t in ptoks:
+        p = predict(model, system, Job("prefill", batch=1, seq=int(t), dtype=dtype, tp=tp), **kw)
+        pre.append(p.time_s)
+        attn.append(float(p.ops.loc[p.ops["cls"] == "attention", "time_s"].sum()))
     ctx = np.array([c for c in DECODE_CONTEXT_GRID if c < L] + [L - 1], dtype=float)
     ctx = np.unique(ctx)
     bat = np.array(DECODE_BATCH_GRID, dtype=float)
@@ -117,10 +138,12 @@ def step_tables(model: ModelConfig, system: System, tp: int = 1, dtype: str = "b
                      for c in ctx] for b in bat])
     if iteration_overhead_s < 0:
         raise RoofplanError(f"iteration overhead must be >= 0 s (got {iteration_overhead_s})")
+    per_step = iteration_overhead_s + executor.host_overhead_per_step_s   # the latter is inside predict's times
     return StepTables(model=model.name, gpu=gpu.name, tp=tp, prefill_tokens=ptoks,
                       prefill_s=np.array(pre) + iteration_overhead_s, decode_batch=bat, decode_context=ctx,
                       decode_s=dec + iteration_overhead_s, kv_bytes_per_token=kv_tok,
-                      kv_budget_tokens=budget / kv_tok, max_context=L, iteration_overhead_s=iteration_overhead_s)
+                      kv_budget_tokens=budget / kv_tok, max_context=L, iteration_overhead_s=per_step,
+                      prefill_attn_s=np.array(attn))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,7 +417,7 @@ def _run_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, n_ou
     chunked_prefill=False (vLLM V0 scheduler): when prompts wait, the iteration prefills whole
     prompts, FCFS, up to `chunk_tokens` tokens (max_num_batched_tokens; at least one prompt) and no
     decode runs; otherwise it is one decode step of the batch. Prompts of one iteration cost
-    sum of prefill(in_i) (each prompt attends only to itself).
+    `StepTables.batch_prefill_time` (weights read once, attention per prompt).
     Returns (first-token time, finish time, iterations, truncated)."""
     n = len(arrive)
     n_in, n_out = n_in.tolist(), n_out.tolist()
@@ -452,10 +475,11 @@ def _run_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, n_ou
                         break      # FCFS: the next prompt waits for the next iteration
                     chunk_left -= n_in[r]
                     done_pre[r] = n_in[r]
-                    dt += pre_tab[n_in[r]] - (overhead if pre_done_now else 0.0)
                     pre_done_now.append(r)
             if pre_done_now:
                 dec = []       # prompts first: the decode batch waits for this iteration
+                dt += (pre_tab[n_in[pre_done_now[0]]] if len(pre_done_now) == 1
+                       else tables.batch_prefill_time([n_in[r] for r in pre_done_now]))
         if dec:
             ctx = sum(n_in[r] + gen[r] for r in dec) / len(dec)
             dt += dec_tab[min(len(dec), b_cap)][min(int(ctx / ctx_step + 0.5), 63)]
@@ -478,29 +502,61 @@ def _run_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, n_ou
     return first, finish, it, False
 
 
+def _run_prefill_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, batch_tokens: int) -> np.ndarray:
+    """A prefill-only instance (DistServe's context stage): FCFS, each iteration prefills every
+    waiting prompt up to `batch_tokens` tokens (at least one) in one batch. Returns the time each
+    prompt's first token is out."""
+    n = len(arrive)
+    done = np.empty(n)
+    t, i = 0.0, 0
+    while i < n:
+        t = max(t, arrive[i])
+        j, tok = i + 1, int(n_in[i])
+        while j < n and arrive[j] <= t and tok + n_in[j] <= batch_tokens:
+            tok += int(n_in[j])
+            j += 1
+        t += float(tables.prefill_time(n_in[i])) if j == i + 1 else tables.batch_prefill_time(n_in[i:j])
+        done[i:j] = t
+        i = j
+    return done
+
+
 def simulate(tables: StepTables, mix: RequestMix, rate: float, n_requests: int = 1000, seed: int = 0,
-             chunk_tokens: int = 512, tables_decode: StepTables | None = None, n_prefill: int = 1,
-             n_decode: int = 1, link_Bps: float = 0.0, max_iterations: int = 2_000_000,
-             max_time_s: float = 1e6, chunked_prefill: bool = True) -> SimResult:
-    """Discrete-event simulation of `n_requests` Poisson arrivals (seeded). Aggregated when
-    `tables_decode` is None (scheduling policy `chunked_prefill`, see `_run_instance`); otherwise
-    prefill instances (FCFS, one prompt at a time) hand the KV cache to decode instances
-    (round-robin), as in DistServe."""
+             **kw) -> SimResult:
+    """Discrete-event simulation of `n_requests` Poisson arrivals drawn from `mix` (seeded); `kw`
+    go to `replay`."""
     if rate <= 0 or n_requests < 1:
         raise RoofplanError("simulate needs rate > 0 and n_requests >= 1")
     arrive, n_in, n_out = sample_requests(mix, rate, n_requests, seed)
+    return replay(tables, arrive, n_in, n_out, **kw)
+
+
+def replay(tables: StepTables, arrive, n_in, n_out, chunk_tokens: int = 512,
+           tables_decode: StepTables | None = None, n_prefill: int = 1, n_decode: int = 1,
+           link_Bps: float = 0.0, max_iterations: int = 2_000_000, max_time_s: float = 1e6,
+           chunked_prefill: bool = True, prefill_batch_tokens: int = 8192) -> SimResult:
+    """Discrete-event simulation of given requests (arrival times in s, sorted; prompt and output
+    tokens), e.g. a measured trace. Aggregated when `tables_decode` is None (scheduling policy
+    `chunked_prefill`, see `_run_instance`); otherwise prefill instances (DistServe's context stage:
+    FCFS batches of up to `prefill_batch_tokens`, `_run_prefill_instance`) hand the KV cache to
+    decode instances (round-robin), as in DistServe."""
+    arrive = np.asarray(arrive, dtype=float)
+    n_in = np.asarray(n_in, dtype=int)
+    n_out = np.maximum(np.asarray(n_out, dtype=int), 1)
+    n_requests = len(arrive)
+    if n_requests < 1 or len(n_in) != n_requests or len(n_out) != n_requests:
+        raise RoofplanError("replay needs one prompt and one output length per arrival (at least one request)")
+    if np.any(np.diff(arrive) < 0):
+        raise RoofplanError("replay needs arrival times sorted ascending")
     if tables_decode is None:
         first, finish, it, trunc = _run_instance(tables, arrive, n_in, n_out, False, chunk_tokens,
                                                  max_iterations, max_time_s, chunked_prefill)
     else:
-        pre_s = tables.prefill_time(n_in)
         xfer = kv_transfer_time(tables, n_in, link_Bps) if link_Bps else np.zeros(n_requests)
         first = np.empty(n_requests)
-        free = np.zeros(n_prefill)
-        for r in range(n_requests):
-            k = r % n_prefill
-            free[k] = max(free[k], arrive[r]) + pre_s[r]
-            first[r] = free[k] + xfer[r]
+        for k in range(n_prefill):
+            sel = np.arange(k, n_requests, n_prefill)
+            first[sel] = _run_prefill_instance(tables, arrive[sel], n_in[sel], prefill_batch_tokens) + xfer[sel]
         finish = np.full(n_requests, np.nan)
         it, trunc = 0, False
         for k in range(n_decode):

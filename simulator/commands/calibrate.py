@@ -5,6 +5,8 @@
                            trace_fit.fit_executor_profile), against the GPU's kernel profile
   both                  -> the kernel profile goes to --kernels-out, the executor profile (fitted
                            against the new kernel profile) to -o
+  --step-times F --engine E -> executor profile of a serving engine from its published iteration
+                           times (step_fit.fit_step_times), against the GPU's kernel profile
 """
 from __future__ import annotations
 
@@ -29,6 +31,9 @@ def register(sub) -> None:
     p.add_argument("--kernel-profile", default=None, help="kernel profile for fitting an executor (default: the GPU's own)")
     p.add_argument("--step-time", type=float, default=None, metavar="SECONDS",
                    help="wall time of the traced host-bound step measured without the profiler (the profiler slows the host)")
+    p.add_argument("--step-times", default=None, metavar="F",
+                   help="serving-engine iteration times (YAML, format in simulator/step_fit.py) -> executor profile")
+    p.add_argument("--engine", default=None, help="with --step-times: which engine of the file to fit")
     p.add_argument("--description", default="", help="description stored in an executor profile")
     add_format_arg(p)
     p.set_defaults(func=cmd_calibrate)
@@ -51,8 +56,10 @@ def _executor_base() -> dict:
 
 
 def cmd_calibrate(args) -> int:
+    if args.step_times:
+        return _calibrate_step_times(args)
     if not args.trace and not args.microbench:
-        raise RoofplanError("calibrate needs --microbench F (kernel profile) and/or --trace T (executor profile)")
+        raise RoofplanError("calibrate needs --microbench F (kernel profile), --trace T or --step-times F --engine E (executor profile)")
     if args.trace and args.microbench and not args.kernels_out:
         raise RoofplanError("with both --trace and --microbench, pass --kernels-out K.yaml for the kernel profile (-o gets the executor profile)")
     if args.step_time is not None and args.step_time <= 0:
@@ -108,4 +115,23 @@ def cmd_calibrate(args) -> int:
         rows += [["executor profile", k, str(v)] for k, v in ordered.items() if k not in ("description", "source")]
     emit(fmt_of(args), json_obj=result, rows=rows, header=["profile", "field", "value"],
          title=f"calibrated on {system.gpu.name}", footer=f"\nwrote {out}" + (f" and {args.kernels_out}" if args.trace and args.microbench else ""))
+    return 0
+
+
+def _calibrate_step_times(args) -> int:
+    from ..step_fit import fit_step_times
+    if args.trace or args.microbench:
+        raise RoofplanError("--step-times fits an executor profile on its own; run --trace/--microbench separately")
+    if not args.engine:
+        raise RoofplanError("--step-times needs --engine E (one of the engines in the file)")
+    system = load_hardware(args.hardware)
+    kp = load_kernel_profile(system.gpu.name, args.kernel_profile)
+    prof, report = fit_step_times(args.step_times, args.engine, system.gpu, kp)
+    if args.description:
+        prof["description"] = args.description
+    out = Path(args.output)
+    _write(out, prof)
+    rows = [[k, str(v)] for k, v in report.items() if k not in ("engine", "hardware")]
+    emit(fmt_of(args), json_obj={"executor_profile": {"path": str(out), **report}}, rows=rows, header=["field", "value"],
+         title=f"{args.engine} on {system.gpu.name}: executor profile fitted to step times", footer=f"\nwrote {out}")
     return 0
