@@ -89,8 +89,9 @@ def option_prices(gpus: list[str]) -> dict[str, tuple[float, str]]:
 
 
 def candidate_options(model: ModelConfig, gpus: list[str], tps=(1, 2, 4, 8), roles=ROLES,
-                      dtype: str = "bf16") -> list[tuple[FleetOption, StepTables]]:
-    """Every (GPU, TP, role) that holds the model, with its step tables (built once per GPU x TP)."""
+                      dtype: str = "bf16", executor=None) -> list[tuple[FleetOption, StepTables]]:
+    """Every (GPU, TP, role) that holds the model, with its step tables (built once per GPU x TP;
+    `executor`: the serving engine's ExecutorProfile, default kernel time only)."""
     prices = option_prices(gpus)
     out = []
     for g in gpus:
@@ -99,7 +100,7 @@ def candidate_options(model: ModelConfig, gpus: list[str], tps=(1, 2, 4, 8), rol
             if model.n_heads % tp or (model.n_kv_heads % tp and tp % model.n_kv_heads):
                 continue
             try:
-                tables = step_tables(model, system, tp, dtype)
+                tables = step_tables(model, system, tp, dtype, executor=executor)
             except RoofplanError:
                 continue          # does not fit at this TP
             for role in roles:
@@ -271,12 +272,18 @@ def evaluate_plan(plan: FleetPlan, candidates, workload: ServingWorkload, slo_tt
 
 def plan_fleet(model: ModelConfig, workload: ServingWorkload, slo_ttft_s: float, slo_tpot_s: float,
                gpus: list[str], max_gpus: dict[str, int] | None = None, tps=(1, 2, 4, 8), roles=ROLES,
-               percentile: int = 90, candidates=None) -> tuple[FleetResult, list, np.ndarray]:
+               percentile: int = 90, candidates=None, executor=None) -> tuple[FleetResult, list, np.ndarray]:
     """Profile every option with the serving model, solve the ILP for the mix and for each single
     GPU type, and check the plan. Returns (result, candidates, throughput matrix)."""
     if slo_ttft_s <= 0 or slo_tpot_s <= 0:
         raise RoofplanError("--slo-ttft-ms and --slo-tpot-ms must be > 0")
-    cands = candidates or candidate_options(model, gpus, tps, roles)
+    long = [b for b, r in zip(workload.buckets, workload.bucket_rates_rps())
+            if r > 0 and b.in_tokens + b.out_tokens > model.max_positions]
+    if long:
+        raise RoofplanError(
+            f"workload {workload.name} has requests of {long[0].label} tokens ({sum(1 for _ in long)} bucket(s)), beyond "
+            f"{model.name}'s context of {model.max_positions} tokens; use a model with a longer context or a workload without them")
+    cands = candidates or candidate_options(model, gpus, tps, roles, executor=executor)
     options = [c[0] for c in cands]
     tput = throughput_matrix(cands, workload, slo_ttft_s, slo_tpot_s, percentile)
     rates = workload.bucket_rates_rps()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 from simulator.errors import RoofplanError
+from simulator.profiles import load_executor_profile
 from simulator.report import add_format_arg, emit, fmt_of
 
 from .offload_cmd import plan_subparsers   # the shared `plan` group
@@ -25,6 +26,8 @@ def register(subparsers) -> None:
                    help="instance roles: aggregated and/or prefill,decode (disaggregated pools)")
     p.add_argument("--rate", type=float, default=None, help="override the workload's request rate (requests/s)")
     p.add_argument("--percentile", type=int, default=90, choices=(50, 90, 99))
+    p.add_argument("--executor", default="default",
+                   help="serving engine's executor profile (e.g. vllm-v0, distserve; default: kernel time only)")
     p.add_argument("--plot", default=None, metavar="PATH.png", help="write the cost-vs-SLO Pareto front plot")
     add_format_arg(p)
     p.set_defaults(func=run)
@@ -92,7 +95,7 @@ def run(args) -> int:
     caps = parse_caps(args.max_per_type, gpus)
     slo_ttft, slo_tpot = args.slo_ttft_ms / 1e3, args.slo_tpot_ms / 1e3
     res, cands, _ = plan_fleet(model, wl, slo_ttft, slo_tpot, gpus, caps, _ints(args.tp, "--tp"), roles,
-                               args.percentile)
+                               args.percentile, executor=load_executor_profile(args.executor))
     plan = res.plan
     front = None
     if args.plot:

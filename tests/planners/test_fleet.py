@@ -176,6 +176,8 @@ def test_cli_json(capsys):
     (["--max-per-type", "0"], "raise --max-per-type"),
     (["--tp", "x"], "--tp 'x'"),
     (["--gpus", "l4,rtx-3090"], "no priced instance in hardware_specs/systems uses GPU 'rtx-3090'"),
+    (["--executor", "vllm-v9"], "unknown executor profile 'vllm-v9'"),
+    (["--model", "opt-6.7b"], "beyond opt-6.7b's context of 2048 tokens"),
 ])
 def test_cli_bad_input_exit_2_one_line(capsys, extra, msg):
     argv = {"--model": "llama-3.2-1b", "--workload": "chat", "--slo-ttft-ms": "500", "--slo-tpot-ms": "50",
@@ -185,3 +187,16 @@ def test_cli_bad_input_exit_2_one_line(capsys, extra, msg):
     flat = ["plan", "fleet"] + [x for kv in argv.items() for x in kv]
     code, _, err = run(capsys, *flat)
     assert code == 2 and msg in err and err.count("\n") == 1
+
+
+def test_cli_engine_profile_slows_the_fleet(capsys):
+    """The same fleet with a serving engine's host cost (vllm-v0: 15 us per kernel launch) runs its
+    decode steps slower than with kernel time only: higher TPOT at the same allocation."""
+    base = ["plan", "fleet", "--model", "llama-3.2-1b", "--workload", "chat", "--slo-ttft-ms", "500",
+            "--slo-tpot-ms", "30", "--gpus", "l4", "--tp", "1", "--rate", "40", "--format", "json"]
+    _, out, _ = run(capsys, *base)
+    code, out_v, _ = run(capsys, *base, "--executor", "vllm-v0")
+    assert code == 0
+    tpot = lambda d: max(a["predicted"]["tpot_p_ms"] for a in d["allocation"])
+    d, dv = json.loads(out), json.loads(out_v)
+    assert tpot(dv) > 1.1 * tpot(d) and tpot(dv) <= 30
