@@ -252,6 +252,39 @@ print("Pareto front:")
 print(fronts[fronts["pareto"]].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
 
 # %% [markdown]
+# ## Checked against measured serving runs
+#
+# The DistServe authors measured every request of OPT-13B serving ShareGPT on A100-80GB: vLLM on
+# one GPU and DistServe (prefill at TP 2 + decode at TP 1, 3 GPUs) at several Poisson rates
+# (`benchmarks/data/distserve/`). Replaying the same arrivals through `serving.replay`, with the
+# engines' executor profiles (fitted to their published step times, not to these runs), gives the
+# SLO attainment curve (P90 TTFT <= 200 ms and P90 TPOT <= 100 ms) beside the measured one.
+
+# %%
+import sys  # noqa: E402
+
+from simulator import REPO_ROOT  # noqa: E402
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import distserve_sharegpt as dss  # noqa: E402
+
+res = dss.compare()
+fig, ax = plt.subplots(figsize=(6.5, 4))
+for k, system in enumerate(dss.GPUS):
+    rows = [x for x in res["runs"] if x["system"] == system]
+    rate = [x["rate"] / dss.GPUS[system] for x in rows]
+    ax.plot(rate, [x["attainment"][0] for x in rows], "o-", color=f"C{k}", label=f"{system} measured")
+    ax.plot(rate, [x["attainment"][1] for x in rows], "x--", color=f"C{k}", label=f"{system} predicted")
+ax.axhline(dss.ATTAIN, color="grey", lw=0.8)
+ax.set_xlabel("request rate per GPU (req/s)")
+ax.set_ylabel("SLO attainment")
+ax.set_title("OPT-13B, ShareGPT, A100-80GB: measured vs replayed")
+ax.legend(fontsize=7)
+plots.save_figure(fig, OUT / "05_distserve_attainment.png")
+for system, (m, p) in res["goodput_per_gpu"].items():
+    print(f"{system}: goodput per GPU measured {m:.2f}, predicted {p:.2f} req/s")
+
+# %% [markdown]
 # ## Take-aways
 #
 # * One GPU's capacity under an SLO is set by whichever saturates first: prefill compute (long
