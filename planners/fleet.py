@@ -281,7 +281,7 @@ def plan_fleet(model: ModelConfig, workload: ServingWorkload, slo_ttft_s: float,
             if r > 0 and b.in_tokens + b.out_tokens > model.max_positions]
     if long:
         raise RoofplanError(
-            f"workload {workload.name} has requests of {long[0].label} tokens ({sum(1 for _ in long)} bucket(s)), beyond "
+            f"workload {workload.name} has requests of {long[0].label} tokens ({len(long)} bucket(s)), beyond "
             f"{model.name}'s context of {model.max_positions} tokens; use a model with a longer context or a workload without them")
     cands = candidates or candidate_options(model, gpus, tps, roles, executor=executor)
     options = [c[0] for c in cands]

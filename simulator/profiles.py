@@ -210,19 +210,24 @@ _EXEC_FIELDS = {
 }
 
 
+def executor_fields(d: Mapping, where: str) -> dict:
+    """YAML fields of an executor profile (unit-suffixed names) -> ExecutorProfile attributes (SI)."""
+    kw = {}
+    for key, val in d.items():
+        if key not in _EXEC_FIELDS:
+            raise RoofplanError(f"{where}: unknown field '{key}'{did_you_mean(key, _EXEC_FIELDS)}")
+        attr, scale = _EXEC_FIELDS[key]
+        kw[attr] = float(val) * scale if scale else val
+    return kw
+
+
 def parse_executor_profile(d, path: Path) -> ExecutorProfile:
     where = str(path)
     if not isinstance(d, dict):
         raise RoofplanError(f"{where}: expected a YAML mapping")
     kw = {"name": path.stem, "description": str(_req(d, "description", where)),
           "source": str(_req(d, "source", where))}
-    for key, val in d.items():
-        if key in ("name", "description", "source", "kind"):
-            continue
-        if key not in _EXEC_FIELDS:
-            raise RoofplanError(f"{where}: unknown field '{key}'{did_you_mean(key, _EXEC_FIELDS)}")
-        attr, scale = _EXEC_FIELDS[key]
-        kw[attr] = float(val) * scale if scale else val
+    kw.update(executor_fields({k: v for k, v in d.items() if k not in ("name", "description", "source", "kind")}, where))
     return ExecutorProfile(**kw)
 
 

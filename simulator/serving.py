@@ -515,7 +515,7 @@ def _run_prefill_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarr
         while j < n and arrive[j] <= t and tok + n_in[j] <= batch_tokens:
             tok += int(n_in[j])
             j += 1
-        t += float(tables.prefill_time(n_in[i])) if j == i + 1 else tables.batch_prefill_time(n_in[i:j])
+        t += tables.batch_prefill_time(n_in[i:j])
         done[i:j] = t
         i = j
     return done

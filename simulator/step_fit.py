@@ -37,7 +37,7 @@ import numpy as np
 from .errors import RoofplanError
 from .models import load_model
 from .predict import predict
-from .profiles import _EXEC_FIELDS, ExecutorProfile, KernelProfile, load_executor_profile, parse_executor_profile
+from .profiles import ExecutorProfile, KernelProfile, executor_fields, load_executor_profile, parse_executor_profile
 from .specs import read_yaml, system_from_gpu
 from .workload import Job
 
@@ -95,14 +95,12 @@ def read_step_times(path: str | Path, engine: str) -> tuple[dict, list[StepPoint
 
 def _structure(entry: dict, where: str) -> ExecutorProfile:
     """default.yaml with the engine's structural fields, host costs zeroed."""
-    base = load_executor_profile("default")
-    kw = {}
-    for key, val in (entry.get("executor") or {}).items():
-        if key not in _EXEC_FIELDS or key in FITTED:
-            raise RoofplanError(f"{where}: executor field '{key}' is unknown or fitted here")
-        attr, scale = _EXEC_FIELDS[key]
-        kw[attr] = float(val) * scale if scale else val
-    return dataclasses.replace(base, name="fit", description=entry.get("description", ""), **kw)
+    fields = entry.get("executor") or {}
+    fitted = [k for k in fields if k in FITTED]
+    if fitted:
+        raise RoofplanError(f"{where}: '{fitted[0]}' is fitted here; remove it from the file")
+    return dataclasses.replace(load_executor_profile("default"), name="fit", description=entry.get("description", ""),
+                              **executor_fields(fields, where))
 
 
 def predict_points(points: list[StepPoint], gpu, ex: ExecutorProfile, kp: KernelProfile, dtype: str) -> np.ndarray:

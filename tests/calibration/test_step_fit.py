@@ -52,5 +52,10 @@ def test_step_times_errors(tmp_path: Path, a100):
     p.write_text(yaml.safe_dump(doc))
     with pytest.raises(RoofplanError, match=r"decode: \[1, 256\] is not \[batch, context, ms > 0\]"):
         read_step_times(p, "distserve")
+    doc = yaml.safe_load(STEP_TIMES.read_text())
+    doc["engines"]["distserve"]["executor"]["host_overhead_per_step_us"] = 10
+    p.write_text(yaml.safe_dump(doc))
+    with pytest.raises(RoofplanError, match="'host_overhead_per_step_us' is fitted here"):
+        fit_step_times(p, "distserve", a100, load_kernel_profile(a100.name))
     with pytest.raises(RoofplanError, match="measured on a100-sxm-80gb but --hardware is h100-sxm"):
         fit_step_times(STEP_TIMES, "distserve", load_hardware("h100-sxm").gpu, load_kernel_profile("h100-sxm"))
