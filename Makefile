@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine with Python 3.11:
 #   make demo   -> creates .venv, installs roofplan, runs the flagship what-if
-#   make test   -> installs the test extras (and torch's CPU build when it is on local disk), runs pytest
+#   make test   -> installs the test extras (and torch's CPU build when it is on local disk), checks the
+#                  import layering (lint-imports, contracts in pyproject.toml), runs pytest
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -31,6 +32,7 @@ demo: $(VENV)/.installed
 	    --gpus 1,2,4,8 --phase decode --batch 16 --context 2048 --format table
 
 test: $(VENV)/.installed-test
+	$(BIN)/lint-imports
 	MPLBACKEND=Agg $(BIN)/python -m pytest
 
 bench: $(VENV)/.installed-test

@@ -7,8 +7,8 @@ Prints case, measured, predicted and error for time and peak memory, then MAPE p
 import sys
 from pathlib import Path
 
-from simulator import REPO_ROOT
-from simulator.accuracy import compare_cases, load_cases, mape
+from simulator.core.paths import REPO_ROOT
+from simulator.calibration.accuracy import compare_cases, load_cases, mape
 
 
 def main() -> int:

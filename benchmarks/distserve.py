@@ -26,9 +26,9 @@ import dataclasses
 
 import numpy as np
 
-from simulator import serving as sv
-from simulator.models import load_model
-from simulator.specs import load_hardware
+from simulator.serving import simulate as sv
+from simulator.core.models import load_model
+from simulator.core.specs import load_hardware
 
 PUBLISHED = {"colocated": 1.6, "prefill-only": 5.6, "decode-only": 10.0, "2P1D per GPU": 10.0 / 3}
 SLO_TTFT_S, SLO_TPOT_S = 0.4, 0.04

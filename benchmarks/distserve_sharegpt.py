@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator import serving as sv
-from simulator.models import load_model
-from simulator.profiles import load_executor_profile
-from simulator.specs import load_hardware
+from simulator.serving import simulate as sv
+from simulator.core.models import load_model
+from simulator.core.profiles import load_executor_profile
+from simulator.core.specs import load_hardware
 
 DATA = Path(__file__).parent / "data" / "distserve"
 SLO_TTFT_S, SLO_TPOT_S, ATTAIN = 0.2, 0.1, 0.9

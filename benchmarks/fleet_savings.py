@@ -6,8 +6,8 @@ import sys
 from dataclasses import replace
 
 from planners.fleet import candidate_options, restrict, solve_fleet, throughput_matrix
-from simulator.models import load_model
-from simulator.serving_workload import load_serving_workload
+from simulator.core.models import load_model
+from simulator.serving.workload import load_serving_workload
 
 GPUS = ["l4", "a10g", "l40s", "a100-sxm-80gb", "h100-sxm"]
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from simulator.models import parse_hf_config  # noqa: E402
-from simulator.profiles import load_executor_profile  # noqa: E402
-from simulator.parallel import ParallelPlan, train_step  # noqa: E402
-from simulator.specs import load_system  # noqa: E402
+from simulator.core.models import parse_hf_config  # noqa: E402
+from simulator.core.profiles import load_executor_profile  # noqa: E402
+from simulator.core.parallel import ParallelPlan, train_step  # noqa: E402
+from simulator.core.specs import load_system  # noqa: E402
 
 # (params B, heads, hidden, layers, tp, pp, GPUs, global batch, published TFLOP/s per GPU);
 # the aggregate column (PFLOP/s = GPUs x per-GPU) checks the per-GPU values

@@ -9,10 +9,10 @@ import time
 
 from planners.flexgen import PUBLISHED, SOURCE, flexgen_cost_model, score_policy
 from planners.offload import OffloadRequest, plan_offload
-from simulator.models import load_model
-from simulator.profiles import load_executor_profile, load_kernel_profile
-from simulator.report import table
-from simulator.specs import load_hardware
+from simulator.core.models import load_model
+from simulator.core.profiles import load_executor_profile, load_kernel_profile
+from simulator.report.tables import table
+from simulator.core.specs import load_hardware
 
 FUYOU_TFLOPS, ZERO_INFINITY_TFLOPS = 156.0, 45.0   # Liao et al. 2024 (arXiv 2403.06504), abstract
 

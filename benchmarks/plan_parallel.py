@@ -17,10 +17,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from planners.parallel import compare_with, search  # noqa: E402
-from simulator.models import load_model  # noqa: E402
-from simulator.parallel import ParallelPlan, train_step  # noqa: E402
-from simulator.profiles import load_executor_profile  # noqa: E402
-from simulator.specs import load_system  # noqa: E402
+from simulator.core.models import load_model  # noqa: E402
+from simulator.core.parallel import ParallelPlan, train_step  # noqa: E402
+from simulator.core.profiles import load_executor_profile  # noqa: E402
+from simulator.core.specs import load_system  # noqa: E402
 
 MEGATRON_1024 = ParallelPlan(tp=8, pp=8, dp=16, micro_batch=1, global_batch=1536, recompute="full")
 MEGATRON_PUBLISHED_1536 = ParallelPlan(tp=8, pp=12, dp=16, micro_batch=1, global_batch=1536, recompute="full")

@@ -17,11 +17,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from simulator.models import load_model  # noqa: E402
-from simulator.profiles import load_executor_profile, load_kernel_profile  # noqa: E402
-from simulator.specs import load_hardware  # noqa: E402
+from simulator.core.models import load_model  # noqa: E402
+from simulator.core.profiles import load_executor_profile, load_kernel_profile  # noqa: E402
+from simulator.core.specs import load_hardware  # noqa: E402
 from simulator.sweep import predict_many  # noqa: E402
-from simulator.workload import Job  # noqa: E402
+from simulator.core.workload import Job  # noqa: E402
 
 
 def best_of(fn, repeat=3):
@@ -60,7 +60,7 @@ def vectorised():
 def end_to_end():
     """`roofplan sweep` on a 524,288-configuration grid, Parquet when pyarrow is installed."""
     import yaml
-    from simulator.cli import main
+    from simulator.cli.main import main
     try:
         import pyarrow  # noqa: F401
         ext = ".parquet"

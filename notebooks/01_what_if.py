@@ -41,14 +41,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from simulator import plots
-from simulator.models import load_model
-from simulator.predict import predict
-from simulator.pricing import cheapest_price_per_gpu_h
-from simulator.specs import load_hardware
+from simulator.report import plots
+from simulator.core.models import load_model
+from simulator.core.predict import predict
+from simulator.core.pricing import cheapest_price_per_gpu_h
+from simulator.core.specs import load_hardware
 from simulator.sweep import predict_many
-from simulator.units import GiB
-from simulator.workload import Job
+from simulator.core.units import GiB
+from simulator.core.workload import Job
 
 OUT = plots.notebook_out_dir()
 

@@ -23,7 +23,7 @@
 # This notebook
 # 1. reads the shared H100 microbenchmarks (`microbench.jsonl`: GEMMs, attention, elementwise
 #    kernels, copies),
-# 2. fits a kernel profile with `simulator.calibrate.fit_kernel_profile`,
+# 2. fits a kernel profile with `simulator.calibration.calibrate.fit_kernel_profile`,
 # 3. checks the fit against the microbenchmarks it came from, and
 # 4. validates end to end: whole prefill / decode / training steps measured on the same GPU
 #    (`end_to_end.yaml`) against `predict()` with the fitted profile.
@@ -43,17 +43,17 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from simulator import REPO_ROOT
-from simulator.accuracy import job_from_case, load_cases, mape
-from simulator.calibrate import fit_kernel_profile, read_microbench
-from simulator.errors import RoofplanError
-from simulator.models import load_model
-from simulator.predict import predict
-from simulator.profiles import load_executor_profile, load_kernel_profile, parse_kernel_profile
-from simulator.roofline import attn_decode_time, gemm_time
-from simulator.specs import load_gpu, load_hardware, load_link
+from simulator.core.paths import REPO_ROOT
+from simulator.calibration.accuracy import job_from_case, load_cases, mape
+from simulator.calibration.calibrate import fit_kernel_profile, read_microbench
+from simulator.core.errors import RoofplanError
+from simulator.core.models import load_model
+from simulator.core.predict import predict
+from simulator.core.profiles import load_executor_profile, load_kernel_profile, parse_kernel_profile
+from simulator.core.roofline import attn_decode_time, gemm_time
+from simulator.core.specs import load_gpu, load_hardware, load_link
 
-from simulator import plots  # noqa: E402
+from simulator.report import plots  # noqa: E402
 
 OUT = plots.notebook_out_dir()
 MEAS = Path(os.environ.get("ROOFPLAN_MEASUREMENTS", REPO_ROOT.parent / "shared" / "measurements" / "h100-sxm"))

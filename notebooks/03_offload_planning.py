@@ -52,13 +52,13 @@ import pandas as pd
 
 from planners.flexgen import PUBLISHED, SOURCE, flexgen_cost_model, score_policy
 from planners.offload import OffloadRequest, plan_offload
-from planners.offload_cmd import RESOURCE_HEADERS
-from simulator import plots
-from simulator.errors import RoofplanError
-from simulator.models import load_model
-from simulator.profiles import load_executor_profile, load_kernel_profile
-from simulator.specs import load_hardware
-from simulator.units import GiB
+from simulator.cli.plan_offload import RESOURCE_HEADERS
+from simulator.report import plots
+from simulator.core.errors import RoofplanError
+from simulator.core.models import load_model
+from simulator.core.profiles import load_executor_profile, load_kernel_profile
+from simulator.core.specs import load_hardware
+from simulator.core.units import GiB
 
 OUT = plots.notebook_out_dir()
 

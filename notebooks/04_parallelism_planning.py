@@ -26,7 +26,7 @@
 # * **activation recomputation** (none / selective / full) trades extra forward compute
 #   (`recompute`) for memory.
 #
-# `simulator/parallel.py` predicts one training step of a plan from the core kernel model plus
+# `simulator/core/parallel.py` predicts one training step of a plan from the core kernel model plus
 # an alpha-beta model of the collectives; `planners/parallel.py` (`roofplan plan parallel`)
 # scores every valid plan and ranks them. This notebook:
 #
@@ -48,12 +48,13 @@ import numpy as np
 import pandas as pd
 
 from planners.parallel import TERMS, search
-from simulator import REPO_ROOT, plots
-from simulator.models import load_model
-from simulator.parallel import ParallelPlan, train_step
-from simulator.profiles import load_executor_profile
-from simulator.specs import load_system
-from simulator.units import GiB
+from simulator.core.paths import REPO_ROOT
+from simulator.report import plots
+from simulator.core.models import load_model
+from simulator.core.parallel import ParallelPlan, train_step
+from simulator.core.profiles import load_executor_profile
+from simulator.core.specs import load_system
+from simulator.core.units import GiB
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import megatron_weak_scaling  # noqa: E402  (Megatron-LM's Table 1 and how we score it)

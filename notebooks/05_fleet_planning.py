@@ -25,7 +25,7 @@
 # load and long prompts. Mélange (Griggs et al. 2024) showed that *mixing* GPU types can be
 # cheaper than any single type.
 #
-# `simulator/serving.py` turns the core step model into TTFT / TPOT at a request rate (closed
+# `simulator/serving/simulate.py` turns the core step model into TTFT / TPOT at a request rate (closed
 # forms from queueing theory, and a discrete-event simulation to check them);
 # `planners/fleet.py` (`roofplan plan fleet`) solves Mélange's integer program for the cheapest
 # fleet that meets the SLOs. This notebook:
@@ -51,13 +51,13 @@ import numpy as np
 import pandas as pd
 
 from planners.fleet import candidate_options, plan_fleet, solve_fleet, throughput_matrix
-from simulator import plots
-from simulator.errors import RoofplanError
-from simulator.models import load_model
-from simulator.pricing import cheapest_price_per_gpu_h
-from simulator.serving import aggregated, max_rate, simulate, step_tables
-from simulator.serving_workload import load_serving_workload
-from simulator.specs import load_gpu, system_from_gpu
+from simulator.report import plots
+from simulator.core.errors import RoofplanError
+from simulator.core.models import load_model
+from simulator.core.pricing import cheapest_price_per_gpu_h
+from simulator.serving.simulate import aggregated, max_rate, simulate, step_tables
+from simulator.serving.workload import load_serving_workload
+from simulator.core.specs import load_gpu, system_from_gpu
 
 OUT = plots.notebook_out_dir()
 
@@ -263,7 +263,7 @@ print(fronts[fronts["pareto"]].to_string(index=False, float_format=lambda v: f"{
 # %%
 import sys  # noqa: E402
 
-from simulator import REPO_ROOT  # noqa: E402
+from simulator.core.paths import REPO_ROOT  # noqa: E402
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import distserve_sharegpt as dss  # noqa: E402

@@ -4,7 +4,7 @@ arXiv:2404.14527, section 5: cost-aware bin packing as an ILP).
 Options o = (GPU type, TP degree, role); role is `aggregated` (one instance runs prefill and
 decode) or `prefill` / `decode` (a DistServe-style disaggregated pool). For every request bucket
 b (input x output length) and option o the serving model gives T[b, o], the largest request rate
-one instance sustains while meeting the SLOs at the chosen percentile (`simulator.serving.max_rate`).
+one instance sustains while meeting the SLOs at the chosen percentile (`simulator.serving.simulate.max_rate`).
 
     minimise    sum_o price_o n_o                                   ($/h)
     subject to  sum_{o agg} x[b,o] + sum_{o prefill} x[b,o] = 1       every bucket's prefill served
@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simulator.errors import RoofplanError
-from simulator.models import ModelConfig
-from simulator.pricing import cheapest_price_per_gpu_h
-from simulator.serving import (RequestMix, StepTables, aggregated, decode_pool, max_rate, prefill_pool,
+from simulator.core.errors import RoofplanError
+from simulator.core.models import ModelConfig
+from simulator.core.pricing import cheapest_price_per_gpu_h
+from simulator.serving.simulate import (RequestMix, StepTables, aggregated, decode_pool, max_rate, prefill_pool,
                                step_tables)
-from simulator.serving_workload import ServingWorkload
-from simulator.specs import load_gpu, system_from_gpu
+from simulator.serving.workload import ServingWorkload
+from simulator.core.specs import load_gpu, system_from_gpu
 
 from .solver import SolveReport, solve
 
@@ -346,5 +346,5 @@ def plot_pareto(front: list[dict], path: str, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    from simulator.plots import save_figure
+    from simulator.report.plots import save_figure
     save_figure(fig, path)

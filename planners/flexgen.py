@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simulator.models import ModelConfig
+from simulator.core.models import ModelConfig
 
 GB = 2**30   # FlexGen's flexgen/utils.py: GB = 1 << 30
 T = 1e12

@@ -13,8 +13,8 @@ linear in the placement fractions once the integer choices (GPU batch `gbs`, num
 batches `nb` in FlexGen's zig-zag block, attention on GPU or CPU, training micro-batch) are
 fixed, so the planner enumerates those outside and solves one small LP per choice with
 `planners.solver.solve` (HiGHS, CBC fallback). GPU compute comes from the core time model
-(`simulator.ops.forward_ops` / `backward_ops` / `optimizer_ops` timed by
-`simulator.roofline.time_ops`), so the planner and `roofplan predict` agree.
+(`simulator.core.ops.forward_ops` / `backward_ops` / `optimizer_ops` timed by
+`simulator.core.roofline.time_ops`), so the planner and `roofplan predict` agree.
 
 Inference (phase decode = a whole generation, FlexGen's setting; phase prefill = prompts only):
   per layer, per block of bls = gbs x nb sequences, prompt s, generation n, context c = s + n/2
@@ -69,14 +69,14 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from simulator.errors import RoofplanError
-from simulator.models import ModelConfig
-from simulator.ops import backward_ops, forward_ops, loss_ops, optimizer_ops
-from simulator.profiles import ExecutorProfile, KernelProfile
-from simulator.roofline import time_ops
-from simulator.specs import System
-from simulator.units import DTYPE_BYTES, GiB, fmt_bytes
-from simulator.workload import Job
+from simulator.core.errors import RoofplanError
+from simulator.core.models import ModelConfig
+from simulator.core.ops import backward_ops, forward_ops, loss_ops, optimizer_ops
+from simulator.core.profiles import ExecutorProfile, KernelProfile
+from simulator.core.roofline import time_ops
+from simulator.core.specs import System
+from simulator.core.units import DTYPE_BYTES, GiB, fmt_bytes
+from simulator.core.workload import Job
 
 SCHEMA = "roofplan.offload-plan/1"
 RESOURCES = ("gpu", "cpu", "h2d", "d2h", "disk_read", "disk_write", "cpu_mem")
@@ -153,7 +153,7 @@ def _layer_times(model, system, kp, ex, dtype, phase, gbs, seq, context) -> Laye
     layer = time_ops(forward_ops(model, job, ex, layers=1, embed=False, head=False), system, kp, ex)
     ends = time_ops(forward_ops(model, job, ex, layers=0), system, kp, ex)
     attn = float(layer.loc[layer["cls"] == "attention", "time_s"].sum())
-    from simulator.memory import inference_activation_bytes
+    from simulator.core.memory import inference_activation_bytes
     return LayerTimes(rest_s=float(layer["time_s"].sum()) - attn, attn_s=attn,
                       ends_s=float(ends["time_s"].sum()),
                       work_bytes=inference_activation_bytes(model, job))
@@ -417,7 +417,7 @@ def _train_lp(model, system, kp, ex, req, rates, mb, fixed=None, elastic=False):
     t_ends = float(time_ops(ends_ops, system, kp, ex)["time_s"].sum())
     t_adam_gpu_ends = float(time_ops(optimizer_ops(model, job, P_ends), system, kp, ex)["time_s"].sum())
     t_adam_gpu = float(time_ops(optimizer_ops(model, job, P_layer), system, kp, ex)["time_s"].sum())
-    from simulator.memory import saved_activation_bytes_per_token_layer
+    from simulator.core.memory import saved_activation_bytes_per_token_layer
     one_layer_acts = T_tok * saved_activation_bytes_per_token_layer(model, job, ex, False)
     logits = T_tok * model.vocab * 10.0
     has_nvme = system.nvme_bytes > 0 or (req.nvme_bytes or 0) > 0

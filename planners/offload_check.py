@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from simulator.errors import RoofplanError
+from simulator.core.errors import RoofplanError
 
 PLAN_SCHEMA = "roofplan.offload-plan/1"
 RUN_SCHEMA = "roofplan.plan-run/1"

@@ -5,8 +5,8 @@ tp x pp dividing N; dp = N / (tp pp); micro-batch in 1, 2, 4, 8 (dividing the pe
 schedule 1F1B or interleaved with v = 2, 4 virtual stages; ZeRO 0-3 (0-1 with pp > 1, as
 DeepSpeed and Megatron allow); recompute none / selective / full; sequence parallel on or off
 (tp > 1). The per-layer kernel times depend only on (tp, micro-batch), so the core times them
-once per pair (simulator.parallel.stage_times) and every other term is a numpy formula over the
-rest of the grid (simulator.parallel.step_time_terms / memory_terms, the same functions
+once per pair (simulator.core.parallel.stage_times) and every other term is a numpy formula over the
+rest of the grid (simulator.core.parallel.step_time_terms / memory_terms, the same functions
 `train_step` uses for one plan). Plans that do not fit in GPU memory are dropped; the rest are
 ranked by step time (throughput) or by GPU-hours per token over N and its halvings (cost); each
 plan is explained against the best by the time terms that differ most.
@@ -25,12 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from simulator.errors import RoofplanError
-from simulator.models import ModelConfig
-from simulator.parallel import (RECOMPUTE, ParallelPlan, memory_terms, optimizer_seconds_per_param,
+from simulator.core.errors import RoofplanError
+from simulator.core.models import ModelConfig
+from simulator.core.parallel import (RECOMPUTE, ParallelPlan, memory_terms, optimizer_seconds_per_param,
                                 stage_times, step_time_terms, train_flops)
-from simulator.profiles import ExecutorProfile, KernelProfile, load_executor_profile, load_kernel_profile
-from simulator.specs import System
+from simulator.core.profiles import ExecutorProfile, KernelProfile, load_executor_profile, load_kernel_profile
+from simulator.core.specs import System
 
 MICRO_BATCHES = (1, 2, 4, 8)
 VPPS = (1, 2, 4)
@@ -189,7 +189,7 @@ def plan_of(row) -> ParallelPlan:
 def compare_with(search_result: PlanSearch, model: ModelConfig, system: System, plan: ParallelPlan, seq: int,
                  executor: ExecutorProfile | None = None) -> str:
     """One line: how the best plan differs from `plan` (e.g. a published configuration)."""
-    from simulator.parallel import train_step
+    from simulator.core.parallel import train_step
     ref = train_step(model, system, plan, seq, executor)
     best = search_result.plans.iloc[0]
     terms = ref.terms()
@@ -198,62 +198,3 @@ def compare_with(search_result: PlanSearch, model: ModelConfig, system: System, 
     return (f"reference tp{plan.tp} pp{plan.pp} dp{plan.dp} mb{plan.micro_batch} v{plan.vpp} zero{plan.zero} "
             f"{plan.recompute}{' sp' if plan.sp else ''}: {ref.time_s:.2f} s/step; best {best['time_s']:.2f} s/step "
             f"({ref.time_s / best['time_s'] - 1:+.1%} for the reference; it spends more on: {gain or 'nothing'})")
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-
-
-def register(sub) -> None:
-    from planners.offload_cmd import plan_subparsers
-    from simulator.report import add_format_arg
-    p = plan_subparsers(sub).add_parser(
-        "parallel", help="best training parallelism (tp, pp, dp, micro-batch, schedule, ZeRO, recompute, SP) for N GPUs")
-    p.add_argument("--model", required=True, help="zoo name (roofplan models) or path/to/config.json")
-    p.add_argument("--hardware", required=True, help="system (node) name, e.g. dgx-a100 (roofplan hw list)")
-    p.add_argument("--gpus", type=int, required=True, help="GPUs in all (nodes x GPUs per node)")
-    p.add_argument("--global-batch", type=int, required=True, help="sequences per optimizer step, all replicas")
-    p.add_argument("--seq", type=int, required=True, help="tokens per sequence")
-    p.add_argument("--objective", choices=OBJECTIVES, default="throughput",
-                   help="throughput: fastest step on --gpus; cost: fewest GPU-hours per token on --gpus or fewer")
-    p.add_argument("--top", type=int, default=10, help="plans to list")
-    p.add_argument("--zero", default="0,1,2,3", help="ZeRO stages to consider, comma-separated (default 0,1,2,3)")
-    p.add_argument("--executor", default="megatron", help="executor profile (default: megatron)")
-    add_format_arg(p)
-    p.set_defaults(func=cmd_plan_parallel)
-
-
-def cmd_plan_parallel(args) -> int:
-    from simulator.models import load_model
-    from simulator.report import emit, fmt_of
-    from simulator.specs import load_hardware
-    if args.top < 1:
-        raise RoofplanError(f"--top must be >= 1 (got {args.top})")
-    try:
-        zeros = tuple(int(z) for z in args.zero.split(","))
-    except ValueError:
-        raise RoofplanError(f"--zero {args.zero} is not understood; use a comma list of 0, 1, 2, 3") from None
-    model = load_model(args.model)
-    system = load_hardware(args.hardware)
-    res = search(model, system, args.gpus, args.global_batch, args.seq, args.objective,
-                 load_executor_profile(args.executor), zeros=zeros)
-    top = res.plans.head(args.top)
-    header = ["#", "gpus", "tp", "pp", "dp", "mb", "v", "zero", "recompute", "sp", "step", "TFLOP/s/GPU", "MFU",
-              "mem GiB", "vs best", "why slower"]
-    rows = [[i + 1, r.gpus, r.tp, r.pp, r.dp, r.micro_batch, r.vpp, r.zero, r.recompute, "on" if r.sp else "off",
-             f"{r.time_s:.3f} s", f"{r.model_flops_per_gpu_s / 1e12:.0f}", f"{100 * r.mfu:.1f}%",
-             f"{r.memory_bytes / 2**30:.1f}", f"{100 * r.vs_best:+.1f}%", r.why] for i, r in enumerate(top.itertuples())]
-    price = system.price_usd_per_gpu_h
-    footer = (f"\n{res.evaluated:,} plans scored, {len(res.plans):,} fit in {system.gpu.mem_bytes / 2**30:.0f} GiB, "
-              f"{res.search_time_s:.2f} s; ranked by {args.objective}")
-    if args.objective == "cost":
-        best = res.plans.iloc[0]
-        footer += f"; best: {best.gpu_h_per_Mtok:.3f} GPU-h per 1M tokens" + \
-            (f" = ${best.gpu_h_per_Mtok * price:.2f}" if price else f" ({system.name} has no price)")
-    emit(fmt_of(args), json_obj={"objective": args.objective, "evaluated": res.evaluated,
-                                 "search_time_s": res.search_time_s,
-                                 "plans": top.to_dict(orient="records")},
-         rows=rows, header=header, title=f"{model.name} training on {args.gpus} x {system.gpu.name} "
-                                          f"({system.name}), global batch {args.global_batch} x {args.seq} tokens",
-         footer=footer)
-    return 0

@@ -20,17 +20,17 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .errors import RoofplanError
-from .memory import inference_memory, weight_params_per_gpu
-from .models import ModelConfig
-from .ops import forward_ops
-from .predict import _h2d_Bps, predict, system_for_job
-from .profiles import ExecutorProfile, KernelProfile
-from .comm import collective_time
-from .roofline import op_gpu_time_array
-from .specs import System
-from .units import DTYPE_BYTES
-from .workload import Job, validate_job
+from simulator.core.errors import RoofplanError
+from simulator.core.memory import inference_memory, weight_params_per_gpu
+from simulator.core.models import ModelConfig
+from simulator.core.ops import forward_ops
+from simulator.core.predict import _h2d_Bps, predict, system_for_job
+from simulator.core.profiles import ExecutorProfile, KernelProfile
+from simulator.core.comm import collective_time
+from simulator.core.roofline import op_gpu_time_array
+from simulator.core.specs import System
+from simulator.core.units import DTYPE_BYTES
+from simulator.core.workload import Job, validate_job
 
 # the order pandas' groupby("bound").idxmax() visits labels in predict(): ties go to the first
 BOUNDS = ("communication", "compute", "host", "memory")
@@ -65,7 +65,7 @@ def predict_many(model: ModelConfig, system: System, job: Job, batch, seq=0, con
     """predict() for every (batch, seq, context) in the broadcast of the three arrays; the other
     fields come from `job` (phase prefill or decode). Sizes outside the model's limits raise
     RoofplanError: filter them first (`sweep_group` does)."""
-    from .profiles import load_executor_profile, load_kernel_profile
+    from simulator.core.profiles import load_executor_profile, load_kernel_profile
     if job.phase not in ("prefill", "decode"):
         raise RoofplanError(f"the vectorised path covers prefill and decode, not {job.phase}; use predict_rows")
     B = np.asarray(batch, dtype=np.int64)
@@ -230,7 +230,7 @@ def _list(grid: dict, key: str, default, kind):
 def parse_grid(grid) -> list[Group]:
     """Expand a grid mapping into groups. Fields (scalar or list): hardware, model, phase,
     batch, seq (prefill), context (decode), tp, pp, dp, dtype, offload (gpu|cpu), executor."""
-    from .errors import did_you_mean
+    from simulator.core.errors import did_you_mean
     if not isinstance(grid, dict):
         raise RoofplanError("a sweep grid must be a YAML mapping of field: value or [values]")
     for k in grid:
@@ -280,10 +280,10 @@ def shard_groups(groups: list[Group], shard_size: int) -> list[list[Group]]:
 
 def _loaded(cache: dict, kind: str, name: str):
     """Specs loaded once per shard (`cache` lives for one run_shard call: no global state)."""
-    from .models import load_model
-    from .pricing import cheapest_price_per_gpu_h
-    from .profiles import load_executor_profile, load_kernel_profile
-    from .specs import load_hardware
+    from simulator.core.models import load_model
+    from simulator.core.pricing import cheapest_price_per_gpu_h
+    from simulator.core.profiles import load_executor_profile, load_kernel_profile
+    from simulator.core.specs import load_hardware
     loaders = {"model": load_model, "hardware": load_hardware, "executor": load_executor_profile,
                "kernels": load_kernel_profile, "price": lambda n: cheapest_price_per_gpu_h(n)[0]}
     key = (kind, name)
@@ -369,7 +369,7 @@ def predict_rows(model, system, jobs: list[Job], ex, kp) -> dict[str, np.ndarray
 def gpu_prices(groups: list[Group]) -> dict[str, float | None]:
     """Cheapest USD per GPU-hour (price_usd_per_h / gpu_count over hardware_specs/systems, as
     pricing.cheapest_price_per_gpu_h) of every GPU the groups use, in one pass over the systems."""
-    from .specs import list_names, load_hardware, load_system
+    from simulator.core.specs import list_names, load_hardware, load_system
     gpus = set()
     for hw in dict.fromkeys(g.hardware for g in groups):
         try:

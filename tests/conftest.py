@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from simulator import REPO_ROOT
+from simulator.core.paths import REPO_ROOT
 
 MEASUREMENTS = REPO_ROOT.parent / "shared" / "measurements" / "h100-sxm"
 VALIDATION = REPO_ROOT / "validation"

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .model import RMSNorm
+from simulator.executor.model import RMSNorm
 
 
 def _time(fn, device, reps: int) -> float:

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import RoofplanError
-from ..models import ModelConfig
+from simulator.core.errors import RoofplanError
+from simulator.core.models import ModelConfig
 
 
 class RMSNorm(nn.Module):

@@ -47,10 +47,10 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from ..errors import RoofplanError
-from ..models import ModelConfig
-from .model import Decoder
-from .run import TORCH_DTYPES, _export, _sync
+from simulator.core.errors import RoofplanError
+from simulator.core.models import ModelConfig
+from simulator.executor.model import Decoder
+from simulator.executor.run import TORCH_DTYPES, _export, _sync
 
 SCHEMA = "roofplan.offload-plan/1"
 TIERS = ("gpu", "cpu", "nvme")

@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from ..errors import RoofplanError
-from ..models import ModelConfig
-from .model import Decoder, apply_lora
+from simulator.core.errors import RoofplanError
+from simulator.core.models import ModelConfig
+from simulator.executor.model import Decoder, apply_lora
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -3,7 +3,7 @@ import functools
 import gzip
 import json
 
-from simulator import REPO_ROOT
+from simulator.core.paths import REPO_ROOT
 
 SHARED = REPO_ROOT.parent / "shared" / "measurements" / "h100-sxm"
 INFER = SHARED / "trace_infer_llama-3.1-8b_B16_L512.json.gz"
@@ -50,5 +50,5 @@ def write_trace(path, d, gz=True):
 @functools.lru_cache(maxsize=None)
 def cached_trace(path):
     """Each shared trace parsed once per test session (Trace is frozen; tests only read it)."""
-    from simulator.trace import load_trace
+    from simulator.calibration.trace import load_trace
     return load_trace(path)

@@ -4,14 +4,14 @@ import json
 import pytest
 import yaml
 
-from simulator.cli import main
-from simulator.models import load_model
-from simulator.predict import predict
-from simulator.profiles import load_executor_profile
-from simulator.specs import load_hardware
-from simulator.trace_fit import fit_gemm_scale, host_overhead_per_launch, layer_structure
-from simulator.profiles import load_kernel_profile
-from simulator.workload import Job
+from simulator.cli.main import main
+from simulator.core.models import load_model
+from simulator.core.predict import predict
+from simulator.core.profiles import load_executor_profile
+from simulator.core.specs import load_hardware
+from simulator.calibration.trace_fit import fit_gemm_scale, host_overhead_per_launch, layer_structure
+from simulator.core.profiles import load_kernel_profile
+from simulator.core.workload import Job
 
 from calib_helpers import INFER, SHARED, TRAIN, synthetic_events, write_trace, cached_trace
 

@@ -7,8 +7,8 @@ import shutil
 import pytest
 import yaml
 
-from simulator import REPO_ROOT
-from simulator.cli import main
+from simulator.core.paths import REPO_ROOT
+from simulator.cli.main import main
 
 torch = pytest.importorskip("torch")
 
@@ -85,7 +85,7 @@ def _loop(tmp_path, capsys, monkeypatch):
 
 def test_run_modes_write_traces(tmp_path, capsys):
     """Every executor mode runs on cpu and leaves a trace that the ingestion reads back."""
-    from simulator.trace import load_trace
+    from simulator.calibration.trace import load_trace
     cases = [("train", ["--seq", "32", "--lora-rank", "4", "--recompute", "full"]),
              ("decode", ["--context", "16", "--offload", "weights=cpu", "--no-overlap"]),
              ("prefill", ["--seq", "16", "--offload", "weights=cpu"])]

@@ -1,15 +1,15 @@
-"""Executor profiles fitted to a serving engine's published step times (simulator.step_fit):
+"""Executor profiles fitted to a serving engine's published step times (simulator.calibration.step_fit):
 DistServe's engine and vLLM V0 on A100-80GB, from the DistServe artifact."""
 from pathlib import Path
 
 import pytest
 import yaml
 
-from simulator import REPO_ROOT
-from simulator.errors import RoofplanError
-from simulator.profiles import load_executor_profile, load_kernel_profile
-from simulator.specs import load_hardware
-from simulator.step_fit import FITTED, fit_step_times, read_step_times
+from simulator.core.paths import REPO_ROOT
+from simulator.core.errors import RoofplanError
+from simulator.core.profiles import load_executor_profile, load_kernel_profile
+from simulator.core.specs import load_hardware
+from simulator.calibration.step_fit import FITTED, fit_step_times, read_step_times
 
 STEP_TIMES = REPO_ROOT / "benchmarks" / "data" / "distserve" / "a100-step-times.yaml"
 

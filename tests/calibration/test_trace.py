@@ -2,9 +2,9 @@ import gzip
 
 import pytest
 
-from simulator.errors import RoofplanError
-from simulator.specs import load_gpu
-from simulator.trace import check_device, classify_kernel, load_trace, op_flops_bytes
+from simulator.core.errors import RoofplanError
+from simulator.core.specs import load_gpu
+from simulator.calibration.trace import check_device, classify_kernel, load_trace, op_flops_bytes
 
 from calib_helpers import INFER, TRAIN, synthetic_events, write_trace, cached_trace
 
@@ -119,7 +119,7 @@ def test_bad_traces(tmp_path):
 
 
 def test_pick_segment(tmp_path, shared):
-    from simulator.validate import pick_segment
+    from simulator.calibration.validate import pick_segment
     t = load_trace(write_trace(tmp_path / "t.json.gz", synthetic_events()))
     assert pick_segment(t, "prefill") == "ProfilerStep#1"
     assert pick_segment(t, "decode", "ProfilerStep#0") == "ProfilerStep#0"

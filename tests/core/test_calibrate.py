@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from simulator.calibrate import fit_kernel_profile, read_microbench
-from simulator.errors import RoofplanError
-from simulator.profiles import load_kernel_profile
-from simulator.roofline import attn_prefill_time, gemm_time
-from simulator.specs import load_gpu, load_link
+from simulator.calibration.calibrate import fit_kernel_profile, read_microbench
+from simulator.core.errors import RoofplanError
+from simulator.core.profiles import load_kernel_profile
+from simulator.core.roofline import attn_prefill_time, gemm_time
+from simulator.core.specs import load_gpu, load_link
 
 
 def test_shipped_profile_reproduces_gemms(h100_dir):

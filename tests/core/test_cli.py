@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from simulator.cli import main
+from simulator.cli.main import main
 
 
 def run(capsys, *argv):

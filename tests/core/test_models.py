@@ -4,9 +4,9 @@ import json
 import pytest
 import yaml
 
-from simulator import REPO_ROOT
-from simulator.errors import RoofplanError
-from simulator.models import list_models, load_model
+from simulator.core.paths import REPO_ROOT
+from simulator.core.errors import RoofplanError
+from simulator.core.models import list_models, load_model
 
 PUBLISHED = yaml.safe_load((REPO_ROOT / "workloads" / "models" / "published.yaml").read_text())
 

@@ -1,12 +1,12 @@
 """Op-list FLOPs against the standard counting formulas (Kaplan et al. 2020; Megatron-LM)."""
 import pytest
 
-from simulator.models import load_model
-from simulator.ops import experts_touched, forward_ops
-from simulator.predict import predict
-from simulator.profiles import load_executor_profile
-from simulator.specs import load_hardware
-from simulator.workload import Job
+from simulator.core.models import load_model
+from simulator.core.ops import experts_touched, forward_ops
+from simulator.core.predict import predict
+from simulator.core.profiles import load_executor_profile
+from simulator.core.specs import load_hardware
+from simulator.core.workload import Job
 
 EX = load_executor_profile("default")
 
@@ -75,7 +75,7 @@ def test_kv_heads_replicate_beyond_tp():
 
 
 def test_expert_parallel_serving():
-    from simulator.errors import RoofplanError
+    from simulator.core.errors import RoofplanError
     m = load_model("mixtral-8x7b")
     tp8 = forward_ops(m, Job("decode", batch=64, context=100, tp=8), EX)
     ep8 = forward_ops(m, Job("decode", batch=64, context=100, tp=8, ep=8), EX)

@@ -3,13 +3,13 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from simulator.errors import RoofplanError
-from simulator.memory import kv_cache_bytes, training_memory
-from simulator.models import load_model
-from simulator.predict import predict
-from simulator.profiles import load_executor_profile
-from simulator.specs import load_hardware
-from simulator.workload import Job
+from simulator.core.errors import RoofplanError
+from simulator.core.memory import kv_cache_bytes, training_memory
+from simulator.core.models import load_model
+from simulator.core.predict import predict
+from simulator.core.profiles import load_executor_profile
+from simulator.core.specs import load_hardware
+from simulator.core.workload import Job
 
 H100 = load_hardware("h100-sxm")
 

@@ -3,8 +3,9 @@ import shutil
 
 import pytest
 
-from simulator import REPO_ROOT, specs
-from simulator.errors import RoofplanError
+from simulator.core.paths import REPO_ROOT
+from simulator.core import specs
+from simulator.core.errors import RoofplanError
 
 GPUS = ["h100-sxm", "h100-pcie", "h200", "b200", "a100-sxm-80gb", "a100-sxm-40gb", "a100-pcie-80gb", "l40s",
         "l4", "a10g", "t4", "rtx-4090", "rtx-3090", "v100-sxm-32gb", "mi300x"]

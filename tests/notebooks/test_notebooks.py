@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from simulator import REPO_ROOT
+from simulator.core.paths import REPO_ROOT
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 MEASUREMENTS = REPO_ROOT.parent / "shared" / "measurements" / "h100-sxm"

@@ -3,11 +3,11 @@ import json
 
 import pytest
 
-from simulator.cli import main
-from simulator.models import load_model
-from simulator.predict import predict
-from simulator.specs import load_hardware
-from simulator.workload import Job
+from simulator.cli.main import main
+from simulator.core.models import load_model
+from simulator.core.predict import predict
+from simulator.core.specs import load_hardware
+from simulator.core.workload import Job
 
 
 def run(capsys, *argv):
@@ -55,8 +55,8 @@ def test_plan_parallel_gpt3_on_1024_a100(capsys):
     times = [p["time_s"] for p in d["plans"]]
     assert times == sorted(times)
     # at least as fast as the Megatron-style t8 p8 d16 configuration under the same model
-    from simulator.parallel import ParallelPlan, train_step
-    from simulator.profiles import load_executor_profile
+    from simulator.core.parallel import ParallelPlan, train_step
+    from simulator.core.profiles import load_executor_profile
     ref = train_step(load_model("gpt3-175b"), load_hardware("dgx-a100"),
                      ParallelPlan(tp=8, pp=8, dp=16, global_batch=1536, recompute="full"), 2048,
                      load_executor_profile("megatron"))

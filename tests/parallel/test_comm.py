@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from simulator.comm import bus_bandwidth_Bps, collective_time, intra_bw_Bps, nic_bw_per_gpu_Bps
-from simulator.errors import RoofplanError
-from simulator.specs import load_hardware, load_system
+from simulator.core.comm import bus_bandwidth_Bps, collective_time, intra_bw_Bps, nic_bw_per_gpu_Bps
+from simulator.core.errors import RoofplanError
+from simulator.core.specs import load_hardware, load_system
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +88,10 @@ def test_cross_node_group_without_network_is_a_one_line_error():
 
 
 def test_serving_tp_allreduce_goes_through_comm():
-    # decode with tp 4: each layer's two all-reduces cost what simulator.comm says
-    from simulator.models import load_model
-    from simulator.predict import predict
-    from simulator.workload import Job
+    # decode with tp 4: each layer's two all-reduces cost what simulator.core.comm says
+    from simulator.core.models import load_model
+    from simulator.core.predict import predict
+    from simulator.core.workload import Job
     system = load_system("dgx-h100")
     model = load_model("llama-3.1-8b")
     p = predict(model, system, Job(phase="decode", batch=16, context=512, tp=4))

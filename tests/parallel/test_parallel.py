@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulator import REPO_ROOT
-from simulator.errors import RoofplanError
-from simulator.models import load_model, parse_hf_config
-from simulator.parallel import (ParallelPlan, korthikanti_activation_bytes_per_layer, memory_terms,
+from simulator.core.paths import REPO_ROOT
+from simulator.core.errors import RoofplanError
+from simulator.core.models import load_model, parse_hf_config
+from simulator.core.parallel import (ParallelPlan, korthikanti_activation_bytes_per_layer, memory_terms,
                                 stage_times, step_time_terms, train_flops, train_step,
                                 training_memory, zero2_model_states_mem_needs,
                                 zero3_model_states_mem_needs, optimizer_seconds_per_param)
-from simulator.profiles import load_executor_profile, load_kernel_profile
-from simulator.specs import load_system
+from simulator.core.profiles import load_executor_profile, load_kernel_profile
+from simulator.core.specs import load_system
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import megatron_weak_scaling as mws  # noqa: E402

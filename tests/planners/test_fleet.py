@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from planners.fleet import FleetOption, plan_fleet, restrict, solve_fleet
 from planners.solver import solve
-from simulator.cli import main
-from simulator.models import load_model
-from simulator.serving_workload import load_serving_workload
+from simulator.cli.main import main
+from simulator.core.models import load_model
+from simulator.serving.workload import load_serving_workload
 
 # tyler-griggs/melange-release, melange/main.py (solver_run_example): profiled max throughputs
 # (req/s) per bucket, on-demand $/h, bucket distribution and overall rate 16 req/s
@@ -130,13 +130,13 @@ def test_generated_workloads_mix_never_dearer(small_candidates, reqs, rate):
     """Generated workloads through the serving model: the mixed fleet costs no more than the
     cheapest single-type fleet (each single-type problem is a restriction of the mixed one)."""
     from planners.fleet import throughput_matrix
-    from simulator.serving_workload import Bucket, ServingWorkload
+    from simulator.serving.workload import Bucket, ServingWorkload
     tot = sum(w for _, _, w in reqs)
     wl = ServingWorkload("gen", rate, tuple(Bucket(i, i, o, o, w / tot) for i, o, w in reqs), "generated")
     options = [c[0] for c in small_candidates]
     tput = throughput_matrix(small_candidates, wl, 2.0, 0.1)
     rates = wl.bucket_rates_rps()
-    from simulator.errors import RoofplanError
+    from simulator.core.errors import RoofplanError
     try:
         mixed = solve_fleet(options, tput, rates).cost_usd_per_h
     except RoofplanError:

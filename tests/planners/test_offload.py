@@ -10,11 +10,11 @@ from hypothesis import given, settings, strategies as st
 
 from planners.flexgen import PUBLISHED, effective_fractions, flexgen_cost_model, score_policy
 from planners.offload import RESOURCES, SCHEMA, OffloadRequest, plan_offload
-from simulator.cli import main
-from simulator.models import load_model
-from simulator.profiles import load_executor_profile, load_kernel_profile
-from simulator.specs import load_hardware
-from simulator.units import GiB
+from simulator.cli.main import main
+from simulator.core.models import load_model
+from simulator.core.profiles import load_executor_profile, load_kernel_profile
+from simulator.core.specs import load_hardware
+from simulator.core.units import GiB
 
 EX = load_executor_profile("default")
 

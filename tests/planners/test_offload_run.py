@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from simulator import REPO_ROOT
-from simulator.cli import main
+from simulator.core.paths import REPO_ROOT
+from simulator.cli.main import main
 
 torch = pytest.importorskip("torch")
 
@@ -108,7 +108,7 @@ def _reference(cfg, ps, seed=0):
 
 def test_prefill_plan_matches_all_resident_model(plan):
     from simulator.executor.plan_run import PlanExecutor, parse_plan
-    from simulator.models import load_model
+    from simulator.core.models import load_model
     cfg = load_model(TINY)
     p = _hand_plan(plan[0], (0.0, 0.5, 0.5), "cpu", "cpu", "gpu", gbs=1, nb=3, dtype="fp32")
     p["phase"], p["workload"]["gen_len"] = "prefill", None
@@ -130,7 +130,7 @@ def test_prefill_plan_matches_all_resident_model(plan):
 ])
 def test_offloaded_plan_matches_all_resident_model(plan, weights, kv, act, attention, dtype):
     from simulator.executor.plan_run import PlanExecutor, parse_plan
-    from simulator.models import load_model
+    from simulator.core.models import load_model
     cfg = load_model(TINY)
     p = _hand_plan(plan[0], weights, kv, act, attention, dtype=dtype)
     ps = parse_plan(p)

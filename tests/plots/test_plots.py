@@ -2,15 +2,15 @@
 import numpy as np
 import pytest
 
-from simulator.cli import main
-from simulator.models import load_model
-from simulator.predict import _stream_schedule, predict
-from simulator.specs import load_hardware
-from simulator.units import GiB
-from simulator.workload import Job
+from simulator.cli.main import main
+from simulator.core.models import load_model
+from simulator.core.predict import _stream_schedule, predict
+from simulator.core.specs import load_hardware
+from simulator.core.units import GiB
+from simulator.core.workload import Job
 
 pytest.importorskip("matplotlib")
-from simulator import plots  # noqa: E402
+from simulator.report import plots  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_offload_timeline_matches_stream_schedule(tmp_path, overlap):
 
 
 def test_timeline_needs_offload():
-    from simulator.errors import RoofplanError
+    from simulator.core.errors import RoofplanError
     pred = predict(load_model("gpt2"), load_hardware("h100-sxm"), Job("decode", batch=1, context=10))
     with pytest.raises(RoofplanError, match="offload"):
         plots.offload_timeline(pred)

@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from simulator import REPO_ROOT
-from simulator import serving as sv
-from simulator.models import load_model
-from simulator.specs import load_hardware
+from simulator.core.paths import REPO_ROOT
+from simulator.serving import simulate as sv
+from simulator.core.models import load_model
+from simulator.core.specs import load_hardware
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import distserve as ds  # noqa: E402

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from simulator import REPO_ROOT
-from simulator import serving as sv
+from simulator.core.paths import REPO_ROOT
+from simulator.serving import simulate as sv
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import distserve_sharegpt as dss  # noqa: E402
@@ -64,9 +64,9 @@ def test_placements_fit_the_node():
 
 
 def test_batched_prefill_reads_weights_once():
-    from simulator.models import load_model
-    from simulator.profiles import load_executor_profile
-    from simulator.specs import load_hardware
+    from simulator.core.models import load_model
+    from simulator.core.profiles import load_executor_profile
+    from simulator.core.specs import load_hardware
     t = sv.step_tables(load_model("opt-13b"), load_hardware("a100-sxm-80gb"), tp=2, dtype="fp16",
                        executor=load_executor_profile("distserve"))
     two = t.batch_prefill_time([512, 512])

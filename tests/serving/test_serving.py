@@ -7,12 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulator import serving as sv
-from simulator.errors import RoofplanError
-from simulator.models import load_model
-from simulator.predict import predict
-from simulator.specs import load_hardware
-from simulator.workload import Job
+from simulator.serving import simulate as sv
+from simulator.core.errors import RoofplanError
+from simulator.core.models import load_model
+from simulator.core.predict import predict
+from simulator.core.specs import load_hardware
+from simulator.core.workload import Job
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """Serving workload files: shipped ones load with the cited means; bad files give one line."""
 import pytest
 
-from simulator.errors import RoofplanError
-from simulator.serving_workload import load_serving_workload
+from simulator.core.errors import RoofplanError
+from simulator.serving.workload import load_serving_workload
 
 
 def test_shipped_workloads_match_cited_means():

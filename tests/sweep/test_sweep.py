@@ -6,13 +6,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from simulator.errors import RoofplanError
-from simulator.models import load_model
-from simulator.predict import predict
-from simulator.profiles import list_profiles, load_executor_profile, load_kernel_profile
-from simulator.specs import load_hardware
+from simulator.core.errors import RoofplanError
+from simulator.core.models import load_model
+from simulator.core.predict import predict
+from simulator.core.profiles import list_profiles, load_executor_profile, load_kernel_profile
+from simulator.core.specs import load_hardware
 from simulator.sweep import predict_many
-from simulator.workload import Job
+from simulator.core.workload import Job
 
 # dense GQA, MoE, MLA + MoE, MHA with a plain MLP (gpt2: 12 heads, so tp 8 is refused)
 MODELS = ["llama-3.1-8b", "llama-3.1-70b", "mixtral-8x7b", "deepseek-v3", "gpt2"]
@@ -98,7 +98,7 @@ def test_out_of_range_sizes_are_refused():
 
 
 def test_progress_bar_on_stderr(capsys):
-    from simulator.commands.sweep import Progress
+    from simulator.cli.sweep import Progress
     bar = Progress(total_configs=30, n_shards=2, enabled=True)
     bar.update(10)
     bar.update(20)
@@ -115,7 +115,7 @@ def test_large_scattered_sweep_uses_token_dedup_and_equals_scalar(m, phase, exec
     """Above 4096 configs with repeated token counts, token-only ops are timed once per distinct
     count (simulator.sweep._token_only_ops); attention and other shape-dependent ops are not."""
     from simulator.sweep import _token_only_ops
-    from simulator.ops import forward_ops
+    from simulator.core.ops import forward_ops
     model, ex = load_model(m), load_executor_profile(executor)
     rng = np.random.default_rng(1)
     n = 6000

@@ -4,13 +4,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from simulator import REPO_ROOT
-from simulator.cli import main
-from simulator.models import load_model
-from simulator.predict import predict
-from simulator.pricing import cheapest_price_per_gpu_h
-from simulator.specs import load_hardware
-from simulator.workload import Job
+from simulator.core.paths import REPO_ROOT
+from simulator.cli.main import main
+from simulator.core.models import load_model
+from simulator.core.predict import predict
+from simulator.core.pricing import cheapest_price_per_gpu_h
+from simulator.core.specs import load_hardware
+from simulator.core.workload import Job
 
 QUICK = REPO_ROOT / "workloads" / "sweeps" / "quick.yaml"
 

@@ -1,0 +1,239 @@
+"""Fit a KernelProfile to microbenchmarks (microbench.jsonl: one JSON object per line, `kind`
+gemm | attn_prefill | attn_decode | elementwise | copy | cpu | launch | env).
+
+Every fit minimises squared log-time error (relative error, so 6 us and 20 ms kernels weigh the
+same) with scipy's bounded least squares. Efficiency curves have knots at 1 us .. 10 ms of ideal
+time; a knot with no data near it takes the value of its neighbour.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from simulator.core.errors import RoofplanError
+from simulator.core.specs import GPU, Link
+from simulator.core.units import DTYPE_BYTES
+
+KNOTS_S = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+
+
+def read_microbench(path: str | Path) -> list[dict]:
+    rows = []
+    p = Path(path)
+    try:
+        lines = p.read_text().splitlines()
+    except OSError as e:
+        raise RoofplanError(f"{p}: cannot read ({e.strerror})") from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RoofplanError(f"{p}:{i}: malformed JSON ({e.msg}); one JSON object per line") from None
+        if not isinstance(r, dict) or "kind" not in r:
+            raise RoofplanError(f"{p}:{i}: each line needs a 'kind' field (gemm, attn_prefill, attn_decode, elementwise, copy, cpu)")
+        rows.append(r)
+    if not rows:
+        raise RoofplanError(f"{p}: no measurements in the file")
+    return rows
+
+
+def _curve(values) -> dict:
+    return {"knots_s": list(KNOTS_S), "efficiency": [round(float(min(max(v, 0.02), 1.0)), 4) for v in values]}
+
+
+def _interp(eff, t):
+    return np.interp(np.log10(np.maximum(t, 1e-12)), np.log10(KNOTS_S), eff)
+
+
+SMOOTHING = 0.3   # weight of the prior that neighbouring knots have similar efficiency
+
+
+def _least_squares(fun, x0, lb, ub, curves=()):
+    """Bounded least squares on `fun`'s residuals plus a smoothness prior on each curve's knots
+    (slices of x): without it, knots with little data swing to the bounds."""
+    from scipy.optimize import least_squares
+
+    def residuals(x):
+        r = [fun(x)]
+        for sl in curves:
+            r.append(SMOOTHING * np.diff(np.log(x[sl])))
+        return np.concatenate(r)
+    return least_squares(residuals, x0, bounds=(lb, ub)).x
+
+
+def fit_gemm(rows: list[dict], peak: float, bw: float, out_bytes: float) -> tuple[dict, float]:
+    """GEMM model t = t0 + (t_c^p + t_m^p)^(1/p); returns (yaml dict, MAPE on the rows)."""
+    M = np.array([r["M"] for r in rows], float)
+    N = np.array([r["N"] for r in rows], float)
+    K = np.array([r["K"] for r in rows], float)
+    t = np.array([r["time_s"] for r in rows], float)
+    inb = DTYPE_BYTES[rows[0]["dtype"]]
+    F = 2 * M * N * K
+    B = inb * (M * K + K * N) + out_bytes * M * N
+    tci, tmi = F / peak, B / bw
+    nk = len(KNOTS_S)
+
+    def model(x):
+        t0, p, ec, em = x[0] * 1e-6, x[1], x[2:2 + nk], x[2 + nk:]
+        tc = tci / _interp(ec, tci)
+        tm = tmi / _interp(em, tmi)
+        return t0 + (tc ** p + tm ** p) ** (1 / p)
+
+    x0 = np.r_[5.0, 4.0, [0.7] * nk, [0.8] * nk]
+    lb = np.r_[0.0, 1.0, [0.02] * 2 * nk]
+    ub = np.r_[30.0, 20.0, [1.0] * 2 * nk]
+    x = _least_squares(lambda x: np.log(model(x) / t), x0, lb, ub,
+                       curves=(slice(2, 2 + nk), slice(2 + nk, 2 + 2 * nk)))
+    err = float(np.mean(np.abs(model(x) / t - 1)))
+    return ({"overhead_us": round(float(x[0]), 3), "smoothness": round(float(x[1]), 3),
+             "compute": _curve(x[2:2 + nk]), "memory": _curve(x[2 + nk:])}, err)
+
+
+def fit_gemm_scaled(rows, peak, bw, out_bytes, base: dict) -> tuple[dict, float]:
+    """Another dtype with few measurements: the bf16 curves' shape, scaled (compute efficiency
+    x s_c, memory efficiency x s_m) with its own overhead -- 3 parameters, not 12."""
+    M = np.array([r["M"] for r in rows], float)
+    N = np.array([r["N"] for r in rows], float)
+    K = np.array([r["K"] for r in rows], float)
+    t = np.array([r["time_s"] for r in rows], float)
+    inb = DTYPE_BYTES[rows[0]["dtype"]]
+    tci = 2 * M * N * K / peak
+    tmi = (inb * (M * K + K * N) + out_bytes * M * N) / bw
+    ec = np.array(base["compute"]["efficiency"])
+    em = np.array(base["memory"]["efficiency"])
+    p = base["smoothness"]
+
+    def model(x):
+        tc = tci / np.minimum(_interp(ec, tci) * x[1], 1.0)
+        tm = tmi / np.minimum(_interp(em, tmi) * x[2], 1.0)
+        return x[0] * 1e-6 + (tc ** p + tm ** p) ** (1 / p)
+
+    x = _least_squares(lambda x: np.log(model(x) / t), np.r_[5.0, 1.0, 1.0], np.r_[0.0, 0.05, 0.5], np.r_[30.0, 2.0, 1.5])
+    err = float(np.mean(np.abs(model(x) / t - 1)))
+    return ({"overhead_us": round(float(x[0]), 3), "smoothness": p,
+             "compute": _curve(np.minimum(ec * x[1], 1.0)), "memory": _curve(np.minimum(em * x[2], 1.0))}, err)
+
+
+def fit_attention_prefill(rows, peak):
+    B = np.array([r["B"] for r in rows], float)
+    H = np.array([r["Hq"] for r in rows], float)
+    S = np.array([r["S"] for r in rows], float)
+    D = np.array([r["D"] for r in rows], float)
+    t = np.array([r["time_s"] for r in rows], float)
+    F = 2 * B * H * S * S * D
+    nk = len(KNOTS_S)
+
+    # flash attention's efficiency is flat in size once causal waste (diag/S) is counted:
+    # one plateau, one launch overhead
+    def model(x):
+        return x[0] * 1e-6 + F * (1 + x[1] / S) / (peak * x[2])
+
+    x = _least_squares(lambda x: np.log(model(x) / t), np.r_[5.0, 200.0, 0.6],
+                       np.r_[0.0, 0.0, 0.05], np.r_[20.0, 4096.0, 1.0])
+    x = np.r_[x[:2], [x[2]] * nk]
+    bwd = [r["fwd_bwd_time_s"] / r["time_s"] - 1 for r in rows if r.get("fwd_bwd_time_s")]
+    # the backward ratio of long sequences (the kernel, not its launch overhead)
+    ratio = float(np.median(sorted(bwd)[len(bwd) // 2:])) if bwd else 2.5
+    err = float(np.mean(np.abs(model(x) / t - 1)))
+    return ({"overhead_us": round(float(x[0]), 3), "diag_tokens": round(float(x[1]), 1),
+             "backward_ratio": round(ratio, 3), **_curve(x[2:])}, err)
+
+
+def fit_memory_curve(byts, t, bw, overhead_free=False):
+    nk = len(KNOTS_S)
+    byts, t = np.asarray(byts, float), np.asarray(t, float)
+    tmi = byts / bw
+
+    def model(x):
+        return x[0] * 1e-6 + tmi / _interp(x[1:], tmi)
+
+    x = _least_squares(lambda x: np.log(model(x) / t), np.r_[5.0, [0.7] * nk],
+                       np.r_[0.0, [0.02] * nk], np.r_[50.0, [1.0] * nk], curves=(slice(1, 1 + nk),))
+    return float(x[0]), x[1:], float(np.mean(np.abs(model(x) / t - 1)))
+
+
+# traffic of the measured elementwise ops, bytes per element (bf16 unless fp32 is said)
+ELEMENTWISE_BYTES = {"add": 6.0, "silu_mul": 10.0}
+NORM_BYTES_PER_ELEM = 36.0   # eager fp32 RMSNorm of bf16 x: cast 6, pow 8, mean 4, mul 8, cast 6, mul weight 4
+
+
+def fit_kernel_profile(rows: list[dict], gpu: GPU, host_link: Link, source: str) -> tuple[dict, dict]:
+    """Fit every curve the rows allow; returns (profile yaml dict, fit errors by part)."""
+    errors: dict[str, float] = {}
+    bw = gpu.hbm_bw_Bps
+    prof: dict = {"name": gpu.name, "kind": "kernel-profile", "hardware": gpu.name, "source": source, "gemm": {}}
+    gemm = [r for r in rows if r["kind"] == "gemm"]
+    if not gemm:
+        raise RoofplanError("the microbenchmarks have no 'gemm' rows; a kernel profile needs bf16 GEMMs")
+    bf16 = [r for r in gemm if r["dtype"] == "bf16"]
+    if len(bf16) < 8 or "bf16" not in gpu.peak_flops_by_dtype:
+        raise RoofplanError("the microbenchmarks need at least 8 bf16 GEMM rows of several shapes")
+    prof["gemm"]["bf16"], errors["gemm.bf16"] = fit_gemm(bf16, gpu.peak_flops("bf16"), bw, 2)
+    for dt in sorted({r["dtype"] for r in gemm} - {"bf16"}):
+        rs = [r for r in gemm if r["dtype"] == dt]
+        if dt in gpu.peak_flops_by_dtype and len(rs) >= 3:
+            out_b = 4 if dt in ("fp32", "tf32") else 2
+            prof["gemm"][dt], errors[f"gemm.{dt}"] = fit_gemm_scaled(rs, gpu.peak_flops(dt), bw, out_b, prof["gemm"]["bf16"])
+    ap = [r for r in rows if r["kind"] == "attn_prefill"]
+    if ap:
+        prof["attention_prefill"], errors["attention_prefill"] = fit_attention_prefill(ap, gpu.peak_flops("bf16"))
+    ad = [r for r in rows if r["kind"] == "attn_decode"]
+    if ad:
+        t0, eff, errors["attention_decode"] = fit_memory_curve([r["kv_bytes"] for r in ad], [r["time_s"] for r in ad], bw)
+        prof["attention_decode"] = {"overhead_us": round(t0, 3), **_curve(eff)}
+    # elementwise: the large sizes give bandwidth (small eager sizes are host-launch bound)
+    ew = [r for r in rows if r["kind"] == "elementwise" and r.get("op") in ELEMENTWISE_BYTES]
+    d2d = [r for r in rows if r["kind"] == "copy" and r["src"] == "gpu" and r["dst"] == "gpu"]
+    byts = [ELEMENTWISE_BYTES[r["op"]] * r["T"] * r["H"] for r in ew] + [r["bytes"] * 2 for r in d2d]
+    ts = [r["time_s"] for r in ew] + [r["time_s"] for r in d2d]
+    launch = [r["time_s"] for r in rows if r["kind"] == "launch" and r.get("op") == "tiny_add"]
+    if byts:
+        t0, eff, errors["elementwise"] = fit_memory_curve(byts, ts, bw)
+    else:
+        t0, eff = 3.0, [0.8] * len(KNOTS_S)
+    prof["elementwise"] = {**_curve(eff), "kernel_overhead_us": round(float(launch[0] * 1e6) if launch else t0, 3)}
+    # eager RMSNorm: measured time over the streaming-kernel prediction for its counted traffic
+    # (NORM_BYTES_PER_ELEM), at sizes where launches do not matter
+    norms = [r for r in rows if r["kind"] == "elementwise" and r.get("op") == "rmsnorm_eager" and r["T"] * r["H"] >= 2**24]
+    if norms:
+        ratios = [r["time_s"] / (NORM_BYTES_PER_ELEM * r["T"] * r["H"] / bw / _interp(eff, NORM_BYTES_PER_ELEM * r["T"] * r["H"] / bw))
+                  for r in norms]
+        prof["elementwise"]["norm_slowdown"] = round(float(np.median(ratios)), 4)
+    cp = [r for r in rows if r["kind"] == "copy" and "cpu" in (r["src"] + r["dst"])]
+
+    def big(src, dst):
+        rs = sorted((r for r in cp if r["src"] == src and r["dst"] == dst), key=lambda r: r["bytes"])
+        return rs[-1] if rs else None
+
+    copy = {}
+    for key, (src, dst) in {"h2d_pinned": ("cpu_pinned", "gpu"), "d2h_pinned": ("gpu", "cpu_pinned")}.items():
+        r = big(src, dst)
+        copy[f"{key}_efficiency"] = round(r["bytes"] / r["time_s"] / host_link.bw_Bps, 4) if r else 0.85
+    for key, (src, dst) in {"h2d_pageable": ("cpu_pageable", "gpu"), "d2h_pageable": ("gpu", "cpu_pageable")}.items():
+        r = big(src, dst)
+        copy[f"{key}_GBps"] = round(r["bytes"] / r["time_s"] / 1e9, 3) if r else round(host_link.bw_Bps / 1e9 * 0.2, 3)
+    small = [r for r in cp if r["src"] == "cpu_pinned" and r["bytes"] <= 2**20]
+    if small and copy["h2d_pinned_efficiency"]:
+        r = small[0]
+        copy["latency_us"] = round(max(0.0, r["time_s"] - r["bytes"] / (host_link.bw_Bps * copy["h2d_pinned_efficiency"])) * 1e6, 3)
+    else:
+        copy["latency_us"] = 10.0
+    prof["copy"] = copy
+    cpu = {}
+    for r in rows:
+        if r["kind"] == "cpu" and r.get("op") == "adamw_foreach":
+            cpu["adam_params_per_s"] = round(float(r["params_per_s"]), 0)
+        if r["kind"] == "cpu" and r.get("op") == "copy":
+            cpu["copy_GBps"] = round(float(r["GBps_rw"]), 2)
+        if r["kind"] == "cpu" and r.get("op") == "sgemm":
+            cpu["sgemm_TFLOPS"] = round(float(r["tflops"]), 3)
+    if cpu:
+        prof["cpu"] = cpu
+    for part, default in (("attention_prefill", None), ("attention_decode", None)):
+        if part not in prof:
+            raise RoofplanError(f"the microbenchmarks have no '{part.replace('attention_', 'attn_')}' rows; a kernel profile needs them")
+    return prof, errors

@@ -1,0 +1,202 @@
+"""Fit an executor profile (profiles.ExecutorProfile) to profiler traces.
+
+What a trace tells about a software stack, and how each field is derived:
+
+* layer structure -- `kv_cache_concat`: decode appends with aten::cat([cache, new token]).
+  `fused_qkv`, `fused_gate_up`: from the weight shapes of the aten::linear
+  calls (record_shapes). Per MLP down projection (weight [hidden, ffn]) an unfused stack calls
+  q, k, v, gate and up separately (5 linears that read the hidden state), a fused one qkv and
+  gate_up (2). `repeat_kv`: SDPA called with fewer K/V heads than query heads uses native GQA.
+* `host_overhead_per_kernel_us`: wall time of a host-bound step (decode: GPU busy < 50% of the
+  step) / kernel launches in it. A launch is one launching CPU op: cuBLAS' split-K reduction
+  runs as a second kernel of the same call and costs no extra host time. The profiler itself
+  slows the host (record_shapes: several us per op), so a step time measured without the
+  profiler (`step_time_s`) replaces the traced CPU span when given.
+* CPU-only traces: `kernel_overhead_us` (see cpu_op_overhead).
+* `gemm_efficiency_scale`: measured GEMM kernel time of the trace's own GEMM calls (shapes
+  from `Input Dims`) over the kernel profile's prediction for the same shapes, compute-bound
+  calls only (the scale multiplies the peak, which memory-bound GEMMs do not reach).
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+
+from simulator.core.errors import RoofplanError
+from simulator.core.profiles import KernelProfile
+from simulator.core.roofline import gemm_time
+from simulator.core.specs import System
+from simulator.calibration.trace import Trace
+
+HOST_BOUND_GPU_BUSY = 0.5   # a segment whose kernels fill less than this share of its CPU span is host-bound
+
+
+def gemm_calls(trace: Trace, segment: str | None = None) -> pd.DataFrame:
+    """One row per GEMM CPU op (outermost op carrying FLOPs, excluding SDPA) with its measured
+    kernel time: name, flops, bytes, time_s, kernels, segment."""
+    k = trace.kernels[(trace.kernels["flop_op"] >= 0) & (trace.kernels["cls"] == "gemm")]
+    if segment is not None:
+        k = k[k["segment"] == segment]
+    g = k.groupby("flop_op").agg(time_s=("dur_s", "sum"), kernels=("dur_s", "size"), segment=("segment", "first"))
+    ops = trace.cpu_ops.loc[g.index, ["name", "flops", "bytes", "dtype"]]
+    return ops.join(g).reset_index(drop=True)
+
+
+def fit_gemm_scale(trace: Trace, system: System, kp: KernelProfile, dtype: str | None = None) -> tuple[float, dict]:
+    """Scale on the GEMM peak that makes the kernel profile reproduce the trace's compute-bound
+    GEMM time: s with sum(t_pred(peak s)) = sum(t_meas), solved by bisection (t_pred falls
+    monotonically in s). Returns (scale, evidence)."""
+    calls = gemm_calls(trace)
+    if not len(calls):
+        raise RoofplanError(f"trace {trace.path}: no GEMM calls with recorded shapes; record with record_shapes=True")
+    if dtype is None:   # the dtype that carries most GEMM FLOPs in the trace
+        dtype = calls.groupby("dtype")["flops"].sum().idxmax() or "bf16"
+    calls = calls[calls["dtype"] == dtype]
+    gpu = system.gpu
+    model = kp.gemm_for(dtype)
+    peak, bw = gpu.peak_flops(dtype), gpu.hbm_bw_Bps
+    _, compute_bound = gemm_time(calls["flops"], calls["bytes"], peak, bw, model)
+    big = calls[np.asarray(compute_bound) & (calls["flops"] > 0)]
+    if not len(big):
+        return 1.0, {"gemm_calls": len(calls), "compute_bound_calls": 0}
+    measured = float(big["time_s"].sum())
+
+    def predicted(s):
+        return float(np.sum(gemm_time(big["flops"], big["bytes"], peak * s, bw, model)[0]))
+
+    lo, hi = 0.3, 3.0
+    for _ in range(60):
+        mid = (lo * hi) ** 0.5
+        lo, hi = (mid, hi) if predicted(mid) > measured else (lo, mid)
+    scale = (lo * hi) ** 0.5
+    return scale, {"gemm_calls": len(calls), "compute_bound_calls": len(big), "measured_s": measured,
+                   "predicted_unscaled_s": predicted(1.0)}
+
+
+def cpu_op_overhead(trace: Trace, step_time_s: float | None = None) -> tuple[float, int]:
+    """Fixed cost per op of a CPU-only trace (dispatch, allocation, thread wake-up): the wall time
+    of a step not covered by leaf ops, plus the median duration of the memory-bound
+    leaf ops (too small to stream at bandwidth), per op, scaled by step_time_s / traced span when
+    the step was also timed without the profiler; the least disturbed step wins. Goes to `kernel_overhead_us`: on a CPU
+    there is no launch queue, every op pays it in series."""
+    best, n_ops = float("inf"), 0
+    for st in trace.segment_stats().itertuples():     # least disturbed step: the smallest per-op cost
+        k = trace.kernels[trace.kernels["segment"] == st.segment]
+        if not len(k):
+            continue
+        small = k[k["cls"].isin(["elementwise", "norm"])]["dur_s"]
+        gaps = max(0.0, float(st.cpu_span_s - st.kernel_time_s))
+        per_op = gaps / len(k) + (float(small.median()) if len(small) else 0.0)
+        # the profiler slows every op; a step time measured without it rescales the traced one
+        scale = min(step_time_s / float(st.cpu_span_s), 1.0) if step_time_s else 1.0
+        if per_op * scale < best:
+            best, n_ops = per_op * scale, len(k)
+    return best, n_ops
+
+
+def layer_structure(trace: Trace) -> dict:
+    """fused_qkv / fused_gate_up / repeat_kv from the recorded shapes (see module docstring)."""
+    lin = trace.cpu_ops[(trace.cpu_ops["name"] == "aten::linear") & trace.cpu_ops["dims"].notna()]
+    shapes = []
+    for dims in lin["dims"]:
+        if len(dims) >= 2 and dims[0] and dims[1] and len(dims[1]) == 2:
+            shapes.append((int(dims[1][0]), int(dims[1][1])))     # weight [N, K]
+    if not shapes:
+        raise RoofplanError(f"trace {trace.path}: no aten::linear calls with recorded shapes; record with record_shapes=True")
+    hidden = Counter(k for _, k in shapes).most_common(1)[0][0]
+    vocab = max(n for n, _ in shapes)
+    down = [(n, k) for n, k in shapes if n == hidden and k > hidden]
+    if not down:
+        raise RoofplanError(f"trace {trace.path}: no MLP down projection (weight [{hidden}, ffn]) found; is it a transformer decoder?")
+    n_down = len(down)
+    ffn = Counter(k for _, k in down).most_common(1)[0][0]
+    gate_up_calls = sum(1 for n, k in shapes if k == hidden and n == ffn) / n_down
+    fused_gate_up = gate_up_calls < 1.5
+    # per layer: every linear but the LM head, minus down and o, minus gate/up = q/k/v calls
+    per_layer = sum(1 for n, _ in shapes if n != vocab) / n_down
+    qkv_calls = per_layer - 2 - (1 if fused_gate_up else 2)
+    fused_qkv = qkv_calls < 1.5
+    sdpa = trace.cpu_ops[(trace.cpu_ops["name"] == "aten::scaled_dot_product_attention") & trace.cpu_ops["dims"].notna()]
+    gqa_native = any(len(d) > 1 and d[0] and d[1] and d[1][1] < d[0][1] for d in sdpa["dims"])
+    repeat = bool((trace.cpu_ops["name"] == "aten::repeat_interleave").any()) and not gqa_native
+    return {"fused_qkv": bool(fused_qkv), "fused_gate_up": bool(fused_gate_up), "repeat_kv": repeat,
+            "kv_cache_concat": _kv_cache_concat(trace),
+            "hidden": hidden, "ffn": ffn, "layers_seen": n_down}
+
+
+def _kv_cache_concat(trace: Trace) -> bool:
+    """Decode appends to the KV cache with torch.cat([cache [B, h, L, d], new [B, h, 1, d]])."""
+    cat = trace.cpu_ops[(trace.cpu_ops["name"] == "aten::cat") & trace.cpu_ops["dims"].notna()]
+    for dims in cat["dims"]:
+        parts = dims[0] if dims and isinstance(dims[0], list) and dims[0] and isinstance(dims[0][0], list) else []
+        if len(parts) == 2 and all(len(p) == 4 for p in parts) and parts[0][2] > 1 and parts[1][2] == 1 \
+                and parts[0][:2] == parts[1][:2] and parts[0][3] == parts[1][3]:
+            return True
+    return False
+
+
+def host_overhead_per_launch(trace: Trace, step_time_s: float | None = None) -> tuple[float, dict]:
+    """Host seconds per kernel launch from the most host-bound segment (see module docstring)."""
+    st = trace.segment_stats()
+    st = st[st["kernels"] > 0].copy()
+    st["busy"] = st["kernel_time_s"] / st["cpu_span_s"].clip(lower=1e-12)
+    hb = st[st["busy"] < HOST_BOUND_GPU_BUSY]
+    if not len(hb):
+        raise RoofplanError(
+            f"trace {trace.path}: no host-bound segment (GPU busy >= {HOST_BOUND_GPU_BUSY:.0%} of every step); "
+            "host overhead cannot be measured from it — trace a small-batch decode step")
+    seg = hb.sort_values("busy").iloc[0]
+    k = trace.kernels[trace.kernels["segment"] == seg["segment"]]
+    launches = int(k["op_index"].nunique())
+    wall = step_time_s if step_time_s else float(seg["cpu_span_s"])
+    return wall / launches, {"segment": seg["segment"], "launches": launches, "kernels": int(seg["kernels"]),
+                             "traced_cpu_span_s": float(seg["cpu_span_s"]), "wall_s": wall,
+                             "kernel_time_s": float(seg["kernel_time_s"])}
+
+
+def fit_executor_profile(traces: list[Trace], system: System, kp: KernelProfile, name: str,
+                         step_time_s: float | None = None, base: dict | None = None) -> tuple[dict, dict]:
+    """An executor profile (YAML dict) from one or more traces of the same stack; `base` holds
+    fields the traces cannot tell (defaults of profiles/executors/default.yaml). Returns
+    (profile, evidence)."""
+    prof = dict(base or {})
+    evidence: dict = {}
+    struct = None
+    for t in traces:
+        try:
+            struct = layer_structure(t)
+            break
+        except RoofplanError:
+            continue
+    if struct:
+        prof.update({k: struct[k] for k in ("fused_qkv", "fused_gate_up", "repeat_kv", "kv_cache_concat")})
+        evidence["layer_structure"] = struct
+    host = None
+    for t in traces:
+        if t.cpu_only:      # no launch queue on a CPU: its per-op cost is kernel_overhead_us below
+            continue
+        try:
+            host = host_overhead_per_launch(t, step_time_s)
+            break
+        except RoofplanError:
+            continue
+    if host:
+        prof["host_overhead_per_kernel_us"] = round(host[0] * 1e6, 2)
+        evidence["host"] = host[1]
+    elif step_time_s and not any(t.cpu_only for t in traces):
+        raise RoofplanError("--step-time applies to a host-bound step, but no trace has one (GPU busy >= 50% everywhere)")
+    scales = [fit_gemm_scale(t, system, kp) for t in traces]
+    flops = [s[1].get("measured_s", 0.0) for s in scales]
+    if sum(flops) > 0:
+        scale = float(np.average([s[0] for s in scales], weights=flops))
+        prof["gemm_efficiency_scale"] = round(scale, 4)
+        evidence["gemm"] = [s[1] for s in scales]
+    cpu = [t for t in traces if t.cpu_only]
+    if cpu:
+        k_over, n = cpu_op_overhead(cpu[0], step_time_s)
+        prof["kernel_overhead_us"] = round(k_over * 1e6, 3)
+        evidence["cpu_op_overhead"] = {"ops": n, "overhead_s": k_over}
+    prof["description"] = prof.get("description") or f"fitted by roofplan calibrate from {len(traces)} trace(s)"
+    return prof, evidence

@@ -1,0 +1,156 @@
+"""`roofplan predict`: one step of a workload on some hardware."""
+from __future__ import annotations
+
+from simulator.core.errors import RoofplanError
+from simulator.core.models import load_model
+from simulator.core.predict import predict
+from simulator.core.profiles import load_executor_profile, load_kernel_profile
+from simulator.report.tables import add_format_arg, emit, fmt_of
+from simulator.core.specs import load_hardware
+from simulator.core.units import GiB, fmt_bytes, fmt_time
+from simulator.core.workload import Job
+
+
+def add_job_args(p) -> None:
+    """Flags that describe a Job (shared by predict, run and validate)."""
+    p.add_argument("--model", required=True, help="zoo name (roofplan models) or path/to/config.json")
+    p.add_argument("--hardware", required=True, help="GPU or system name (roofplan hw list)")
+    p.add_argument("--phase", required=True, choices=("prefill", "decode", "train"))
+    p.add_argument("--batch", type=int, default=1, help="sequences per step (per data-parallel replica)")
+    p.add_argument("--seq", type=int, default=0, help="prompt / training sequence length (tokens)")
+    p.add_argument("--context", type=int, default=0, help="decode: tokens already in the KV cache")
+    p.add_argument("--dtype", default="bf16", help="compute and weight dtype (bf16, fp16, fp8, fp32)")
+    p.add_argument("--kv-dtype", default="", help="KV cache dtype (default: --dtype)")
+    p.add_argument("--executor", default="default",
+                   help="executor profile (default: kernel time only, as with CUDA graphs; hf-eager: HF transformers eager)")
+    p.add_argument("--kernel-profile", default=None, help="path to a kernel profile .yaml (default: the GPU's own, else the reference)")
+    p.add_argument("--offload", default=None, metavar="weights=cpu", help="stream weights from host memory per layer")
+    p.add_argument("--host-memory", default="pinned", choices=("pinned", "pageable"))
+    p.add_argument("--no-overlap", action="store_true", help="do not overlap weight copies with compute")
+    p.add_argument("--recompute", default="none", choices=("none", "selective", "full"))
+    p.add_argument("--lora-rank", type=int, default=0)
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--dp", type=int, default=1)
+    p.add_argument("--micro-batch", type=int, default=0)
+    p.add_argument("--zero", type=int, default=0)
+
+
+def add_parallel_train_args(p) -> None:
+    """Training-only parallelism flags (simulator.core.parallel); any of them, or more than one GPU,
+    selects the multi-GPU training model."""
+    p.add_argument("--global-batch", type=int, default=0,
+                   help="train: sequences per optimizer step over all replicas (default: --batch x --dp)")
+    p.add_argument("--sp", action="store_true", help="train: Megatron sequence parallelism (with --tp)")
+    p.add_argument("--ep", type=int, default=1,
+                   help="expert-parallel degree (MoE): train: splits --dp; prefill/decode: inside the --tp group")
+    p.add_argument("--cp", type=int, default=1, help="train: context-parallel degree (splits --seq)")
+    p.add_argument("--vpp", type=int, default=1, help="train: virtual pipeline stages per GPU (interleaved 1F1B)")
+
+
+def parse_offload(text: str | None) -> str:
+    """`--offload weights=cpu` -> "cpu" (where the weights live); no flag -> "gpu"."""
+    if not text:
+        return "gpu"
+    key, _, val = text.partition("=")
+    if key != "weights" or val not in ("cpu", "gpu"):
+        raise RoofplanError(f"--offload {text} is not understood; use --offload weights=cpu")
+    return val
+
+
+def job_from_args(args) -> Job:
+    offload = parse_offload(args.offload)
+    return Job(phase=args.phase, batch=args.batch, seq=args.seq, context=args.context, dtype=args.dtype,
+               kv_dtype=args.kv_dtype, recompute=args.recompute, lora_rank=args.lora_rank, tp=args.tp,
+               pp=args.pp, dp=args.dp, micro_batch=args.micro_batch, zero=args.zero,
+               ep=getattr(args, "ep", 1) if args.phase != "train" else 1, offload_weights=offload, host_memory=args.host_memory, overlap=not args.no_overlap)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="predict time and memory of one step")
+    add_job_args(p)
+    add_parallel_train_args(p)
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="write a roofline + memory figure")
+    add_format_arg(p)
+    p.set_defaults(func=cmd_predict)
+
+
+def _uses_parallel_train(args) -> bool:
+    return args.phase == "train" and (args.tp * args.pp * args.dp * args.cp > 1 or args.global_batch
+                                      or args.sp or args.ep > 1 or args.vpp > 1)
+
+
+def cmd_predict_parallel(args) -> int:
+    """Multi-GPU training step through simulator.core.parallel (time terms, memory, FLOP/s per GPU)."""
+    from simulator.core.parallel import ParallelPlan, train_step
+    from simulator.core.specs import system_from_gpu
+    if args.lora_rank or args.offload:
+        raise RoofplanError("--lora-rank and --offload are single-GPU training options; drop them or the parallel flags")
+    model = load_model(args.model)
+    system = load_hardware(args.hardware)
+    n = args.tp * args.pp * args.dp * args.cp
+    if system.gpu_count == 1 and system.name == system.gpu.name and n > 1:
+        system = system_from_gpu(system.gpu, min(n, 8))   # a bare GPU name: one node of such GPUs
+    ex = load_executor_profile(args.executor)
+    kp = load_kernel_profile(system.gpu.name, args.kernel_profile)
+    mb = args.micro_batch or args.batch
+    plan = ParallelPlan(tp=args.tp, pp=args.pp, dp=args.dp, cp=args.cp, ep=args.ep, micro_batch=mb,
+                        global_batch=args.global_batch or args.batch * args.dp, vpp=args.vpp, sp=args.sp,
+                        zero=args.zero, recompute=args.recompute, dtype=args.dtype)
+    step = train_step(model, system, plan, args.seq, ex, kp)
+    terms = step.terms()
+    rows = [[k, fmt_time(v), f"{100 * v / step.time_s:.1f}%"] for k, v in terms.items() if v > 0]
+    mem = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in step.memory.as_dict().items() if v)
+    title = (f"{model.name} train global batch {plan.global_batch} seq {args.seq} on {plan.n_gpus} x {system.gpu.name} "
+             f"({system.name}) tp{plan.tp} pp{plan.pp} dp{plan.dp}" + (f" cp{plan.cp}" if plan.cp > 1 else "")
+             + (f" ep{plan.ep}" if plan.ep > 1 else "") + f" mb{plan.micro_batch} x {plan.n_micro} {plan.schedule}"
+             + (f" v{plan.vpp}" if plan.vpp > 1 else "") + f" zero{plan.zero} recompute {plan.recompute}"
+             + (" sp" if plan.sp else "") + f" ({ex.name} executor)")
+    footer = (f"\nstep time {fmt_time(step.time_s)}  |  {step.tokens_per_s:,.0f} tokens/s\n"
+              f"peak memory {step.peak_memory_bytes / GiB:.2f} GiB per GPU of {system.gpu.mem_bytes / GiB:.0f} GiB "
+              f"({mem}){'' if step.fits else '  -- DOES NOT FIT'}\n"
+              f"model FLOP/s per GPU {step.model_flops_per_gpu_s / 1e12:.0f} T, hardware FLOP/s per GPU "
+              f"{step.hardware_flops_per_gpu_s / 1e12:.0f} T, MFU {100 * step.mfu:.1f}%")
+    if not step.fits:
+        raise RoofplanError(
+            f"{model.name} training does not fit: needs {fmt_bytes(step.peak_memory_bytes)} per GPU but "
+            f"{system.gpu.name} has {fmt_bytes(system.gpu.mem_bytes)} ({mem}); use more --tp/--pp, --zero, "
+            f"--recompute full, --sp or a smaller --micro-batch")
+    emit(fmt_of(args), json_obj={"model": model.name, "hardware": system.name, "phase": "train", **step.as_dict()},
+         rows=rows, header=["term", "time", "share"], title=title, footer=footer)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    if _uses_parallel_train(args):
+        return cmd_predict_parallel(args)
+    if args.phase != "train" and (args.global_batch or args.sp or args.cp > 1 or args.vpp > 1):
+        raise RoofplanError("--global-batch, --sp, --cp and --vpp apply to --phase train only")
+    model = load_model(args.model)
+    system = load_hardware(args.hardware)
+    ex = load_executor_profile(args.executor)
+    kp = load_kernel_profile(system.gpu.name, args.kernel_profile)
+    pred = predict(model, system, job_from_args(args), ex, kp)
+    by = pred.by_class()
+    rows = [[cls, fmt_time(r.time_s), f"{100 * r.share:.1f}%", f"{r.flops / 1e12:.3g}", fmt_bytes(r.bytes)]
+            for cls, r in by.iterrows()]
+    j = pred.job
+    what = f"{model.name} {j.phase} batch {j.batch}" + (f" seq {j.seq}" if j.seq else "") + \
+        (f" context {j.context}" if j.phase == "decode" else "")
+    par = f" tp{j.tp} pp{j.pp} dp{j.dp}" if j.n_gpus > 1 else ""
+    mem = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in pred.memory.as_dict().items() if v)
+    title = f"{what} on {system.name}{par} ({ex.name} executor, kernel profile {kp.fitted_on})"
+    footer = (f"\nstep time {fmt_time(pred.time_s)}  |  {pred.tokens_per_s:,.0f} tokens/s  |  bound: {pred.bound}\n"
+              f"peak memory {pred.peak_memory_bytes / GiB:.2f} GiB per GPU of {system.gpu.mem_bytes / GiB:.0f} GiB ({mem})")
+    if j.phase == "train":
+        d = pred.as_dict()
+        footer += (f"\nmodel FLOP/s per GPU {d['model_flops_per_gpu_s'] / 1e12:.0f} T, hardware FLOP/s per GPU "
+                   f"{d['hardware_flops_per_gpu_s'] / 1e12:.0f} T, MFU {100 * pred.mfu:.1f}%")
+    if pred.transfer_time_s:
+        footer += f"\nhost->GPU weight transfer {fmt_time(pred.transfer_time_s)} per step ({j.host_memory}, overlap {'on' if j.overlap else 'off'})"
+    if getattr(args, "plot", None):
+        from simulator.report.plots import prediction_figure
+        prediction_figure(pred, system, args.plot)
+    emit(fmt_of(args), json_obj=pred.as_dict(), rows=rows, header=["op class", "time", "share", "TFLOP", "bytes"],
+         title=title, footer=footer)
+    return 0

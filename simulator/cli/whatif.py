@@ -1,0 +1,89 @@
+"""`roofplan whatif`: one workload across GPU types and counts -- latency, throughput, memory, $.
+
+The flagship question before renting anything: "Llama-3.1-70B decode on 1/2/4/8 H100 vs A100?"
+Each GPU count uses tensor parallelism inside one node (the Megatron split the core models);
+configurations that do not fit in memory are listed as such, not dropped.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from simulator.core.errors import RoofplanError
+from simulator.core.models import load_model
+from simulator.core.predict import predict
+from simulator.core.pricing import cheapest_price_per_gpu_h
+from simulator.core.profiles import load_executor_profile, load_kernel_profile
+from simulator.report.tables import add_format_arg, emit, fmt_of
+from simulator.core.specs import load_hardware
+from simulator.core.units import GiB, fmt_time
+from simulator.cli.predict import job_from_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("whatif", help="compare one workload across GPUs and GPU counts (latency, tokens/s, memory, $/1M tokens)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--hardware", required=True, help="comma-separated GPU names, e.g. h100-sxm,a100-sxm-80gb")
+    p.add_argument("--gpus", default="1,2,4,8", help="comma-separated GPU counts (tensor parallel degree)")
+    p.add_argument("--phase", default="decode", choices=("prefill", "decode", "train"))
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seq", type=int, default=0)
+    p.add_argument("--context", type=int, default=0)
+    p.add_argument("--dtype", default="bf16")
+    p.add_argument("--executor", default="default")
+    add_format_arg(p)
+    p.set_defaults(func=cmd_whatif)
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise RoofplanError(f"{flag} '{text}' must be comma-separated integers, e.g. 1,2,4,8") from None
+    if not vals or min(vals) < 1:
+        raise RoofplanError(f"{flag} '{text}' must list positive integers")
+    return vals
+
+
+def cmd_whatif(args) -> int:
+    model = load_model(args.model)
+    ex = load_executor_profile(args.executor)
+    base = job_from_args(_with_defaults(args))
+    rows, objs = [], []
+    for hw in [h.strip() for h in args.hardware.split(",") if h.strip()]:
+        system = load_hardware(hw)
+        kp = load_kernel_profile(system.gpu.name)
+        price, instance = cheapest_price_per_gpu_h(system.gpu.name)
+        for n in _ints(args.gpus, "--gpus"):
+            job = replace(base, tp=n)
+            try:
+                p = predict(model, system, job, ex, kp, check_memory=False)
+            except RoofplanError as e:
+                rows.append([hw, n, "-", "-", "-", "-", "-", str(e).split(";")[0]])
+                objs.append({"hardware": hw, "gpus": n, "error": str(e)})
+                continue
+            usd = price * n / 3600 / p.tokens_per_s * 1e6 if price else None
+            fits = p.fits
+            rows.append([hw, n, fmt_time(p.time_s) if fits else "-", f"{p.tokens_per_s:,.0f}" if fits else "-",
+                         f"{p.peak_memory_bytes / GiB:.1f} / {system.gpu.mem_bytes / GiB:.0f}",
+                         f"{usd:.3f}" if usd is not None and fits else "-",
+                         p.bound, "ok" if fits else "does not fit"])
+            objs.append({"hardware": hw, "gpus": n, "time_s": p.time_s, "tokens_per_s": p.tokens_per_s,
+                         "peak_memory_bytes": p.peak_memory_bytes, "gpu_memory_bytes": system.gpu.mem_bytes,
+                         "fits": fits, "bound": p.bound, "usd_per_gpu_h": price, "price_instance": instance,
+                         "usd_per_1m_tokens": usd if fits else None})
+    j = base
+    what = f"{model.name} {j.phase}, batch {j.batch}" + (f", seq {j.seq}" if j.seq else "") + \
+        (f", context {j.context}" if j.phase == "decode" else "") + f", {j.dtype}, tensor parallel over N GPUs"
+    emit(fmt_of(args), json_obj={"workload": what, "results": objs}, rows=rows,
+         header=["GPU", "N", "step time", "tokens/s", "memory GiB/GPU", "$/1M tok", "bound", "status"],
+         title=what, footer="\n$/1M tokens at the cheapest on-demand instance price per GPU-hour in hardware_specs/systems.")
+    return 0
+
+
+def _with_defaults(args):
+    for name, default in (("kv_dtype", ""), ("offload", None), ("host_memory", "pinned"), ("no_overlap", False),
+                          ("recompute", "none"), ("lora_rank", 0), ("tp", 1), ("pp", 1), ("dp", 1),
+                          ("micro_batch", 0), ("zero", 0)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    return args

@@ -1,1 +1,0 @@
-"""CLI command groups (see simulator/cli.py)."""

@@ -1,0 +1,44 @@
+"""Unit conversions. Used only by loaders and printers: the library works in SI base units."""
+
+KiB = 2**10
+MiB = 2**20
+GiB = 2**30
+TiB = 2**40
+KB = 1e3
+MB = 1e6
+GB = 1e9
+TB = 1e12
+TFLOPS = 1e12
+US = 1e-6
+MS = 1e-3
+
+DTYPE_BYTES = {
+    "fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1, "int4": 0.5,
+}
+
+
+def dtype_bytes(dtype: str) -> float:
+    from simulator.core.errors import RoofplanError, did_you_mean
+    try:
+        return DTYPE_BYTES[dtype]
+    except KeyError:
+        raise RoofplanError(
+            f"unknown dtype '{dtype}'{did_you_mean(dtype, DTYPE_BYTES)}; use one of {', '.join(DTYPE_BYTES)}"
+        ) from None
+
+
+def fmt_bytes(n: float) -> str:
+    """Human-readable binary size: 17.5 GiB."""
+    for unit, size in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def fmt_time(t: float) -> str:
+    """Human-readable duration: 8.02 ms."""
+    if t >= 1:
+        return f"{t:.3g} s"
+    if t >= 1e-3:
+        return f"{t * 1e3:.3g} ms"
+    return f"{t * 1e6:.3g} us"

@@ -1,0 +1,589 @@
+"""Online serving on top of the core step model: continuous batching with a KV-cache budget,
+chunked prefill, TTFT and TPOT (means and percentiles) as functions of the arrival rate and the
+request-size mix; aggregated (one instance runs prefill and decode, vLLM / Sarathi-Serve) and
+prefill/decode-disaggregated (DistServe, Zhong et al. OSDI 2024; Splitwise, Patel et al. ISCA 2024)
+deployments.
+
+Step times come from `simulator.core.predict.predict` (one source of truth): `step_tables` evaluates the
+core once per grid point (prefill over prompt length; decode over batch x context) and the serving
+model interpolates (log-log in tokens and batch, linear in context). Tables are built per call,
+never cached globally.
+
+Closed forms (`aggregated`, `disaggregated`), Poisson arrivals at rate lam:
+  prefill service  S_i = prefill(in_i)  (+ ceil(in_i / chunk) x decode(B) when the decode batch
+                   shares the iterations: chunked prefill, Sarathi-Serve, Agrawal et al. OSDI 2024)
+  TTFT wait        Pollaczek-Khinchine M/G/1 mean  W = lam E[S^2] / (2 (1 - rho)),  rho = lam E[S];
+                   tail P(W > t) = rho exp(-rho t / W) (exponential approximation of the M/G/1
+                   waiting time, Kingman); TTFT_i = W + S_i (+ half a decode step: an arrival
+                   joins at the next iteration boundary), percentiles of the mixture.
+  decode batch     Little's law  B = lam E[out] TPOT,  TPOT = decode(B, ctx) / (1 - rho_prefill):
+                   the fixed point is found by bisection; no fixed point below the KV-cache limit
+                   B_max = KV budget / E[in + out] -> unstable.
+`simulate` is a small discrete-event simulation (iteration-level, fixed RNG seed) for checking the
+closed forms and where they fail (bursty long prompts, KV preemption pressure).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulator.core.errors import RoofplanError
+from simulator.core.memory import inference_memory, kv_cache_bytes
+from simulator.core.models import ModelConfig
+from simulator.core.predict import predict
+from simulator.core.profiles import ExecutorProfile, KernelProfile
+from simulator.core.specs import System, system_from_gpu
+from simulator.core.workload import Job
+
+GPU_MEMORY_UTILIZATION = 0.9   # vLLM's default share of device memory it manages (weights + KV)
+PREFILL_GRID = (16, 128, 512, 2048, 8192, 32768)
+DECODE_BATCH_GRID = (1, 4, 16, 64, 256, 1024)
+DECODE_CONTEXT_GRID = (64, 512, 2048, 8192, 32768)
+
+
+@dataclass(frozen=True)
+class StepTables:
+    """Core step times of one serving instance (a model on `tp` GPUs of one type)."""
+    model: str
+    gpu: str
+    tp: int
+    prefill_tokens: np.ndarray    # prompt lengths (tokens)
+    prefill_s: np.ndarray         # time of one prefill of that many tokens
+    decode_batch: np.ndarray
+    decode_context: np.ndarray
+    decode_s: np.ndarray          # [batch, context] time of one decode step
+    kv_bytes_per_token: float     # per GPU
+    kv_budget_tokens: float       # tokens of KV cache the instance can hold
+    max_context: int
+    iteration_overhead_s: float = 0.0   # engine host time per iteration, included in both tables
+    prefill_attn_s: np.ndarray | None = None   # attention share of prefill_s (per prompt: quadratic)
+
+    def prefill_time(self, tokens) -> np.ndarray:
+        """Prefill of `tokens` prompt tokens (log-log interpolation; linear extrapolation above)."""
+        t = np.maximum(np.asarray(tokens, dtype=float), 1.0)
+        x, y = np.log(self.prefill_tokens), np.log(self.prefill_s)
+        out = np.exp(np.interp(np.log(t), x, y))
+        slope = self.prefill_s[-1] / self.prefill_tokens[-1]
+        return np.where(t > self.prefill_tokens[-1], t * slope, out)
+
+    def attention_time(self, tokens) -> np.ndarray:
+        """Attention part of the prefill of one prompt of `tokens` (log-log; quadratic above the grid)."""
+        t = np.maximum(np.asarray(tokens, dtype=float), 1.0)
+        if self.prefill_attn_s is None:
+            return np.zeros_like(t)
+        a = np.maximum(self.prefill_attn_s, 1e-12)
+        out = np.exp(np.interp(np.log(t), np.log(self.prefill_tokens), np.log(a)))
+        return np.where(t > self.prefill_tokens[-1], a[-1] * (t / self.prefill_tokens[-1]) ** 2, out)
+
+    def batch_prefill_time(self, prompts) -> float:
+        """One iteration prefilling several whole prompts together: the GEMMs and the weight reads
+        run once over the summed tokens, attention per prompt (each attends only to itself)."""
+        n = np.asarray(prompts, dtype=float)
+        total = float(n.sum())
+        return float(self.prefill_time(total) - self.attention_time(total) + self.attention_time(n).sum())
+
+    def decode_time(self, batch, context) -> np.ndarray:
+        """One decode step of `batch` sequences with `context` cached tokens each (bilinear in
+        batch x context: step time is close to affine in both; above the grid, linear in batch)."""
+        b = np.maximum(np.asarray(batch, dtype=float), 1.0)
+        c = np.clip(np.asarray(context, dtype=float), self.decode_context[0], self.decode_context[-1])
+        lb = self.decode_batch
+        bb = np.minimum(b, lb[-1])
+        i = np.clip(np.searchsorted(lb, bb) - 1, 0, len(lb) - 2)
+        fb = (bb - lb[i]) / (lb[i + 1] - lb[i])
+        j = np.clip(np.searchsorted(self.decode_context, c) - 1, 0, len(self.decode_context) - 2)
+        fc = (c - self.decode_context[j]) / (self.decode_context[j + 1] - self.decode_context[j])
+        d = self.decode_s
+        t = ((1 - fb) * (1 - fc) * d[i, j] + fb * (1 - fc) * d[i + 1, j]
+             + (1 - fb) * fc * d[i, j + 1] + fb * fc * d[i + 1, j + 1])
+        return t * np.where(b > self.decode_batch[-1], b / self.decode_batch[-1], 1.0)
+
+
+def step_tables(model: ModelConfig, system: System, tp: int = 1, dtype: str = "bf16",
+                executor: ExecutorProfile | None = None, kernels: KernelProfile | None = None,
+                iteration_overhead_s: float = 0.0) -> StepTables:
+    """Evaluate the core `predict` on the prefill and decode grids for one (model, GPU, TP).
+
+    KV budget (vLLM): GPU_MEMORY_UTILIZATION x device memory - weights - workspace - activations
+    of a decode step, divided by the KV bytes of one token on this GPU.
+    `iteration_overhead_s`: host time the serving engine adds to every iteration and does not
+    overlap with the GPU (scheduler, sampler, detokenizer of vLLM V0; 0 for an engine that keeps
+    the GPU fed); added to every prefill and decode step."""
+    gpu = system.gpu
+    L = model.max_positions
+    from simulator.core.profiles import load_executor_profile, load_kernel_profile
+    executor = executor or load_executor_profile("default")
+    kernels = kernels or load_kernel_profile(gpu.name)   # parsed once, not per predict() call
+    kw = dict(executor=executor, kernels=kernels, check_memory=False)
+    base = inference_memory(model, Job("decode", batch=1, context=0, dtype=dtype, tp=tp), executor)
+    kv_tok = kv_cache_bytes(model, Job("decode", batch=1, context=0, dtype=dtype, tp=tp))
+    budget = GPU_MEMORY_UTILIZATION * gpu.mem_bytes - base.weights - base.workspace - base.activations
+    if budget <= 0:
+        raise RoofplanError(
+            f"{model.name} does not fit on {tp} x {gpu.name} for serving: weights need "
+            f"{base.weights / 2**30:.1f} GiB per GPU of {gpu.mem_bytes / 2**30:.0f} GiB; use a larger --tp or another GPU")
+    system = system if system.gpu_count >= tp else system_from_gpu(system.gpu, tp)
+    ptoks = np.array([t for t in PREFILL_GRID if t <= L] or [L], dtype=float)
+    pre, attn = [], []
+    for t in ptoks:
+        p = predict(model, system, Job("prefill", batch=1, seq=int(t), dtype=dtype, tp=tp), **kw)
+        pre.append(p.time_s)
+        attn.append(float(p.ops.loc[p.ops["cls"] == "attention", "time_s"].sum()))
+    ctx = np.array([c for c in DECODE_CONTEXT_GRID if c < L] + [L - 1], dtype=float)
+    ctx = np.unique(ctx)
+    bat = np.array(DECODE_BATCH_GRID, dtype=float)
+    dec = np.array([[predict(model, system, Job("decode", batch=int(b), context=int(c), dtype=dtype, tp=tp), **kw).time_s
+                     for c in ctx] for b in bat])
+    if iteration_overhead_s < 0:
+        raise RoofplanError(f"iteration overhead must be >= 0 s (got {iteration_overhead_s})")
+    per_step = iteration_overhead_s + executor.host_overhead_per_step_s   # the latter is inside predict's times
+    return StepTables(model=model.name, gpu=gpu.name, tp=tp, prefill_tokens=ptoks,
+                      prefill_s=np.array(pre) + iteration_overhead_s, decode_batch=bat, decode_context=ctx,
+                      decode_s=dec + iteration_overhead_s, kv_bytes_per_token=kv_tok,
+                      kv_budget_tokens=budget / kv_tok, max_context=L, iteration_overhead_s=per_step,
+                      prefill_attn_s=np.array(attn))
+
+
+# ---------------------------------------------------------------------------------------------
+# request mix
+
+@dataclass(frozen=True)
+class RequestMix:
+    """Request sizes as weighted points: in_tokens[i], out_tokens[i] with probability weight[i]."""
+    in_tokens: np.ndarray
+    out_tokens: np.ndarray
+    weight: np.ndarray
+
+    @staticmethod
+    def of(in_tokens, out_tokens, weight=None) -> "RequestMix":
+        i = np.atleast_1d(np.asarray(in_tokens, dtype=float))
+        o = np.atleast_1d(np.asarray(out_tokens, dtype=float))
+        w = np.ones_like(i) if weight is None else np.atleast_1d(np.asarray(weight, dtype=float))
+        return RequestMix(i, o, w / w.sum())
+
+    def mean(self, x) -> float:
+        return float(np.sum(self.weight * x))
+
+
+@dataclass(frozen=True)
+class ServingEstimate:
+    rate_rps: float
+    stable: bool
+    reason: str                 # why unstable ("" when stable)
+    ttft_mean_s: float
+    ttft_p50_s: float
+    ttft_p90_s: float
+    ttft_p99_s: float
+    tpot_mean_s: float
+    tpot_p90_s: float
+    tpot_p99_s: float
+    decode_batch: float         # mean running sequences per decode instance
+    utilisation: float          # busy share of the bottleneck instance
+    kv_tokens: float            # mean KV tokens held per decode instance
+
+    def meets(self, slo_ttft_s: float, slo_tpot_s: float, percentile: int = 90) -> bool:
+        if not self.stable:
+            return False
+        return (getattr(self, f"ttft_p{percentile}_s") <= slo_ttft_s
+                and getattr(self, f"tpot_p{percentile}_s") <= slo_tpot_s)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _unstable(rate: float, reason: str) -> ServingEstimate:
+    inf = math.inf
+    return ServingEstimate(rate, False, reason, inf, inf, inf, inf, inf, inf, inf, inf, 1.0, inf)
+
+
+def _quantile_mix(values: np.ndarray, weight: np.ndarray, q: float) -> float:
+    order = np.argsort(values)
+    cw = np.cumsum(weight[order])
+    return float(values[order][min(np.searchsorted(cw, q), len(cw) - 1)])
+
+
+def _normal_mix_quantile(mean: np.ndarray, sd: np.ndarray, weight: np.ndarray, q: float) -> float:
+    """q-quantile of a mixture of normals (sd 0: point masses)."""
+    if not np.any(sd > 0):
+        return _quantile_mix(mean, weight, q)
+    if len(mean) == 1:
+        from statistics import NormalDist
+        return float(mean[0] + NormalDist().inv_cdf(q) * sd[0])
+    def cdf(t):
+        z = np.where(sd > 0, (t - mean) / np.where(sd > 0, sd, 1.0), np.where(t >= mean, np.inf, -np.inf))
+        return float(np.sum(weight * 0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))))
+    lo, hi = float(np.min(mean - 6 * sd)), float(np.max(mean + 6 * sd))
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
+    return hi
+
+
+def _ttft_quantile(service: np.ndarray, weight: np.ndarray, rho: float, wait_mean: float, q: float) -> float:
+    """q-quantile of TTFT = W + S_i with P(W > t) = rho exp(-rho t / W_mean) (W independent of S)."""
+    if len(service) == 1:     # closed form: W_q = (W_mean / rho) ln(rho / (1 - q)) when rho > 1 - q
+        wq = wait_mean / rho * math.log(rho / (1 - q)) if rho > 1 - q and wait_mean > 0 else 0.0
+        return float(service[0]) + wq
+    def tail(t):
+        x = np.maximum(t - service, 0.0)
+        pw = rho * np.exp(-rho * x / wait_mean) if wait_mean > 0 else (x <= 0) * 0.0
+        return float(np.sum(weight * np.where(t < service, 1.0, pw)))
+    lo, hi = float(service.min()), float(service.max()) + 50 * (wait_mean / max(rho, 1e-12) + 1e-6)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if tail(mid) > 1 - q else (lo, mid)
+    return hi
+
+
+def _decode_fixed_point(tables: StepTables, mix: RequestMix, rate: float, slow: float) -> tuple[float, str]:
+    """Mean decode batch B solving B = rate E[out] decode(B, ctx) / slow (Little's law), slow =
+    1 - prefill share of the instance. Returns (B, '') or (inf, reason)."""
+    e_out = mix.mean(mix.out_tokens)
+    ctx = mix.mean(mix.in_tokens + mix.out_tokens / 2)
+    b_max = tables.kv_budget_tokens / max(mix.mean(mix.in_tokens + mix.out_tokens), 1.0)
+    if b_max < 1:
+        return math.inf, f"one request ({mix.mean(mix.in_tokens + mix.out_tokens):.0f} tokens) exceeds the KV cache ({tables.kv_budget_tokens:.0f} tokens)"
+
+    # g(B) = rate E[out] decode(B) / slow - B is > 0 near 0 and decreasing past its root (decode
+    # time grows sublinearly in B); evaluate on a log grid at once, then interpolate the sign change
+    grid = np.geomspace(1e-4, b_max, 400)
+    g = rate * e_out * tables.decode_time(grid, ctx) / slow - grid
+    if g[-1] > 0:
+        return math.inf, f"decode batch would exceed the KV-cache limit of {b_max:.0f} sequences"
+    k = int(np.argmax(g <= 0))
+    if k == 0:
+        return float(grid[0]), ""
+    b0, b1, g0, g1 = grid[k - 1], grid[k], g[k - 1], g[k]
+    return float(b0 + (b1 - b0) * g0 / (g0 - g1)), ""
+
+
+def _estimate(tables_d: StepTables, mix: RequestMix, rate: float, service: np.ndarray, rate_p: float,
+              rho_decode_share: float, batch: float, tpot_scale: float, offset_s: float = 0.0,
+              stall_var_rate: float = 0.0) -> ServingEstimate:
+    w = mix.weight
+    es, es2 = float(np.sum(w * service)), float(np.sum(w * service ** 2))
+    rho = rate_p * es
+    if rho >= 1:
+        return _unstable(rate, f"prefill utilisation {rho:.2f} >= 1")
+    wait = rate_p * es2 / (2 * (1 - rho))
+    tpot_i = tables_d.decode_time(batch, mix.in_tokens + mix.out_tokens / 2) * tpot_scale
+    # prefills landing in a request's decode lifetime L = n TPOT (n = out - 1 gaps) form a compound
+    # Poisson stall: Var(TPOT_i) = lam E[S^2] L / n^2 = stall_var_rate x TPOT_i / n
+    tpot_sd = np.sqrt(stall_var_rate * tpot_i / np.maximum(mix.out_tokens - 1, 1))
+    ttft_q = {q: _ttft_quantile(service, w, rho, wait, q) + offset_s for q in (0.5, 0.9, 0.99)}
+    return ServingEstimate(
+        rate_rps=rate, stable=True, reason="",
+        ttft_mean_s=wait + es + offset_s, ttft_p50_s=ttft_q[0.5], ttft_p90_s=ttft_q[0.9], ttft_p99_s=ttft_q[0.99],
+        tpot_mean_s=float(np.sum(w * tpot_i)), tpot_p90_s=_normal_mix_quantile(tpot_i, tpot_sd, w, 0.9),
+        tpot_p99_s=_normal_mix_quantile(tpot_i, tpot_sd, w, 0.99), decode_batch=batch,
+        utilisation=max(rho, rho_decode_share),
+        kv_tokens=batch * mix.mean(mix.in_tokens + mix.out_tokens / 2))
+
+
+def aggregated(tables: StepTables, mix: RequestMix, rate: float, chunk_tokens: int = 512,
+               chunked_prefill: bool = True) -> ServingEstimate:
+    """One instance serving both phases with continuous batching (formulas in the module
+    docstring). `rate` is requests/s arriving at this instance.
+
+    chunked_prefill=True (Sarathi-Serve, vLLM V1): a prompt runs in chunks of `chunk_tokens` that
+    share their iterations with the decode batch, so its service includes ceil(in / chunk) decode
+    steps. chunked_prefill=False (vLLM V0, the colocated baseline of DistServe): an iteration runs
+    either the waiting prompts or one decode step, prompts first; a prompt's service is its
+    prefill alone and every prefill stalls the whole decode batch (the stall enters TPOT through
+    1 / (1 - rho_prefill) and its compound-Poisson variance)."""
+    if rate <= 0:
+        raise RoofplanError(f"arrival rate must be > 0 (got {rate})")
+    pre = tables.prefill_time(mix.in_tokens)
+    rho_p = rate * mix.mean(pre)
+    if rho_p >= 1:
+        return _unstable(rate, f"prefill alone needs {rho_p:.2f} of the GPU")
+    batch, why = _decode_fixed_point(tables, mix, rate, 1 - rho_p)
+    if why:
+        return _unstable(rate, why)
+    d_b = tables.decode_time(batch, mix.in_tokens + mix.out_tokens / 2)
+    if chunked_prefill:              # a chunk shares its iteration with the running decode batch
+        service = pre + np.ceil(mix.in_tokens / chunk_tokens) * d_b
+    else:
+        service = pre
+    # an arrival joins at the next iteration boundary: mean residual of the running decode step
+    resid = 0.5 * float(np.sum(mix.weight * d_b)) * min(batch, 1.0)
+    stall_var_rate = rate * float(np.sum(mix.weight * pre ** 2))
+    return _estimate(tables, mix, rate, service, rate, 1.0 if batch > 0 else 0.0, batch, 1 / (1 - rho_p), resid,
+                     stall_var_rate)
+
+
+def kv_transfer_time(tables: StepTables, in_tokens, link_Bps: float, latency_s: float = 0.0) -> np.ndarray:
+    """KV cache of the prompt moved prefill -> decode instance: in x kv bytes/token x tp / link."""
+    return np.asarray(in_tokens, dtype=float) * tables.kv_bytes_per_token * tables.tp / link_Bps + latency_s
+
+
+def disaggregated(tables_p: StepTables, tables_d: StepTables, mix: RequestMix, rate: float,
+                  n_prefill: int = 1, n_decode: int = 1, link_Bps: float = 0.0) -> ServingEstimate:
+    """Prefill on `n_prefill` instances (M/G/1 each, load split evenly), decode on `n_decode`
+    instances (continuous batching, no prefill interference); TTFT includes the KV transfer over
+    `link_Bps` (0: no transfer cost, e.g. both on one NVLink node and overlapped)."""
+    if rate <= 0:
+        raise RoofplanError(f"arrival rate must be > 0 (got {rate})")
+    service = tables_p.prefill_time(mix.in_tokens)
+    if link_Bps:
+        service = service + kv_transfer_time(tables_p, mix.in_tokens, link_Bps)
+    rate_d = rate / n_decode
+    batch, why = _decode_fixed_point(tables_d, mix, rate_d, 1.0)
+    if why:
+        return _unstable(rate, why)
+    est = _estimate(tables_d, mix, rate, service, rate / n_prefill, 1.0 if batch > 0 else 0.0, batch, 1.0)
+    return est
+
+
+def prefill_pool(tables: StepTables, mix: RequestMix, rate: float, link_Bps: float = 0.0) -> ServingEstimate:
+    """One prefill-only instance at `rate` (decode capacity elsewhere is ample): TTFT fields only,
+    TPOT fields 0."""
+    if rate <= 0:
+        raise RoofplanError(f"arrival rate must be > 0 (got {rate})")
+    service = tables.prefill_time(mix.in_tokens)
+    if link_Bps:
+        service = service + kv_transfer_time(tables, mix.in_tokens, link_Bps)
+    est = _estimate(tables, mix, rate, service, rate, 0.0, 0.0, 0.0)
+    return est
+
+
+def decode_pool(tables: StepTables, mix: RequestMix, rate: float) -> ServingEstimate:
+    """One decode-only instance at `rate` (prompts arrive prefilled): TPOT fields, TTFT 0."""
+    if rate <= 0:
+        raise RoofplanError(f"arrival rate must be > 0 (got {rate})")
+    batch, why = _decode_fixed_point(tables, mix, rate, 1.0)
+    if why:
+        return _unstable(rate, why)
+    return _estimate(tables, mix, rate, np.zeros_like(mix.in_tokens), 0.0, 1.0, batch, 1.0)
+
+
+def max_rate(estimate, slo_ttft_s: float, slo_tpot_s: float, percentile: int = 90,
+             hi: float = 1.0, rel_tol: float = 1e-3) -> float:
+    """Largest arrival rate r with estimate(r).meets(SLOs) (0 when even a trickle misses them):
+    doubling then bisection (latency grows with load)."""
+    lo = 0.0
+    probe = 1e-6
+    if not estimate(probe).meets(slo_ttft_s, slo_tpot_s, percentile):
+        return 0.0
+    lo = probe
+    while estimate(hi).meets(slo_ttft_s, slo_tpot_s, percentile):
+        lo, hi = hi, hi * 2
+        if hi > 1e7:
+            return lo
+    while hi - lo > rel_tol * hi:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if estimate(mid).meets(slo_ttft_s, slo_tpot_s, percentile) else (lo, mid)
+    return lo
+
+
+# ---------------------------------------------------------------------------------------------
+# discrete-event simulation
+
+@dataclass(frozen=True)
+class SimResult:
+    ttft_s: np.ndarray          # per request
+    tpot_s: np.ndarray          # per request (nan for one-token outputs)
+    in_tokens: np.ndarray
+    out_tokens: np.ndarray
+    iterations: int
+    truncated: bool             # stopped at max_iterations / max_time_s
+
+    def attainment(self, slo_ttft_s: float, slo_tpot_s: float) -> float:
+        ok = (self.ttft_s <= slo_ttft_s) & ((self.tpot_s <= slo_tpot_s) | np.isnan(self.tpot_s))
+        return float(np.mean(ok))
+
+    def percentile(self, name: str, q: float) -> float:
+        x = getattr(self, name)
+        return float(np.nanpercentile(x, q))
+
+
+def sample_requests(mix: RequestMix, rate: float, n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(mix.weight), size=n, p=mix.weight)
+    arrivals = np.cumsum(rng.exponential(1.0 / rate, size=n))
+    return arrivals, mix.in_tokens[idx].astype(int), np.maximum(mix.out_tokens[idx].astype(int), 1)
+
+
+def _run_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, n_out: np.ndarray,
+                  prefilled: bool, chunk_tokens: int, max_iterations: int, deadline_s: float,
+                  chunked_prefill: bool = True):
+    """Iteration-level continuous batching on one instance: admit FCFS while the KV cache can
+    reserve in + out tokens.
+    chunked_prefill=True (vLLM with chunked prefill): each iteration runs the decode batch plus up
+    to `chunk_tokens` prompt tokens; time = prefill(chunk) + decode(batch, mean context)
+    (Sarathi-Serve hybrid batches cost about the sum of their parts when the chunk is compute-bound).
+    chunked_prefill=False (vLLM V0 scheduler): when prompts wait, the iteration prefills whole
+    prompts, FCFS, up to `chunk_tokens` tokens (max_num_batched_tokens; at least one prompt) and no
+    decode runs; otherwise it is one decode step of the batch. Prompts of one iteration cost
+    `StepTables.batch_prefill_time` (weights read once, attention per prompt).
+    Returns (first-token time, finish time, iterations, truncated)."""
+    n = len(arrive)
+    n_in, n_out = n_in.tolist(), n_out.tolist()
+    first = np.full(n, np.nan)
+    finish = np.full(n, np.nan)
+    done_pre = [0] * n if not prefilled else list(n_in)
+    gen = [0] * n if not prefilled else [1] * n
+    if prefilled:
+        first[:] = arrive
+    budget = tables.kv_budget_tokens
+    # dense lookups so one iteration costs no numpy call: decode over batch 1..max x 64 contexts,
+    # prefill over 0..chunk tokens
+    b_cap = int(min(max(budget / max(min(i + o for i, o in zip(n_in, n_out)), 1), 1), 4096)) + 1
+    ctx_step = max(tables.max_context / 63, 1.0)
+    dec_tab = tables.decode_time(np.arange(b_cap + 1)[:, None], (np.arange(64) * ctx_step)[None, :]).tolist()
+    longest = chunk_tokens if chunked_prefill else max(chunk_tokens, max(n_in))
+    pre_tab = tables.prefill_time(np.arange(longest + 1)).tolist()
+    overhead = tables.iteration_overhead_s
+    t, nxt, used, it = 0.0, 0, 0.0, 0
+    running: list[int] = []
+    finished = 0
+    while finished < n:
+        if it >= max_iterations or t > deadline_s:
+            return first, finish, it, True
+        while nxt < n and arrive[nxt] <= t and used + n_in[nxt] + n_out[nxt] <= budget:
+            running.append(nxt)
+            used += n_in[nxt] + n_out[nxt]
+            nxt += 1
+        if not running:
+            if nxt < n and n_in[nxt] + n_out[nxt] > budget:
+                raise RoofplanError(f"a request of {n_in[nxt] + n_out[nxt]} tokens exceeds the KV cache of "
+                                    f"{budget:.0f} tokens on {tables.tp} x {tables.gpu}; use a larger --tp or GPU")
+            t = max(t, arrive[nxt])
+            continue
+        dec = [r for r in running if done_pre[r] >= n_in[r]]
+        chunk_left = chunk_tokens
+        pre_tok = 0
+        pre_done_now = []
+        dt = 0.0
+        if chunked_prefill:
+            for r in running:
+                if done_pre[r] < n_in[r] and chunk_left > 0:
+                    take = min(chunk_left, n_in[r] - done_pre[r])
+                    done_pre[r] += take
+                    chunk_left -= take
+                    pre_tok += take
+                    if done_pre[r] >= n_in[r]:
+                        pre_done_now.append(r)
+            if pre_tok:
+                dt += pre_tab[pre_tok] - (overhead if dec else 0.0)   # one iteration: one overhead
+        else:
+            for r in running:
+                if done_pre[r] < n_in[r]:
+                    if pre_done_now and n_in[r] > chunk_left:
+                        break      # FCFS: the next prompt waits for the next iteration
+                    chunk_left -= n_in[r]
+                    done_pre[r] = n_in[r]
+                    pre_done_now.append(r)
+            if pre_done_now:
+                dec = []       # prompts first: the decode batch waits for this iteration
+                dt += (pre_tab[n_in[pre_done_now[0]]] if len(pre_done_now) == 1
+                       else tables.batch_prefill_time([n_in[r] for r in pre_done_now]))
+        if dec:
+            ctx = sum(n_in[r] + gen[r] for r in dec) / len(dec)
+            dt += dec_tab[min(len(dec), b_cap)][min(int(ctx / ctx_step + 0.5), 63)]
+        t += dt
+        it += 1
+        for r in pre_done_now:
+            first[r] = t
+            gen[r] = 1
+        for r in dec:
+            gen[r] += 1
+        still = []
+        for r in running:
+            if done_pre[r] >= n_in[r] and gen[r] >= n_out[r]:
+                finish[r] = t
+                used -= n_in[r] + n_out[r]
+                finished += 1
+            else:
+                still.append(r)
+        running = still
+    return first, finish, it, False
+
+
+def _run_prefill_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, batch_tokens: int) -> np.ndarray:
+    """A prefill-only instance (DistServe's context stage): FCFS, each iteration prefills every
+    waiting prompt up to `batch_tokens` tokens (at least one) in one batch. Returns the time each
+    prompt's first token is out."""
+    n = len(arrive)
+    done = np.empty(n)
+    t, i = 0.0, 0
+    while i < n:
+        t = max(t, arrive[i])
+        j, tok = i + 1, int(n_in[i])
+        while j < n and arrive[j] <= t and tok + n_in[j] <= batch_tokens:
+            tok += int(n_in[j])
+            j += 1
+        t += tables.batch_prefill_time(n_in[i:j])
+        done[i:j] = t
+        i = j
+    return done
+
+
+def simulate(tables: StepTables, mix: RequestMix, rate: float, n_requests: int = 1000, seed: int = 0,
+             **kw) -> SimResult:
+    """Discrete-event simulation of `n_requests` Poisson arrivals drawn from `mix` (seeded); `kw`
+    go to `replay`."""
+    if rate <= 0 or n_requests < 1:
+        raise RoofplanError("simulate needs rate > 0 and n_requests >= 1")
+    arrive, n_in, n_out = sample_requests(mix, rate, n_requests, seed)
+    return replay(tables, arrive, n_in, n_out, **kw)
+
+
+def replay(tables: StepTables, arrive, n_in, n_out, chunk_tokens: int = 512,
+           tables_decode: StepTables | None = None, n_prefill: int = 1, n_decode: int = 1,
+           link_Bps: float = 0.0, max_iterations: int = 2_000_000, max_time_s: float = 1e6,
+           chunked_prefill: bool = True, prefill_batch_tokens: int = 8192) -> SimResult:
+    """Discrete-event simulation of given requests (arrival times in s, sorted; prompt and output
+    tokens), e.g. a measured trace. Aggregated when `tables_decode` is None (scheduling policy
+    `chunked_prefill`, see `_run_instance`); otherwise prefill instances (DistServe's context stage:
+    FCFS batches of up to `prefill_batch_tokens`, `_run_prefill_instance`) hand the KV cache to
+    decode instances (round-robin), as in DistServe."""
+    arrive = np.asarray(arrive, dtype=float)
+    n_in = np.asarray(n_in, dtype=int)
+    n_out = np.maximum(np.asarray(n_out, dtype=int), 1)
+    n_requests = len(arrive)
+    if n_requests < 1 or len(n_in) != n_requests or len(n_out) != n_requests:
+        raise RoofplanError("replay needs one prompt and one output length per arrival (at least one request)")
+    if np.any(np.diff(arrive) < 0):
+        raise RoofplanError("replay needs arrival times sorted ascending")
+    if tables_decode is None:
+        first, finish, it, trunc = _run_instance(tables, arrive, n_in, n_out, False, chunk_tokens,
+                                                 max_iterations, max_time_s, chunked_prefill)
+    else:
+        xfer = kv_transfer_time(tables, n_in, link_Bps) if link_Bps else np.zeros(n_requests)
+        first = np.empty(n_requests)
+        for k in range(n_prefill):
+            sel = np.arange(k, n_requests, n_prefill)
+            first[sel] = _run_prefill_instance(tables, arrive[sel], n_in[sel], prefill_batch_tokens) + xfer[sel]
+        finish = np.full(n_requests, np.nan)
+        it, trunc = 0, False
+        for k in range(n_decode):
+            sel = np.arange(k, n_requests, n_decode)
+            order = sel[np.argsort(first[sel], kind="stable")]
+            _, fin, i_k, t_k = _run_instance(tables_decode, first[order], n_in[order], n_out[order], True,
+                                             chunk_tokens, max_iterations, max_time_s)
+            finish[order] = fin
+            it += i_k
+            trunc = trunc or t_k
+    ttft = first - arrive
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(n_out > 1, (finish - first) / (n_out - 1), np.nan)
+    return SimResult(ttft_s=ttft, tpot_s=tpot, in_tokens=n_in, out_tokens=n_out, iterations=it, truncated=trunc)
+
+
+def max_rate_simulated(tables: StepTables, mix: RequestMix, slo_ttft_s: float, slo_tpot_s: float,
+                       percentile: int = 90, n_requests: int = 800, seed: int = 0, hi: float = 64.0,
+                       rel_tol: float = 0.02, **sim_kw) -> float:
+    """Largest Poisson rate whose simulated P`percentile` TTFT and TPOT (over requests, DistServe's
+    definition) meet the SLOs: bisection on `simulate` with a fixed seed (`sim_kw` go to it)."""
+    def ok(rate: float) -> bool:
+        sim = simulate(tables, mix, rate, n_requests=n_requests, seed=seed, **sim_kw)
+        return (not sim.truncated and sim.percentile("ttft_s", percentile) <= slo_ttft_s
+                and sim.percentile("tpot_s", percentile) <= slo_tpot_s)
+    lo = 0.0
+    while hi - lo > rel_tol * hi:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
