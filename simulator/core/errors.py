@@ -1,9 +1,33 @@
-"""User-facing errors: one line that names the input, the field and the fix."""
+"""User-facing errors: one line that names the input, the field and the fix.
+
+The library speaks in its own terms: a `FieldError` names the field of a Job, plan or spec
+(`tp`, `micro_batch`, ...) and its value. Only the CLI knows flags: `simulator.cli.main`
+renders a FieldError with the flag that sets the field (`--tp`, `--micro-batch`).
+"""
 import difflib
 
 
 class RoofplanError(Exception):
     """Bad input from the user. The CLI prints the message on one line and exits with code 2."""
+
+
+class FieldError(RoofplanError):
+    """A field of a Job, plan or spec has a value the model cannot use.
+
+    str(e) reads "tp = 3: does not divide the 32 heads; use a divisor"; `for_flags(flag_of)`
+    spells the field as the caller's flag ("--tp 3: ...").
+    """
+
+    def __init__(self, field: str, value, problem: str, fix: str = ""):
+        self.field, self.value, self.problem, self.fix = field, value, problem, fix
+        super().__init__(self.render(f"{field} ="))
+
+    def render(self, name: str) -> str:
+        return f"{name} {self.value}: {self.problem}" + (f"; {self.fix}" if self.fix else "")
+
+    def for_flags(self, flag_of) -> str:
+        """The message with the field spelled by `flag_of(field)` (e.g. "--micro-batch")."""
+        return self.render(flag_of(self.field))
 
 
 def did_you_mean(name: str, choices) -> str:
