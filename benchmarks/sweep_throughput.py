@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from simulator.core.models import load_model  # noqa: E402
 from simulator.core.profiles import load_executor_profile, load_kernel_profile  # noqa: E402
 from simulator.core.specs import load_hardware  # noqa: E402
-from simulator.sweep import predict_many  # noqa: E402
+from simulator.core.predict import predict_many  # noqa: E402
 from simulator.core.workload import Job  # noqa: E402
 
 

@@ -46,7 +46,7 @@ from simulator.core.models import load_model
 from simulator.core.predict import predict
 from simulator.core.pricing import cheapest_price_per_gpu_h
 from simulator.core.specs import load_hardware
-from simulator.sweep import predict_many
+from simulator.core.predict import predict_many
 from simulator.core.units import GiB
 from simulator.core.workload import Job
 

@@ -4,15 +4,15 @@ Space: tp in the divisors of the node size that divide the heads; pp dividing th
 tp x pp dividing N; dp = N / (tp pp); micro-batch in 1, 2, 4, 8 (dividing the per-replica batch);
 schedule 1F1B or interleaved with v = 2, 4 virtual stages; ZeRO 0-3 (0-1 with pp > 1, as
 DeepSpeed and Megatron allow); recompute none / selective / full; sequence parallel on or off
-(tp > 1). The per-layer kernel times depend only on (tp, micro-batch), so the core times them
-once per pair (simulator.core.parallel.stage_times) and every other term is a numpy formula over the
-rest of the grid (simulator.core.parallel.step_time_terms / memory_terms, the same functions
-`train_step` uses for one plan). Plans that do not fit in GPU memory are dropped; the rest are
+(tp > 1). The per-layer kernel times depend only on (tp, micro-batch, sp), so the core times
+them once per triple (simulator.core.step.stage_times) and every other term is a numpy formula
+over the rest of the grid (simulator.core.step.train_terms and simulator.core.memory.memory_terms,
+the same functions `predict` and `train_step` use for one plan). Plans that do not fit in GPU memory are dropped; the rest are
 ranked by step time (throughput) or by GPU-hours per token over N and its halvings (cost); each
 plan is explained against the best by the time terms that differ most.
 
-ZeRO-3 parameter gathers are assumed hidden behind compute whenever they are shorter (perfect
-prefetch, as DeepSpeed and FSDP intend): an upper bound. Narayanan et al. 2021 (Fig. 10) measured
+ZeRO-3 parameter gathers run on the communication stream beside compute (perfect prefetch, as
+DeepSpeed and FSDP intend; each micro-batch takes the longer of the two): an upper bound. Narayanan et al. 2021 (Fig. 10) measured
 DeepSpeed ZeRO-3 70% slower than PTD-P for GPT-3 175B at 1536 GPUs; `--zero 0,1` keeps the search
 to Megatron-style plans.
 """
@@ -27,14 +27,16 @@ import pandas as pd
 
 from simulator.core.errors import RoofplanError
 from simulator.core.models import ModelConfig
-from simulator.core.parallel import (RECOMPUTE, ParallelPlan, memory_terms, optimizer_seconds_per_param,
-                                stage_times, step_time_terms, train_flops)
+from simulator.core.memory import memory_terms
+from simulator.core.parallel import RECOMPUTE, ParallelPlan
+from simulator.core.step import TRAIN_TERMS, optimizer_seconds_per_param, stage_times, train_flops, train_terms
+from simulator.core.workload import Job
 from simulator.core.profiles import ExecutorProfile, KernelProfile, load_executor_profile, load_kernel_profile
 from simulator.core.specs import System
 
 MICRO_BATCHES = (1, 2, 4, 8)
 VPPS = (1, 2, 4)
-TERMS = ("compute", "recompute", "bubble", "tp_comm", "pp_comm", "dp_comm", "ep_comm", "optimizer")
+TERMS = tuple(k for k in TRAIN_TERMS if k != "cp_comm")   # the planner keeps cp = 1
 OBJECTIVES = ("throughput", "cost")
 
 
@@ -80,7 +82,7 @@ def _score(model, system, seq, ex, opt, N, tp, mb, grid, st):
     pp, dp, m, v, zero, sp = grid.T
     frames = []
     for rc in RECOMPUTE:
-        t = step_time_terms(model, system, seq, st, tp, pp, dp, 1, 1, mb, m, v, zero, rc, True, 2.0, opt)
+        t = train_terms(model, system, seq, st, tp, pp, dp, 1, 1, mb, m, v, zero, rc, True, opt)
         mem = memory_terms(model, seq, ex, tp, pp, dp, 1, 1, mb, m, v, sp.astype(bool), zero, rc)
         total_mem = sum(np.broadcast_to(x, pp.shape).astype(float) for x in mem.values())
         df = pd.DataFrame({"gpus": N, "tp": tp, "pp": pp, "dp": dp, "micro_batch": mb, "n_micro": m,
@@ -88,7 +90,6 @@ def _score(model, system, seq, ex, opt, N, tp, mb, grid, st):
                            "time_s": t["time"], "memory_bytes": total_mem})
         for k in TERMS:
             df[f"{k}_s"] = np.broadcast_to(t[k], pp.shape)
-        df["compute_s"] = df["compute_s"] - df["recompute_s"]
         frames.append(df)
     return frames, len(grid) * len(RECOMPUTE)
 
@@ -133,7 +134,8 @@ def search(model: ModelConfig, system: System, n_gpus: int, global_batch: int, s
                     if not len(rows):
                         continue
                     if (tp, mb, sp_on) not in cache:
-                        cache[tp, mb, sp_on] = stage_times(model, system, seq, tp, mb, 1, ex, kp, sp=sp_on)
+                        job = Job(phase="train", batch=mb, seq=seq, tp=tp, micro_batch=mb, sp=sp_on)
+                        cache[tp, mb, sp_on] = stage_times(model, system, job, ex, kp)
                     frames_, n_ = _score(model, system, seq, ex, opt, N, tp, mb, rows, cache[tp, mb, sp_on])
                     frames += frames_
                     evaluated += n_

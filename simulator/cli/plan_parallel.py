@@ -11,7 +11,6 @@ from planners.parallel import OBJECTIVES, search
 
 
 def register(sub) -> None:
-    from simulator.report.tables import add_format_arg
     p = plan_subparsers(sub).add_parser(
         "parallel", help="best training parallelism (tp, pp, dp, micro-batch, schedule, ZeRO, recompute, SP) for N GPUs")
     p.add_argument("--model", required=True, help="zoo name (roofplan models) or path/to/config.json")

@@ -37,8 +37,8 @@ def add_job_args(p) -> None:
 
 
 def add_parallel_train_args(p) -> None:
-    """Training-only parallelism flags (simulator.core.parallel); any of them, or more than one GPU,
-    selects the multi-GPU training model."""
+    """Parallelism flags beyond --tp/--pp/--dp (Job fields; one GPU is the plan tp = pp = dp = 1, so
+    every training job goes through the same model)."""
     p.add_argument("--global-batch", type=int, default=0,
                    help="train: sequences per optimizer step over all replicas (default: --batch x --dp)")
     p.add_argument("--sp", action="store_true", help="train: Megatron sequence parallelism (with --tp)")
@@ -59,11 +59,22 @@ def parse_offload(text: str | None) -> str:
 
 
 def job_from_args(args) -> Job:
+    """The Job the flags describe. Training: --global-batch (all replicas) sets the per-replica
+    --batch as global / dp."""
     offload = parse_offload(args.offload)
-    return Job(phase=args.phase, batch=args.batch, seq=args.seq, context=args.context, dtype=args.dtype,
+    batch = args.batch
+    global_batch = getattr(args, "global_batch", 0)
+    if global_batch:
+        if args.phase != "train":
+            raise RoofplanError("--global-batch applies to --phase train only")
+        if global_batch % args.dp:
+            raise RoofplanError(f"--global-batch {global_batch} is not a multiple of --dp {args.dp}")
+        batch = global_batch // args.dp
+    return Job(phase=args.phase, batch=batch, seq=args.seq, context=args.context, dtype=args.dtype,
                kv_dtype=args.kv_dtype, recompute=args.recompute, lora_rank=args.lora_rank, tp=args.tp,
-               pp=args.pp, dp=args.dp, micro_batch=args.micro_batch, zero=args.zero,
-               ep=getattr(args, "ep", 1) if args.phase != "train" else 1, offload_weights=offload, host_memory=args.host_memory, overlap=not args.no_overlap)
+               pp=args.pp, dp=args.dp, micro_batch=args.micro_batch, zero=args.zero, ep=getattr(args, "ep", 1),
+               cp=getattr(args, "cp", 1), vpp=getattr(args, "vpp", 1), sp=getattr(args, "sp", False),
+               offload_weights=offload, host_memory=args.host_memory, overlap=not args.no_overlap)
 
 
 def register(sub) -> None:
@@ -75,57 +86,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_predict)
 
 
-def _uses_parallel_train(args) -> bool:
-    return args.phase == "train" and (args.tp * args.pp * args.dp * args.cp > 1 or args.global_batch
-                                      or args.sp or args.ep > 1 or args.vpp > 1)
-
-
-def cmd_predict_parallel(args) -> int:
-    """Multi-GPU training step through simulator.core.parallel (time terms, memory, FLOP/s per GPU)."""
-    from simulator.core.parallel import ParallelPlan, train_step
-    from simulator.core.specs import system_from_gpu
-    if args.lora_rank or args.offload:
-        raise RoofplanError("--lora-rank and --offload are single-GPU training options; drop them or the parallel flags")
-    model = load_model(args.model)
-    system = load_hardware(args.hardware)
-    n = args.tp * args.pp * args.dp * args.cp
-    if system.gpu_count == 1 and system.name == system.gpu.name and n > 1:
-        system = system_from_gpu(system.gpu, min(n, 8))   # a bare GPU name: one node of such GPUs
-    ex = load_executor_profile(args.executor)
-    kp = load_kernel_profile(system.gpu.name, args.kernel_profile)
-    mb = args.micro_batch or args.batch
-    plan = ParallelPlan(tp=args.tp, pp=args.pp, dp=args.dp, cp=args.cp, ep=args.ep, micro_batch=mb,
-                        global_batch=args.global_batch or args.batch * args.dp, vpp=args.vpp, sp=args.sp,
-                        zero=args.zero, recompute=args.recompute, dtype=args.dtype)
-    step = train_step(model, system, plan, args.seq, ex, kp)
-    terms = step.terms()
-    rows = [[k, fmt_time(v), f"{100 * v / step.time_s:.1f}%"] for k, v in terms.items() if v > 0]
-    mem = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in step.memory.as_dict().items() if v)
-    title = (f"{model.name} train global batch {plan.global_batch} seq {args.seq} on {plan.n_gpus} x {system.gpu.name} "
-             f"({system.name}) tp{plan.tp} pp{plan.pp} dp{plan.dp}" + (f" cp{plan.cp}" if plan.cp > 1 else "")
-             + (f" ep{plan.ep}" if plan.ep > 1 else "") + f" mb{plan.micro_batch} x {plan.n_micro} {plan.schedule}"
-             + (f" v{plan.vpp}" if plan.vpp > 1 else "") + f" zero{plan.zero} recompute {plan.recompute}"
-             + (" sp" if plan.sp else "") + f" ({ex.name} executor)")
-    footer = (f"\nstep time {fmt_time(step.time_s)}  |  {step.tokens_per_s:,.0f} tokens/s\n"
-              f"peak memory {step.peak_memory_bytes / GiB:.2f} GiB per GPU of {system.gpu.mem_bytes / GiB:.0f} GiB "
-              f"({mem}){'' if step.fits else '  -- DOES NOT FIT'}\n"
-              f"model FLOP/s per GPU {step.model_flops_per_gpu_s / 1e12:.0f} T, hardware FLOP/s per GPU "
-              f"{step.hardware_flops_per_gpu_s / 1e12:.0f} T, MFU {100 * step.mfu:.1f}%")
-    if not step.fits:
-        raise RoofplanError(
-            f"{model.name} training does not fit: needs {fmt_bytes(step.peak_memory_bytes)} per GPU but "
-            f"{system.gpu.name} has {fmt_bytes(system.gpu.mem_bytes)} ({mem}); use more --tp/--pp, --zero, "
-            f"--recompute full, --sp or a smaller --micro-batch")
-    emit(fmt_of(args), json_obj={"model": model.name, "hardware": system.name, "phase": "train", **step.as_dict()},
-         rows=rows, header=["term", "time", "share"], title=title, footer=footer)
-    return 0
-
-
 def cmd_predict(args) -> int:
-    if _uses_parallel_train(args):
-        return cmd_predict_parallel(args)
-    if args.phase != "train" and (args.global_batch or args.sp or args.cp > 1 or args.vpp > 1):
-        raise RoofplanError("--global-batch, --sp, --cp and --vpp apply to --phase train only")
     model = load_model(args.model)
     system = load_hardware(args.hardware)
     ex = load_executor_profile(args.executor)
@@ -137,15 +98,20 @@ def cmd_predict(args) -> int:
     j = pred.job
     what = f"{model.name} {j.phase} batch {j.batch}" + (f" seq {j.seq}" if j.seq else "") + \
         (f" context {j.context}" if j.phase == "decode" else "")
-    par = f" tp{j.tp} pp{j.pp} dp{j.dp}" if j.n_gpus > 1 else ""
+    par = f" tp{j.tp} pp{j.pp} dp{j.dp}" + (f" cp{j.cp}" if j.cp > 1 else "") + (f" ep{j.ep}" if j.ep > 1 else "") \
+        if j.n_gpus > 1 or j.ep > 1 else ""
+    if j.phase == "train":
+        par += (f" mb{j.micro_batch} x {j.n_micro}" + (f" v{j.vpp}" if j.vpp > 1 else "") + f" zero{j.zero}"
+                + f" recompute {j.recompute}" + (" sp" if j.sp else "") + (f" lora r{j.lora_rank}" if j.lora_rank else ""))
     mem = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in pred.memory.as_dict().items() if v)
     title = f"{what} on {system.name}{par} ({ex.name} executor, kernel profile {kp.fitted_on})"
     footer = (f"\nstep time {fmt_time(pred.time_s)}  |  {pred.tokens_per_s:,.0f} tokens/s  |  bound: {pred.bound}\n"
               f"peak memory {pred.peak_memory_bytes / GiB:.2f} GiB per GPU of {system.gpu.mem_bytes / GiB:.0f} GiB ({mem})")
     if j.phase == "train":
-        d = pred.as_dict()
-        footer += (f"\nmodel FLOP/s per GPU {d['model_flops_per_gpu_s'] / 1e12:.0f} T, hardware FLOP/s per GPU "
-                   f"{d['hardware_flops_per_gpu_s'] / 1e12:.0f} T, MFU {100 * pred.mfu:.1f}%")
+        terms = ", ".join(f"{k} {fmt_time(v)}" for k, v in pred.time_terms.items() if v > 0)
+        footer += (f"\nstep terms: {terms}"
+                   f"\nmodel FLOP/s per GPU {pred.model_flops_per_gpu_s / 1e12:.0f} T, hardware FLOP/s per GPU "
+                   f"{pred.hardware_flops_per_gpu_s / 1e12:.0f} T, MFU {100 * pred.mfu:.1f}%")
     if pred.transfer_time_s:
         footer += f"\nhost->GPU weight transfer {fmt_time(pred.transfer_time_s)} per step ({j.host_memory}, overlap {'on' if j.overlap else 'off'})"
     if getattr(args, "plot", None):

@@ -1,63 +1,27 @@
-"""Multi-GPU training step: time and per-GPU memory of a (tp, pp, dp, cp, ep, sp, ZeRO, recompute,
-micro-batch, schedule) plan, built on the core op lists and time model (so calibration carries).
+"""A multi-GPU training plan (tp, pp, dp, cp, ep, sp, ZeRO, recompute, micro-batch, schedule) as
+the planners and notebooks describe it, its validation, and `train_step`: the plan's Job through
+the one step assembler (simulator.core.step: time terms on a two-stream timeline) and the one
+memory model (simulator.core.memory: model states, Korthikanti et al. 2022 activations, 1F1B
+in-flight micro-batches). `predict` on the same Job gives the same numbers.
 
-Time per step (the busiest pipeline stage; Narayanan et al. 2021, "Efficient Large-Scale Language
-Model Training on GPU Clusters Using Megatron-LM", sec. 2.2 and 3):
-  t_mb      = forward + backward (+ recompute) of one micro-batch on one stage, from
-              simulator.core.ops / simulator.core.roofline.time_ops (tensor-parallel shards, TP collectives
-              from simulator.core.comm: 2 all-reduces forward + 2 backward per layer, or the same volume
-              as all-gather + reduce-scatter with sequence parallelism)
-  m         = global_batch / (dp x micro_batch)         micro-batches per step
-  bubble    = (pp - 1) / v x t_mb                        1F1B; v virtual stages (interleaved)
-  pp p2p    = 2 v m x t_send + 2 (pp - 1) t_send         activations forward, gradients backward,
-              t_send = p2p of micro_batch x seq x hidden (/ tp: Megatron's scatter-gather)
-  dp        = all-reduce (ZeRO 0) or reduce-scatter + all-gather (ZeRO 1/2) of this stage's
-              gradients, exposed beyond the last micro-batch's backward when overlapped; ZeRO-3
-              adds per-micro-batch parameter all-gathers (forward and backward), prefetched
-  ep        = 4 all-to-alls per MoE layer per micro-batch (dispatch + combine, forward + backward)
-  step      = m t_mb + bubble + pp p2p + dp (exposed) + ep + optimizer
-
-Memory per GPU (first pipeline stage, the fullest):
-  model states per parameter: 2 (bf16 weights) + 4 (fp32 gradient, Megatron main_grad)
-  + 12 (fp32 master, Adam m, v) = 18 B; ZeRO (Rajbhandari et al. 2020) shards the 12 over dp at
-  stage >= 1, the gradient at >= 2 and the weights at 3 (plus two gathered layers in flight).
-  activations: GPT-style models (LayerNorm, biases, dropout: Korthikanti et al. 2022, "Reducing
-  Activation Recomputation in Large Transformer Models", Table 2) per layer, in bytes
-      no parallelism            s b h (34 + 5 a s / h)
-      tensor parallel           s b h (10 + 24/t + 5 a s / (h t))
-      + sequence parallel       s b h (34 + 5 a s / h) / t
-      selective recompute       s b h (10 + 24/t)          (with SP: 34 s b h / t)
-      full recompute            2 s b h                    (with SP: 2 s b h / t)
-  (a heads, s sequence, b micro-batch, h hidden, t tp); other families use the core's per-tensor
-  count (simulator.core.memory), divided by t for every tensor with SP. The first 1F1B stage holds
-  min(pp, m) micro-batches of its layers, x (1 + (pp - 1)/(pp v)) interleaved (Korthikanti eq. 5).
-
-FLOPs: model FLOPs = 3 x forward FLOPs of the whole batch with the full attention square
-(Megatron's convention): for GPT 72 B s l h^2 (1 + s/6h + V/12lh); hardware FLOPs add the
-recomputed forward: full recompute -> 96 B s l h^2 (1 + s/6h + V/16lh) (Narayanan et al. 2021,
-eq. 3).
+Also here: DeepSpeed's ZeRO memory estimators, kept to check the memory model against them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.core.comm import collective_time
 from simulator.core.errors import RoofplanError
-from simulator.core.memory import MemoryBreakdown, saved_activation_bytes_per_token_layer
+from simulator.core.memory import MemoryBreakdown
+from simulator.core.memory import training_memory as core_training_memory
 from simulator.core.models import ModelConfig
-from simulator.core.ops import backward_ops, forward_ops, layer_forward_ops, loss_ops, optimizer_ops
 from simulator.core.profiles import ExecutorProfile, KernelProfile, load_executor_profile, load_kernel_profile
-from simulator.core.roofline import time_ops
 from simulator.core.specs import System
-from simulator.core.units import DTYPE_BYTES
+from simulator.core.step import train_cost, train_flops
 from simulator.core.workload import Job
 
 RECOMPUTE = ("none", "selective", "full")
-MASTER_ADAM_BYTES = 12.0     # fp32 master weights + Adam m + v per parameter
-ATTENTION_OPS = ("attention", "attn_qk", "attn_scores", "attn_av")   # what selective recompute redoes
-GRAD_BYTES = 4.0             # fp32 gradient (Megatron main_grad; the core's training memory too)
 
 
 @dataclass(frozen=True)
@@ -91,6 +55,12 @@ class ParallelPlan:
     @property
     def schedule(self) -> str:
         return "interleaved" if self.vpp > 1 else "1f1b"
+
+    def job(self, seq: int) -> Job:
+        """The training Job of this plan (batch = sequences per data-parallel replica)."""
+        return Job(phase="train", batch=self.global_batch // self.dp, seq=seq, dtype=self.dtype,
+                   recompute=self.recompute, tp=self.tp, pp=self.pp, dp=self.dp, cp=self.cp, ep=self.ep,
+                   micro_batch=self.micro_batch, zero=self.zero, vpp=self.vpp, sp=self.sp)
 
 
 @dataclass(frozen=True)
@@ -201,288 +171,31 @@ def validate_plan(plan: ParallelPlan, model: ModelConfig, system: System, seq: i
 
 
 # --------------------------------------------------------------------------------------------
-# per-layer times from the core
-
-
-@dataclass(frozen=True)
-class StageTimes:
-    """Seconds for one micro-batch on one GPU (core time model), by layer kind and stage end."""
-    layer_fwd: float          # dense layer, compute only
-    layer_bwd: float
-    layer_attn_fwd: float     # attention kernel(s) of the forward (selective recompute)
-    layer_tp_comm: float      # forward + backward TP collectives of one layer
-    moe_fwd: float
-    moe_bwd: float
-    moe_attn_fwd: float
-    moe_tp_comm: float
-    embed: float              # embedding forward + backward (first stage)
-    head: float               # final norm + LM head + loss, forward + backward (last stage)
-
-
-def _split(df):
-    comm = df["cls"] == "communication"
-    return float(df.loc[~comm, "time_s"].sum()), float(df.loc[comm, "time_s"].sum())
-
-
-SEQUENCE_PARALLEL_OPS = ("attn_norm", "mlp_norm", "residual_add", "residual_add2")
-
-
-def stage_times(model: ModelConfig, system: System, seq: int, tp: int, micro_batch: int, cp: int,
-                ex: ExecutorProfile, kp: KernelProfile, dtype: str = "bf16", sp: bool = False) -> StageTimes:
-    """Time one layer (dense and MoE) and the stage ends for a micro-batch through the core.
-    With sequence parallelism the norms and residual adds (Megatron's sequence-parallel region,
-    Korthikanti et al. 2022 sec. 4.2.2) run on seq / tp tokens per GPU."""
-    s_local = seq // cp
-    job = Job(phase="train", batch=micro_batch, seq=s_local, tp=tp, micro_batch=micro_batch, dtype=dtype)
-    T = micro_batch * s_local
-    out = {}
-    for moe, key in ((False, "layer"), (True, "moe")):
-        if (moe and not model.is_moe) or (not moe and model.n_moe_layers == model.n_layers):
-            out.update({f"{key}_fwd": 0.0, f"{key}_bwd": 0.0, f"{key}_attn_fwd": 0.0, f"{key}_tp_comm": 0.0})
-            continue
-        fwd = layer_forward_ops(model, job, ex, moe, 1, tokens=T, batch=micro_batch, q_len=s_local,
-                                kv_len=0, prefix="layer.")
-        # context parallel: local queries attend to the keys of all cp chunks
-        fwd = [replace(o, flops=o.flops * cp) if o.cls == "attention" else o for o in fwd]
-        if sp and tp > 1:
-            fwd = [replace(o, flops=o.flops / tp, bytes=o.bytes / tp) if o.name.endswith(SEQUENCE_PARALLEL_OPS) else o
-                   for o in fwd]
-        bwd = backward_ops(fwd, job, ex.backward_memory_ratio)
-        df_f, df_b = time_ops(fwd, system, kp, ex, tp), time_ops(bwd, system, kp, ex, tp)
-        (cf, mf), (cb, mb) = _split(df_f), _split(df_b)
-        out[f"{key}_fwd"], out[f"{key}_bwd"], out[f"{key}_tp_comm"] = cf, cb, mf + mb
-        attn = df_f["name"].str.endswith(ATTENTION_OPS)
-        out[f"{key}_attn_fwd"] = float(df_f.loc[attn, "time_s"].sum())
-    ends_f = forward_ops(model, job, ex, layers=0, batch=micro_batch, embed=True, head=True)
-    emb = [o for o in ends_f if o.cls == "embedding"]
-    head = [o for o in ends_f if o.cls != "embedding"]
-    emb_ops = emb + backward_ops(emb, job, ex.backward_memory_ratio)
-    head_ops = head + loss_ops(model, job, T) + backward_ops(head, job, ex.backward_memory_ratio)
-    return StageTimes(**out, embed=float(time_ops(emb_ops, system, kp, ex, tp)["time_s"].sum()),
-                      head=float(time_ops(head_ops, system, kp, ex, tp)["time_s"].sum()))
-
-
-# --------------------------------------------------------------------------------------------
-# parameters, FLOPs and memory
-
-
-def _param_split(model: ModelConfig) -> tuple[float, float, float]:
-    """(non-expert params per layer averaged over layers, expert params per layer averaged,
-    embedding + head params)."""
-    dense, moe = model.n_layers - model.n_moe_layers, model.n_moe_layers
-    expert = sum(l.params for l in model.layer_linears(True) if l.moe) if model.is_moe else 0
-    total_layers = dense * model.layer_params(False) + moe * model.layer_params(True)
-    return (total_layers - moe * expert) / model.n_layers, moe * expert / model.n_layers, \
-        float(model.embedding_params + model.head_params)
-
-
-def stage_params(model: ModelConfig, tp, pp, ep):
-    """Parameters on one GPU of the first pipeline stage (embedding there; with pp == 1 the head
-    too). Vectorised over tp, pp, ep."""
-    per_layer, expert_per_layer, ends = _param_split(model)
-    pp = np.asarray(pp)
-    layers = model.n_layers / pp
-    ends_here = np.where(pp == 1, ends, max(model.embedding_params, model.head_params))
-    return (layers * (per_layer + expert_per_layer / np.asarray(ep)) + ends_here) / np.asarray(tp)
-
-
-def megatron_convention_forward_flops(model: ModelConfig, seq: int, sequences: int = 1) -> tuple[float, float, float]:
-    """(forward FLOPs, forward FLOPs of the layers, of the attention kernels) for `sequences`
-    sequences of the whole model, attention counted as the full square (Megatron convention:
-    2x the core's causal count)."""
-    job = Job(phase="train", batch=1, seq=seq, micro_batch=1)
-    ex = load_executor_profile("default")
-    ops = forward_ops(model, job, ex, batch=1)
-    attn = sum(2 * o.flops * o.count for o in ops if o.cls == "attention")
-    layers = sum(o.flops * o.count for o in ops if o.cls == "gemm" and o.name.startswith(("layer.", "moe_layer."))) + attn
-    total = sum(o.flops * o.count for o in ops if o.cls == "gemm") + attn
-    return total * sequences, layers * sequences, attn * sequences
-
-
-def train_flops(model: ModelConfig, seq: int, global_batch: int, recompute: str) -> tuple[float, float]:
-    """(model FLOPs, hardware FLOPs) of one step: 3 x forward; + recomputed forward."""
-    fwd, layers, attn = megatron_convention_forward_flops(model, seq, global_batch)
-    extra = {"none": 0.0, "selective": attn, "full": layers}[recompute]
-    return 3 * fwd, 3 * fwd + extra
-
-
-def korthikanti_activation_bytes_per_layer(s, b, h, a, t=1, sp=False, recompute="none"):
-    """Activation bytes one GPT layer keeps for backward (Korthikanti et al. 2022, Table 2; fp16
-    activations, 1-byte dropout masks). Vectorised."""
-    s, b, h, a, t = (np.asarray(x, float) for x in (s, b, h, a, t))
-    sp = np.asarray(sp, bool)
-    sbh = s * b * h
-    if recompute == "full":
-        out = 2 * sbh / np.where(sp, t, 1)
-    else:
-        attn_scores = 5 * a * s / h if recompute == "none" else 0.0
-        out = np.where(sp, sbh * (34 + attn_scores) / t, sbh * (10 + 24 / t + attn_scores / t))
-    return float(out) if np.ndim(out) == 0 else out
-
-
-def _is_gpt_style(model: ModelConfig) -> bool:
-    return model.norm == "layer" and model.linear_bias and not model.gated_mlp and not model.is_moe
-
-
-def activation_bytes_per_layer(model: ModelConfig, seq_local, micro_batch, tp, sp, recompute, ex: ExecutorProfile):
-    """Saved activations of one layer for one micro-batch on one GPU (vectorised over
-    micro_batch, tp, sp; seq_local = seq / cp)."""
-    if _is_gpt_style(model):
-        return korthikanti_activation_bytes_per_layer(seq_local, micro_batch, model.hidden, model.n_heads,
-                                                      tp, sp, recompute)
-    tp, sp, mb = np.asarray(tp), np.asarray(sp, bool), np.asarray(micro_batch, float)
-    tokens = mb * np.asarray(seq_local, float)
-    if recompute == "full":
-        return tokens * ex.train_residual_bytes * model.hidden / np.where(sp, tp, 1)
-    moe_frac = model.n_moe_layers / model.n_layers
-    out = np.zeros(np.broadcast(tp, sp).shape)
-    for t in np.unique(tp):
-        job = Job(phase="train", batch=1, seq=1, tp=int(t), recompute=recompute)
-        job1 = replace(job, tp=1)
-        def per_tok(j):
-            return ((1 - moe_frac) * saved_activation_bytes_per_token_layer(model, j, ex, False)
-                    + moe_frac * saved_activation_bytes_per_token_layer(model, j, ex, True))
-        val = np.where(sp, per_tok(job1) / t, per_tok(job))
-        out = np.where(tp == t, val, out)
-    return tokens * out
-
-
-def training_memory(model: ModelConfig, plan: ParallelPlan, seq: int, ex: ExecutorProfile) -> MemoryBreakdown:
-    """Per-GPU memory of the plan's fullest stage (see module doc)."""
-    d = memory_terms(model, seq, ex, plan.tp, plan.pp, plan.dp, plan.cp, plan.ep, plan.micro_batch,
-                     plan.n_micro, plan.vpp, plan.sp, plan.zero, plan.recompute)
-    return MemoryBreakdown(**{k: float(v) for k, v in d.items()})
-
-
-def memory_terms(model, seq, ex, tp, pp, dp, cp, ep, micro_batch, n_micro, vpp, sp, zero, recompute):
-    """Vectorised memory terms (dict of arrays) -> MemoryBreakdown fields."""
-    tp, pp, dp, cp, ep, mb, m, v, zero = (np.asarray(x) for x in (tp, pp, dp, cp, ep, micro_batch, n_micro, vpp, zero))
-    P = stage_params(model, tp, pp, ep)
-    a = DTYPE_BYTES["bf16"]
-    # ZeRO-3 gathers each layer's full (tp-sharded) weights just in time: the layer in use and the
-    # prefetched next one are resident in bf16 besides the shard
-    per_layer, expert_per_layer, _ = _param_split(model)
-    gathered = 2 * (per_layer + expert_per_layer / ep) / tp * a
-    weights = np.where(zero >= 3, P * a / dp + gathered, P * a)
-    grads = P * GRAD_BYTES / np.where(zero >= 2, dp, 1)
-    optimizer = P * MASTER_ADAM_BYTES / np.where(zero >= 1, dp, 1)
-    s_local = seq // cp
-    per_layer = activation_bytes_per_layer(model, s_local, mb, tp, sp, recompute, ex)
-    layers_stage = model.n_layers / pp
-    in_flight = np.minimum(pp, m) * np.where(v > 1, 1 + (pp - 1) / (pp * v), 1.0)
-    acts = per_layer * layers_stage * in_flight
-    if recompute == "full":   # the layer being recomputed holds its full activations once
-        acts = acts + activation_bytes_per_layer(model, s_local, mb, tp, sp, "none", ex)
-    # logits + fp32 log-probs + gradient at the loss of the last stage (with pp == 1, this GPU)
-    loss = np.where(pp == 1, mb * s_local * model.vocab / tp * 10.0, 0.0)
-    return {"weights": weights, "gradients": grads, "optimizer": optimizer, "activations": acts + loss,
-            "kv_cache": np.zeros_like(weights), "workspace": np.full_like(weights, ex.workspace_bytes, dtype=float)}
-
-
-# --------------------------------------------------------------------------------------------
-# time
-
-
-def step_time_terms(model: ModelConfig, system: System, seq: int, st: StageTimes, tp, pp, dp, cp, ep,
-                    micro_batch, n_micro, vpp, zero, recompute: str, overlap_grad_reduce, grad_reduce_bytes,
-                    optimizer_s_per_param):
-    """Vectorised step-time terms (seconds) for plans that share `st` (same tp, micro-batch, cp)."""
-    tp, pp, dp, cp, ep, mb, m, v, zero = (np.asarray(x) for x in (tp, pp, dp, cp, ep, micro_batch, n_micro, vpp, zero))
-    a = DTYPE_BYTES["bf16"]
-    L = model.n_layers
-    moe_frac = model.n_moe_layers / L
-    layers_stage = L / pp
-    rec = {"none": 0.0, "selective": 1.0, "full": 1.0}[recompute]
-    layer_rec = st.layer_fwd if recompute == "full" else st.layer_attn_fwd
-    moe_rec = st.moe_fwd if recompute == "full" else st.moe_attn_fwd
-    per_layer = (1 - moe_frac) * (st.layer_fwd + st.layer_bwd) + moe_frac * (st.moe_fwd + st.moe_bwd)
-    per_layer_rec = rec * ((1 - moe_frac) * layer_rec + moe_frac * moe_rec)
-    per_layer_tp = (1 - moe_frac) * st.layer_tp_comm + moe_frac * st.moe_tp_comm
-    ends = np.where(pp == 1, st.embed + st.head, max(st.embed, st.head))
-    t_mb_compute = layers_stage * (per_layer + per_layer_rec) + ends
-    # forward has 2 of the layer's 4 TP collectives; full recompute repeats the forward's
-    t_mb_tp = layers_stage * per_layer_tp * (1.5 if recompute == "full" else 1.0)
-    # MoE expert parallelism: dispatch + combine all-to-all, forward and backward
-    tokens = mb * seq / cp
-    a2a_bytes = tokens * model.top_k * model.hidden * a / tp if model.is_moe else 0.0
-    ep_rpn = np.minimum(ep, np.maximum(1, system.gpu_count // tp))
-    t_a2a = collective_time("all_to_all", a2a_bytes, ep, system, ep_rpn) if model.is_moe else 0.0
-    t_mb_ep = layers_stage * moe_frac * 4 * t_a2a
-    # context parallel: K and V of the other chunks (ring), forward + backward, overlapped with attention
-    kv_bytes = tokens * 2 * model.n_kv_heads * model.head_dim / tp * a
-    cp_rpn = np.minimum(cp, np.maximum(1, system.gpu_count // tp))
-    t_cp = collective_time("all_gather", kv_bytes * cp, cp, system, cp_rpn)
-    attn_t = (1 - moe_frac) * st.layer_attn_fwd + moe_frac * st.moe_attn_fwd
-    t_mb_cp = layers_stage * np.maximum(0.0, 3 * t_cp - 3.5 * attn_t)
-    t_mb = t_mb_compute + t_mb_tp + t_mb_ep + t_mb_cp
-    compute = m * t_mb_compute
-    recompute_s = m * layers_stage * per_layer_rec
-    bubble = (pp - 1) / v * t_mb
-    # pipeline p2p: one micro-batch's boundary activation (scatter-gather: / tp)
-    p2p_bytes = tokens * model.hidden * a / tp
-    pp_inner = tp * dp * cp
-    pp_rpn = np.where(pp_inner >= system.gpu_count, 1, 2)
-    t_send = collective_time("p2p", p2p_bytes, np.where(pp > 1, 2, 1), system, pp_rpn)
-    pp_comm = np.where(pp > 1, 2 * v * m * t_send + 2 * (pp - 1) * t_send, 0.0)
-    # data parallel gradients of this stage (non-expert over dp, expert over dp / ep)
-    P = stage_params(model, tp, pp, ep)
-    P_expert = stage_params(model, tp, pp, ep) - stage_params(model, tp, pp, np.inf)  # experts on this GPU
-    P_dense = P - P_expert
-    dp_inner = tp * cp
-    dp_rpn = np.minimum(dp, np.maximum(1, system.gpu_count // dp_inner))
-    # expert weights are replicated over dp / ep ranks only (their ranks are tp x ep apart)
-    edp = np.maximum(dp // ep, 1)
-    edp_rpn = np.minimum(edp, np.maximum(1, system.gpu_count // (dp_inner * ep)))
-
-    def reduce_time(kind, bytes_per_param):
-        return (collective_time(kind, P_dense * bytes_per_param, dp, system, dp_rpn)
-                + np.where(P_expert > 0, collective_time(kind, P_expert * bytes_per_param, edp, system, edp_rpn), 0.0))
-    t_ar = reduce_time("all_reduce", grad_reduce_bytes)
-    t_rs = reduce_time("reduce_scatter", grad_reduce_bytes)
-    t_ag = reduce_time("all_gather", a)
-    t_dp = np.where(zero == 0, t_ar, t_rs + t_ag)
-    last_bwd = layers_stage * (1 - moe_frac) * st.layer_bwd + layers_stage * moe_frac * st.moe_bwd
-    exposed = np.where(overlap_grad_reduce, np.maximum(0.0, t_dp - last_bwd), t_dp)
-    # ZeRO-3: parameters gathered for forward and backward of every micro-batch, prefetched
-    z3 = np.where(zero >= 3, m * np.maximum(0.0, 2 * t_ag + t_rs - t_mb_compute), 0.0)
-    dp_comm = np.where(dp > 1, exposed + z3, 0.0)
-    shard = np.where(zero >= 1, dp, 1)
-    optimizer = optimizer_s_per_param * P / shard
-    tp_comm = m * t_mb_tp
-    ep_comm = m * t_mb_ep
-    cp_comm = m * t_mb_cp
-    total = compute + tp_comm + ep_comm + cp_comm + bubble + pp_comm + dp_comm + optimizer
-    return {"time": total, "compute": compute, "recompute": recompute_s, "bubble": bubble, "tp_comm": tp_comm,
-            "pp_comm": pp_comm, "dp_comm": dp_comm, "ep_comm": ep_comm, "cp_comm": cp_comm,
-            "optimizer": optimizer}
-
-
-def optimizer_seconds_per_param(model: ModelConfig, system: System, ex: ExecutorProfile, kp: KernelProfile) -> float:
-    """AdamW + weight recast time per parameter (core optimizer ops, timed at 1e9 parameters: the
-    step is bandwidth bound and linear in parameters at that size)."""
-    job = Job(phase="train", batch=1, seq=1)
-    n = 1e9
-    return float(time_ops(optimizer_ops(model, job, n), system, kp, ex)["time_s"].sum()) / n
+# one plan through the step assembler
 
 
 def train_step(model: ModelConfig, system: System, plan: ParallelPlan, seq: int,
                executor: ExecutorProfile | None = None, kernels: KernelProfile | None = None) -> TrainStep:
-    """Time and memory of one training step of `plan` (see module doc)."""
+    """Time and memory of one training step of `plan`: the step assembler's `train_cost` of the
+    plan's Job, the same numbers `predict` and the planners give (see simulator.core.step)."""
     validate_plan(plan, model, system, seq)
     ex = executor or load_executor_profile("default")
     kp = kernels or load_kernel_profile(system.gpu.name)
-    st = stage_times(model, system, seq, plan.tp, plan.micro_batch, plan.cp, ex, kp, plan.dtype, plan.sp)
-    t = step_time_terms(model, system, seq, st, plan.tp, plan.pp, plan.dp, plan.cp, plan.ep, plan.micro_batch,
-                        plan.n_micro, plan.vpp, plan.zero, plan.recompute, plan.overlap_grad_reduce,
-                        plan.grad_reduce_bytes, optimizer_seconds_per_param(model, system, ex, kp))
+    job = plan.job(seq)
+    cost = train_cost(model, system, job, ex, kp, overlap_grad_reduce=plan.overlap_grad_reduce)
     mf, hf = train_flops(model, seq, plan.global_batch, plan.recompute)
-    f = {k: float(v) for k, v in t.items()}
-    return TrainStep(plan=plan, seq=seq, time_s=f["time"], compute_s=f["compute"], recompute_s=f["recompute"],
-                     bubble_s=f["bubble"], tp_comm_s=f["tp_comm"], pp_comm_s=f["pp_comm"],
+    f = {k: float(v) for k, v in cost.time_by_term.items()}
+    return TrainStep(plan=plan, seq=seq, time_s=float(cost.time_s), compute_s=f["compute"] + f["recompute"],
+                     recompute_s=f["recompute"], bubble_s=f["bubble"], tp_comm_s=f["tp_comm"], pp_comm_s=f["pp_comm"],
                      dp_comm_s=f["dp_comm"], ep_comm_s=f["ep_comm"], cp_comm_s=f["cp_comm"],
-                     optimizer_s=f["optimizer"], memory=training_memory(model, plan, seq, ex),
+                     optimizer_s=f["optimizer"], memory=cost.memory.scalar(),
                      model_flops=mf, hardware_flops=hf, peak_flops=system.gpu.peak_flops(plan.dtype),
                      mem_capacity_bytes=system.gpu.mem_bytes)
+
+
+def training_memory(model: ModelConfig, plan: ParallelPlan, seq: int, ex: ExecutorProfile) -> MemoryBreakdown:
+    """Per-GPU memory of the plan's fullest stage (simulator.core.memory.training_memory)."""
+    return core_training_memory(model, plan.job(seq), ex).scalar()
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,21 +1,27 @@
-"""predict(): one step of a job on a system -> time, memory, breakdown. The CLI, the planners
-and the sweeps all call this (one source of truth)."""
+"""predict(): one step of a job on a system -> time, memory, breakdown; predict_many(): the same
+for arrays of sizes. Both are thin: the step assembler (simulator.core.step) does the work, so
+the CLI, the sweeps, the planners and the serving simulator get one number per configuration."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import numpy as np
 import pandas as pd
 
-from simulator.core.errors import RoofplanError
-from simulator.core.memory import MemoryBreakdown, inference_memory, training_memory, weight_params_per_gpu
+from simulator.core.errors import FieldError, RoofplanError
+from simulator.core.memory import MemoryBreakdown
 from simulator.core.models import ModelConfig
-from simulator.core.ops import Op, backward_ops, forward_ops, loss_ops, optimizer_ops, trainable_params
+from simulator.core.ops import forward_ops
 from simulator.core.profiles import ExecutorProfile, KernelProfile, load_executor_profile, load_kernel_profile
-from simulator.core.comm import collective_time
-from simulator.core.roofline import allreduce_time, time_ops
 from simulator.core.specs import System
+from simulator.core.memory import stage_layers
+from simulator.core.step import (BOUNDS, TRAIN_TERMS, StepCost, end_ops, inference_cost, stage_ops,
+                                 train_cost, train_flops)
+from simulator.core.roofline import time_ops
 from simulator.core.units import DTYPE_BYTES, fmt_bytes
 from simulator.core.workload import Job, validate_job
+
+MEMORY_PARTS = ("weights", "kv_cache", "activations", "gradients", "optimizer", "workspace")
 
 
 @dataclass(frozen=True)
@@ -26,7 +32,7 @@ class Prediction:
     time_s: float                    # one step, wall clock
     peak_memory_bytes: float         # per GPU
     memory: MemoryBreakdown
-    ops: pd.DataFrame                # per-op breakdown (this GPU, whole step)
+    ops: pd.DataFrame                # per-op breakdown (this GPU, whole step), for display
     bound: str                       # compute | memory | transfer | host | communication
     tokens_per_s: float
     transfer_time_s: float = 0.0     # host->GPU weight streaming (offload)
@@ -35,6 +41,9 @@ class Prediction:
     hardware_flops: float = 0.0      # executed FLOPs (all GPUs), recompute included
     n_gpus: int = 1
     fits: bool = True
+    peak_flops: float = 0.0          # per GPU, the job's dtype
+    time_by_resource: dict = field(default_factory=dict)
+    time_terms: dict = field(default_factory=dict)    # training: compute, bubble, tp_comm, ...
 
     def by_class(self) -> pd.DataFrame:
         g = self.ops.groupby("cls")[["flops", "bytes", "time_s"]].sum()
@@ -43,176 +52,219 @@ class Prediction:
 
     @property
     def mfu(self) -> float:
-        peak = self._peak
-        return self.model_flops / (self.time_s * peak * self.n_gpus) if peak else 0.0
+        return self.model_flops / (self.time_s * self.peak_flops * self.n_gpus) if self.peak_flops else 0.0
+
+    @property
+    def model_flops_per_gpu_s(self) -> float:
+        return self.model_flops / self.n_gpus / self.time_s
+
+    @property
+    def hardware_flops_per_gpu_s(self) -> float:
+        return self.hardware_flops / self.n_gpus / self.time_s
 
     def as_dict(self) -> dict:
+        j = self.job
         by = self.by_class()
-        return {
-            "model": self.model, "hardware": self.hardware, "phase": self.job.phase,
-            "batch": self.job.batch, "seq": self.job.seq, "context": self.job.context,
-            "dtype": self.job.dtype, "tp": self.job.tp, "pp": self.job.pp, "dp": self.job.dp,
+        d = {
+            "model": self.model, "hardware": self.hardware, "phase": j.phase,
+            "batch": j.batch, "seq": j.seq, "context": j.context,
+            "dtype": j.dtype, "tp": j.tp, "pp": j.pp, "dp": j.dp, "n_gpus": self.n_gpus,
             "time_s": self.time_s, "peak_memory_bytes": self.peak_memory_bytes,
             "tokens_per_s": self.tokens_per_s, "bound": self.bound, "fits": self.fits,
             "transfer_time_s": self.transfer_time_s,
             "model_flops": self.model_flops, "hardware_flops": self.hardware_flops,
-            "model_flops_per_gpu_s": self.model_flops / self.n_gpus / self.time_s,
-            "hardware_flops_per_gpu_s": self.hardware_flops / self.n_gpus / self.time_s,
+            "model_flops_per_gpu_s": self.model_flops_per_gpu_s,
+            "hardware_flops_per_gpu_s": self.hardware_flops_per_gpu_s, "mfu": self.mfu,
             "memory_bytes": self.memory.as_dict(),
             "time_by_class_s": {k: float(v) for k, v in by["time_s"].items()},
+            "time_by_resource_s": dict(self.time_by_resource),
             "notes": list(self.notes),
         }
-
-    _peak: float = 0.0
-
-
-def _stream_schedule(layer_compute: float, layer_transfer: float, n_layers: int, overlap: bool) -> float:
-    """Layer-streamed weights with double buffering: the copy of layer i+1 overlaps the compute
-    of layer i, so the step costs one fill plus n x max(compute, transfer); without overlap the
-    two add up."""
-    if not overlap:
-        return n_layers * (layer_compute + layer_transfer)
-    return layer_transfer + (n_layers - 1) * max(layer_compute, layer_transfer) + layer_compute
-
-
-def predict(model: ModelConfig, system: System, job: Job, executor: ExecutorProfile | None = None,
-            kernels: KernelProfile | None = None, check_memory: bool = True) -> Prediction:
-    job = validate_job(job, model)
-    ex = executor or load_executor_profile("default")
-    kp = kernels or load_kernel_profile(system.gpu.name)
-    system = system_for_job(system, job)
-    gpu = system.gpu
-    n_gpus = job.n_gpus
-    layers_per_stage = -(-model.n_layers // job.pp)
-    notes: list[str] = []
-    a = DTYPE_BYTES[job.dtype]
-
-    if job.phase == "train":
-        ops, df, step_time = _train(model, system, job, ex, kp, layers_per_stage)
-        transfer = 0.0
-        mem = training_memory(model, job, ex)
-        tokens = job.batch * job.seq * job.dp
-        attn_fwd = sum(o.flops * o.count for o in ops if o.cls == "attention" and o.pass_ == "fwd")
-        lin_fwd = sum(o.flops * o.count for o in ops if o.cls == "gemm" and o.pass_ == "fwd")
-        n_mb = job.batch // job.micro_batch
-        # ops are per micro-batch on one stage; scale to the whole model replica and step
-        per_rep = (lin_fwd + attn_fwd) * n_mb * job.pp * job.tp / max(1, _stage_layers_ratio(model, job))
-        bwd_mult = 2.0 if not job.lora_rank else 1.0
-        model_flops = per_rep * (1 + bwd_mult) * job.dp
-        recompute_extra = per_rep * job.dp if job.recompute == "full" else (
-            attn_fwd * n_mb * job.pp * job.tp * job.dp if job.recompute == "selective" else 0.0)
-        hardware_flops = model_flops + recompute_extra
-    else:
-        fwd = forward_ops(model, job, ex, layers=layers_per_stage)
-        df = time_ops(fwd, system, kp, ex, job.tp)
-        compute = float(df["time_s"].sum())
-        transfer = 0.0
-        if job.offload_weights == "cpu":
-            layer_rows = df["name"].str.startswith(("layer.", "moe_layer."))
-            layer_compute = float(df.loc[layer_rows, "time_s"].sum()) / layers_per_stage
-            other = compute - layer_compute * layers_per_stage
-            layer_bytes = (weight_params_per_gpu(model, job) - (model.embedding_params + model.head_params) / job.tp) \
-                / layers_per_stage * a
-            bw = _h2d_Bps(system, kp, job.host_memory)
-            layer_transfer = layer_bytes / bw + kp.copy_latency_s
-            transfer = layer_transfer * layers_per_stage
-            step_time = other + _stream_schedule(layer_compute, layer_transfer, layers_per_stage, job.overlap)
-            buffers = 2 * layer_bytes + (model.embedding_params + model.head_params) / job.tp * a
-            mem = inference_memory(model, job, ex, weights_on_gpu=False, offload_buffers=buffers)
-            if system.host_mem_bytes is not None and layer_bytes * layers_per_stage > system.host_mem_bytes:
-                raise RoofplanError(
-                    f"offloaded weights need {fmt_bytes(layer_bytes * layers_per_stage)} of host memory but "
-                    f"{system.name} has {fmt_bytes(system.host_mem_bytes)}; use a system with more host memory or more GPUs")
-        else:
-            step_time = compute
-            mem = inference_memory(model, job, ex)
-        if job.pp > 1:
-            # one request traverses all stages in turn; activations hop between GPUs
-            hop = job.batch * (1 if job.phase == "decode" else job.seq) * model.hidden * a
-            step_time = step_time * job.pp + (job.pp - 1) * collective_time("p2p", hop, 2, system, 2)
-            notes.append(f"pipeline of {job.pp} stages: latency is the sum of the stages")
-        step_time += ex.host_overhead_per_step_s
-        tokens = job.batch * (1 if job.phase == "decode" else job.seq) * job.dp
-        model_flops = hardware_flops = sum(o.flops * o.count for o in fwd if o.cls in ("gemm", "attention")) \
-            * job.pp * job.tp * job.dp
-    peak = mem.total
-    fits = peak <= gpu.mem_bytes
-    if check_memory and not fits:
-        parts = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in mem.as_dict().items() if v)
-        raise RoofplanError(
-            f"{model.name} {job.phase} does not fit: needs {fmt_bytes(peak)} per GPU but {gpu.name} has "
-            f"{fmt_bytes(gpu.mem_bytes)} (over by {fmt_bytes(peak - gpu.mem_bytes)}; {parts}); "
-            + ("use more GPUs (--tp/--pp), a smaller --batch or --micro-batch, --recompute full or --lora-rank"
-               if job.phase == "train" else
-               "use more GPUs (--tp/--pp), a smaller --batch or --context, or --offload weights=cpu")
-        )
-    totals = df.groupby("bound")["time_s"].sum()
-    bound = "transfer" if transfer and transfer >= step_time * 0.5 else str(totals.idxmax()) if len(totals) else "compute"
-    pred = Prediction(
-        model=model.name, hardware=system.name, job=job, time_s=step_time, peak_memory_bytes=peak,
-        memory=mem, ops=df, bound=bound, tokens_per_s=tokens / step_time, transfer_time_s=transfer,
-        notes=tuple(notes), model_flops=model_flops, hardware_flops=hardware_flops, n_gpus=n_gpus, fits=fits,
-    )
-    object.__setattr__(pred, "_peak", gpu.peak_flops(job.dtype))
-    return pred
-
-
-def _stage_layers_ratio(model: ModelConfig, job: Job) -> float:
-    """Layers on the busiest stage x pp / total layers (>= 1 when layers do not split evenly)."""
-    return (-(-model.n_layers // job.pp)) * job.pp / model.n_layers
-
-
-def _h2d_Bps(system: System, kp: KernelProfile, host_memory: str) -> float:
-    if host_memory == "pageable":
-        return min(kp.h2d_pageable_Bps, system.host_link.bw_Bps)
-    return system.host_link.bw_Bps * kp.h2d_pinned_eff
+        if j.phase == "train":
+            d.update({"cp": j.cp, "ep": j.ep, "vpp": j.vpp, "sp": j.sp, "zero": j.zero, "recompute": j.recompute,
+                      "lora_rank": j.lora_rank, "micro_batch": j.micro_batch, "n_micro": j.n_micro,
+                      "global_batch": j.batch * j.dp, "time_terms_s": dict(self.time_terms)})
+        return d
 
 
 def system_for_job(system: System, job: Job) -> System:
-    """The system a job runs on: a bare GPU name grows to as many GPUs as tp x pp x dp asks;
+    """The system a job runs on: a bare GPU name grows to as many GPUs as tp x pp x dp x cp asks;
     a named system must have them. Also checks that the GPU has the job's dtype."""
     from simulator.core.specs import system_from_gpu
     system.gpu.peak_flops(job.dtype)  # clear error if the GPU lacks the dtype
     n = job.n_gpus
     if n > system.gpu_count and system.name == system.gpu.name:
         return system_from_gpu(system.gpu, n)
-    if n > system.gpu_count:
-        raise RoofplanError(f"the plan needs {n} GPUs (tp x pp x dp) but {system.name} has {system.gpu_count}; "
-                            "use a larger system or smaller degrees")
+    if job.tp > system.gpu_count:
+        raise FieldError("tp", job.tp, f"exceeds the {system.gpu_count} GPUs of a {system.name} node",
+                         f"keep tensor parallelism inside a node (tp <= {system.gpu_count})")
+    if n > system.gpu_count and (system.network is None or not system.network_count):
+        raise FieldError("n_gpus", n, f"the plan needs {n} GPUs (tp x pp x dp x cp) but {system.name} has "
+                         f"{system.gpu_count} and no network to reach more", "use a larger system or smaller degrees")
     return system
 
 
-def _train(model, system, job, ex, kp, layers_per_stage):
-    """Training step: micro-batches of forward + backward (+ recompute), optimizer, DP gradient
-    all-reduce, pipeline bubble (1F1B: (pp - 1) extra micro-batch slots)."""
-    mb = job.micro_batch
-    n_mb = job.batch // mb
-    fwd = forward_ops(model, job, ex, layers=layers_per_stage, batch=mb)
-    bwd = backward_ops(fwd, job, ex.backward_memory_ratio)
-    ops: list[Op] = fwd + loss_ops(model, job, mb * job.seq) + bwd
-    if job.recompute == "full":
-        ops += [Op(o.name + ".recompute", o.cls, o.flops, o.bytes, o.count, o.kernels, "bwd", o.kind, o.dtype, o.seq)
-                for o in fwd if o.name.startswith(("layer.", "moe_layer."))]
-    elif job.recompute == "selective":
-        ops += [Op(o.name + ".recompute", o.cls, o.flops, o.bytes, o.count, o.kernels, "bwd", o.kind, o.dtype, o.seq)
-                for o in fwd if o.cls == "attention"]
+def _scalar(x) -> float:
+    return float(np.asarray(x).reshape(-1)[0]) if np.ndim(x) else float(x)
+
+
+def predict(model: ModelConfig, system: System, job: Job, executor: ExecutorProfile | None = None,
+            kernels: KernelProfile | None = None, check_memory: bool = True) -> Prediction:
+    """One step of `job` (any phase, any plan) on `system`: time, per-GPU memory, breakdowns."""
+    job = validate_job(job, model)
+    ex = executor or load_executor_profile("default")
+    kp = kernels or load_kernel_profile(system.gpu.name)
+    system = system_for_job(system, job)
+    notes: list[str] = []
+    if job.phase == "train":
+        cost = train_cost(model, system, job, ex, kp)
+        df = _train_table(model, system, job, ex, kp, cost)
+        model_flops, hardware_flops = train_flops(model, job.seq, job.batch * job.dp, job.recompute, job.lora_rank)
+        tokens = job.batch * job.seq * job.dp
+        if job.pp > 1:
+            notes.append(f"1F1B pipeline of {job.pp} stages: bubble {(job.pp - 1) / job.vpp:g} micro-batch slots")
+    else:
+        cost, rows = inference_cost(model, system, job, ex, kp, keep_ops=True)
+        df = pd.DataFrame([{"name": r.name, "cls": r.cls, "pass": r.pass_, "count": r.count,
+                            "flops": _scalar(r.flops), "bytes": _scalar(r.bytes), "kernels": _scalar(r.kernels),
+                            "gpu_time_s": _scalar(r.gpu_time_s), "host_time_s": _scalar(r.host_time_s),
+                            "time_s": _scalar(r.time_s), "bound": str(np.asarray(r.bound).reshape(-1)[0])}
+                           for r in rows])
+        _check_host_memory(model, system, job)
+        if job.pp > 1:
+            notes.append(f"pipeline of {job.pp} stages: latency is the sum of the stages")
+        tokens = job.batch * (1 if job.phase == "decode" else job.seq) * job.dp
+        model_flops = hardware_flops = sum(o.flops * o.count for o in forward_ops(model, job, ex, layers=int(stage_layers(model, job.pp)))
+                                           if o.cls in ("gemm", "attention")) * job.pp * job.tp * job.dp
+    mem = cost.memory.scalar()
+    peak = float(mem.total)
+    step_time = float(cost.time_s)
+    fits = peak <= system.gpu.mem_bytes
+    if check_memory and not fits:
+        raise_out_of_memory(model, system, job, mem)
+    return Prediction(
+        model=model.name, hardware=system.name, job=job, time_s=step_time, peak_memory_bytes=peak,
+        memory=mem, ops=df, bound=str(cost.bound), tokens_per_s=tokens / step_time,
+        transfer_time_s=float(cost.transfer_time_s), notes=tuple(notes), model_flops=model_flops,
+        hardware_flops=hardware_flops, n_gpus=job.n_gpus, fits=fits, peak_flops=system.gpu.peak_flops(job.dtype),
+        time_by_resource={k: float(v) for k, v in cost.time_by_resource.items()},
+        time_terms={k: float(v) for k, v in cost.time_by_term.items()} if job.phase == "train" else {})
+
+
+def raise_out_of_memory(model: ModelConfig, system: System, job: Job, mem: MemoryBreakdown):
+    """One line: what does not fit, by how much, the components, and what to change."""
+    peak = float(mem.total)
+    gpu = system.gpu
+    parts = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in mem.as_dict().items() if v)
+    fixes = ("more GPUs (tp, pp), a smaller batch or micro_batch, recompute full, zero, or lora_rank"
+             if job.phase == "train" else
+             "more GPUs (tp, pp), a smaller batch or context, or offload_weights cpu")
+    raise RoofplanError(
+        f"{model.name} {job.phase} does not fit: needs {fmt_bytes(peak)} per GPU but {gpu.name} has "
+        f"{fmt_bytes(gpu.mem_bytes)} (over by {fmt_bytes(peak - gpu.mem_bytes)}; {parts}); use {fixes}")
+
+
+def _check_host_memory(model: ModelConfig, system: System, job: Job) -> None:
+    if job.offload_weights != "cpu" or system.host_mem_bytes is None:
+        return
+    from simulator.core.memory import weight_params_per_gpu
+    need = (weight_params_per_gpu(model, job) - (model.embedding_params + model.head_params) / job.tp) * DTYPE_BYTES[job.dtype]
+    if need > system.host_mem_bytes:
+        raise RoofplanError(
+            f"offloaded weights need {fmt_bytes(need)} of host memory but {system.name} has "
+            f"{fmt_bytes(system.host_mem_bytes)}; use a system with more host memory or more GPUs")
+
+
+def _train_table(model, system, job, ex, kp, cost: StepCost) -> pd.DataFrame:
+    """Per-op table of a training step for display: the busiest stage's ops for one micro-batch
+    times the micro-batches, then one row per step term that is not an op (communication,
+    bubble, optimizer), so the rows add up to the step time."""
+    m = job.n_micro
+    layers = int(stage_layers(model, job.pp))
+    moe_layers = min(model.n_moe_layers, layers) if model.is_moe else 0
+    ops = []
+    for moe, n in ((False, layers - moe_layers), (True, moe_layers)):
+        if n:
+            fwd, bwd = stage_ops(model, job, ex, moe, count=n)
+            ops += [o for o in fwd + bwd if o.cls != "communication"]
+            if job.recompute != "none":
+                ops += [replace(o, name=o.name + ".recompute", pass_="bwd") for o in fwd if o.cls != "communication"
+                        and (job.recompute == "full" or o.name.endswith(("attention", "attn_qk", "attn_scores", "attn_av")))]
+    emb, head = end_ops(model, job, ex)
+    ops += emb + head if job.pp == 1 else (emb if emb and time_ops(emb, system, kp, ex, job.tp)["time_s"].sum()
+                                          >= time_ops(head, system, kp, ex, job.tp)["time_s"].sum() else head)
     df = time_ops(ops, system, kp, ex, job.tp)
-    per_mb = float(df["time_s"].sum())
-    # the per-op table reports the whole step: every micro-batch (and bubble slot) of this stage
-    slots = n_mb + job.pp - 1
-    df[["flops", "bytes", "kernels", "gpu_time_s", "host_time_s", "time_s"]] *= slots
-    params_gpu = trainable_params(model, job) * weight_params_per_gpu(model, job) / model.params_total()
-    shard = job.dp if job.zero >= 1 else 1
-    opt = optimizer_ops(model, job, params_gpu / shard)
-    opt_df = time_ops(opt, system, kp, ex, job.tp)
-    step = per_mb * slots + float(opt_df["time_s"].sum())
-    if job.dp > 1:
-        grad_bytes = params_gpu * DTYPE_BYTES[job.dtype]
-        # Megatron rank order (tp fastest, then dp): a DP group's ranks are tp apart
-        dp_time = allreduce_time(grad_bytes, job.dp, system, max(1, min(job.dp, system.gpu_count // job.tp)))
-        step += dp_time
-        opt_df = pd.concat([opt_df, pd.DataFrame([{"name": "dp_grad_allreduce", "cls": "communication", "pass": "opt",
-                                                   "count": 1, "flops": 0.0, "bytes": grad_bytes, "kernels": 1,
-                                                   "gpu_time_s": dp_time, "host_time_s": 0.0, "time_s": dp_time,
-                                                   "bound": "communication"}])], ignore_index=True)
-    return ops + opt, pd.concat([df, opt_df], ignore_index=True), step
+    df[["flops", "bytes", "kernels", "gpu_time_s", "host_time_s", "time_s"]] *= m
+    t = cost.time_by_term
+    extra = [("optimizer", "optimizer", "opt", "memory", t["optimizer"])] + [
+        (name, "communication", "comm", "communication", t[name]) for name in ("tp_comm", "pp_comm", "dp_comm",
+                                                                              "ep_comm", "cp_comm")] + [
+        ("pipeline_bubble", "bubble", "idle", "bubble", t["bubble"])]
+    rows = [{"name": n, "cls": c, "pass": p, "count": 1, "flops": 0.0, "bytes": 0.0, "kernels": 0,
+             "gpu_time_s": float(v), "host_time_s": 0.0, "time_s": float(v), "bound": b}
+            for n, c, p, b, v in extra if float(v) > 0]
+    return pd.concat([df, pd.DataFrame(rows)], ignore_index=True) if rows else df
+
+
+# ---------------------------------------------------------------------------------------------
+# many sizes at once
+
+
+@dataclass(frozen=True)
+class ManyPredictions:
+    """Arrays broadcast to one shape: one element per configuration (SI units)."""
+    time_s: np.ndarray
+    tokens_per_s: np.ndarray
+    peak_memory_bytes: np.ndarray
+    fits: np.ndarray
+    bound: np.ndarray                 # strings from BOUNDS or "transfer"
+    transfer_time_s: np.ndarray
+    memory: dict                      # MEMORY_PARTS -> array
+    n_gpus: int
+
+
+def check_sizes(model: ModelConfig, phase: str, batch, seq, context) -> np.ndarray:
+    """Boolean mask of configurations whose sizes validate_job accepts (the structure -- tp,
+    dtype, ... -- is checked once on a representative)."""
+    total = seq + (context + 1 if phase == "decode" else 0)
+    ok = (batch >= 1) & (seq >= 0) & (context >= 0) & (total <= model.max_positions)
+    if phase == "prefill":
+        ok = ok & (seq >= 1)
+    return ok
+
+
+def predict_many(model: ModelConfig, system: System, job: Job, batch, seq=0, context=0,
+                 executor: ExecutorProfile | None = None, kernels: KernelProfile | None = None) -> ManyPredictions:
+    """predict() for every (batch, seq, context) in the broadcast of the three arrays; the other
+    fields come from `job` (phase prefill or decode: the same `inference_cost` predict() calls,
+    on arrays). Sizes outside the model's limits raise RoofplanError: filter them first
+    (`check_sizes`)."""
+    if job.phase not in ("prefill", "decode"):
+        raise FieldError("phase", job.phase, "the vectorised path covers prefill and decode",
+                         "call predict() per training configuration")
+    B = np.asarray(batch, dtype=np.int64)
+    S = np.asarray(seq if job.phase == "prefill" else 0, dtype=np.int64)
+    C = np.asarray(context if job.phase == "decode" else 0, dtype=np.int64)
+    if not np.all(check_sizes(model, job.phase, B, S, C)):
+        raise RoofplanError(f"some batch/seq/context values are out of range for {model.name} "
+                            f"(batch >= 1, seq >= 1 for prefill, total tokens <= {model.max_positions})")
+    job = validate_job(replace(job, batch=int(B.flat[0]), seq=int(S.flat[0]), context=int(C.flat[0])), model)
+    ex = executor or load_executor_profile("default")
+    kp = kernels or load_kernel_profile(system.gpu.name)
+    system = system_for_job(system, job)
+    vjob = replace(job, batch=B, seq=S, context=C)
+    if job.offload_weights == "cpu":
+        _check_host_memory(model, system, job)
+    cost, _ = inference_cost(model, system, vjob, ex, kp)
+    shape = np.shape(cost.time_s)
+    tokens = B * (1 if job.phase == "decode" else S) * job.dp
+    peak = np.broadcast_to(cost.memory.total, shape)
+    return ManyPredictions(
+        time_s=cost.time_s, tokens_per_s=np.broadcast_to(tokens / cost.time_s, shape), peak_memory_bytes=peak,
+        fits=peak <= system.gpu.mem_bytes, bound=cost.bound, transfer_time_s=cost.transfer_time_s,
+        memory={k: v for k, v in cost.memory.as_dict().items() if k in ("weights", "kv_cache", "activations", "workspace")},
+        n_gpus=job.n_gpus)
+
+
+__all__ = ["Prediction", "ManyPredictions", "predict", "predict_many", "check_sizes", "system_for_job",
+           "raise_out_of_memory", "BOUNDS", "TRAIN_TERMS", "MEMORY_PARTS"]

@@ -121,6 +121,10 @@ class ExecutorProfile:
     attn_score_bytes_per_elem: float = 0.0  # unfused attention: HBM bytes per score element (0 = flash)
     attn_decode_efficiency_scale: float = 1.0  # this stack's decode attention (e.g. paged) vs the
                                                # microbenchmarked kernel, on HBM bandwidth
+    persistent_grad_buffer: bool = False  # gradients live in buffers allocated for the whole run
+                                          # (Megatron main_grad, DDP buckets); False: PyTorch's
+                                          # default, .grad set to None between steps, so the first
+                                          # micro-batch's loss backward (the peak) has no gradients
     source: str = ""
 
 
@@ -207,6 +211,7 @@ _EXEC_FIELDS = {
     "gemm_efficiency_scale": ("gemm_efficiency_scale", None),
     "attn_score_bytes_per_elem": ("attn_score_bytes_per_elem", None),
     "attn_decode_efficiency_scale": ("attn_decode_efficiency_scale", None),
+    "persistent_grad_buffer": ("persistent_grad_buffer", None),
 }
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from simulator.core.errors import RoofplanError
+from simulator.core.errors import FieldError
 from simulator.core.models import ModelConfig
 from simulator.core.units import DTYPE_BYTES
 
@@ -35,6 +35,9 @@ class Job:
     ep: int = 1               # inference: expert parallelism inside the tensor-parallel group
                               # (each of ep ranks holds n_experts/ep whole experts, tp/ep-way split)
     zero: int = 0             # ZeRO stage 0-3 (train)
+    cp: int = 1               # train: context parallelism (splits seq over cp GPUs)
+    vpp: int = 1              # train: virtual pipeline stages per GPU (interleaved 1F1B)
+    sp: bool = False          # train: Megatron sequence parallelism inside the tensor-parallel group
     offload_weights: str = "gpu"   # gpu | cpu  (weights streamed per layer over the host link)
     host_memory: str = "pinned"    # pinned | pageable
     overlap: bool = True
@@ -46,7 +49,12 @@ class Job:
 
     @property
     def n_gpus(self) -> int:
-        return self.tp * self.pp * self.dp
+        return self.tp * self.pp * self.dp * self.cp
+
+    @property
+    def n_micro(self) -> int:
+        """Micro-batches per step on each data-parallel replica (train)."""
+        return self.batch // (self.micro_batch or self.batch)
 
     @property
     def kv_bytes_per_elem(self) -> float:
@@ -54,56 +62,75 @@ class Job:
 
 
 def validate_job(job: Job, model: ModelConfig) -> Job:
-    """Check a job against the model; return it with defaults filled. Errors are one line."""
+    """Check a job against the model; return it with defaults filled. Errors are one-line
+    FieldErrors that name the Job field (the CLI spells it as the flag)."""
     if job.phase not in PHASES:
-        raise RoofplanError(f"--phase '{job.phase}' is unknown; use one of {', '.join(PHASES)}")
+        raise FieldError("phase", job.phase, "unknown", f"use one of {', '.join(PHASES)}")
     for name in ("batch", "tp", "pp", "dp"):
         v = getattr(job, name)
         if not isinstance(v, int) or v < 1:
-            raise RoofplanError(f"--{name.replace('_', '-')} must be a positive integer (got {v})")
+            raise FieldError(name, v, "must be a positive integer")
     for name in ("seq", "context", "lora_rank", "micro_batch"):
         if getattr(job, name) < 0:
-            raise RoofplanError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(job, name)})")
+            raise FieldError(name, getattr(job, name), "must be >= 0")
     if job.dtype not in DTYPE_BYTES or job.dtype in ("int4",):
-        raise RoofplanError(f"--dtype '{job.dtype}' is not supported; use bf16, fp16, fp8 or fp32")
+        raise FieldError("dtype", job.dtype, "not supported", "use bf16, fp16, fp8 or fp32")
     if job.kv_dtype and job.kv_dtype not in DTYPE_BYTES:
-        raise RoofplanError(f"--kv-dtype '{job.kv_dtype}' is unknown; use one of {', '.join(DTYPE_BYTES)}")
+        raise FieldError("kv_dtype", job.kv_dtype, "unknown", f"use one of {', '.join(DTYPE_BYTES)}")
     if job.phase in ("prefill", "train") and job.seq < 1:
-        raise RoofplanError(f"--phase {job.phase} needs --seq N (tokens per sequence), N >= 1")
+        raise FieldError("seq", job.seq, f"phase {job.phase} needs tokens per sequence >= 1")
     if job.phase == "decode" and job.context < 0:
-        raise RoofplanError("--context must be >= 0")
+        raise FieldError("context", job.context, "must be >= 0")
     total = job.seq + (job.context if job.phase == "decode" else 0) + (1 if job.phase == "decode" else 0)
     if total > model.max_positions:
-        raise RoofplanError(
-            f"sequence of {total} tokens exceeds {model.name}'s limit of {model.max_positions} "
-            f"(max_position_embeddings); use a shorter --seq/--context"
-        )
+        name = "context" if job.phase == "decode" else "seq"
+        raise FieldError(name, getattr(job, name),
+                         f"a sequence of {total} tokens exceeds {model.name}'s limit of {model.max_positions} "
+                         f"(max_position_embeddings)", "use a shorter seq or context" if job.phase == "decode"
+                         else "use a shorter seq")
     if job.recompute not in ("none", "selective", "full"):
-        raise RoofplanError(f"--recompute '{job.recompute}' is unknown; use none, selective or full")
+        raise FieldError("recompute", job.recompute, "unknown", "use none, selective or full")
     if job.offload_weights not in ("gpu", "cpu"):
-        raise RoofplanError(f"--offload weights={job.offload_weights} is unknown; use weights=cpu")
+        raise FieldError("offload_weights", job.offload_weights, "unknown", "use gpu or cpu")
     if job.host_memory not in ("pinned", "pageable"):
-        raise RoofplanError(f"--host-memory '{job.host_memory}' is unknown; use pinned or pageable")
+        raise FieldError("host_memory", job.host_memory, "unknown", "use pinned or pageable")
     if job.zero not in (0, 1, 2, 3):
-        raise RoofplanError(f"--zero {job.zero} is unknown; use 0, 1, 2 or 3")
+        raise FieldError("zero", job.zero, "unknown ZeRO stage", "use 0, 1, 2 or 3")
     heads = model.n_heads
     if heads % job.tp or (not model.is_mla and model.n_kv_heads % job.tp and job.tp % model.n_kv_heads):
-        raise RoofplanError(f"--tp {job.tp} does not divide {model.name}'s {heads} attention heads / {model.n_kv_heads} KV heads; use a divisor")
+        raise FieldError("tp", job.tp, f"does not divide {model.name}'s {heads} attention heads / {model.n_kv_heads} KV heads",
+                         "use a divisor")
     if job.pp > model.n_layers:
-        raise RoofplanError(f"--pp {job.pp} exceeds {model.name}'s {model.n_layers} layers")
+        raise FieldError("pp", job.pp, f"exceeds {model.name}'s {model.n_layers} layers")
     if job.ep != 1:
         if not isinstance(job.ep, int) or job.ep < 1:
-            raise RoofplanError(f"--ep must be a positive integer (got {job.ep})")
+            raise FieldError("ep", job.ep, "must be a positive integer")
         if not model.is_moe:
-            raise RoofplanError(f"--ep {job.ep} needs a mixture-of-experts model; {model.name} is dense")
-        if job.phase == "train":
-            raise RoofplanError("--ep with --phase train is the parallelism model's (it splits --dp); "
-                                "for training pass --ep together with --dp")
-        if job.tp % job.ep or model.n_experts % job.ep:
-            raise RoofplanError(f"--ep {job.ep} must divide --tp {job.tp} and {model.name}'s {model.n_experts} experts")
+            raise FieldError("ep", job.ep, f"needs a mixture-of-experts model; {model.name} is dense")
+        if job.phase == "train" and (job.dp % job.ep or model.n_experts % job.ep):
+            # training: each expert's replicas are spread over ep ranks of the data-parallel group
+            raise FieldError("ep", job.ep, f"must divide dp {job.dp} and {model.name}'s {model.n_experts} experts")
+        if job.phase != "train" and (job.tp % job.ep or model.n_experts % job.ep):
+            # inference: whole experts per rank inside the tensor-parallel group
+            raise FieldError("ep", job.ep, f"must divide tp {job.tp} and {model.name}'s {model.n_experts} experts")
     if job.phase != "train" and (job.lora_rank or job.zero):
-        raise RoofplanError("--lora-rank and --zero apply to --phase train only")
+        name = "lora_rank" if job.lora_rank else "zero"
+        raise FieldError(name, getattr(job, name), f"applies to phase train only (phase is {job.phase})")
     mb = job.micro_batch or job.batch
     if job.phase == "train" and job.batch % mb:
-        raise RoofplanError(f"--micro-batch {mb} does not divide --batch {job.batch}")
+        raise FieldError("micro_batch", mb, f"does not divide batch {job.batch}", "use a divisor of batch")
+    for name in ("cp", "vpp"):
+        v = getattr(job, name)
+        if not isinstance(v, int) or v < 1:
+            raise FieldError(name, v, "must be a positive integer")
+        if v > 1 and job.phase != "train":
+            raise FieldError(name, v, f"applies to phase train only (phase is {job.phase})")
+    if job.sp and job.phase != "train":
+        raise FieldError("sp", job.sp, f"applies to phase train only (phase is {job.phase})")
+    if job.seq % job.cp:
+        raise FieldError("cp", job.cp, f"does not divide seq {job.seq}", "use a divisor of seq")
+    if job.vpp > 1 and (job.pp == 1 or model.n_layers % (job.pp * job.vpp) or (job.batch // mb) % job.pp):
+        raise FieldError("vpp", job.vpp, f"the interleaved schedule needs pp > 1 dividing {model.name}'s "
+                         f"{model.n_layers} layers into pp x vpp chunks, and micro-batches ({job.batch // mb}) "
+                         f"divisible by pp ({job.pp})", "use vpp 1 or change pp or the batch")
     return replace(job, micro_batch=mb)

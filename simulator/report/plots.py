@@ -127,7 +127,7 @@ def memory_plot(preds: Sequence, path, labels: Sequence[str] | None = None, capa
 
 def offload_timeline(pred) -> pd.DataFrame:
     """Per-layer schedule of a weight-offloaded inference step (double buffering, as in
-    predict._stream_schedule): copy of layer i may start once copy i-1 is done and the buffer it
+    simulator.core.step.stream_schedule, which the tests check it against): copy of layer i may start once copy i-1 is done and the buffer it
     reuses (layer i-2's) is free; compute of layer i starts once its copy and compute i-1 are done.
     Rows: lane (transfer | compute), layer, start_s, duration_s."""
     job = pred.job

@@ -16,13 +16,27 @@ H100 = load_hardware("h100-sxm")
 
 def job_of(case) -> Job:
     return Job(phase=case["phase"], batch=case["batch"], seq=case.get("seq", 0), context=case.get("context", 0),
-               recompute=case.get("recompute", "none"),
+               recompute=case.get("recompute", "none"), lora_rank=case.get("lora_rank", 0),
+               micro_batch=case.get("micro_batch", 0),
                offload_weights="cpu" if case.get("offload") else "gpu", host_memory=case.get("host_memory", "pinned"),
                overlap=case.get("overlap", True))
 
 
+# The 18 framework-bound cases the shared file gained on 2026-11-30 (HF eager inference of
+# Llama-3.2-1B and 8B prefills, HF training at batch 1 and with recompute, PEFT LoRA, accelerate
+# offload). Modelling them is issue 12 ("Model the software, not just the GPU"); until it lands
+# they are checked against its acceptance bars in test_framework_bound_cases (xfail).
+FRAMEWORK_BOUND = {
+    "accelerate-offload-decode-llama-3.1-8b-b1-l512", "train-llama-3.2-1b-b1-s2048-nockpt",
+    "train-llama-3.2-1b-b8-s2048-ckpt", "lora-llama-3.1-8b-b1-s2048-ckpt",
+    *(f"hf-prefill-llama-3.2-1b-{s}" for s in ("b1-s128", "b1-s512", "b1-s2048", "b1-s8192", "b8-s1024", "b32-s512")),
+    *(f"hf-decode-llama-3.2-1b-{s}" for s in ("b1-l512", "b1-l4096", "b16-l512", "b16-l4096", "b64-l512", "b64-l2048")),
+    "hf-prefill-llama-3.1-8b-b1-s512", "hf-prefill-llama-3.1-8b-b32-s512",
+}
+
+
 def _cases(end_to_end, groups):
-    return [c for c in end_to_end["cases"] if c["group"] in groups]
+    return [c for c in end_to_end["cases"] if c["group"] in groups and c["id"] not in FRAMEWORK_BOUND]
 
 
 def _mape(pairs):
@@ -35,6 +49,31 @@ def test_time_mape_overhead_free_and_offload(end_to_end):
     assert len(pairs) >= 15
     assert _mape(pairs) <= 0.10
     assert max(abs(p / m - 1) for m, p in pairs) <= 0.15
+
+
+def test_the_file_holds_the_framework_bound_cases(end_to_end):
+    ids = {c["id"] for c in end_to_end["cases"]}
+    assert len(end_to_end["cases"]) == 35 and FRAMEWORK_BOUND <= ids
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 12 'Model the software, not just the GPU': measured with each case's executor on 2026-11-30: "
+    "HF eager inference time MAPE 67% (1B prefill b1 +159..+167%, 1B decode -35..-40%), HF training "
+    "b1 +51%, b8 ckpt +7%, LoRA -30%, accelerate offload has no executor profile"))
+def test_framework_bound_cases(end_to_end):
+    """Issue 12's acceptance bars on the framework-bound cases, each with its own executor."""
+    errors: dict[str, list[float]] = {"hf-eager": [], "train": [], "accelerate": []}
+    for c in end_to_end["cases"]:
+        if c["id"] not in FRAMEWORK_BOUND:
+            continue
+        ex = load_executor_profile(c.get("executor", "default"))
+        p = predict(load_model(c["model"]), H100, job_of(c), ex, check_memory=False)
+        kind = "accelerate" if c.get("executor") == "accelerate" else "train" if c["phase"] == "train" else "hf-eager"
+        errors[kind].append(p.time_s / c["time_s"] - 1)
+    assert sum(map(abs, errors["hf-eager"])) / len(errors["hf-eager"]) <= 0.15
+    assert max(map(abs, errors["hf-eager"])) <= 0.35
+    assert sum(map(abs, errors["train"])) / len(errors["train"]) <= 0.10
+    assert all(abs(e) <= 0.15 for e in errors["accelerate"])
 
 
 def test_memory_mape(end_to_end):
@@ -57,15 +96,21 @@ def test_kv_cache_formula():
 
 
 def test_training_model_states_18_bytes_per_param():
-    # ZeRO paper (Rajbhandari et al. 2020) sec. 3.1: mixed-precision Adam holds 16 B/param
-    # (fp16 params + grads, fp32 master + m + v); we keep the fp32 master as the parameter and a
-    # bf16 working copy: weights 6 B + optimizer 8 B, gradients 4 B when accumulated.
+    # ZeRO paper (Rajbhandari et al. 2020) sec. 3.1: mixed-precision Adam holds 2 B working weights
+    # + K = 12 B (fp32 master, m, v) per parameter; the fp32 gradient (4 B) is live when micro-batches
+    # accumulate: 18 B in all
     m = load_model("llama-3.2-1b")
     mem = training_memory(m, Job("train", batch=8, seq=512, micro_batch=4), load_executor_profile("default"))
     P = m.params_total()
-    assert mem.weights == pytest.approx(6 * P)
-    assert mem.optimizer == pytest.approx(8 * P)
+    assert mem.weights == pytest.approx(2 * P)
+    assert mem.optimizer == pytest.approx(12 * P)
     assert mem.gradients == pytest.approx(4 * P)
+    # one micro-batch: PyTorch sets .grad to None between steps, the peak (loss backward) has none
+    one = training_memory(m, Job("train", batch=4, seq=512, micro_batch=4), load_executor_profile("default"))
+    assert one.gradients == 0
+    # Megatron keeps a persistent fp32 main_grad buffer
+    meg = training_memory(m, Job("train", batch=4, seq=512, micro_batch=4), load_executor_profile("megatron"))
+    assert meg.gradients == pytest.approx(4 * P)
 
 
 def test_full_recompute_saves_memory_costs_time():

@@ -89,7 +89,7 @@ def test_plan_parallel_cost_objective_tries_fewer_gpus(capsys):
     (["predict", "--model", "llama-3.1-8b", "--hardware", "dgx-h100", "--phase", "train", "--seq", "4096",
       "--tp", "16", "--global-batch", "8"], "exceeds the 8 GPUs"),
     (["predict", "--model", "llama-3.1-8b", "--hardware", "dgx-h100", "--phase", "decode", "--context", "16",
-      "--sp"], "apply to --phase train only"),
+      "--sp"], "--sp True: applies to phase train only"),
     (["predict", "--model", "llama-3.1-70b", "--hardware", "dgx-h100", "--phase", "train", "--seq", "4096",
       "--dp", "8", "--batch", "8"], "does not fit"),
 ])

@@ -10,10 +10,11 @@ import pytest
 from simulator.core.paths import REPO_ROOT
 from simulator.core.errors import RoofplanError
 from simulator.core.models import load_model, parse_hf_config
-from simulator.core.parallel import (ParallelPlan, korthikanti_activation_bytes_per_layer, memory_terms,
-                                stage_times, step_time_terms, train_flops, train_step,
-                                training_memory, zero2_model_states_mem_needs,
-                                zero3_model_states_mem_needs, optimizer_seconds_per_param)
+from simulator.core.memory import korthikanti_activation_bytes_per_layer, memory_terms
+from simulator.core.parallel import (ParallelPlan, train_step, training_memory, zero2_model_states_mem_needs,
+                                     zero3_model_states_mem_needs)
+from simulator.core.step import optimizer_seconds_per_param, stage_times, train_flops, train_terms
+from simulator.core.workload import Job
 from simulator.core.profiles import load_executor_profile, load_kernel_profile
 from simulator.core.specs import load_system
 
@@ -121,11 +122,10 @@ def test_pipeline_bubble_is_p_minus_1_over_v_m(dgx, meg):
 def test_scalar_and_vectorised_paths_agree(dgx, meg):
     model = gpt(4096, 36, 32)
     kp = load_kernel_profile(dgx.gpu.name)
-    st = stage_times(model, dgx, 2048, 4, 2, 1, meg, kp)
+    st = stage_times(model, dgx, Job("train", batch=2, seq=2048, tp=4, micro_batch=2), meg, kp)
     opt = optimizer_seconds_per_param(model, dgx, meg, kp)
     pps, dps = np.array([1, 2, 4]), np.array([8, 4, 2])
-    vec = step_time_terms(model, dgx, 2048, st, 4, pps, dps, 1, 1, 2, 128 // (dps * 2), 1, 1, "selective",
-                          True, 2.0, opt)
+    vec = train_terms(model, dgx, 2048, st, 4, pps, dps, 1, 1, 2, 128 // (dps * 2), 1, 1, "selective", True, opt)
     for i in range(3):
         plan = ParallelPlan(tp=4, pp=int(pps[i]), dp=int(dps[i]), micro_batch=2, global_batch=128,
                             zero=1, recompute="selective")

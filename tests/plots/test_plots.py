@@ -4,7 +4,8 @@ import pytest
 
 from simulator.cli.main import main
 from simulator.core.models import load_model
-from simulator.core.predict import _stream_schedule, predict
+from simulator.core.predict import predict
+from simulator.core.step import stream_schedule
 from simulator.core.specs import load_hardware
 from simulator.core.units import GiB
 from simulator.core.workload import Job
@@ -67,7 +68,7 @@ def test_offload_timeline_matches_stream_schedule(tmp_path, overlap):
     c = comp["duration_s"].iloc[0]
     t = pred.transfer_time_s / n
     end = (comp["start_s"] + comp["duration_s"]).max()
-    assert end == pytest.approx(_stream_schedule(c, t, n, overlap), rel=1e-12)
+    assert end == pytest.approx(stream_schedule(c, t, n, overlap), rel=1e-12)
     # a layer never computes before its weights arrived
     tr = tasks[tasks["lane"] == "transfer"].set_index("layer")
     for _, r in comp.iterrows():

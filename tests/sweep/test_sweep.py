@@ -11,7 +11,7 @@ from simulator.core.models import load_model
 from simulator.core.predict import predict
 from simulator.core.profiles import list_profiles, load_executor_profile, load_kernel_profile
 from simulator.core.specs import load_hardware
-from simulator.sweep import predict_many
+from simulator.core.predict import predict_many
 from simulator.core.workload import Job
 
 # dense GQA, MoE, MLA + MoE, MHA with a plain MLP (gpt2: 12 heads, so tp 8 is refused)
@@ -113,8 +113,8 @@ def test_progress_bar_on_stderr(capsys):
 ])
 def test_large_scattered_sweep_uses_token_dedup_and_equals_scalar(m, phase, executor):
     """Above 4096 configs with repeated token counts, token-only ops are timed once per distinct
-    count (simulator.sweep._token_only_ops); attention and other shape-dependent ops are not."""
-    from simulator.sweep import _token_only_ops
+    count (simulator.core.step._token_only_ops); attention and other shape-dependent ops are not."""
+    from simulator.core.step import _token_only_ops
     from simulator.core.ops import forward_ops
     model, ex = load_model(m), load_executor_profile(executor)
     rng = np.random.default_rng(1)

@@ -1,0 +1,482 @@
+"""The step assembler: op times -> one step's time, its bound and its breakdown. Every front end
+(`predict`, `predict_many` and the sweeps, `whatif`, the serving simulator, the parallelism and
+fleet planners) calls these functions, so one configuration gets one number whichever way it is
+asked for. Everything here is vectorised: numbers may be numpy arrays of configurations.
+
+Inference (prefill, decode), per GPU (`inference_cost`):
+  compute   = sum over ops of max(GPU time, host time to issue it) x count   (simulator.core.roofline)
+  offload   layer-streamed weights: `stream_schedule` (double buffering: one fill + n x max(compute,
+            copy) when overlapped, n x (compute + copy) when not)
+  pipeline  one request crosses all pp stages in turn: pp x stage + (pp - 1) activation hops
+  step      + the executor's fixed host time per step
+
+Training (`train_terms`, any tp, pp, dp, cp, ep, sp, vpp, ZeRO, recompute, LoRA; one GPU is the
+plan tp = pp = dp = 1). Per micro-batch on the busiest stage (Narayanan et al. 2021, sec. 2.2, 3):
+  c         layers x (forward + backward + recompute) + stage ends (embedding, head, loss)
+  s         c + the serial collectives: TP (2 + 2 per layer, Shoeybi et al. 2019; with SP the same
+            volume as all-gather + reduce-scatter), EP all-to-alls, CP K/V exchange
+  z         ZeRO-3 parameter traffic on the communication stream: all-gather for the forward and
+            the backward, reduce-scatter of the gradients (prefetched: it overlaps s)
+  t_mb      max(s, z)
+Two streams, placed once each (a timeline, so faster hardware can never make a step slower):
+  compute stream  m micro-batches of t_mb
+  comm stream     m x z, then the data-parallel gradient reduction t_dp, which may start when the
+                  last micro-batch's backward starts (overlap_grad_reduce) or after it
+  sync      = max(m t_mb, (m - 1) t_mb + (s - last backward) + t_dp, m z + t_dp)
+  step      = sync + bubble (pp - 1)/v x t_mb + pipeline p2p + optimizer
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from simulator.core.comm import collective_time
+from simulator.core.constants import GRAD_REDUCE_BYTES
+from simulator.core.memory import (MemoryBreakdown, inference_memory, memory_terms, param_split, stage_layers,
+                                   stage_params, trainable_fraction, weight_params_per_gpu)
+from simulator.core.models import ModelConfig
+from simulator.core.ops import backward_ops, forward_ops, layer_forward_ops, loss_ops, optimizer_ops
+from simulator.core.profiles import ExecutorProfile, KernelProfile
+from simulator.core.roofline import op_gpu_time_array, time_ops
+from simulator.core.specs import System
+from simulator.core.units import DTYPE_BYTES
+from simulator.core.workload import Job
+
+# the order ties between bounds resolve in (first wins)
+BOUNDS = ("communication", "compute", "host", "memory")
+TRAIN_TERMS = ("compute", "recompute", "bubble", "tp_comm", "pp_comm", "dp_comm", "ep_comm", "cp_comm", "optimizer")
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """One step of one or many configurations (arrays broadcast to one shape; SI units).
+
+    `time_by_resource` splits the step's wall time by what it waits on (compute, memory, host,
+    communication, transfer, bubble); `time_by_term` names the training terms. Costs add: the
+    sum of two StepCosts is the cost of running one step after the other (peak memory: the
+    larger)."""
+    time_s: np.ndarray
+    bound: np.ndarray                              # labels from BOUNDS or "transfer"
+    memory: MemoryBreakdown
+    time_by_resource: dict = field(default_factory=dict)
+    time_by_term: dict = field(default_factory=dict)
+    transfer_time_s: np.ndarray | float = 0.0
+
+    @property
+    def peak_memory_bytes(self):
+        return self.memory.total
+
+    def __add__(self, other: "StepCost") -> "StepCost":
+        def add(a: dict, b: dict) -> dict:
+            return {k: a.get(k, 0.0) + b.get(k, 0.0) for k in dict.fromkeys([*a, *b])}
+        mem = self.memory if np.all(self.memory.total >= other.memory.total) else other.memory
+        res = add(self.time_by_resource, other.time_by_resource)
+        return StepCost(time_s=self.time_s + other.time_s, bound=_bound_of(res, self.time_s + other.time_s),
+                        memory=mem, time_by_resource=res, time_by_term=add(self.time_by_term, other.time_by_term),
+                        transfer_time_s=self.transfer_time_s + other.transfer_time_s)
+
+
+def _bound_of(by_resource: dict, time_s):
+    keys = [k for k in BOUNDS if k in by_resource]
+    if not keys:
+        return np.asarray("compute", dtype=object)
+    stacked = np.stack(np.broadcast_arrays(*[np.asarray(by_resource[k], float) for k in keys]))
+    return np.asarray(keys, dtype=object)[np.argmax(stacked, axis=0)]
+
+
+# ---------------------------------------------------------------------------------------------
+# op timing
+
+
+def op_times(op, system: System, kp: KernelProfile, ex: ExecutorProfile, tp: int):
+    """(seconds per step, GPU seconds, host seconds, GPU-bound label or boolean array, host-bound
+    mask) of one op: it takes the larger of its GPU time and the host time to issue its kernels,
+    times its count."""
+    t_gpu, bound = op_gpu_time_array(op, system, kp, ex, tp)
+    t_gpu = np.asarray(t_gpu, float)
+    t_host = op.kernels * ex.host_overhead_per_kernel_s if op.cls != "communication" else 0.0
+    if not t_host:
+        return t_gpu * op.count, t_gpu * op.count, 0.0, bound, False
+    return np.maximum(t_gpu, t_host) * op.count, t_gpu * op.count, t_host * op.count, bound, t_host > t_gpu
+
+
+def stream_schedule(layer_compute, layer_transfer, n_layers, overlap: bool):
+    """Layer-streamed weights with double buffering: the copy of layer i+1 overlaps the compute
+    of layer i, so the step costs one fill + (n - 1) x max(compute, copy) + the last compute;
+    without overlap the two add up. Vectorised."""
+    if not overlap:
+        return n_layers * (layer_compute + layer_transfer)
+    return layer_transfer + (n_layers - 1) * np.maximum(layer_compute, layer_transfer) + layer_compute
+
+
+def h2d_Bps(system: System, kp: KernelProfile, host_memory: str) -> float:
+    """Host -> GPU copy bandwidth: pinned copies run at the link's achieved efficiency, pageable
+    ones are bound by the host's staging copy."""
+    if host_memory == "pageable":
+        return min(kp.h2d_pageable_Bps, system.host_link.bw_Bps)
+    return system.host_link.bw_Bps * kp.h2d_pinned_eff
+
+
+# ---------------------------------------------------------------------------------------------
+# inference
+
+
+@dataclass(frozen=True)
+class OpRow:
+    """One op's per-step totals (arrays when the job is)."""
+    name: str
+    cls: str
+    pass_: str
+    count: int
+    flops: object
+    bytes: object
+    kernels: object
+    gpu_time_s: object
+    host_time_s: object
+    time_s: object
+    bound: object
+
+
+def inference_cost(model: ModelConfig, system: System, job: Job, ex: ExecutorProfile, kp: KernelProfile,
+                   keep_ops: bool = False) -> tuple[StepCost, list[OpRow]]:
+    """One prefill or decode step (see module doc). `job.batch`, `.seq`, `.context` may be numpy
+    arrays broadcast against each other; every op is evaluated on the axes it depends on. With
+    `keep_ops` the per-op rows come back too (for tables and traces)."""
+    lps = int(stage_layers(model, job.pp))
+    a = DTYPE_BYTES[job.dtype]
+    fwd = forward_ops(model, job, ex, layers=lps)
+    shape = np.broadcast_shapes(np.shape(job.batch), np.shape(job.seq), np.shape(job.context))
+    by_tokens = _token_only_ops(model, job, ex, lps, fwd, shape)
+    compute = np.zeros(shape)
+    layer_compute = np.zeros(shape)
+    by_bound = {b: np.zeros(shape) for b in BOUNDS}
+    by_class: dict[str, np.ndarray] = {}
+    rows: list[OpRow] = []
+    for i, op in enumerate(fwd):
+        if i in by_tokens:   # timed once per distinct token count, gathered to every configuration
+            unique_op, inverse = by_tokens[i]
+            t_u, gpu_u, t_host, bound_u, host_u = op_times(unique_op, system, kp, ex, job.tp)
+            t, t_gpu = t_u[inverse], np.asarray(gpu_u)[inverse]
+            t_host = np.asarray(t_host)[inverse] if np.ndim(t_host) else t_host
+            bound = bound_u if isinstance(bound_u, str) else np.asarray(bound_u)[inverse]
+            host = host_u if isinstance(host_u, bool) else np.asarray(host_u)[inverse]
+        else:
+            t, t_gpu, t_host, bound, host = op_times(op, system, kp, ex, job.tp)
+        compute = compute + t
+        by_class[op.cls] = by_class.get(op.cls, 0.0) + t
+        if op.name.startswith(("layer.", "moe_layer.")):
+            layer_compute = layer_compute + t
+        t_dev = t
+        if not isinstance(host, bool) or host:
+            by_bound["host"] += np.where(host, t, 0.0)
+            t_dev = np.where(host, 0.0, t)
+        if isinstance(bound, str):
+            by_bound[bound] += t_dev
+        else:
+            in_compute = np.where(bound, t_dev, 0.0)
+            by_bound["compute"] += in_compute
+            by_bound["memory"] += t_dev - in_compute
+        if keep_ops:
+            label = bound if isinstance(bound, str) else np.where(bound, "compute", "memory")
+            label = np.where(host, "host", label)
+            rows.append(OpRow(op.name, op.cls, op.pass_, op.count, op.flops * op.count, op.bytes * op.count,
+                              op.kernels * op.count, t_gpu, t_host, t, label))
+
+    transfer = np.zeros(shape)
+    if job.offload_weights == "cpu":
+        per_layer = layer_compute / lps
+        other = compute - per_layer * lps
+        ends = (model.embedding_params + model.head_params) / job.tp
+        layer_bytes = (weight_params_per_gpu(model, job) - ends) / lps * a
+        layer_transfer = layer_bytes / h2d_Bps(system, kp, job.host_memory) + kp.copy_latency_s
+        transfer = transfer + layer_transfer * lps
+        step = other + stream_schedule(per_layer, layer_transfer, lps, job.overlap)
+        mem = inference_memory(model, job, ex, weights_on_gpu=False, offload_buffers=2 * layer_bytes + ends * a)
+    else:
+        step = compute
+        mem = inference_memory(model, job, ex)
+    exposed_transfer = step - compute
+    pp_hops = 0.0
+    if job.pp > 1:
+        # one request traverses all stages in turn; activations hop between GPUs
+        hop = job.batch * (1 if job.phase == "decode" else job.seq) * model.hidden * a
+        pp_hops = (job.pp - 1) * collective_time("p2p", hop, 2, system, 2)
+        step = step * job.pp + pp_hops
+    step = step + ex.host_overhead_per_step_s
+    stage_mult = job.pp
+    bound = _bound_of(by_bound, step)
+    if job.offload_weights == "cpu":
+        bound = np.where((transfer > 0) & (transfer >= step * 0.5), "transfer", bound).astype(object)
+    resources = {k: v * stage_mult for k, v in by_bound.items()}
+    resources["transfer"] = exposed_transfer * stage_mult
+    resources["communication"] = resources["communication"] + pp_hops
+    resources["host"] = resources["host"] + ex.host_overhead_per_step_s
+    terms = {k: v * stage_mult for k, v in by_class.items()}
+    terms["transfer"] = exposed_transfer * stage_mult
+    terms["pp_comm"] = pp_hops
+    terms["host_per_step"] = ex.host_overhead_per_step_s
+    cost = StepCost(time_s=np.broadcast_to(step, shape), bound=np.broadcast_to(bound, shape),
+                    memory=MemoryBreakdown(**{k: np.broadcast_to(np.asarray(v, float), shape)
+                                              for k, v in mem.as_dict().items()}),
+                    time_by_resource=resources, time_by_term=terms,
+                    transfer_time_s=np.broadcast_to(transfer, shape))
+    return cost, rows
+
+
+def _token_only_ops(model: ModelConfig, vjob: Job, ex: ExecutorProfile, lps: int, fwd, shape) -> dict:
+    """Ops whose FLOPs and bytes depend only on the step's token count (prefill: batch x seq,
+    decode: batch) -- most of them -- are timed once per distinct count and gathered, instead of
+    once per configuration: a sweep of scattered (batch, context) pairs has few distinct batches.
+    Which ops qualify is found, not assumed: an op qualifies when two jobs with the same token
+    counts but different shapes (prefill: T x 1 vs 1 x T; decode: context 0 vs 1) give it equal
+    numbers. Returns {index in fwd: (op on the distinct counts, inverse index into `shape`)}."""
+    n = int(np.prod(shape))
+    if n < 4096:
+        return {}
+    B = np.broadcast_to(vjob.batch, shape)
+    tokens = B * (np.broadcast_to(vjob.seq, shape) if vjob.phase == "prefill" else 1)
+    unique, inverse = np.unique(tokens, return_inverse=True)
+    if unique.size * 2 > n:   # too few repeats to pay for np.unique and the gathers
+        return {}
+    if vjob.phase == "prefill":
+        a = forward_ops(model, replace(vjob, batch=unique, seq=np.ones_like(unique)), ex, layers=lps)
+        b = forward_ops(model, replace(vjob, batch=np.ones_like(unique), seq=unique), ex, layers=lps)
+    else:
+        a = forward_ops(model, replace(vjob, batch=unique, context=np.zeros_like(unique)), ex, layers=lps)
+        b = forward_ops(model, replace(vjob, batch=unique, context=np.ones_like(unique)), ex, layers=lps)
+    if not (len(a) == len(b) == len(fwd)):
+        return {}
+    out = {}
+    for i, (op, x, y) in enumerate(zip(fwd, a, b)):
+        full_size = np.shape(op.flops) == shape or np.shape(op.bytes) == shape
+        if op.name == x.name == y.name and full_size and np.array_equal(x.flops, y.flops) \
+                and np.array_equal(x.bytes, y.bytes) and np.array_equal(x.seq, y.seq):
+            out[i] = (x, inverse.reshape(shape))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# training: per-layer times of one micro-batch, then the vectorised step
+
+
+ATTENTION_OPS = ("attention", "attn_qk", "attn_scores", "attn_av")   # what selective recompute redoes
+SEQUENCE_PARALLEL_OPS = ("attn_norm", "mlp_norm", "residual_add", "residual_add2")
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """Seconds for one micro-batch on one GPU (core time model), by layer kind and stage end,
+    for one (tp, micro-batch, seq, cp, sp, LoRA rank): what the vectorised step shares."""
+    layer_fwd: float          # dense layer, compute only
+    layer_bwd: float
+    layer_attn_fwd: float     # attention kernel(s) of the forward (selective recompute)
+    layer_tp_comm: float      # forward + backward TP collectives of one layer
+    moe_fwd: float
+    moe_bwd: float
+    moe_attn_fwd: float
+    moe_tp_comm: float
+    embed: float              # embedding forward + backward (first stage)
+    head: float               # final norm + LM head + loss, forward + backward (last stage)
+    trainable_fraction: float = 1.0   # trainable / all parameters (LoRA < 1)
+    lora_rank: int = 0
+    bound_shares: tuple = (("compute", 1.0),)   # share of the GPU time bound by compute / memory / host
+
+
+def stage_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bool, count: int = 1):
+    """(forward, backward) ops of one decoder layer for one training micro-batch of `job`: local
+    sequence seq / cp (its queries attend to all cp chunks' keys), the sequence-parallel region
+    (norms, residual adds: Korthikanti et al. 2022 sec. 4.2.2) on seq / tp tokens per GPU."""
+    s_local = job.seq // job.cp
+    mb = job.micro_batch or job.batch
+    ljob = replace(job, batch=mb, seq=s_local, micro_batch=mb)
+    fwd = layer_forward_ops(model, ljob, ex, moe, count, tokens=mb * s_local, batch=mb, q_len=s_local,
+                            kv_len=0, prefix="moe_layer." if moe else "layer.")
+    fwd = [replace(o, flops=o.flops * job.cp) if o.cls == "attention" else o for o in fwd]
+    if job.sp and job.tp > 1:
+        fwd = [replace(o, flops=o.flops / job.tp, bytes=o.bytes / job.tp) if o.name.endswith(SEQUENCE_PARALLEL_OPS)
+               else o for o in fwd]
+    return fwd, backward_ops(fwd, ljob, ex.backward_memory_ratio)
+
+
+def end_ops(model: ModelConfig, job: Job, ex: ExecutorProfile):
+    """(embedding forward + backward, final norm + LM head + loss forward + backward) of one
+    micro-batch."""
+    s_local = job.seq // job.cp
+    mb = job.micro_batch or job.batch
+    ljob = replace(job, batch=mb, seq=s_local, micro_batch=mb)
+    ends = forward_ops(model, ljob, ex, layers=0, batch=mb, embed=True, head=True)
+    emb = [o for o in ends if o.cls == "embedding"]
+    head = [o for o in ends if o.cls != "embedding"]
+    return (emb + backward_ops(emb, ljob, ex.backward_memory_ratio),
+            head + loss_ops(model, ljob, mb * s_local) + backward_ops(head, ljob, ex.backward_memory_ratio))
+
+
+def _split(df):
+    comm = df["cls"] == "communication"
+    return float(df.loc[~comm, "time_s"].sum()), float(df.loc[comm, "time_s"].sum())
+
+
+def stage_times(model: ModelConfig, system: System, job: Job, ex: ExecutorProfile, kp: KernelProfile) -> StageTimes:
+    """Time one layer (dense and MoE) and the stage ends for a micro-batch of `job` through the
+    core op lists and roofline."""
+    import pandas as pd
+    out = {}
+    frames = []
+    for moe, key in ((False, "layer"), (True, "moe")):
+        if (moe and not model.is_moe) or (not moe and model.n_moe_layers == model.n_layers):
+            out.update({f"{key}_fwd": 0.0, f"{key}_bwd": 0.0, f"{key}_attn_fwd": 0.0, f"{key}_tp_comm": 0.0})
+            continue
+        fwd, bwd = stage_ops(model, job, ex, moe)
+        df_f, df_b = time_ops(fwd, system, kp, ex, job.tp), time_ops(bwd, system, kp, ex, job.tp)
+        (cf, mf), (cb, mb) = _split(df_f), _split(df_b)
+        out[f"{key}_fwd"], out[f"{key}_bwd"], out[f"{key}_tp_comm"] = cf, cb, mf + mb
+        out[f"{key}_attn_fwd"] = float(df_f.loc[df_f["name"].str.endswith(ATTENTION_OPS), "time_s"].sum())
+        frames += [df_f, df_b]
+    emb, head = end_ops(model, job, ex)
+    df_e, df_h = time_ops(emb, system, kp, ex, job.tp), time_ops(head, system, kp, ex, job.tp)
+    gpu = pd.concat(frames + [df_e, df_h], ignore_index=True)
+    gpu = gpu[gpu["cls"] != "communication"].groupby("bound")["time_s"].sum()
+    shares = tuple((str(k), float(v / gpu.sum())) for k, v in gpu.items()) if gpu.sum() > 0 else (("compute", 1.0),)
+    return StageTimes(**out, embed=float(df_e["time_s"].sum()), head=float(df_h["time_s"].sum()),
+                      trainable_fraction=trainable_fraction(model, job.lora_rank), lora_rank=job.lora_rank,
+                      bound_shares=shares)
+
+
+def optimizer_seconds_per_param(model: ModelConfig, system: System, ex: ExecutorProfile, kp: KernelProfile) -> float:
+    """AdamW + weight recast time per parameter (core optimizer ops, timed at 1e9 parameters: the
+    step is bandwidth bound and linear in parameters at that size)."""
+    n = 1e9
+    return float(time_ops(optimizer_ops(model, Job(phase="train", batch=1, seq=1), n), system, kp, ex)["time_s"].sum()) / n
+
+
+def train_terms(model: ModelConfig, system: System, seq, st: StageTimes, tp, pp, dp, cp, ep, micro_batch, n_micro,
+                vpp, zero, recompute: str, overlap_grad_reduce, optimizer_s_per_param,
+                grad_reduce_bytes: float = GRAD_REDUCE_BYTES) -> dict:
+    """Vectorised training step terms in seconds (see module doc) for plans that share `st` (same
+    tp, micro-batch, cp, sp, LoRA rank). Keys: "time" and TRAIN_TERMS, which add up to it."""
+    tp, pp, dp, cp, ep, mb, m, v, zero = (np.asarray(x) for x in (tp, pp, dp, cp, ep, micro_batch, n_micro, vpp, zero))
+    a = DTYPE_BYTES["bf16"]
+    moe_frac = model.n_moe_layers / model.n_layers
+    layers = stage_layers(model, pp)
+    rec = {"none": 0.0, "selective": 1.0, "full": 1.0}[recompute]
+    layer_rec = st.layer_fwd if recompute == "full" else st.layer_attn_fwd
+    moe_rec = st.moe_fwd if recompute == "full" else st.moe_attn_fwd
+    per_layer = (1 - moe_frac) * (st.layer_fwd + st.layer_bwd) + moe_frac * (st.moe_fwd + st.moe_bwd)
+    per_layer_rec = rec * ((1 - moe_frac) * layer_rec + moe_frac * moe_rec)
+    per_layer_tp = (1 - moe_frac) * st.layer_tp_comm + moe_frac * st.moe_tp_comm
+    ends = np.where(pp == 1, st.embed + st.head, max(st.embed, st.head))
+    c = layers * (per_layer + per_layer_rec) + ends
+    # forward has 2 of the layer's 4 TP collectives; full recompute repeats the forward's
+    t_tp = layers * per_layer_tp * (1.5 if recompute == "full" else 1.0)
+    # MoE expert parallelism: dispatch + combine all-to-all, forward and backward
+    tokens = mb * np.asarray(seq) / cp
+    a2a_bytes = tokens * model.top_k * model.hidden * a / tp if model.is_moe else 0.0
+    ep_rpn = np.minimum(ep, np.maximum(1, system.gpu_count // tp))
+    t_a2a = collective_time("all_to_all", a2a_bytes, ep, system, ep_rpn) if model.is_moe else 0.0
+    t_ep = layers * moe_frac * 4 * t_a2a
+    # context parallel: K and V of the other chunks (ring), forward + backward, overlapped with attention
+    kv_bytes = tokens * 2 * model.n_kv_heads * model.head_dim / tp * a
+    cp_rpn = np.minimum(cp, np.maximum(1, system.gpu_count // tp))
+    t_cp_ag = collective_time("all_gather", kv_bytes * cp, cp, system, cp_rpn)
+    attn_t = (1 - moe_frac) * st.layer_attn_fwd + moe_frac * st.moe_attn_fwd
+    t_cp = layers * np.maximum(0.0, 3 * t_cp_ag - 3.5 * attn_t)
+    s = c + t_tp + t_ep + t_cp
+    # data-parallel gradients of this stage's trainable parameters (non-expert over dp, expert
+    # over dp / ep: their replicas are tp x ep apart)
+    P = stage_params(model, tp, pp, ep)
+    P_expert = P - stage_params(model, tp, pp, np.inf)
+    P_dense = (P - P_expert) * st.trainable_fraction
+    P_expert = P_expert * st.trainable_fraction
+    dp_inner = tp * cp
+    dp_rpn = np.minimum(dp, np.maximum(1, system.gpu_count // dp_inner))
+    edp = np.maximum(dp // ep, 1)
+    edp_rpn = np.minimum(edp, np.maximum(1, system.gpu_count // (dp_inner * ep)))
+
+    def reduce_time(kind, bytes_per_param):
+        return (collective_time(kind, P_dense * bytes_per_param, dp, system, dp_rpn)
+                + np.where(P_expert > 0, collective_time(kind, P_expert * bytes_per_param, edp, system, edp_rpn), 0.0))
+    t_ar = reduce_time("all_reduce", grad_reduce_bytes)
+    t_rs = reduce_time("reduce_scatter", grad_reduce_bytes)
+    t_ag = reduce_time("all_gather", a)
+    many = dp > 1
+    # ZeRO 0: all-reduce; 1-2: reduce-scatter + all-gather of the updated weights; 3: the weights
+    # are gathered on demand (z below), so only the gradients' reduce-scatter remains
+    t_dp = np.where(many, np.where(zero == 0, t_ar, np.where(zero >= 3, t_rs, t_rs + t_ag)), 0.0)
+    z = np.where(many & (zero >= 3), 2 * t_ag + t_rs, 0.0)
+    t_mb = np.maximum(s, z)
+    last_bwd = layers * ((1 - moe_frac) * st.layer_bwd + moe_frac * st.moe_bwd)
+    ready = np.where(overlap_grad_reduce, (m - 1) * t_mb + (s - last_bwd), m * t_mb)
+    sync = np.maximum(np.maximum(m * t_mb, ready + t_dp), m * z + t_dp)
+    bubble = (pp - 1) / v * t_mb
+    # pipeline p2p: one micro-batch's boundary activation (scatter-gather: / tp)
+    p2p_bytes = tokens * model.hidden * a / tp
+    pp_rpn = np.where(tp * dp * cp >= system.gpu_count, 1, 2)
+    t_send = collective_time("p2p", p2p_bytes, np.where(pp > 1, 2, 1), system, pp_rpn)
+    pp_comm = np.where(pp > 1, 2 * v * m * t_send + 2 * (pp - 1) * t_send, 0.0)
+    optimizer = optimizer_s_per_param * P * st.trainable_fraction / np.where(zero >= 1, dp, 1)
+    recompute_s = m * layers * per_layer_rec
+    terms = {"compute": m * c - recompute_s, "recompute": recompute_s, "bubble": bubble, "tp_comm": m * t_tp,
+             "pp_comm": pp_comm, "dp_comm": sync - m * s, "ep_comm": m * t_ep, "cp_comm": m * t_cp,
+             "optimizer": optimizer}
+    terms["time"] = sync + bubble + pp_comm + optimizer
+    return terms
+
+
+def train_memory(model: ModelConfig, job: Job, ex: ExecutorProfile) -> MemoryBreakdown:
+    """Per-GPU memory of a training job (simulator.core.memory.memory_terms)."""
+    mb = job.micro_batch or job.batch
+    return MemoryBreakdown(**memory_terms(model, job.seq, ex, job.tp, job.pp, job.dp, job.cp, job.ep, mb,
+                                          job.batch // mb, job.vpp, job.sp, job.zero, job.recompute, job.lora_rank,
+                                          job.dtype))
+
+
+def train_cost(model: ModelConfig, system: System, job: Job, ex: ExecutorProfile, kp: KernelProfile,
+               st: StageTimes | None = None, overlap_grad_reduce: bool = True) -> StepCost:
+    """One training step of `job` (any plan; one GPU is tp = pp = dp = 1)."""
+    st = st or stage_times(model, system, job, ex, kp)
+    mb = job.micro_batch or job.batch
+    t = train_terms(model, system, job.seq, st, job.tp, job.pp, job.dp, job.cp, job.ep, mb, job.batch // mb,
+                    job.vpp, job.zero, job.recompute, overlap_grad_reduce, optimizer_seconds_per_param(model, system, ex, kp))
+    time_s = t.pop("time")
+    comm = t["tp_comm"] + t["pp_comm"] + t["dp_comm"] + t["ep_comm"] + t["cp_comm"]
+    gpu = t["compute"] + t["recompute"]
+    resources = {k: gpu * share for k, share in st.bound_shares}
+    resources["memory"] = resources.get("memory", 0.0) + t["optimizer"]   # AdamW streams the states
+    resources["communication"] = comm
+    resources["bubble"] = t["bubble"]
+    return StepCost(time_s=time_s, bound=_bound_of(resources, time_s), memory=train_memory(model, job, ex),
+                    time_by_resource=resources, time_by_term=t)
+
+
+__all__ = ["BOUNDS", "TRAIN_TERMS", "StepCost", "StageTimes", "OpRow", "inference_cost", "train_cost", "train_terms",
+           "train_memory", "stage_times", "stage_ops", "end_ops", "stream_schedule", "h2d_Bps", "op_times",
+           "optimizer_seconds_per_param", "param_split"]
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOPs
+
+
+def megatron_convention_forward_flops(model: ModelConfig, seq: int, sequences: int = 1) -> tuple[float, float, float]:
+    """(forward FLOPs, forward FLOPs of the layers, of the attention kernels) for `sequences`
+    sequences of the whole model, attention counted as the full square (Megatron convention:
+    2x the core's causal count)."""
+    from simulator.core.profiles import load_executor_profile
+    job = Job(phase="train", batch=1, seq=seq, micro_batch=1)
+    ops = forward_ops(model, job, load_executor_profile("default"), batch=1)
+    attn = sum(2 * o.flops * o.count for o in ops if o.cls == "attention")
+    layers = sum(o.flops * o.count for o in ops if o.cls == "gemm" and o.name.startswith(("layer.", "moe_layer."))) + attn
+    total = sum(o.flops * o.count for o in ops if o.cls == "gemm") + attn
+    return total * sequences, layers * sequences, attn * sequences
+
+
+def train_flops(model: ModelConfig, seq: int, global_batch: int, recompute: str, lora_rank: int = 0) -> tuple[float, float]:
+    """(model FLOPs, hardware FLOPs) of one training step over all GPUs (Narayanan et al. 2021,
+    eq. 3: model FLOPs = 3 x forward, the attention as the full square; for GPT 72 B s l h^2
+    (1 + s/6h + V/12lh)); hardware FLOPs add the recomputed forward (full: the layers, selective:
+    the attention). LoRA's frozen weights skip the weight gradient: 2 x forward."""
+    fwd, layers, attn = megatron_convention_forward_flops(model, seq, global_batch)
+    extra = {"none": 0.0, "selective": attn, "full": layers}[recompute]
+    model_flops = (2 if lora_rank else 3) * fwd
+    return model_flops, model_flops + extra
