@@ -97,8 +97,9 @@ def placements(n_gpus: int = 4, tps=(1, 2, 4)) -> list[tuple[int, int, int, int]
 def search_placements(n_gpus: int = 4, n_requests: int = 600, seed: int = 0) -> list[dict]:
     """DistServe's placement search for this case (its simulator's quick start: OPT-13B, ShareGPT,
     one node of 4 A100-80GB, the SLOs above): for every disaggregated placement on <= n_gpus GPUs,
-    the highest Poisson rate at which >= 90% of requests attain (bisection, requests drawn from the
-    measured runs' prompt/output lengths, seeded), per GPU used. Best first."""
+    the highest Poisson rate at which >= 90% of requests attain (`sv.bisect_rate`: bisection to
+    0.02 req/s; requests drawn from the measured runs' prompt/output lengths, seeded), per GPU used.
+    Best first."""
     model = load_model("opt-13b")
     a100 = load_hardware("a100-sxm-80gb")
     ex = load_executor_profile("distserve")
@@ -112,10 +113,7 @@ def search_placements(n_gpus: int = 4, n_requests: int = 600, seed: int = 0) -> 
                               n_prefill=n_p, n_decode=n_d, link_Bps=a100.peer_link.bw_Bps,
                               prefill_batch_tokens=DISTSERVE_CONTEXT_TOKENS)
             return attainment(sim.ttft_s, np.nan_to_num(sim.tpot_s), sim.out_tokens) >= ATTAIN
-        lo, hi = 0.0, 8.0 * n_gpus
-        while hi - lo > 0.02:
-            mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+        lo = sv.bisect_rate(ok, 8.0 * n_gpus, xtol=0.02)   # attainment is a step function of the rate
         used = tp_p * n_p + tp_d * n_d
         out.append({"placement": f"c{tp_p}1d{tp_d}1" + (f" x{n_p}P{n_d}D" if (n_p, n_d) != (1, 1) else ""),
                     "gpus": used, "rate": lo, "per_gpu": lo / used})

@@ -46,8 +46,8 @@ def gemm_calls(trace: Trace, segment: str | None = None) -> pd.DataFrame:
 
 def fit_gemm_scale(trace: Trace, system: System, kp: KernelProfile, dtype: str | None = None) -> tuple[float, dict]:
     """Scale on the GEMM peak that makes the kernel profile reproduce the trace's compute-bound
-    GEMM time: s with sum(t_pred(peak s)) = sum(t_meas), solved by bisection (t_pred falls
-    monotonically in s). Returns (scale, evidence)."""
+    GEMM time: s with sum(t_pred(peak s)) = sum(t_meas), solved by brentq on [0.3, 3] (t_pred
+    falls monotonically in s; a root outside gives the nearer end). Returns (scale, evidence)."""
     calls = gemm_calls(trace)
     if not len(calls):
         raise RoofplanError(f"trace {trace.path}: no GEMM calls with recorded shapes; record with record_shapes=True")
@@ -66,11 +66,17 @@ def fit_gemm_scale(trace: Trace, system: System, kp: KernelProfile, dtype: str |
     def predicted(s):
         return float(np.sum(gemm_time(big["flops"], big["bytes"], peak * s, bw, model)[0]))
 
+    from scipy.optimize import brentq
+
+    def excess(s):
+        return predicted(s) - measured
     lo, hi = 0.3, 3.0
-    for _ in range(60):
-        mid = (lo * hi) ** 0.5
-        lo, hi = (mid, hi) if predicted(mid) > measured else (lo, mid)
-    scale = (lo * hi) ** 0.5
+    if excess(hi) > 0:       # slower than measured even at 3 x peak
+        scale = hi
+    elif excess(lo) <= 0:
+        scale = lo
+    else:                    # to float resolution, like the 60 geometric halvings it replaces
+        scale = float(brentq(excess, lo, hi, xtol=1e-15))
     return scale, {"gemm_calls": len(calls), "compute_bound_calls": len(big), "measured_s": measured,
                    "predicted_unscaled_s": predicted(1.0)}
 

@@ -58,26 +58,26 @@ def load_grids(path: str) -> list[dict]:
 
 
 class Progress:
-    """A one-line progress bar on stderr (only on a terminal)."""
+    """A one-line tqdm progress bar on stderr over configurations, with the shard count (drawn
+    only when `enabled`: the CLI passes a terminal and no --quiet). Ends its line when the last
+    shard is in or on `close`."""
 
     def __init__(self, total_configs: int, n_shards: int, enabled: bool):
-        self.total, self.n_shards, self.enabled = total_configs, n_shards, enabled
-        self.done_configs = self.done_shards = 0
-        self.t0 = time.perf_counter()
+        from tqdm import tqdm
+        self.n_shards, self.done_shards = n_shards, 0
+        self.bar = tqdm(total=total_configs, unit="config", disable=not enabled, file=sys.stderr,
+                        desc=f"0/{n_shards} shards", ascii=" #", mininterval=0, miniters=0,   # draw every shard
+                        bar_format="[{bar:30}] {desc}, {n:,}/{total:,} configs, {elapsed_s:.1f} s")
 
     def update(self, configs: int) -> None:
-        self.done_configs += configs
         self.done_shards += 1
-        if not self.enabled:
-            return
-        frac = self.done_configs / max(self.total, 1)
-        bar = "#" * int(30 * frac)
-        dt = time.perf_counter() - self.t0
-        sys.stderr.write(f"\r[{bar:<30}] {self.done_shards}/{self.n_shards} shards, "
-                         f"{self.done_configs:,}/{self.total:,} configs, {dt:.1f} s")
+        self.bar.set_description_str(f"{self.done_shards}/{self.n_shards} shards", refresh=False)
+        self.bar.update(configs)
         if self.done_shards == self.n_shards:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+            self.close()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _write_table(df, path: Path) -> None:
@@ -135,6 +135,15 @@ def run_sweep(groups, shard_size: int, shard_dir: Path, workers: int = 1, dask_s
     paths = [shard_dir / f"shard-{i:05d}{shard_ext}" for i in range(len(shards))]
     todo = [i for i, p in enumerate(paths) if not (resume and p.is_file())]
     bar = Progress(sum(sum(g.size for g in s) for s in shards), len(shards), progress)
+    try:
+        _run_shards(shards, paths, todo, prices, workers, dask_scheduler, bar)
+    finally:
+        bar.close()     # ends the bar's line before any error message
+    parts = [_read_table(p) for p in paths]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def _run_shards(shards, paths, todo, prices, workers, dask_scheduler, bar) -> None:
     pending = set(todo)
     for i in range(len(shards)):
         if i not in pending:
@@ -163,8 +172,6 @@ def run_sweep(groups, shard_size: int, shard_dir: Path, workers: int = 1, dask_s
     else:
         for i in todo:
             bar.update(run_shard_to_file(shards[i], str(paths[i]), prices))
-    parts = [_read_table(p) for p in paths]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def summary(df, top: int, sort: str | None):

@@ -6,8 +6,8 @@ deployments.
 
 Step times come from `simulator.core.predict.predict` (one source of truth): `step_tables` evaluates the
 core once per grid point (prefill over prompt length; decode over batch x context) and the serving
-model interpolates (log-log in tokens and batch, linear in context). Tables are built per call,
-never cached globally.
+model interpolates (prefill log-log in tokens; decode bilinear in batch x context). Tables are
+built per call, never cached globally.
 
 Closed forms (`aggregated`, `disaggregated`), Poisson arrivals at rate lam:
   prefill service  S_i = prefill(in_i)  (+ ceil(in_i / chunk) x decode(B) when the decode batch
@@ -17,8 +17,11 @@ Closed forms (`aggregated`, `disaggregated`), Poisson arrivals at rate lam:
                    waiting time, Kingman); TTFT_i = W + S_i (+ half a decode step: an arrival
                    joins at the next iteration boundary), percentiles of the mixture.
   decode batch     Little's law  B = lam E[out] TPOT,  TPOT = decode(B, ctx) / (1 - rho_prefill):
-                   the fixed point is found by bisection; no fixed point below the KV-cache limit
+                   the fixed point is the sign change of B - rate E[out] TPOT(B) on a log grid of B
+                   (linear between grid points); no fixed point below the KV-cache limit
                    B_max = KV budget / E[in + out] -> unstable.
+  percentiles      of the TTFT and TPOT mixtures: roots of CDF(t) = q by brentq.
+  max rate         `max_rate`: doubling to bracket, then brentq on the SLO margin.
 `simulate` is a small discrete-event simulation (iteration-level, fixed RNG seed) for checking the
 closed forms and where they fail (bursty long prompts, KV preemption pressure).
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -86,19 +90,23 @@ class StepTables:
 
     def decode_time(self, batch, context) -> np.ndarray:
         """One decode step of `batch` sequences with `context` cached tokens each (bilinear in
-        batch x context: step time is close to affine in both; above the grid, linear in batch)."""
+        batch x context: step time is close to affine in both; context clamped to the grid; batch
+        at least 1, linear extrapolation from the first cell below the grid, above it the last
+        row scaled linearly in batch). Inputs broadcast against each other."""
         b = np.maximum(np.asarray(batch, dtype=float), 1.0)
         c = np.clip(np.asarray(context, dtype=float), self.decode_context[0], self.decode_context[-1])
-        lb = self.decode_batch
-        bb = np.minimum(b, lb[-1])
-        i = np.clip(np.searchsorted(lb, bb) - 1, 0, len(lb) - 2)
-        fb = (bb - lb[i]) / (lb[i + 1] - lb[i])
-        j = np.clip(np.searchsorted(self.decode_context, c) - 1, 0, len(self.decode_context) - 2)
-        fc = (c - self.decode_context[j]) / (self.decode_context[j + 1] - self.decode_context[j])
-        d = self.decode_s
-        t = ((1 - fb) * (1 - fc) * d[i, j] + fb * (1 - fc) * d[i + 1, j]
-             + (1 - fb) * fc * d[i, j + 1] + fb * fc * d[i + 1, j + 1])
+        bb, cc = np.broadcast_arrays(np.minimum(b, self.decode_batch[-1]), c)
+        t = self._decode_interp(np.stack([bb, cc], axis=-1)).reshape(bb.shape)
         return t * np.where(b > self.decode_batch[-1], b / self.decode_batch[-1], 1.0)
+
+    @cached_property
+    def _decode_interp(self):
+        """scipy's bilinear interpolator over decode_s, built once per table (cached on the
+        instance). fill_value=None extrapolates linearly; callers clamp everything but a batch
+        below the first grid point, which is extrapolated as before."""
+        from scipy.interpolate import RegularGridInterpolator
+        return RegularGridInterpolator((self.decode_batch, self.decode_context), self.decode_s,
+                                       method="linear", bounds_error=False, fill_value=None)
 
 
 def step_tables(model: ModelConfig, system: System, tp: int = 1, dtype: str = "bf16",
@@ -211,14 +219,18 @@ def _normal_mix_quantile(mean: np.ndarray, sd: np.ndarray, weight: np.ndarray, q
     if len(mean) == 1:
         from statistics import NormalDist
         return float(mean[0] + NormalDist().inv_cdf(q) * sd[0])
-    def cdf(t):
+    from scipy.optimize import brentq
+    from scipy.special import erf
+
+    def excess(t):     # CDF(t) - q, rising in t (jumps at point masses: brentq keeps a bracket)
         z = np.where(sd > 0, (t - mean) / np.where(sd > 0, sd, 1.0), np.where(t >= mean, np.inf, -np.inf))
-        return float(np.sum(weight * 0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))))
+        return float(np.sum(weight * 0.5 * (1 + erf(z / math.sqrt(2))))) - q
     lo, hi = float(np.min(mean - 6 * sd)), float(np.max(mean + 6 * sd))
-    for _ in range(50):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
-    return hi
+    if excess(lo) >= 0:      # a point mass at the bottom holds q already
+        return lo
+    if excess(hi) < 0:
+        return hi
+    return float(brentq(excess, lo, hi, xtol=(hi - lo) * 2.0 ** -50))   # the width 50 halvings reached
 
 
 def _ttft_quantile(service: np.ndarray, weight: np.ndarray, rho: float, wait_mean: float, q: float) -> float:
@@ -226,15 +238,18 @@ def _ttft_quantile(service: np.ndarray, weight: np.ndarray, rho: float, wait_mea
     if len(service) == 1:     # closed form: W_q = (W_mean / rho) ln(rho / (1 - q)) when rho > 1 - q
         wq = wait_mean / rho * math.log(rho / (1 - q)) if rho > 1 - q and wait_mean > 0 else 0.0
         return float(service[0]) + wq
-    def tail(t):
+    from scipy.optimize import brentq
+
+    def excess(t):     # P(TTFT > t) - (1 - q), falling in t (jumps at each S_i: brentq keeps a bracket)
         x = np.maximum(t - service, 0.0)
         pw = rho * np.exp(-rho * x / wait_mean) if wait_mean > 0 else (x <= 0) * 0.0
-        return float(np.sum(weight * np.where(t < service, 1.0, pw)))
+        return float(np.sum(weight * np.where(t < service, 1.0, pw))) - (1 - q)
     lo, hi = float(service.min()), float(service.max()) + 50 * (wait_mean / max(rho, 1e-12) + 1e-6)
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if tail(mid) > 1 - q else (lo, mid)
-    return hi
+    if excess(lo) <= 0:
+        return lo
+    if excess(hi) > 0:
+        return hi
+    return float(brentq(excess, lo, hi, xtol=(hi - lo) * 2.0 ** -60))   # the width 60 halvings reached
 
 
 def _decode_fixed_point(tables: StepTables, mix: RequestMix, rate: float, slow: float) -> tuple[float, str]:
@@ -359,23 +374,48 @@ def decode_pool(tables: StepTables, mix: RequestMix, rate: float) -> ServingEsti
     return _estimate(tables, mix, rate, np.zeros_like(mix.in_tokens), 0.0, 1.0, batch, 1.0)
 
 
+def _slack(x: float, slo: float) -> float:
+    """Relative headroom of latency x under its SLO, 1 - x / slo clipped to [-1, 1] (>= 0: met)."""
+    if slo == math.inf:
+        return 1.0
+    if slo <= 0:
+        return 0.0 if x <= slo else -1.0
+    return max(-1.0, (slo - x) / slo)
+
+
 def max_rate(estimate, slo_ttft_s: float, slo_tpot_s: float, percentile: int = 90,
              hi: float = 1.0, rel_tol: float = 1e-3) -> float:
-    """Largest arrival rate r with estimate(r).meets(SLOs) (0 when even a trickle misses them):
-    doubling then bisection (latency grows with load)."""
-    lo = 0.0
-    probe = 1e-6
-    if not estimate(probe).meets(slo_ttft_s, slo_tpot_s, percentile):
+    """Largest arrival rate r with estimate(r).meets(SLOs) (0 when even a trickle misses them),
+    within rel_tol of the edge: doubling to bracket the edge, then brentq on the SLO margin
+    min(1 - TTFT_p / SLO_TTFT, 1 - TPOT_p / SLO_TPOT) clipped at -1 (-1 when unstable), which
+    falls as latency grows with load. Returns the highest rate evaluated that meets the SLOs."""
+    from scipy.optimize import brentq
+    seen: dict[float, float] = {}
+    best = 0.0
+
+    def margin(rate: float) -> float:
+        nonlocal best
+        if rate not in seen:
+            e = estimate(rate)
+            ok = e.meets(slo_ttft_s, slo_tpot_s, percentile)
+            m = -1.0
+            if e.stable:
+                m = min(_slack(getattr(e, f"ttft_p{percentile}_s"), slo_ttft_s),
+                        _slack(getattr(e, f"tpot_p{percentile}_s"), slo_tpot_s))
+            if ok:
+                best = max(best, rate)
+            seen[rate] = (m if m >= 0 else 0.0) if ok else (m if m < 0 else -1e-12)   # sign = meets()
+        return seen[rate]
+
+    lo = 1e-6
+    if margin(lo) < 0:
         return 0.0
-    lo = probe
-    while estimate(hi).meets(slo_ttft_s, slo_tpot_s, percentile):
+    while margin(hi) >= 0:
         lo, hi = hi, hi * 2
         if hi > 1e7:
             return lo
-    while hi - lo > rel_tol * hi:
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if estimate(mid).meets(slo_ttft_s, slo_tpot_s, percentile) else (lo, mid)
-    return lo
+    brentq(margin, lo, hi, rtol=rel_tol)   # final bracket narrower than rel_tol x rate, both ends evaluated
+    return best
 
 
 # ---------------------------------------------------------------------------------------------
@@ -576,14 +616,36 @@ def replay(tables: StepTables, arrive, n_in, n_out, chunk_tokens: int = 512,
 def max_rate_simulated(tables: StepTables, mix: RequestMix, slo_ttft_s: float, slo_tpot_s: float,
                        percentile: int = 90, n_requests: int = 800, seed: int = 0, hi: float = 64.0,
                        rel_tol: float = 0.02, **sim_kw) -> float:
-    """Largest Poisson rate whose simulated P`percentile` TTFT and TPOT (over requests, DistServe's
-    definition) meet the SLOs: bisection on `simulate` with a fixed seed (`sim_kw` go to it)."""
+    """Largest Poisson rate below `hi` whose simulated P`percentile` TTFT and TPOT (over requests,
+    DistServe's definition) meet the SLOs: `bisect_rate` on `simulate` with a fixed seed (`sim_kw`
+    go to it), to rel_tol."""
     def ok(rate: float) -> bool:
         sim = simulate(tables, mix, rate, n_requests=n_requests, seed=seed, **sim_kw)
         return (not sim.truncated and sim.percentile("ttft_s", percentile) <= slo_ttft_s
                 and sim.percentile("tpot_s", percentile) <= slo_tpot_s)
-    lo = 0.0
-    while hi - lo > rel_tol * hi:
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
-    return lo
+    return bisect_rate(ok, hi, rtol=rel_tol)
+
+
+def bisect_rate(ok, hi: float, xtol: float = 2e-12, rtol: float = 4 * np.finfo(float).eps) -> float:
+    """Highest rate in (0, hi) that the predicate ok(rate) accepts (0 when none), by
+    scipy.optimize.bisect on +1 (ok) / -1 over [0, hi], stopping when the bracket is narrower than
+    xtol + rtol x rate. The ends are not evaluated: 0 is taken to pass and hi to fail (hi is the
+    caller's upper bound). Bisection rather than brentq: a seeded simulation is a step function of
+    the rate (discrete batching events, the truncation flag, request counts), with no continuous
+    margin to interpolate; brentq's secant steps would probe other rates and can settle on
+    another of its sign changes, bisection probes the midpoints it always did."""
+    from scipy.optimize import bisect
+    best = 0.0
+
+    def sign(rate: float) -> float:
+        nonlocal best
+        if rate <= 0:
+            return 1.0
+        if rate >= hi:
+            return -1.0
+        if ok(rate):
+            best = max(best, rate)
+            return 1.0
+        return -1.0
+    bisect(sign, 0.0, hi, xtol=xtol, rtol=rtol)
+    return best
