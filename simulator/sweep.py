@@ -203,7 +203,7 @@ def predict_rows(model, system, jobs: list[Job], ex, kp) -> dict[str, np.ndarray
     out["error"] = np.full(n, "", object)
     for i, job in enumerate(jobs):
         try:
-            p = predict(model, system, job, ex, kp, check_memory=False)
+            p = predict(model, system, job, ex, kp, check_memory=False, with_ops=False)
         except RoofplanError as e:
             out["error"][i] = str(e)
             continue

@@ -22,6 +22,7 @@ from simulator.core.units import DTYPE_BYTES, fmt_bytes
 from simulator.core.workload import Job, validate_job
 
 MEMORY_PARTS = ("weights", "kv_cache", "activations", "gradients", "optimizer", "workspace")
+OP_COLUMNS = ["name", "cls", "pass", "count", "flops", "bytes", "kernels", "gpu_time_s", "host_time_s", "time_s", "bound"]
 
 
 @dataclass(frozen=True)
@@ -109,8 +110,9 @@ def _scalar(x) -> float:
 
 
 def predict(model: ModelConfig, system: System, job: Job, executor: ExecutorProfile | None = None,
-            kernels: KernelProfile | None = None, check_memory: bool = True) -> Prediction:
-    """One step of `job` (any phase, any plan) on `system`: time, per-GPU memory, breakdowns."""
+            kernels: KernelProfile | None = None, check_memory: bool = True, with_ops: bool = True) -> Prediction:
+    """One step of `job` (any phase, any plan) on `system`: time, per-GPU memory, breakdowns.
+    `with_ops=False` skips the per-op display table (the numbers are the same; sweeps use it)."""
     job = validate_job(job, model)
     ex = executor or load_executor_profile("default")
     kp = kernels or load_kernel_profile(system.gpu.name)
@@ -118,7 +120,7 @@ def predict(model: ModelConfig, system: System, job: Job, executor: ExecutorProf
     notes: list[str] = []
     if job.phase == "train":
         cost = train_cost(model, system, job, ex, kp)
-        df = _train_table(model, system, job, ex, kp, cost)
+        df = _train_table(model, system, job, ex, kp, cost) if with_ops else pd.DataFrame(columns=OP_COLUMNS)
         model_flops, hardware_flops = train_flops(model, job.seq, job.batch * job.dp, job.recompute, job.lora_rank)
         tokens = job.batch * job.seq * job.dp
         if job.pp > 1:

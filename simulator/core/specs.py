@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from simulator.core.paths import REPO_ROOT
-from simulator.core.errors import RoofplanError, did_you_mean
+from simulator.core.errors import FieldError, RoofplanError, did_you_mean
 from simulator.core.units import GB, GiB, MiB, TFLOPS, US
 
 SPEC_DIRS = {"gpu": "gpus", "cpu": "cpus", "link": "links", "nvme": "nvme", "system": "systems"}
@@ -63,9 +63,8 @@ class GPU:
             return self.peak_flops_by_dtype[dtype]
         except KeyError:
             have = ", ".join(self.peak_flops_by_dtype)
-            raise RoofplanError(
-                f"{self.name} has no {dtype} support in its spec; use --dtype one of {have}"
-            ) from None
+            raise FieldError("dtype", dtype, f"{self.name} has no {dtype} support in its spec",
+                             f"use one of {have}") from None
 
 
 @dataclass(frozen=True)
@@ -230,7 +229,8 @@ def read_yaml(path: Path) -> Any:
     except OSError as e:
         raise RoofplanError(f"{path}: cannot read ({e.strerror})") from None
     try:
-        return yaml.safe_load(text)
+        # libyaml's C parser when PyYAML was built with it: 10x faster, same documents
+        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -312,33 +312,41 @@ def end_ops(model: ModelConfig, job: Job, ex: ExecutorProfile):
             head + loss_ops(model, ljob, mb * s_local) + backward_ops(head, ljob, ex.backward_memory_ratio))
 
 
-def _split(df):
-    comm = df["cls"] == "communication"
-    return float(df.loc[~comm, "time_s"].sum()), float(df.loc[comm, "time_s"].sum())
+def _timed(ops, system: System, kp: KernelProfile, ex: ExecutorProfile, tp: int):
+    """[(op, seconds per step, GPU bound label)] for scalar ops (host-bound ops labelled host)."""
+    out = []
+    for op in ops:
+        t, _, _, bound, host = op_times(op, system, kp, ex, tp)
+        label = "host" if host else bound if isinstance(bound, str) else ("compute" if bound else "memory")
+        out.append((op, float(t), label))
+    return out
 
 
 def stage_times(model: ModelConfig, system: System, job: Job, ex: ExecutorProfile, kp: KernelProfile) -> StageTimes:
     """Time one layer (dense and MoE) and the stage ends for a micro-batch of `job` through the
     core op lists and roofline."""
-    import pandas as pd
     out = {}
-    frames = []
+    gpu: dict[str, float] = {}
+
+    def total(timed, comm: bool | None = None):
+        return sum(t for op, t, _ in timed if comm is None or (op.cls == "communication") == comm)
     for moe, key in ((False, "layer"), (True, "moe")):
         if (moe and not model.is_moe) or (not moe and model.n_moe_layers == model.n_layers):
             out.update({f"{key}_fwd": 0.0, f"{key}_bwd": 0.0, f"{key}_attn_fwd": 0.0, f"{key}_tp_comm": 0.0})
             continue
-        fwd, bwd = stage_ops(model, job, ex, moe)
-        df_f, df_b = time_ops(fwd, system, kp, ex, job.tp), time_ops(bwd, system, kp, ex, job.tp)
-        (cf, mf), (cb, mb) = _split(df_f), _split(df_b)
-        out[f"{key}_fwd"], out[f"{key}_bwd"], out[f"{key}_tp_comm"] = cf, cb, mf + mb
-        out[f"{key}_attn_fwd"] = float(df_f.loc[df_f["name"].str.endswith(ATTENTION_OPS), "time_s"].sum())
-        frames += [df_f, df_b]
-    emb, head = end_ops(model, job, ex)
-    df_e, df_h = time_ops(emb, system, kp, ex, job.tp), time_ops(head, system, kp, ex, job.tp)
-    gpu = pd.concat(frames + [df_e, df_h], ignore_index=True)
-    gpu = gpu[gpu["cls"] != "communication"].groupby("bound")["time_s"].sum()
-    shares = tuple((str(k), float(v / gpu.sum())) for k, v in gpu.items()) if gpu.sum() > 0 else (("compute", 1.0),)
-    return StageTimes(**out, embed=float(df_e["time_s"].sum()), head=float(df_h["time_s"].sum()),
+        fwd, bwd = (_timed(ops, system, kp, ex, job.tp) for ops in stage_ops(model, job, ex, moe))
+        out[f"{key}_fwd"], out[f"{key}_bwd"] = total(fwd, False), total(bwd, False)
+        out[f"{key}_tp_comm"] = total(fwd, True) + total(bwd, True)
+        out[f"{key}_attn_fwd"] = sum(t for op, t, _ in fwd if op.name.endswith(ATTENTION_OPS))
+        for op, t, label in fwd + bwd:
+            if op.cls != "communication":
+                gpu[label] = gpu.get(label, 0.0) + t
+    emb, head = (_timed(ops, system, kp, ex, job.tp) for ops in end_ops(model, job, ex))
+    for op, t, label in emb + head:
+        gpu[label] = gpu.get(label, 0.0) + t
+    whole = sum(gpu.values())
+    shares = tuple((k, v / whole) for k, v in sorted(gpu.items())) if whole > 0 else (("compute", 1.0),)
+    return StageTimes(**out, embed=total(emb), head=total(head),
                       trainable_fraction=trainable_fraction(model, job.lora_rank), lora_rank=job.lora_rank,
                       bound_shares=shares)
 
@@ -347,7 +355,7 @@ def optimizer_seconds_per_param(model: ModelConfig, system: System, ex: Executor
     """AdamW + weight recast time per parameter (core optimizer ops, timed at 1e9 parameters: the
     step is bandwidth bound and linear in parameters at that size)."""
     n = 1e9
-    return float(time_ops(optimizer_ops(model, Job(phase="train", batch=1, seq=1), n), system, kp, ex)["time_s"].sum()) / n
+    return sum(t for _, t, _ in _timed(optimizer_ops(model, Job(phase="train", batch=1, seq=1), n), system, kp, ex, 1)) / n
 
 
 def train_terms(model: ModelConfig, system: System, seq, st: StageTimes, tp, pp, dp, cp, ep, micro_batch, n_micro,
@@ -462,9 +470,9 @@ def megatron_convention_forward_flops(model: ModelConfig, seq: int, sequences: i
     """(forward FLOPs, forward FLOPs of the layers, of the attention kernels) for `sequences`
     sequences of the whole model, attention counted as the full square (Megatron convention:
     2x the core's causal count)."""
-    from simulator.core.profiles import load_executor_profile
     job = Job(phase="train", batch=1, seq=seq, micro_batch=1)
-    ops = forward_ops(model, job, load_executor_profile("default"), batch=1)
+    # FLOPs do not depend on how an executor fuses kernels: any flash-attention profile counts them
+    ops = forward_ops(model, job, ExecutorProfile(name="flops", description="FLOP counting"), batch=1)
     attn = sum(2 * o.flops * o.count for o in ops if o.cls == "attention")
     layers = sum(o.flops * o.count for o in ops if o.cls == "gemm" and o.name.startswith(("layer.", "moe_layer."))) + attn
     total = sum(o.flops * o.count for o in ops if o.cls == "gemm") + attn
