@@ -1,19 +1,26 @@
 """Op lists: FLOPs and HBM bytes of every kernel a step runs, per GPU.
 
 A decoder layer is the same op sequence for every family; the model's `Linear` shapes, the
-attention kind (MHA/GQA/MLA) and the MoE routing change the numbers. Ops that repeat per layer
-carry `count = layers on this GPU`. Conventions:
+attention kind (MHA/GQA/MLA) and the MoE routing change the numbers. Each op family has its own
+function below (formula and source in its docstring); `layer_forward_ops` concatenates them in
+the order a layer issues its kernels. Ops that repeat per layer carry `count = layers on this
+GPU`. Conventions:
   * GEMM FLOPs = 2 M N K; bytes = inputs + weights + outputs, once each (weights re-read from
     HBM every step: they do not fit in L2).
   * Causal attention FLOPs = B h S^2 (d_qk + d_v)  (half of the full S x S square).
+  * Elementwise, norm and copy ops count one FLOP per element they produce unless stated.
   * Backward = 2x the forward GEMM FLOPs (input and weight gradients); frozen weights (LoRA)
     skip the weight gradient.
+Every size may be a numpy array (the vectorised sweep passes arrays of batch, seq and context):
+the formulas only multiply and add them, never branch on them.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
+from simulator.core.constants import ADAM_FLOPS, ADAM_TRAFFIC_BYTES, LOSS_BYTES_PER_LOGIT, RECAST_TRAFFIC_BYTES
 from simulator.core.models import Linear, ModelConfig
 from simulator.core.profiles import ExecutorProfile
 from simulator.core.units import DTYPE_BYTES
@@ -21,6 +28,26 @@ from simulator.core.workload import Job
 
 OP_CLASSES = ("gemm", "attention", "norm", "elementwise", "embedding", "loss", "optimizer",
               "copy", "communication")
+
+# Cross-entropy over the vocabulary in fp32 (HF upcasts the bf16 logits before the loss). Forward
+# bytes per logit: constants.LOSS_BYTES_PER_LOGIT = 2 + 4 + 4 (the bf16 logits read, fp32 values
+# written and read back); backward: 4 + 4 + 4 + 2 (fp32 log-probabilities and gradient read and
+# written, the bf16 gradient of the logits written). FLOPs per logit are approximate counts of
+# the log-softmax (max, subtract, exp, sum, log) and of its gradient (softmax minus one-hot,
+# scale, cast).
+LOSS_BWD_BYTES_PER_LOGIT = 4.0 + 4.0 + 4.0 + 2.0
+LOSS_FWD_FLOPS_PER_LOGIT = 5.0
+LOSS_BWD_FLOPS_PER_LOGIT = 3.0
+# fused AdamW launches: one kernel per 2e8 parameters (the multi-tensor apply works through the
+# parameter list in chunks; an approximation of the launch count, not a measured constant)
+ADAM_PARAMS_PER_KERNEL = 2e8
+
+ATTENTION_PROJECTIONS = ("qkv", "q", "k", "v", "q_a", "q_b", "kv_a", "kv_b", "o")
+DOWN_PROJECTIONS = ("down", "experts_down", "shared_down")   # row-parallel; their input is the activation
+# linears whose input the autocast casts (in the attention block / the MLP block)
+ATTENTION_CAST_INPUTS = frozenset({"qkv", "q", "k", "v", "q_a", "kv_a"})
+MLP_CAST_INPUTS = frozenset({"gate_up", "gate", "up"})
+MOE_CAST_INPUTS = frozenset({"router"})
 
 
 @dataclass(frozen=True)
@@ -70,139 +97,604 @@ def _linears(model: ModelConfig, moe: bool, ex: ExecutorProfile) -> list[Linear]
     return out
 
 
-def layer_forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bool, count: int,
-                      tokens: int, batch: int, q_len: int, kv_len: int, prefix: str) -> list[Op]:
-    """Forward ops of one decoder layer on one GPU (tensor-parallel shard of `job.tp`)."""
-    tp, d = job.tp, model.hidden
-    a = DTYPE_BYTES[job.dtype]
-    kvb = job.kv_bytes_per_elem
-    w_bytes = DTYPE_BYTES[job.dtype]
-    T = tokens
-    ops: list[Op] = []
-    heads = max(1, model.n_heads // tp)
-    kv_heads = max(1, model.n_kv_heads // tp) if not model.is_mla else heads
+# --------------------------------------------------------------------------------------------
+# one decoder layer, one op family per function
 
-    def norm(name):
-        ops.append(Op(f"{prefix}{name}", "norm", 4.0 * T * d, ex.norm_bytes_per_elem * T * d * a / 2,
-                      count, ex.norm_kernels if model.norm == "rms" else 1, dtype=job.dtype))
 
-    ep = job.ep if moe else 1
+@dataclass(frozen=True)
+class LayerCall:
+    """The arguments of one `layer_forward_ops` call and the per-GPU sizes every op family of
+    the layer reads. `tokens`, `batch`, `q_len` and `kv_len` may be numpy arrays."""
+    model: ModelConfig
+    job: Job
+    ex: ExecutorProfile
+    moe: bool
+    count: int       # layers of this kind on this GPU
+    tokens: int      # tokens through the layer: batch x q_len
+    batch: int       # sequences
+    q_len: int       # query tokens per sequence (1 in decode)
+    kv_len: int      # decode: tokens already in the KV cache
+    prefix: str      # op-name prefix ("layer.", "moe_layer.")
 
-    def gemm(lin: Linear):
-        # expert parallelism: each of ep ranks holds count/ep whole experts, split tp/ep ways
-        k_in, n_out = _split_tp(lin, tp // ep if lin.moe else tp)
-        if lin.moe:
-            routed = T * lin.active / ep          # token-expert pairs on this rank (balanced routing)
-            touched = experts_touched(lin.count, lin.active, T) / ep
-            flops = 2.0 * routed * k_in * n_out
-            byts = touched * k_in * n_out * w_bytes + routed * (k_in + n_out) * a
-        else:
-            flops = 2.0 * T * k_in * n_out
-            byts = k_in * n_out * w_bytes + T * (k_in + n_out) * a
-        if job.lora_rank and not lin.moe and lin.name != "router":
-            r = job.lora_rank
-            flops += 2.0 * T * r * (k_in + n_out)
-            byts += r * (k_in + n_out) * w_bytes + 2 * T * r * a
-        ops.append(Op(f"{prefix}{lin.name}", "gemm", flops, byts, count, dtype=job.dtype))
+    @property
+    def tp(self) -> int:
+        return self.job.tp
 
-    def elementwise(name, elems, bytes_per_elem, kernels=1, cls="elementwise"):
-        ops.append(Op(f"{prefix}{name}", cls, elems, elems * bytes_per_elem, count, kernels, dtype=job.dtype))
+    @property
+    def ep(self) -> int:
+        """Expert-parallel ranks (1 in a dense layer)."""
+        return self.job.ep if self.moe else 1
 
-    linears = _linears(model, moe, ex)
-    attn_names = {"qkv", "q", "k", "v", "q_a", "q_b", "kv_a", "kv_b", "o"}
-    # autocast training keeps the residual stream in fp32 (r bytes); every projection that reads
-    # it first casts its input to the compute dtype (one cast kernel per linear call)
-    r = ex.train_residual_bytes if job.phase == "train" else a
-    autocast = r != a
+    @property
+    def act_bytes(self) -> float:
+        """Bytes per activation element (the compute dtype)."""
+        return DTYPE_BYTES[self.job.dtype]
 
-    def casts(names):
-        n = sum(1 for l in linears if l.name in names)
-        if autocast and n:
-            elementwise(f"autocast_cast_{'_'.join(sorted(names))[:12]}", n * T * d, r + a, n)
+    @property
+    def weight_bytes(self) -> float:
+        """Bytes per weight element (weights are stored in the compute dtype)."""
+        return DTYPE_BYTES[self.job.dtype]
 
-    norm("attn_norm")
-    casts({"qkv", "q", "k", "v", "q_a", "kv_a"})
-    for lin in linears:
+    @property
+    def residual_bytes(self) -> float:
+        """Bytes per element of the residual stream: autocast training keeps it in fp32 (the
+        executor's train_residual_bytes); inference keeps it in the compute dtype."""
+        return self.ex.train_residual_bytes if self.job.phase == "train" else self.act_bytes
+
+    @property
+    def heads(self) -> int:
+        """Query heads on this GPU (Megatron splits heads over tp ranks)."""
+        return max(1, self.model.n_heads // self.tp)
+
+    @property
+    def kv_heads(self) -> int:
+        """K/V heads on this GPU: split over tp ranks, replicated once tp exceeds their number;
+        MLA expands its latent to one K/V per query head."""
+        return max(1, self.model.n_kv_heads // self.tp) if not self.model.is_mla else self.heads
+
+    @cached_property
+    def linears(self) -> list[Linear]:
+        """The layer's weight matrices as this executor issues them (fused or split q/k/v and gate/up)."""
+        return _linears(self.model, self.moe, self.ex)
+
+
+def _elementwise_op(c: LayerCall, name: str, elems, bytes_per_elem, kernels: int = 1) -> Op:
+    """A memory-bound op over `elems` elements: one FLOP and `bytes_per_elem` HBM bytes each."""
+    return Op(f"{c.prefix}{name}", "elementwise", elems, elems * bytes_per_elem, c.count, kernels, dtype=c.job.dtype)
+
+
+def _norm_op(name: str, model: ModelConfig, job: Job, ex: ExecutorProfile, tokens, count: int) -> Op:
+    """One RMSNorm / LayerNorm over `tokens` x hidden elements (layer norms and the final norm)."""
+    flops = (
+        4.0  # FLOPs per element: square, mean, scale by the reciprocal root, weight multiply
+        * tokens  # T: tokens normalised
+        * model.hidden  # d: hidden size
+    )
+    bytes_ = (
+        ex.norm_bytes_per_elem  # HBM bytes per element of the executor's norm kernels, at bf16
+        * tokens  # T: tokens normalised
+        * model.hidden  # d: hidden size
+        * DTYPE_BYTES[job.dtype]  # bytes per activation element ...
+        / 2  # ... relative to the 2-byte (bf16) activations the profile's bytes are counted at
+    )
+    kernels = ex.norm_kernels if model.norm == "rms" else 1   # LayerNorm: one fused kernel
+    return Op(name, "norm", flops, bytes_, count, kernels, dtype=job.dtype)
+
+
+def norm_ops(c: LayerCall, name: str) -> list[Op]:
+    """Pre-attention / pre-MLP norm: ~4 FLOPs per element (square, mean, rsqrt scale, weight);
+    HBM bytes and kernels from the executor profile. HF transformers' eager RMSNorm is 8 kernels
+    (x.float(), pow, mean, add, rsqrt, mul, to(bf16), mul weight) moving 36 B per bf16 element
+    (executor profile default.yaml / hf-eager.yaml); apex's fused LayerNorm is one kernel reading
+    and writing the element once, 4 B (megatron.yaml)."""
+    return [_norm_op(f"{c.prefix}{name}", c.model, c.job, c.ex, c.tokens, c.count)]
+
+
+def autocast_cast_ops(c: LayerCall, inputs: frozenset) -> list[Op]:
+    """torch.autocast casts: training keeps the residual stream in fp32 (r bytes) and every
+    linear in `inputs` that reads it first casts its input to the compute dtype (a bytes): one
+    kernel per linear, reading r and writing a bytes per element (PyTorch autocast; the
+    executor's train_residual_bytes: 4 for HF/PyTorch, 2 for Megatron's bf16 residual, no casts).
+    Elements = linears x tokens x hidden."""
+    n_linears = sum(1 for lin in c.linears if lin.name in inputs)
+    if c.residual_bytes == c.act_bytes or not n_linears:
+        return []
+    elems = (
+        n_linears  # one cast per linear that reads the residual stream
+        * c.tokens  # T: tokens through the layer
+        * c.model.hidden  # d: hidden size
+    )
+    bytes_per_elem = (
+        c.residual_bytes  # read the fp32 residual
+        + c.act_bytes  # write the compute-dtype copy
+    )
+    return [_elementwise_op(c, f"autocast_cast_{'_'.join(sorted(inputs))[:12]}", elems, bytes_per_elem, n_linears)]
+
+
+def _dense_gemm_cost(c: LayerCall, k_in: int, n_out: int):
+    """(FLOPs, bytes) of tokens x k_in @ k_in x n_out: GEMM FLOPs = 2 M N K; the weights read
+    once, the input read and the output written once."""
+    flops = (
+        2.0  # FLOPs per multiply-add
+        * c.tokens  # M
+        * k_in  # K
+        * n_out  # N
+    )
+    weights = (
+        k_in  # K: input features on this rank
+        * n_out  # N: output features on this rank
+        * c.weight_bytes  # bytes per weight element
+    )
+    activations = (
+        c.tokens  # T: tokens through the layer
+        * (k_in + n_out)  # read the input row, write the output row
+        * c.act_bytes  # bytes per activation element
+    )
+    return flops, weights + activations
+
+
+def _expert_gemm_cost(c: LayerCall, lin: Linear, k_in: int, n_out: int):
+    """(FLOPs, bytes) of a routed-expert GEMM on this rank (Switch Transformer, Fedus et al. 2021;
+    GShard, Lepikhin et al. 2020): each token runs top_k experts, so FLOPs = 2 (T k / ep) K N for
+    the token-expert pairs on this rank under balanced routing; the weights of every expert the
+    batch touches are read (`experts_touched`, uniform routing), and each pair reads its input
+    and writes its output."""
+    routed = (
+        c.tokens  # T: tokens through the layer
+        * lin.active  # top_k experts per token
+        / c.ep  # pairs spread evenly over the expert-parallel ranks
+    )
+    touched = experts_touched(lin.count, lin.active, c.tokens) / c.ep   # distinct experts on this rank
+    flops = (
+        2.0  # FLOPs per multiply-add
+        * routed  # M: token-expert pairs
+        * k_in  # K
+        * n_out  # N
+    )
+    weights = (
+        touched  # experts whose weights this batch reads
+        * k_in  # K: input features on this rank
+        * n_out  # N: output features on this rank
+        * c.weight_bytes  # bytes per weight element
+    )
+    activations = (
+        routed  # token-expert pairs on this rank
+        * (k_in + n_out)  # read the input row, write the output row
+        * c.act_bytes  # bytes per activation element
+    )
+    return flops, weights + activations
+
+
+def _lora_cost(c: LayerCall, k_in: int, n_out: int):
+    """(FLOPs, bytes) of the LoRA adapters beside a frozen linear (Hu et al. 2021): x A B with
+    A k_in x r and B r x n_out, FLOPs = 2 T r (k_in + n_out); the adapter weights read once and
+    the T x r intermediate written and read back."""
+    r = c.job.lora_rank
+    flops = (
+        2.0  # FLOPs per multiply-add
+        * c.tokens  # T: tokens through the layer
+        * r  # LoRA rank
+        * (k_in + n_out)  # A then B
+    )
+    weights = (
+        r  # LoRA rank
+        * (k_in + n_out)  # A and B
+        * c.weight_bytes  # bytes per weight element
+    )
+    intermediate = (
+        2  # written by x A, read by B
+        * c.tokens  # T: tokens through the layer
+        * r  # LoRA rank
+        * c.act_bytes  # bytes per activation element
+    )
+    return flops, weights + intermediate
+
+
+def _gemm_op(c: LayerCall, lin: Linear) -> Op:
+    """One linear layer on this GPU: Megatron's tensor-parallel split (Shoeybi et al. 2019:
+    q/k/v, gate/up column-parallel, o/down row-parallel; experts split tp / ep ways, each of the ep
+    ranks holding n_experts / ep whole experts), plus the LoRA adapters when training them (not
+    on experts or the router)."""
+    k_in, n_out = _split_tp(lin, c.tp // c.ep if lin.moe else c.tp)
+    if lin.moe:
+        flops, bytes_ = _expert_gemm_cost(c, lin, k_in, n_out)
+    else:
+        flops, bytes_ = _dense_gemm_cost(c, k_in, n_out)
+    if c.job.lora_rank and not lin.moe and lin.name != "router":
+        lora_flops, lora_bytes = _lora_cost(c, k_in, n_out)
+        flops += lora_flops
+        bytes_ += lora_bytes
+    return Op(f"{c.prefix}{lin.name}", "gemm", flops, bytes_, c.count, dtype=c.job.dtype)
+
+
+def attention_projection_ops(c: LayerCall) -> list[Op]:
+    """The projections before attention: fused qkv (or q, k, v when the executor splits them) of
+    width (h + 2 h_kv) d_head; MLA (DeepSeek-V2, Liu et al. 2024, sec. 2.1): q_a, q_b (or q),
+    kv_a to the kv_lora_rank latent + rope key, kv_b up to per-head keys and values. GEMM FLOPs =
+    2 M N K, column-parallel over tp (Shoeybi et al. 2019); LoRA adapters in `_gemm_op`."""
+    ops = []
+    for lin in c.linears:
         if lin.name == "o":
             break
-        if lin.name in attn_names:
-            gemm(lin)
-    # rotary embedding on q and k (MLA: on the rope part only)
-    # (models with learned absolute positions -- GPT-2/3, OPT -- have no rotary embedding)
-    rope_dim = model.qk_rope_dim if model.is_mla else model.head_dim
-    if not model.learned_positions:
-        elementwise("rope", T * (heads + (1 if model.is_mla else kv_heads)) * rope_dim, ex.rope_bytes_per_elem,
-                    ex.rope_kernels)
-    # KV cache write (inference): the new tokens' K and V
-    if job.phase != "train":
-        kv_elems = model.kv_cache_elems_per_token_layer_per_gpu(tp)
-        if ex.kv_cache_concat and job.phase == "decode":
-            # torch.cat(cache, new): read the L cached tokens, write L + 1 (K and V)
-            cat_bytes = batch * kv_elems * (2 * kv_len + 1) * kvb + T * kv_elems * a
-            ops.append(Op(f"{prefix}kv_write", "elementwise", T * kv_elems, cat_bytes, count, 2, dtype=job.dtype))
-        else:
-            elementwise("kv_write", T * kv_elems, a + kvb, 2, "elementwise")
-    # attention
-    if model.is_mla and job.phase == "decode":
-        d_qk, d_v = model.kv_lora_rank + model.qk_rope_dim, model.kv_lora_rank  # absorbed: attend over the latent
-    elif model.is_mla:
-        d_qk, d_v = model.qk_nope_dim + model.qk_rope_dim, model.v_head_dim
-    else:
-        d_qk = d_v = model.head_dim
-    if job.phase == "decode":
-        L = kv_len + 1
-        cache = batch * L * model.kv_cache_elems_per_token_layer_per_gpu(tp) * kvb
-        flops = 2.0 * batch * heads * L * (d_qk + d_v)
-        ops.append(Op(f"{prefix}attention", "attention", flops, cache + 2 * T * heads * d_v * a, count,
-                      kind="attn_decode", dtype=job.dtype))
-    else:
-        S = q_len
-        flops = batch * heads * S * S * (d_qk + d_v) * 1.0   # causal
-        byts = T * (heads * (d_qk + d_v) + 2 * kv_heads * d_qk) * a
-        if ex.repeat_kv and kv_heads < heads:
-            elementwise("repeat_kv", 2 * T * heads * d_qk, 2 * a, 2)
-        if ex.attn_score_bytes_per_elem:
-            # unfused attention (Megatron 2021): two batched GEMMs over the full S x S square, the
-            # scores materialised in HBM for softmax and dropout (their traffic in attn_scores)
-            ops.append(Op(f"{prefix}attn_qk", "gemm", 2.0 * batch * heads * S * S * d_qk,
-                          T * (heads + kv_heads) * d_qk * a, count, dtype=job.dtype))
-            elementwise("attn_scores", batch * heads * S * S, ex.attn_score_bytes_per_elem, 3)
-            ops.append(Op(f"{prefix}attn_av", "gemm", 2.0 * batch * heads * S * S * d_v,
-                          T * (heads + kv_heads) * d_v * a, count, dtype=job.dtype))
-        else:
-            ops.append(Op(f"{prefix}attention", "attention", flops, byts, count, kind="attn_prefill",
-                          dtype=job.dtype, seq=S))
-    for lin in linears:
-        if lin.name == "o":
-            gemm(lin)
-    if tp > 1:
-        ops.append(Op(f"{prefix}attn_allreduce", "communication", 0.0, T * d * a, count, kind="allreduce"))
-    elementwise("residual_add", T * d, a + 2 * r)
-    norm("mlp_norm")
-    casts({"gate_up", "gate", "up"} if not moe else {"router"})
-    mlp = [l for l in linears if l.name not in attn_names]
-    if moe:
-        elementwise("router_topk", T * model.n_experts, 4 * a, 4)
-    for lin in mlp:
-        if lin.name in ("down", "experts_down", "shared_down"):
-            f = (lin.d_in // (tp // ep if lin.moe else tp)) * (T * model.top_k / ep if lin.moe else T)
-            if model.gated_mlp:
-                elementwise(f"act_{lin.name}", f, 5 * a, 2)   # silu(g) (r+w), * u (2r + w)
-            else:
-                elementwise(f"act_{lin.name}", f, 2 * a, 1)
-        gemm(lin)
-    if moe:
-        elementwise("moe_combine", T * model.top_k * d, 2 * a, 3)
-    if ep > 1:
-        # dispatch each token's top-k copies to the experts' ranks and combine them back
-        # (all-to-all of the (ep-1)/ep that leave this rank; bytes are this rank's send buffer)
-        for name in ("moe_dispatch", "moe_combine_a2a"):
-            ops.append(Op(f"{prefix}{name}", "communication", 0.0, T * model.top_k * d * a / ep, count,
-                          kind="all_to_all", group=ep))
-    if tp > 1 and not (ep > 1 and ep == tp):   # pure EP: the combine all-to-all already sums the experts
-        ops.append(Op(f"{prefix}mlp_allreduce", "communication", 0.0, T * d * a, count, kind="allreduce"))
-    elementwise("residual_add2", T * d, a + 2 * r)
+        if lin.name in ATTENTION_PROJECTIONS:
+            ops.append(_gemm_op(c, lin))
     return ops
+
+
+def output_projection_ops(c: LayerCall) -> list[Op]:
+    """The attention output projection o (h d_v -> hidden): GEMM FLOPs = 2 M N K, row-parallel over
+    tp (Shoeybi et al. 2019: its partial sums are all-reduced after it)."""
+    return [_gemm_op(c, lin) for lin in c.linears if lin.name == "o"]
+
+
+def rotary_embedding_ops(c: LayerCall) -> list[Op]:
+    """RoPE (RoFormer, Su et al. 2021) on the queries and keys: elements = T (h + h_kv) d_head;
+    MLA rotates only the decoupled rope part, one key shared by all heads: T (h + 1) d_rope
+    (DeepSeek-V2 sec. 2.1.3). HBM bytes and kernels per element from the executor (HF
+    rotate_half: x cos, neg, cat, x sin, add for q and for k, 10 kernels and 20 B per element;
+    Megatron's fused kernel: 2 kernels, 8 B). Learned absolute positions (GPT-2/3, OPT) have none."""
+    if c.model.learned_positions:
+        return []
+    rope_dim = c.model.qk_rope_dim if c.model.is_mla else c.model.head_dim
+    rotated_heads = (
+        c.heads  # queries
+        + (1 if c.model.is_mla else c.kv_heads)  # keys (MLA: the one shared rope key)
+    )
+    elems = (
+        c.tokens  # T: tokens through the layer
+        * rotated_heads  # heads rotated per token
+        * rope_dim  # rotated dimensions per head
+    )
+    return [_elementwise_op(c, "rope", elems, c.ex.rope_bytes_per_elem, c.ex.rope_kernels)]
+
+
+def kv_cache_write_ops(c: LayerCall) -> list[Op]:
+    """Inference: write the new tokens' K and V (MLA: the latent and rope key) into the cache,
+    e_kv = model.kv_cache_elems_per_token_layer_per_gpu(tp) elements per token: read them in the
+    compute dtype, write them in the cache dtype. An executor that appends by torch.cat (HF
+    DynamicCache, `kv_cache_concat`) instead copies the whole cache in decode: read the L cached
+    tokens, write L + 1. Training keeps no cache."""
+    if c.job.phase == "train":
+        return []
+    kv_elems = c.model.kv_cache_elems_per_token_layer_per_gpu(c.tp)
+    elems = (
+        c.tokens  # T: tokens through the layer
+        * kv_elems  # K/V elements per token on this rank
+    )
+    if not (c.ex.kv_cache_concat and c.job.phase == "decode"):
+        bytes_per_elem = (
+            c.act_bytes  # read the new K/V
+            + c.job.kv_bytes_per_elem  # write them into the cache
+        )
+        return [_elementwise_op(c, "kv_write", elems, bytes_per_elem, 2)]   # K and V
+    cache_copy = (
+        c.batch  # B: sequences
+        * kv_elems  # K/V elements per token on this rank
+        * (2 * c.kv_len + 1)  # read the L cached tokens, write L + 1
+        * c.job.kv_bytes_per_elem  # bytes per cache element
+    )
+    new_tokens = (
+        c.tokens  # T: tokens through the layer
+        * kv_elems  # K/V elements per token on this rank
+        * c.act_bytes  # read the new K/V
+    )
+    return [Op(f"{c.prefix}kv_write", "elementwise", elems, cache_copy + new_tokens, c.count, 2, dtype=c.job.dtype)]
+
+
+def _attention_head_dims(model: ModelConfig, phase: str) -> tuple[int, int]:
+    """(d_qk, d_v) per head. MLA decode attends over the latent with W_UK absorbed into the query
+    and W_UV into the output (DeepSeek-V2 sec. 2.1.2): d_qk = kv_lora_rank + d_rope, d_v =
+    kv_lora_rank; MLA prefill expands per-head keys (d_nope + d_rope) and values (d_v)."""
+    if model.is_mla and phase == "decode":
+        return model.kv_lora_rank + model.qk_rope_dim, model.kv_lora_rank
+    if model.is_mla:
+        return model.qk_nope_dim + model.qk_rope_dim, model.v_head_dim
+    return model.head_dim, model.head_dim
+
+
+def decode_attention_ops(c: LayerCall) -> list[Op]:
+    """Decode attention, one query per sequence over L = kv_len + 1 keys: FLOPs = 2 B h L
+    (d_qk + d_v) (QK^T and AV); bytes = the KV cache read once, B L e_kv in the cache dtype, plus
+    the query read and the output written (2 T h d_v)."""
+    d_qk, d_v = _attention_head_dims(c.model, c.job.phase)
+    keys = c.kv_len + 1   # L: the cached tokens and the new one
+    flops = (
+        2.0  # FLOPs per multiply-add
+        * c.batch  # B: sequences
+        * c.heads  # h: query heads on this rank
+        * keys  # L: keys per query
+        * (d_qk + d_v)  # QK^T, then AV
+    )
+    cache = (
+        c.batch  # B: sequences
+        * keys  # L: keys per query
+        * c.model.kv_cache_elems_per_token_layer_per_gpu(c.tp)  # e_kv: cached elements per token on this rank
+        * c.job.kv_bytes_per_elem  # bytes per cache element
+    )
+    query_out = (
+        2  # read the query, write the output
+        * c.tokens  # T: tokens through the layer
+        * c.heads  # h: query heads on this rank
+        * d_v  # d_v: value dimensions per head
+        * c.act_bytes  # bytes per activation element
+    )
+    return [Op(f"{c.prefix}attention", "attention", flops, cache + query_out, c.count,
+               kind="attn_decode", dtype=c.job.dtype)]
+
+
+def repeat_kv_ops(c: LayerCall) -> list[Op]:
+    """HF eager `repeat_kv` (`ex.repeat_kv`): with fewer K/V heads than query heads, K and V are
+    copied to one per query head before attention: 2 T h d elements, read and written."""
+    if not (c.ex.repeat_kv and c.kv_heads < c.heads):
+        return []
+    d_qk, _ = _attention_head_dims(c.model, c.job.phase)
+    elems = (
+        2  # K and V
+        * c.tokens  # T: tokens through the layer
+        * c.heads  # h: query heads on this rank
+        * d_qk  # d_qk: query/key dimensions per head
+    )
+    bytes_per_elem = (
+        2  # read and write
+        * c.act_bytes  # bytes per activation element
+    )
+    return [_elementwise_op(c, "repeat_kv", elems, bytes_per_elem, 2)]
+
+
+def flash_attention_ops(c: LayerCall) -> list[Op]:
+    """Fused causal attention over S = q_len tokens per sequence (FlashAttention-2, Dao 2023):
+    FLOPs = B h S^2 (d_qk + d_v), half of the full square's 2 B h S^2 (d_qk + d_v); bytes = Q, K,
+    V read and O written once, T (h (d_qk + d_v) + 2 h_kv d_qk), the scores stay on chip."""
+    d_qk, d_v = _attention_head_dims(c.model, c.job.phase)
+    S = c.q_len
+    flops = (
+        c.batch  # B: sequences
+        * c.heads  # h: query heads on this rank
+        * S  # S: tokens per sequence
+        * S  # S: tokens per sequence
+        * (d_qk + d_v)  # QK^T and AV; the causal half of 2 (d_qk + d_v)
+        * 1.0  # as a float
+    )
+    per_token = (
+        c.heads * (d_qk + d_v)  # read Q, write O
+        + 2 * c.kv_heads * d_qk  # read K and V
+    )
+    bytes_ = (
+        c.tokens  # T: tokens through the layer
+        * per_token  # elements read and written per token
+        * c.act_bytes  # bytes per activation element
+    )
+    return [Op(f"{c.prefix}attention", "attention", flops, bytes_, c.count, kind="attn_prefill",
+               dtype=c.job.dtype, seq=S)]
+
+
+def unfused_attention_ops(c: LayerCall) -> list[Op]:
+    """Unfused attention as Megatron-LM (2021) runs it (`ex.attn_score_bytes_per_elem` > 0): two
+    batched GEMMs over the full S x S square, attn_qk FLOPs = 2 B h S^2 d_qk and attn_av FLOPs =
+    2 B h S^2 d_v, and the B h S^2 scores materialised in HBM for scale-mask-softmax and dropout
+    (attn_scores: 3 kernels, the profile's bytes per score element, the s^2 term of Korthikanti
+    et al. 2022)."""
+    d_qk, d_v = _attention_head_dims(c.model, c.job.phase)
+    S = c.q_len
+    qk_flops = (
+        2.0  # FLOPs per multiply-add
+        * c.batch  # B: sequences
+        * c.heads  # h: query heads on this rank
+        * S  # queries
+        * S  # keys (the full square)
+        * d_qk  # d_qk: query/key dimensions per head
+    )
+    qk_bytes = (
+        c.tokens  # T: tokens through the layer
+        * (c.heads + c.kv_heads)  # read Q and K
+        * d_qk  # d_qk: query/key dimensions per head
+        * c.act_bytes  # bytes per activation element
+    )
+    scores = (
+        c.batch  # B: sequences
+        * c.heads  # h: query heads on this rank
+        * S  # S: tokens per sequence
+        * S  # S: tokens per sequence
+    )
+    av_flops = (
+        2.0  # FLOPs per multiply-add
+        * c.batch  # B: sequences
+        * c.heads  # h: query heads on this rank
+        * S  # queries
+        * S  # keys (the full square)
+        * d_v  # d_v: value dimensions per head
+    )
+    av_bytes = (
+        c.tokens  # T: tokens through the layer
+        * (c.heads + c.kv_heads)  # read V, write O
+        * d_v  # d_v: value dimensions per head
+        * c.act_bytes  # bytes per activation element
+    )
+    return [
+        Op(f"{c.prefix}attn_qk", "gemm", qk_flops, qk_bytes, c.count, dtype=c.job.dtype),
+        _elementwise_op(c, "attn_scores", scores, c.ex.attn_score_bytes_per_elem, 3),
+        Op(f"{c.prefix}attn_av", "gemm", av_flops, av_bytes, c.count, dtype=c.job.dtype),
+    ]
+
+
+def attention_core_ops(c: LayerCall) -> list[Op]:
+    """Attention itself: decode over the KV cache, or (prefill, training) repeat_kv where the
+    executor materialises it, then flash or unfused attention."""
+    if c.job.phase == "decode":
+        return decode_attention_ops(c)
+    core = unfused_attention_ops(c) if c.ex.attn_score_bytes_per_elem else flash_attention_ops(c)
+    return repeat_kv_ops(c) + core
+
+
+def tensor_parallel_allreduce_ops(c: LayerCall, block: str) -> list[Op]:
+    """The all-reduce after the row-parallel o (block "attn") and down (block "mlp") projections
+    (Shoeybi et al. 2019: 2 per layer forward), T x hidden activations. Pure expert parallelism
+    (ep = tp) needs no MLP all-reduce: the combine all-to-all already sums the experts. With
+    sequence parallelism (Korthikanti et al. 2022, sec. 4.2.2) the same volume moves as an
+    all-gather + reduce-scatter, and the norms and residual adds run on T / tp tokens; the
+    training step model applies that to these ops."""
+    if not c.tp > 1 or (block == "mlp" and c.ep > 1 and c.ep == c.tp):
+        return []
+    bytes_ = (
+        c.tokens  # T: tokens through the layer
+        * c.model.hidden  # d: hidden size
+        * c.act_bytes  # bytes per activation element
+    )
+    return [Op(f"{c.prefix}{block}_allreduce", "communication", 0.0, bytes_, c.count, kind="allreduce")]
+
+
+def residual_add_ops(c: LayerCall, name: str) -> list[Op]:
+    """x + f(x) on T x hidden elements: read the residual (r bytes) and the block's output (a),
+    write the residual (r); r = 4 under autocast training with an fp32 residual stream."""
+    elems = (
+        c.tokens  # T: tokens through the layer
+        * c.model.hidden  # d: hidden size
+    )
+    bytes_per_elem = (
+        c.act_bytes  # read the block output
+        + 2 * c.residual_bytes  # read and write the residual stream
+    )
+    return [_elementwise_op(c, name, elems, bytes_per_elem)]
+
+
+def router_topk_ops(c: LayerCall) -> list[Op]:
+    """MoE router's softmax and top-k selection over the n_experts logits of each token: 4
+    kernels moving 4 a bytes per logit (T n_experts elements)."""
+    elems = (
+        c.tokens  # T: tokens through the layer
+        * c.model.n_experts  # router logits per token
+    )
+    return [_elementwise_op(c, "router_topk", elems, 4 * c.act_bytes, 4)]
+
+
+def activation_ops(c: LayerCall, down: Linear) -> list[Op]:
+    """The activation before a down projection, on its input (this rank's intermediate columns x
+    tokens, top_k / ep of them for experts): gated (SwiGLU, Shazeer 2020) silu(gate) * up in 2
+    kernels, 5 a bytes per element (silu: read + write, multiply: 2 reads + 1 write); plain
+    GeLU/ReLU one kernel, read + write."""
+    features = down.d_in // (c.tp // c.ep if down.moe else c.tp)
+    rows = c.tokens * c.model.top_k / c.ep if down.moe else c.tokens   # token-expert pairs / tokens
+    elems = (
+        features  # this rank's intermediate columns
+        * rows  # tokens (experts: token-expert pairs on this rank)
+    )
+    if c.model.gated_mlp:
+        return [_elementwise_op(c, f"act_{down.name}", elems, 5 * c.act_bytes, 2)]
+    return [_elementwise_op(c, f"act_{down.name}", elems, 2 * c.act_bytes, 1)]
+
+
+def moe_combine_ops(c: LayerCall) -> list[Op]:
+    """Weighted sum of each token's top_k expert outputs: T k hidden elements, read and written
+    (3 kernels)."""
+    elems = (
+        c.tokens  # T: tokens through the layer
+        * c.model.top_k  # k: experts per token
+        * c.model.hidden  # d: hidden size
+    )
+    return [_elementwise_op(c, "moe_combine", elems, 2 * c.act_bytes, 3)]
+
+
+def mlp_ops(c: LayerCall) -> list[Op]:
+    """The MLP block: dense gate/up (or up) -> activation -> down; in an MoE layer (Switch,
+    Fedus et al. 2021; GShard, Lepikhin et al. 2020) the router (top-k, then its GEMM), the routed
+    experts' gate/up -> activation -> down, shared experts (DeepSeek) the same way, and the combine
+    of the top_k outputs. GEMMs in `_gemm_op` (2 M N K, Megatron split)."""
+    ops = router_topk_ops(c) if c.moe else []
+    for lin in c.linears:
+        if lin.name in ATTENTION_PROJECTIONS:
+            continue
+        if lin.name in DOWN_PROJECTIONS:
+            ops += activation_ops(c, lin)
+        ops.append(_gemm_op(c, lin))
+    if c.moe:
+        ops += moe_combine_ops(c)
+    return ops
+
+
+def expert_parallel_all_to_all_ops(c: LayerCall) -> list[Op]:
+    """Expert parallelism (GShard, Lepikhin et al. 2020): dispatch each token's top_k copies to
+    the experts' ranks and combine them back, two all-to-alls among the ep ranks; bytes are this
+    rank's send buffer, T k hidden / ep."""
+    if not c.ep > 1:
+        return []
+    return [Op(f"{c.prefix}{name}", "communication", 0.0, _all_to_all_bytes(c), c.count, kind="all_to_all",
+               group=c.ep)
+            for name in ("moe_dispatch", "moe_combine_a2a")]
+
+
+def _all_to_all_bytes(c: LayerCall):
+    """This rank's send buffer of one expert-parallel all-to-all."""
+    return (
+        c.tokens  # T: tokens through the layer
+        * c.model.top_k  # one copy per routed expert
+        * c.model.hidden  # d: hidden size
+        * c.act_bytes  # bytes per activation element
+        / c.ep  # this rank's share of the copies
+    )
+
+
+def layer_forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bool, count: int,
+                      tokens: int, batch: int, q_len: int, kv_len: int, prefix: str) -> list[Op]:
+    """Forward ops of one decoder layer on one GPU (tensor-parallel shard of `job.tp`), in the
+    order the layer issues them."""
+    c = LayerCall(model, job, ex, moe, count, tokens, batch, q_len, kv_len, prefix)
+    return (
+        norm_ops(c, "attn_norm")
+        + autocast_cast_ops(c, ATTENTION_CAST_INPUTS)
+        + attention_projection_ops(c)
+        + rotary_embedding_ops(c)
+        + kv_cache_write_ops(c)
+        + attention_core_ops(c)
+        + output_projection_ops(c)
+        + tensor_parallel_allreduce_ops(c, "attn")
+        + residual_add_ops(c, "residual_add")
+        + norm_ops(c, "mlp_norm")
+        + autocast_cast_ops(c, MOE_CAST_INPUTS if moe else MLP_CAST_INPUTS)
+        + mlp_ops(c)
+        + expert_parallel_all_to_all_ops(c)
+        + tensor_parallel_allreduce_ops(c, "mlp")
+        + residual_add_ops(c, "residual_add2")
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# the model: embedding, layers, head
+
+
+def embedding_ops(model: ModelConfig, job: Job, tokens) -> list[Op]:
+    """Token embedding lookup: a gather, no FLOPs; each token reads its table row and writes the
+    activation, 2 x hidden elements. (Learned position rows, where a model has them, are not
+    counted separately.)"""
+    bytes_ = (
+        tokens  # rows: tokens
+        * model.hidden  # d: hidden size
+        * 2  # read the table row, write the activation
+        * DTYPE_BYTES[job.dtype]  # bytes per activation element
+    )
+    return [Op("embedding", "embedding", 0.0, bytes_, 1, 1, dtype=job.dtype)]
+
+
+def lm_head_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, tokens) -> list[Op]:
+    """Final norm and the LM head over `tokens` positions: the norm as the layers' (`norm_ops`);
+    the head a GEMM, FLOPs = 2 M N K with N = vocab / tp (column-parallel vocabulary, Shoeybi
+    et al. 2019), the d x V / tp weights read once, the input read and the logits written once."""
+    d = model.hidden
+    v = model.vocab // job.tp   # this rank's vocabulary columns
+    a = DTYPE_BYTES[job.dtype]
+    flops = (
+        2.0  # FLOPs per multiply-add
+        * tokens  # M
+        * d  # K
+        * v  # N
+    )
+    elems = (
+        d * v  # weights
+        + tokens * (d + v)  # read the hidden states, write the logits
+    )
+    return [
+        _norm_op("final_norm", model, job, ex, tokens, 1),
+        Op("lm_head", "gemm", flops, elems * a, 1, dtype=job.dtype),
+    ]
 
 
 def forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, layers: int | None = None,
@@ -212,11 +704,9 @@ def forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, layers: int |
     q_len = 1 if job.phase == "decode" else job.seq
     T = B * q_len
     n_layers = model.n_layers if layers is None else layers
-    a = DTYPE_BYTES[job.dtype]
-    d = model.hidden
     ops: list[Op] = []
     if embed:
-        ops.append(Op("embedding", "embedding", 0.0, T * d * 2 * a, 1, 1, dtype=job.dtype))
+        ops += embedding_ops(model, job, T)
     n_moe = min(model.n_moe_layers, n_layers) if model.is_moe else 0
     n_dense = n_layers - n_moe
     kw = dict(tokens=T, batch=B, q_len=q_len, kv_len=job.context)
@@ -226,12 +716,7 @@ def forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, layers: int |
         ops += layer_forward_ops(model, job, ex, True, n_moe, prefix="moe_layer.", **kw)
     if head:
         # prefill/decode: logits of the last position only; training: every position
-        t_head = T if job.phase == "train" else B
-        ops.append(Op("final_norm", "norm", 4.0 * t_head * d, ex.norm_bytes_per_elem * t_head * d * a / 2, 1,
-                      ex.norm_kernels if model.norm == "rms" else 1, dtype=job.dtype))
-        v = model.vocab // job.tp
-        ops.append(Op("lm_head", "gemm", 2.0 * t_head * d * v, (d * v + t_head * (d + v)) * a, 1,
-                      dtype=job.dtype))
+        ops += lm_head_ops(model, job, ex, T if job.phase == "train" else B)
     return ops
 
 
@@ -273,21 +758,30 @@ def trainable_params(model: ModelConfig, job: Job) -> float:
 
 
 def loss_ops(model: ModelConfig, job: Job, tokens: int) -> list[Op]:
-    """Cross-entropy over the full vocabulary: fp32 upcast of the logits, log-softmax, NLL, and
-    their backward (HF computes the loss in fp32)."""
-    elems = tokens * (model.vocab // job.tp)
+    """Cross-entropy over this rank's vocabulary, tokens x vocab / tp logits: fp32 upcast of the
+    logits, log-softmax and NLL, then their backward (HF computes the loss in fp32). Bytes per
+    logit: forward constants.LOSS_BYTES_PER_LOGIT (2 + 4 + 4), backward LOSS_BWD_BYTES_PER_LOGIT
+    (4 + 4 + 4 + 2); 3 kernels each."""
+    logits = (
+        tokens  # rows: tokens
+        * (model.vocab // job.tp)  # this rank's vocabulary shard
+    )
     return [
-        Op("loss.upcast_softmax", "loss", 5.0 * elems, elems * (2 + 4 + 4), 1, 3),
-        Op("loss.softmax_bwd", "loss", 3.0 * elems, elems * (4 + 4 + 4 + 2), 1, 3, "bwd"),
+        Op("loss.upcast_softmax", "loss", LOSS_FWD_FLOPS_PER_LOGIT * logits, logits * LOSS_BYTES_PER_LOGIT, 1, 3),
+        Op("loss.softmax_bwd", "loss", LOSS_BWD_FLOPS_PER_LOGIT * logits, logits * LOSS_BWD_BYTES_PER_LOGIT, 1, 3,
+           "bwd"),
     ]
 
 
 def optimizer_ops(model: ModelConfig, job: Job, params_on_gpu: float) -> list[Op]:
-    """Fused AdamW over fp32 master weights: read p, g, m, v; write p, m, v (28 B/param), plus
-    the bf16 working copy of the weights that mixed precision recasts each step (6 B/param)."""
+    """Fused AdamW over fp32 master weights: read p, g, m, v; write p, m, v (ADAM_TRAFFIC_BYTES =
+    28 B and ADAM_FLOPS = 12 per parameter), plus the bf16 working copy of the weights that mixed
+    precision recasts each step (RECAST_TRAFFIC_BYTES = 6 B per parameter: read 4, write 2);
+    sources in simulator.core.constants."""
+    kernels = max(1, math.ceil(params_on_gpu / ADAM_PARAMS_PER_KERNEL))
     return [
-        Op("optimizer.adamw", "optimizer", 12.0 * params_on_gpu, 28.0 * params_on_gpu, 1,
-           max(1, math.ceil(params_on_gpu / 2e8)), "opt", dtype="fp32"),
-        Op("optimizer.cast_weights", "elementwise", params_on_gpu, 6.0 * params_on_gpu, 1,
-           max(1, math.ceil(params_on_gpu / 2e8)), "opt", dtype="fp32"),
+        Op("optimizer.adamw", "optimizer", ADAM_FLOPS * params_on_gpu, ADAM_TRAFFIC_BYTES * params_on_gpu, 1,
+           kernels, "opt", dtype="fp32"),
+        Op("optimizer.cast_weights", "elementwise", params_on_gpu, RECAST_TRAFFIC_BYTES * params_on_gpu, 1,
+           kernels, "opt", dtype="fp32"),
     ]

@@ -2,7 +2,7 @@
 import pytest
 
 from simulator.core.models import load_model
-from simulator.core.ops import experts_touched, forward_ops
+from simulator.core.ops import experts_touched, forward_ops, layer_forward_ops
 from simulator.core.predict import predict
 from simulator.core.profiles import load_executor_profile
 from simulator.core.specs import load_hardware
@@ -97,3 +97,36 @@ def test_expert_parallel_serving():
         predict(m, load_hardware("dgx-h100"), Job("decode", batch=1, context=100, tp=8, ep=3))
     with pytest.raises(RoofplanError, match="needs a mixture-of-experts model"):
         predict(load_model("llama-3.1-8b"), load_hardware("dgx-h100"), Job("decode", batch=1, tp=2, ep=2))
+
+
+def test_llama_31_8b_published_gemm_flops_and_kv_write_bytes():
+    # Meta's model card: 8.03 B parameters, 128,256 x 4,096 of them the input embedding. Forward
+    # GEMM FLOPs per token = 2 x the non-embedding parameters (Kaplan et al. 2020); training runs
+    # the (untied) LM head on every position, so it counts in full
+    m = load_model("llama-3.1-8b")
+    B, S = 2, 512
+    fwd = forward_ops(m, Job("train", batch=B, seq=S), EX)
+    assert gemm_flops(fwd) / (B * S) == pytest.approx(2 * (8.03e9 - 128256 * 4096), rel=1e-3)
+    # KV cache: 2 (K and V) x 8 KV heads x 128 head_dim x 2 B x 32 layers = 128 KiB per token;
+    # decode writes one token per sequence (read in bf16, written into the bf16 cache)
+    kv = [o for o in forward_ops(m, Job("decode", batch=B, context=100), EX) if o.name.endswith("kv_write")]
+    assert len(kv) == 1
+    assert kv[0].count * kv[0].flops / B == 2 * 8 * 128 * 32
+    assert kv[0].count * kv[0].bytes / B == 2 * 8 * 128 * 2 * 32 * 2 == 2 * 131072
+
+
+def test_megatron_layer_forward_flops_24bsh2_plus_4bs2h():
+    # Narayanan et al. 2021 (the count behind their eq. 3): a GPT layer's forward is 24 B s h^2
+    # GEMM FLOPs (qkv 6, o 2, MLP 16 with d_ff = 4h) plus 4 B s^2 h in the unfused attention's two
+    # batched GEMMs over the full s x s square (Megatron's executor profile); FlashAttention
+    # (default profile) computes the causal half, 2 B s^2 h
+    m = load_model("gpt3-175b")
+    B, s, h = 2, 2048, 12288
+    job = Job("train", batch=B, seq=s)
+    kw = dict(tokens=B * s, batch=B, q_len=s, kv_len=0, prefix="layer.")
+    mega = layer_forward_ops(m, job, load_executor_profile("megatron"), False, 1, **kw)
+    attn = ("layer.attn_qk", "layer.attn_av")
+    assert sum(o.flops for o in mega if o.cls == "gemm" and o.name not in attn) == 24 * B * s * h**2
+    assert sum(o.flops for o in mega if o.name in attn) == 4 * B * s**2 * h
+    flash = layer_forward_ops(m, job, EX, False, 1, **kw)
+    assert [o.flops for o in flash if o.cls == "attention"] == [2 * B * s**2 * h]
