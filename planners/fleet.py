@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simulator.core.errors import RoofplanError
+from simulator.core.errors import FieldError, RoofplanError
 from simulator.core.models import ModelConfig
 from simulator.core.pricing import cheapest_price_per_gpu_h
 from simulator.serving.simulate import (RequestMix, StepTables, aggregated, decode_pool, max_rate, prefill_pool,
@@ -107,7 +107,7 @@ def candidate_options(model: ModelConfig, gpus: list[str], tps=(1, 2, 4, 8), rol
                 out.append((FleetOption(g, tp, role, prices[g][0], prices[g][1]), tables))
     if not out:
         raise RoofplanError(f"{model.name} fits on none of {', '.join(gpus)} at TP {', '.join(map(str, tps))}; "
-                            f"add larger GPUs to --gpus or allow a larger --tp")
+                            f"add larger GPUs (gpus) or larger TP degrees (tps)")
     return out
 
 
@@ -153,7 +153,7 @@ def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: 
                and any(tput[b, o] > 0 for o in range(no) if roles[o] == "decode"))
         if not (agg or dis):
             name = labels[b] if labels else f"bucket {b}"
-            raise RoofplanError(f"no GPU option meets the SLOs for requests of {name}; loosen --slo-ttft-ms/--slo-tpot-ms or add faster GPUs to --gpus")
+            raise RoofplanError(f"no GPU option meets the SLOs for requests of {name}; loosen the TTFT/TPOT SLOs or add faster GPUs (gpus)")
     prob = pulp.LpProblem("fleet", pulp.LpMinimize)
     var = _var_factory(prob)
     # n_o never needs more instances than carrying every bucket it can serve alone (tightens the LP)
@@ -191,8 +191,8 @@ def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: 
         mip_heuristic_run_rens=False, mip_heuristic_run_root_reduced_cost=False))
     if rep.status != "Optimal":
         caps = ", ".join(f"{g}={c}" for g, c in (max_gpus or {}).items())
-        raise RoofplanError(f"no fleet meets the load within the inventory ({caps or 'no caps'}; solver {rep.solver}: {rep.status}); "
-                            f"raise --max-per-type or loosen the SLOs")
+        raise FieldError("max_gpus", caps or "no caps", f"no fleet meets the load within the inventory "
+                         f"(solver {rep.solver}: {rep.status})", "raise the caps or loosen the SLOs")
     count = np.array([round(v.value() or 0) for v in n], dtype=int)
     share = np.zeros((nb, no))
     for (b, o), v in x.items():
@@ -276,7 +276,8 @@ def plan_fleet(model: ModelConfig, workload: ServingWorkload, slo_ttft_s: float,
     """Profile every option with the serving model, solve the ILP for the mix and for each single
     GPU type, and check the plan. Returns (result, candidates, throughput matrix)."""
     if slo_ttft_s <= 0 or slo_tpot_s <= 0:
-        raise RoofplanError("--slo-ttft-ms and --slo-tpot-ms must be > 0")
+        name = "slo_ttft_s" if slo_ttft_s <= 0 else "slo_tpot_s"
+        raise FieldError(name, slo_ttft_s if slo_ttft_s <= 0 else slo_tpot_s, "must be > 0")
     long = [b for b, r in zip(workload.buckets, workload.bucket_rates_rps())
             if r > 0 and b.in_tokens + b.out_tokens > model.max_positions]
     if long:

@@ -69,7 +69,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from simulator.core.errors import RoofplanError
+from simulator.core.errors import FieldError, RoofplanError
 from simulator.core.models import ModelConfig
 from simulator.core.ops import backward_ops, forward_ops, loss_ops, optimizer_ops
 from simulator.core.profiles import ExecutorProfile, KernelProfile
@@ -597,41 +597,44 @@ def _raise_infeasible(model, system, req, ex, kp, rates, fixed, gbs, nb):
             need[tier] = out["slack"][tier]
     if not need:
         raise RoofplanError(f"no offload plan for {model.name} {req.phase} on {system.name} even with more memory; "
-                            f"check --gpu-memory/--host-memory/--nvme")
+                            f"check the caps gpu_mem_bytes, host_mem_bytes and nvme_bytes")
     names = {"gpu": "GPU memory", "host": "host memory", "nvme": "NVMe capacity"}
-    flags = {"gpu": "--gpu-memory", "host": "--host-memory", "nvme": "--nvme"}
+    fields = {"gpu": "gpu_mem_bytes", "host": "host_mem_bytes", "nvme": "nvme_bytes"}
     tier = min(need, key=lambda t: need[t])
     alts = ", ".join(f"{names[t]} +{fmt_bytes(need[t])}" for t in need if t != tier)
     total = caps[tier] + need[tier]
-    fix = (f"use {flags[tier]} {math.ceil(total / GiB)}" if tier != "nvme" or caps["nvme"] else
+    fix = (f"raise it to {math.ceil(total / GiB)} GiB" if tier != "nvme" or caps["nvme"] else
            "use a system with NVMe")
-    raise RoofplanError(
+    smaller = "seq" if req.phase == "train" else "prompt_len"
+    raise FieldError(
+        fields[tier], f"{caps[tier] / GiB:.1f} GiB",
         f"{model.name} {req.phase} does not fit on {system.name}: binding constraint is {names[tier]}, "
         f"short by {fmt_bytes(need[tier])} (needs {total / GiB:.1f} GiB, has {caps[tier] / GiB:.1f} GiB"
-        f"{'; or ' + alts if alts else ''}); {fix}, or a smaller --batch/--prompt-len")
+        f"{'; or ' + alts if alts else ''})", f"{fix}, or use a smaller batch or {smaller}")
 
 
 def _validate(model: ModelConfig, system: System, req: OffloadRequest) -> None:
     if req.phase not in ("decode", "prefill", "train"):
-        raise RoofplanError(f"--phase '{req.phase}' is unknown; use decode, prefill or train")
+        raise FieldError("phase", req.phase, "unknown", "use decode, prefill or train")
     if req.objective not in ("throughput", "latency"):
-        raise RoofplanError(f"--objective '{req.objective}' is unknown; use throughput or latency")
+        raise FieldError("objective", req.objective, "unknown", "use throughput or latency")
     if req.attention not in ("auto", "gpu", "cpu"):
-        raise RoofplanError(f"--attention '{req.attention}' is unknown; use auto, gpu or cpu")
+        raise FieldError("attention", req.attention, "unknown", "use auto, gpu or cpu")
     for name in ("prompt_len", "gen_len", "seq"):
         if getattr(req, name) < 1:
-            raise RoofplanError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(req, name)})")
+            raise FieldError(name, getattr(req, name), "must be >= 1")
     if req.batch is not None and req.batch < 1:
-        raise RoofplanError(f"--batch must be >= 1 (got {req.batch})")
+        raise FieldError("batch", req.batch, "must be >= 1")
     for name in ("gpu_mem_bytes", "host_mem_bytes", "nvme_bytes"):
         v = getattr(req, name)
         if v is not None and v <= 0:
-            flag = {"gpu_mem_bytes": "--gpu-memory", "host_mem_bytes": "--host-memory", "nvme_bytes": "--nvme"}[name]
-            raise RoofplanError(f"{flag} must be > 0 GiB")
+            raise FieldError(name, f"{v / GiB:g} GiB", "must be > 0")
     if req.dtype not in DTYPE_BYTES or req.dtype == "int4":
-        raise RoofplanError(f"--dtype '{req.dtype}' is not supported; use fp16, bf16, fp8 or fp32")
+        raise FieldError("dtype", req.dtype, "not supported", "use fp16, bf16, fp8 or fp32")
     system.gpu.peak_flops(req.dtype)
     total = req.seq if req.phase == "train" else req.prompt_len + (req.gen_len if req.phase == "decode" else 0)
     if total > model.max_positions:
-        raise RoofplanError(f"sequence of {total} tokens exceeds {model.name}'s limit of {model.max_positions}; "
-                            f"use a shorter --prompt-len/--gen-len/--seq")
+        name = "seq" if req.phase == "train" else "prompt_len" if req.prompt_len > model.max_positions else "gen_len"
+        raise FieldError(name, getattr(req, name), f"a sequence of {total} tokens exceeds {model.name}'s limit of "
+                         f"{model.max_positions}", "use a shorter seq" if req.phase == "train"
+                         else "use a shorter prompt_len or gen_len")

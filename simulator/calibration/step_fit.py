@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.core.errors import RoofplanError
+from simulator.core.errors import FieldError, RoofplanError
 from simulator.core.models import load_model
 from simulator.core.predict import predict
 from simulator.core.profiles import ExecutorProfile, KernelProfile, executor_fields, load_executor_profile, parse_executor_profile
@@ -69,7 +69,7 @@ def read_step_times(path: str | Path, engine: str) -> tuple[dict, list[StepPoint
             raise RoofplanError(f"{where}: field '{key}' is missing (see simulator/calibration/step_fit.py for the format)")
     engines = d["engines"]
     if engine not in engines:
-        raise RoofplanError(f"{where}: no engine '{engine}'; the file has: {', '.join(engines)} (pass one to --engine)")
+        raise FieldError("engine", engine, f"{where} has no such engine", f"use one of {', '.join(engines)}")
     e = engines[engine]
     pts = []
     for i, m in enumerate(e.get("measurements") or []):
@@ -119,7 +119,7 @@ def fit_step_times(path: str | Path, engine: str, gpu, kp: KernelProfile) -> tup
     from scipy.optimize import least_squares
     head, pts = read_step_times(path, engine)
     if head["hardware"] != gpu.name:
-        raise RoofplanError(f"{path}: measured on {head['hardware']} but --hardware is {gpu.name}; pass --hardware {head['hardware']}")
+        raise FieldError("hardware", gpu.name, f"{path} was measured on {head['hardware']}", f"use {head['hardware']}")
     base = _structure(head, f"{path} engines.{engine}.executor")
     fit = [q for q in pts if q.role == "fit"]
     meas = np.array([q.time_s for q in fit])

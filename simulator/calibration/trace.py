@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from simulator.core.errors import RoofplanError
+from simulator.core.errors import FieldError, RoofplanError
 
 KERNEL_CATS = ("kernel", "Kernel")
 CPU_OP_CATS = ("cpu_op", "Operator")
@@ -408,16 +408,16 @@ def check_device(trace: Trace, gpu) -> None:
     from simulator.core.specs import list_names, load_gpu
     if _device_matches(trace.device_name, gpu):
         return
-    hint = ""
+    fix = ""
     for name in list_names("gpu"):
         try:
             g = load_gpu(name)
         except RoofplanError:
             continue
         if _device_matches(trace.device_name, g):
-            hint = f"; pass --hardware {name}"
+            fix = f"use {name}"
             break
-    raise RoofplanError(f"trace {trace.path} was recorded on {trace.device_name}, not {gpu.name}{hint}")
+    raise FieldError("hardware", gpu.name, f"trace {trace.path} was recorded on {trace.device_name}", fix)
 
 
 def _tokens(s: str) -> set[str]:

@@ -24,7 +24,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from simulator.core.errors import RoofplanError
+from simulator.core.errors import FieldError, RoofplanError
 from simulator.core.profiles import KernelProfile
 from simulator.core.roofline import gemm_time
 from simulator.core.specs import System
@@ -192,7 +192,8 @@ def fit_executor_profile(traces: list[Trace], system: System, kp: KernelProfile,
         prof["host_overhead_per_kernel_us"] = round(host[0] * 1e6, 2)
         evidence["host"] = host[1]
     elif step_time_s and not any(t.cpu_only for t in traces):
-        raise RoofplanError("--step-time applies to a host-bound step, but no trace has one (GPU busy >= 50% everywhere)")
+        raise FieldError("step_time_s", step_time_s, "applies to a host-bound step, but no trace has one "
+                         f"(GPU busy >= {HOST_BOUND_GPU_BUSY:.0%} everywhere)")
     scales = [fit_gemm_scale(t, system, kp) for t in traces]
     flops = [s[1].get("measured_s", 0.0) for s in scales]
     if sum(flops) > 0:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from simulator.core.errors import RoofplanError
+from simulator.core.errors import FieldError, RoofplanError
 from simulator.core.ops import OP_CLASSES
 from simulator.core.predict import Prediction
 from simulator.calibration.trace import Trace
@@ -39,7 +39,8 @@ def pick_segment(trace: Trace, phase: str, segment: str | None = None) -> str:
         generic += trace.segments[trace.segments["phase"] == "train"]["name"].tolist()
     if generic or len(names) == 1:
         return (generic or names)[-1]
-    raise RoofplanError(f"trace {trace.path} has no {phase} segment (it has {', '.join(names)}); pass --segment NAME or another --phase")
+    raise FieldError("phase", phase, f"trace {trace.path} has no {phase} segment (it has {', '.join(names)})",
+                     "name one as segment, or use another phase")
 
 
 def segment_wall_s(trace: Trace, segment: str) -> float:

@@ -3,7 +3,8 @@ and register through COMMANDS (imported lazily, so `roofplan hw list` never impo
 
 A command module exposes `register(subparsers)` that adds its parser(s) and sets
 `func=handler` on them; `handler(args)` returns an exit code. User errors raise RoofplanError:
-main() prints them on one line and exits with 2.
+main() prints them on one line and exits with 2. The library names fields, not flags (a
+`FieldError` says "tp = 3: ..."); main() spells the field as the flag that sets it ("--tp 3: ...").
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from simulator.core.errors import RoofplanError
+from simulator.core.errors import FieldError, RoofplanError
 
 # module paths of command groups; each registers its own subcommands
 COMMANDS = [
@@ -28,6 +29,44 @@ COMMANDS = [
 ]
 
 
+# fields whose flag is not "--" + field with "_" -> "-" (the default in flag_of)
+FLAG_OF_FIELD = {
+    "offload_weights": "--offload weights=",   # Job.offload_weights: --offload weights=cpu
+    "gpu_mem_bytes": "--gpu-memory",           # OffloadRequest caps (the flags take GiB)
+    "host_mem_bytes": "--host-memory",
+    "nvme_bytes": "--nvme",
+    "max_gpus": "--max-per-type",              # plan_fleet inventory caps
+    "step_time_s": "--step-time",              # calibrate: wall time of a host-bound step
+}
+
+
+def flag_of(field: str) -> str:
+    """The flag that sets `field` ("micro_batch" -> "--micro-batch")."""
+    return FLAG_OF_FIELD.get(field) or "--" + field.replace("_", "-")
+
+
+def _command_options(parser: argparse.ArgumentParser, func) -> set[str]:
+    """Option strings of the (sub)parser(s) that dispatch to `func`, the command that ran."""
+    out: set[str] = set()
+    if parser.get_default("func") is func:
+        out |= set(parser._option_string_actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out |= _command_options(sub, func)
+    return out
+
+
+def field_error_message(e: FieldError, options: set[str] | None = None) -> str:
+    """`e` with its field spelled as the flag that sets it; as the library's "field =" when the
+    command has no such flag (the value came from a file, e.g. a sweep grid or end_to_end.yaml)."""
+    flag = flag_of(e.field)
+    if options is not None and flag.split()[0] not in options:
+        return str(e)
+    msg = e.for_flags(flag_of)
+    return msg.replace(f"{flag} ", flag, 1) if flag.endswith("=") else msg   # "--offload weights=disk"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line and exit code 2, like every other user error
         raise RoofplanError(f"{self.prog}: {message}")
@@ -42,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = args = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -49,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         return int(args.func(args) or 0)
+    except FieldError as e:
+        func = getattr(args, "func", None)
+        options = _command_options(parser, func) if parser is not None and func else None
+        print(f"roofplan: error: {field_error_message(e, options)}", file=sys.stderr)
+        return 2
     except RoofplanError as e:
         print(f"roofplan: error: {e}", file=sys.stderr)
         return 2

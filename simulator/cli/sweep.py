@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from simulator.core.errors import RoofplanError
+from simulator.core.errors import FieldError, RoofplanError
 from simulator.report.tables import add_format_arg, emit, fmt_of
 from simulator.core.units import GiB, fmt_time
 
@@ -196,7 +196,10 @@ def cmd_sweep(args) -> int:
     if args.workers < 0:
         raise RoofplanError("--workers must be >= 0 (0: one per CPU)")
     grids = load_grids(args.grid)
-    groups = [g for grid in grids for g in parse_grid(grid)]
+    try:
+        groups = [g for grid in grids for g in parse_grid(grid)]
+    except FieldError as e:     # a field of the grid file, not a flag
+        raise RoofplanError(f"{args.grid}: {e.render(f'grid field {e.field!r} =')}") from None
     fingerprint = hashlib.sha256(json.dumps(grids, sort_keys=True, default=str).encode()).hexdigest()[:16]
     shard_dir = Path(args.shard_dir) if args.shard_dir else out.with_name(out.name + ".shards")
     workers = args.workers or os.cpu_count() or 1

@@ -314,7 +314,7 @@ def load_model(name_or_path: str) -> ModelConfig:
         if not path.is_file():
             raise RoofplanError(
                 f"unknown model '{name_or_path}'{did_you_mean(name_or_path, list_models())}; "
-                "see `roofplan models` or pass --model path/to/config.json"
+                "see `roofplan models` or give a path to an HF config.json"
             )
         name = name_or_path
     return _load_cached(str(path.resolve()), name, path.stat().st_mtime)

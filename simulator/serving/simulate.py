@@ -33,7 +33,7 @@ from functools import cached_property
 
 import numpy as np
 
-from simulator.core.errors import RoofplanError
+from simulator.core.errors import FieldError, RoofplanError
 from simulator.core.memory import inference_memory, kv_cache_bytes
 from simulator.core.models import ModelConfig
 from simulator.core.predict import predict
@@ -129,9 +129,9 @@ def step_tables(model: ModelConfig, system: System, tp: int = 1, dtype: str = "b
     kv_tok = kv_cache_bytes(model, Job("decode", batch=1, context=0, dtype=dtype, tp=tp))
     budget = GPU_MEMORY_UTILIZATION * gpu.mem_bytes - base.weights - base.workspace - base.activations
     if budget <= 0:
-        raise RoofplanError(
-            f"{model.name} does not fit on {tp} x {gpu.name} for serving: weights need "
-            f"{base.weights / 2**30:.1f} GiB per GPU of {gpu.mem_bytes / 2**30:.0f} GiB; use a larger --tp or another GPU")
+        raise FieldError(
+            "tp", tp, f"{model.name} does not fit on {tp} x {gpu.name} for serving: weights need "
+            f"{base.weights / 2**30:.1f} GiB per GPU of {gpu.mem_bytes / 2**30:.0f} GiB", "use a larger tp or another GPU")
     system = system if system.gpu_count >= tp else system_from_gpu(system.gpu, tp)
     ptoks = np.array([t for t in PREFILL_GRID if t <= L] or [L], dtype=float)
     pre, attn = [], []
@@ -488,8 +488,8 @@ def _run_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, n_ou
             nxt += 1
         if not running:
             if nxt < n and n_in[nxt] + n_out[nxt] > budget:
-                raise RoofplanError(f"a request of {n_in[nxt] + n_out[nxt]} tokens exceeds the KV cache of "
-                                    f"{budget:.0f} tokens on {tables.tp} x {tables.gpu}; use a larger --tp or GPU")
+                raise FieldError("tp", tables.tp, f"a request of {n_in[nxt] + n_out[nxt]} tokens exceeds the KV cache of "
+                                 f"{budget:.0f} tokens on {tables.tp} x {tables.gpu}", "use a larger tp or GPU")
             t = max(t, arrive[nxt])
             continue
         dec = [r for r in running if done_pre[r] >= n_in[r]]

@@ -147,7 +147,8 @@ def test_trace_from_other_gpu_exit_2(tmp_path, capsys):
     t = write_trace(tmp_path / "a100.json.gz", synthetic_events(device="NVIDIA A100-SXM4-80GB"))
     assert main(["calibrate", "--trace", str(t), "--hardware", "h100-sxm", "-o", str(tmp_path / "x.yaml")]) == 2
     err = capsys.readouterr().err
-    assert "recorded on NVIDIA A100-SXM4-80GB, not h100-sxm; pass --hardware a100-sxm-80gb" in err
+    assert err.startswith("roofplan: error: --hardware h100-sxm: trace ")     # the field, spelled as the flag
+    assert "recorded on NVIDIA A100-SXM4-80GB; use a100-sxm-80gb" in err
     assert main(["validate", "--trace", str(t), "--model", "llama-3.2-1b", "--hardware", "h100-sxm",
                  "--phase", "prefill", "--seq", "512"]) == 2
 

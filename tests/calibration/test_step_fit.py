@@ -40,7 +40,7 @@ def test_step_times_errors(tmp_path: Path, a100):
     with pytest.raises(RoofplanError, match="not found"):
         read_step_times(tmp_path / "none.yaml", "x")
     doc = yaml.safe_load(STEP_TIMES.read_text())
-    with pytest.raises(RoofplanError, match="no engine 'sglang'.*distserve, vllm-v0"):
+    with pytest.raises(RoofplanError, match="engine = sglang: .* has no such engine; use one of distserve, vllm-v0"):
         read_step_times(STEP_TIMES, "sglang")
     bad = dict(doc)
     del bad["dtype"]
@@ -57,5 +57,5 @@ def test_step_times_errors(tmp_path: Path, a100):
     p.write_text(yaml.safe_dump(doc))
     with pytest.raises(RoofplanError, match="'host_overhead_per_step_us' is fitted here"):
         fit_step_times(p, "distserve", a100, load_kernel_profile(a100.name))
-    with pytest.raises(RoofplanError, match="measured on a100-sxm-80gb but --hardware is h100-sxm"):
+    with pytest.raises(RoofplanError, match="hardware = h100-sxm: .* was measured on a100-sxm-80gb; use a100-sxm-80gb"):
         fit_step_times(STEP_TIMES, "distserve", load_hardware("h100-sxm").gpu, load_kernel_profile("h100-sxm"))

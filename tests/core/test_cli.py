@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from simulator.cli.main import main
+from simulator.cli.main import field_error_message, flag_of, main
+from simulator.core.errors import FieldError
 
 
 def run(capsys, *argv):
@@ -40,7 +41,7 @@ def test_offload_flag(capsys):
 @pytest.mark.parametrize("argv,msg", [
     (["predict", "--model", "llama-9b", "--hardware", "h100-sxm", "--phase", "decode"], "unknown model 'llama-9b'"),
     (["predict", "--model", "llama-3.1-8b", "--hardware", "h1000", "--phase", "decode"], "unknown hardware 'h1000'"),
-    (["predict", "--model", "llama-3.1-8b", "--hardware", "h100-sxm", "--phase", "decode", "--batch", "-4"], "--batch must be a positive integer"),
+    (["predict", "--model", "llama-3.1-8b", "--hardware", "h100-sxm", "--phase", "decode", "--batch", "-4"], "--batch -4: must be a positive integer"),
     (["predict", "--model", "llama-3.1-8b", "--hardware", "h100-sxm", "--phase", "decode", "--context", "999999"], "exceeds"),
     (["predict", "--model", "llama-3.1-405b", "--hardware", "h100-sxm", "--phase", "decode"], "does not fit"),
     (["predict", "--model", "llama-3.1-8b", "--hardware", "h100-sxm", "--phase", "decode", "--offload", "kv=disk"], "--offload kv=disk"),
@@ -50,6 +51,40 @@ def test_bad_input_exit_2_one_line(capsys, argv, msg):
     code, out, err = run(capsys, *argv)
     assert code == 2
     assert msg in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["--phase", "decode", "--tp", "3"],
+     "roofplan: error: --tp 3: does not divide llama-3.1-8b's 32 attention heads / 8 KV heads; use a divisor"),
+    (["--phase", "train", "--seq", "128", "--batch", "8", "--micro-batch", "3"],
+     "roofplan: error: --micro-batch 3: does not divide batch 8; use a divisor of batch"),
+])
+def test_field_error_spelled_as_flag(capsys, argv, line):
+    """The library names the field; the CLI prints it as the flag that sets it, on one line."""
+    code, out, err = run(capsys, "predict", "--model", "llama-3.1-8b", "--hardware", "h100-sxm", *argv)
+    assert code == 2 and out == "" and err == line + "\n"
+
+
+def test_library_error_names_the_field():
+    from simulator.core.models import load_model
+    from simulator.core.workload import Job, validate_job
+    with pytest.raises(FieldError) as e:
+        validate_job(Job("decode", tp=3), load_model("llama-3.1-8b"))
+    assert e.value.field == "tp" and e.value.value == 3
+    assert str(e.value).startswith("tp = 3: does not divide") and "--" not in str(e.value)
+    with pytest.raises(FieldError) as e:
+        validate_job(Job("train", seq=128, batch=8, micro_batch=3), load_model("llama-3.1-8b"))
+    assert e.value.field == "micro_batch" and str(e.value).startswith("micro_batch = 3: does not divide batch 8")
+
+
+def test_flag_table():
+    assert flag_of("micro_batch") == "--micro-batch" and flag_of("kv_dtype") == "--kv-dtype"
+    assert flag_of("gpu_mem_bytes") == "--gpu-memory" and flag_of("max_gpus") == "--max-per-type"
+    e = FieldError("offload_weights", "disk", "unknown", "use gpu or cpu")
+    assert field_error_message(e) == "--offload weights=disk: unknown; use gpu or cpu"
+    # a command without the flag (the value came from a file) keeps the library's spelling
+    assert field_error_message(FieldError("tp", 3, "bad"), options={"--model", "--gpus"}) == "tp = 3: bad"
+    assert field_error_message(FieldError("tp", 3, "bad"), options={"--tp"}) == "--tp 3: bad"
 
 
 def test_whatif_flagship(capsys):

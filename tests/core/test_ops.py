@@ -93,7 +93,7 @@ def test_expert_parallel_serving():
     assert not any(o.name.endswith("mlp_allreduce") and o.name.startswith("moe") for o in ep8)
     p = predict(m, load_hardware("dgx-h100"), Job("decode", batch=64, context=100, tp=8, ep=8))
     assert p.time_s > 0 and "communication" in p.by_class().index
-    with pytest.raises(RoofplanError, match="--ep 3 must divide --tp 8"):
+    with pytest.raises(RoofplanError, match="ep = 3: must divide tp 8"):
         predict(m, load_hardware("dgx-h100"), Job("decode", batch=1, context=100, tp=8, ep=3))
     with pytest.raises(RoofplanError, match="needs a mixture-of-experts model"):
         predict(load_model("llama-3.1-8b"), load_hardware("dgx-h100"), Job("decode", batch=1, tp=2, ep=2))

@@ -172,13 +172,13 @@ def test_bigger_batch_never_less_memory_or_time(batch, context):
 
 def test_bad_inputs_one_line():
     m = load_model("llama-3.1-8b")
-    with pytest.raises(RoofplanError, match="--batch must be a positive integer"):
+    with pytest.raises(RoofplanError, match="batch = -1: must be a positive integer"):
         predict(m, H100, Job("decode", batch=-1))
     with pytest.raises(RoofplanError, match="exceeds llama-3.1-8b's limit of 131072"):
         predict(m, H100, Job("decode", batch=1, context=200_000))
     with pytest.raises(RoofplanError, match=r"does not fit: needs .*over by"):
         predict(load_model("llama-3.1-70b"), H100, Job("decode", batch=1, context=512))
-    with pytest.raises(RoofplanError, match="needs --seq"):
+    with pytest.raises(RoofplanError, match="seq = 0: phase prefill needs tokens per sequence"):
         predict(m, H100, Job("prefill", batch=1))
     with pytest.raises(RoofplanError, match="t4 has no bf16 support"):
         predict(m, load_hardware("t4"), Job("decode", batch=1, context=16))

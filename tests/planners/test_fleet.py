@@ -173,7 +173,7 @@ def test_cli_json(capsys):
     (["--gpus", "l4,zz9"], "unknown gpu 'zz9'"),
     (["--roles", "prefill"], "--roles"),
     (["--slo-tpot-ms", "0.01"], "no GPU option meets the SLOs"),
-    (["--max-per-type", "0"], "raise --max-per-type"),
+    (["--max-per-type", "0"], "--max-per-type l4=0: no fleet meets the load"),
     (["--tp", "x"], "--tp 'x'"),
     (["--gpus", "l4,rtx-3090"], "no priced instance in hardware_specs/systems uses GPU 'rtx-3090'"),
     (["--executor", "vllm-v9"], "unknown executor profile 'vllm-v9'"),

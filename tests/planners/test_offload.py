@@ -218,7 +218,8 @@ def test_infeasible_names_the_least_extra_memory(capsys):
     # OPT-30B's embedding (0.7 GiB) + one layer's double buffer (2.3 GiB) + workspace exceed 1 GiB
     assert 1.5 < short < 4.0
     # and the suggested cap is enough
-    need = int(err.split("--gpu-memory ")[1].split(",")[0])
+    assert err.startswith("roofplan: error: --gpu-memory 1.0 GiB: ")     # the binding cap, spelled as its flag
+    need = int(err.split("raise it to ")[1].split(" GiB")[0])
     system, kp = load_hardware("flexgen-t4"), load_kernel_profile("t4")
     plan_offload(load_model("opt-30b"), system, OffloadRequest(phase="decode", dtype="fp16", gpu_mem_bytes=need * GiB),
                  EX, kp)

@@ -51,7 +51,7 @@ def test_kv_budget_formula(opt13b_a100, tables):
 
 
 def test_model_that_does_not_fit_is_one_line_error():
-    with pytest.raises(RoofplanError, match="use a larger --tp"):
+    with pytest.raises(RoofplanError, match="tp = 1: llama-3.1-70b does not fit .*; use a larger tp"):
         sv.step_tables(load_model("llama-3.1-70b"), load_hardware("l4"), tp=1)
 
 
