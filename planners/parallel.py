@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from simulator.core.errors import RoofplanError
+from simulator.core.errors import FieldError, RoofplanError
 from simulator.core.models import ModelConfig
 from simulator.core.memory import memory_terms
 from simulator.core.parallel import RECOMPUTE, ParallelPlan
@@ -101,16 +101,17 @@ def search(model: ModelConfig, system: System, n_gpus: int, global_batch: int, s
     """Score every plan (see module doc); `gpu_counts` overrides the GPU counts tried, `zeros` the
     ZeRO stages allowed."""
     if not zeros or any(z not in (0, 1, 2, 3) for z in zeros):
-        raise RoofplanError(f"--zero {','.join(map(str, zeros))} is not understood; use a comma list of 0, 1, 2, 3")
+        raise FieldError("zero", ",".join(map(str, zeros)), "not understood", "use a comma list of 0, 1, 2, 3")
     if objective not in OBJECTIVES:
-        raise RoofplanError(f"--objective '{objective}' is unknown; use throughput or cost")
-    if n_gpus < 1 or global_batch < 1 or seq < 1:
-        raise RoofplanError("--gpus, --global-batch and --seq must be positive integers")
+        raise FieldError("objective", objective, "unknown", "use throughput or cost")
+    for name, v in (("gpus", n_gpus), ("global_batch", global_batch), ("seq", seq)):
+        if v < 1:
+            raise FieldError(name, v, "must be a positive integer")
     if seq > model.max_positions:
-        raise RoofplanError(f"--seq {seq} exceeds {model.name}'s limit of {model.max_positions}")
+        raise FieldError("seq", seq, f"exceeds {model.name}'s limit of {model.max_positions}", "use a shorter seq")
     if n_gpus > system.gpu_count and (system.network is None or not system.network_count):
-        raise RoofplanError(f"{n_gpus} GPUs span several {system.name} nodes but it has no network in its spec; "
-                            f"use --gpus <= {system.gpu_count} or a system with a network")
+        raise FieldError("gpus", n_gpus, f"span several {system.name} nodes but it has no network in its spec",
+                         f"use gpus <= {system.gpu_count} or a system with a network")
     t0 = time.perf_counter()
     ex = executor or load_executor_profile("default")
     kp = kernels or load_kernel_profile(system.gpu.name)
@@ -140,15 +141,15 @@ def search(model: ModelConfig, system: System, n_gpus: int, global_batch: int, s
                     frames += frames_
                     evaluated += n_
     if not frames:
-        raise RoofplanError(f"no plan divides --global-batch {global_batch} over {n_gpus} GPUs; "
-                            f"use a global batch that is a multiple of the data-parallel degree")
+        raise FieldError("global_batch", global_batch, f"no plan divides it over {n_gpus} GPUs",
+                         "use a global batch that is a multiple of the data-parallel degree")
     allp = pd.concat(frames, ignore_index=True)
     fit = allp[allp["memory_bytes"] <= system.gpu.mem_bytes].copy()
     if fit.empty:
         least = allp.loc[allp["memory_bytes"].idxmin()]
         raise RoofplanError(
             f"no plan fits: the smallest needs {least.memory_bytes / 2**30:.1f} GiB per GPU on {system.gpu.name} "
-            f"({system.gpu.mem_bytes / 2**30:.0f} GiB); use more GPUs, a shorter --seq or a smaller model")
+            f"({system.gpu.mem_bytes / 2**30:.0f} GiB); use more GPUs, a shorter seq or a smaller model")
     mf, _ = train_flops(model, seq, global_batch, "none")
     fit["tokens_per_s"] = global_batch * seq / fit["time_s"]
     fit["model_flops_per_gpu_s"] = mf / fit["gpus"] / fit["time_s"]

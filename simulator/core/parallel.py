@@ -19,7 +19,7 @@ from simulator.core.models import ModelConfig
 from simulator.core.profiles import ExecutorProfile, KernelProfile, load_executor_profile, load_kernel_profile
 from simulator.core.specs import System
 from simulator.core.step import train_cost, train_flops
-from simulator.core.workload import Job
+from simulator.core.workload import Job, validate_job
 
 RECOMPUTE = ("none", "selective", "full")
 
@@ -135,39 +135,23 @@ class TrainStep:
 
 
 def validate_plan(plan: ParallelPlan, model: ModelConfig, system: System, seq: int) -> None:
-    """One-line errors for plans that cannot run."""
+    """One-line FieldErrors for plans that cannot run: the plan's Job through validate_job (the
+    same checks `predict` makes), plus what a plan adds: an even layer split over pp x vpp
+    (Megatron's requirement) and a global batch that dp x micro-batch divides."""
+    from simulator.core.errors import FieldError
+    from simulator.core.predict import system_for_job
     for name in ("tp", "pp", "dp", "cp", "ep", "micro_batch", "global_batch", "vpp"):
         v = getattr(plan, name)
         if not isinstance(v, (int, np.integer)) or v < 1:
-            raise RoofplanError(f"--{name.replace('_', '-')} must be a positive integer (got {v})")
-    if plan.recompute not in RECOMPUTE:
-        raise RoofplanError(f"--recompute '{plan.recompute}' is unknown; use none, selective or full")
-    if plan.zero not in (0, 1, 2, 3):
-        raise RoofplanError(f"--zero {plan.zero} is unknown; use 0, 1, 2 or 3")
-    if seq < 1:
-        raise RoofplanError("--seq must be >= 1 for training")
-    if plan.tp > system.gpu_count:
-        raise RoofplanError(f"--tp {plan.tp} exceeds the {system.gpu_count} GPUs of a {system.name} node; "
-                            f"keep tensor parallelism inside a node (tp <= {system.gpu_count})")
-    if model.n_heads % plan.tp or (model.n_kv_heads % plan.tp and plan.tp % model.n_kv_heads):
-        raise RoofplanError(f"--tp {plan.tp} does not divide {model.name}'s {model.n_heads} heads / "
-                            f"{model.n_kv_heads} KV heads; use a divisor")
-    if model.n_layers % (plan.pp * plan.vpp):
-        raise RoofplanError(f"--pp {plan.pp} x virtual stages {plan.vpp} does not divide {model.name}'s "
-                            f"{model.n_layers} layers; use a divisor")
+            raise FieldError(name, v, "must be a positive integer")
     if plan.global_batch % (plan.dp * plan.micro_batch):
-        raise RoofplanError(f"--global-batch {plan.global_batch} is not a multiple of dp x micro-batch = "
-                            f"{plan.dp * plan.micro_batch}; change --global-batch or --micro-batch")
-    if plan.vpp > 1 and (plan.pp == 1 or plan.n_micro % plan.pp):
-        raise RoofplanError(f"the interleaved schedule needs pp > 1 and micro-batches ({plan.n_micro}) "
-                            f"divisible by pp ({plan.pp}); use --vpp 1 or change the batch")
-    if plan.ep > 1 and (not model.is_moe or model.n_experts % plan.ep or plan.dp % plan.ep):
-        raise RoofplanError(f"--ep {plan.ep} needs an MoE model whose experts and --dp it divides "
-                            f"({model.name}: {model.n_experts} experts, dp {plan.dp})")
-    if seq % plan.cp:
-        raise RoofplanError(f"--cp {plan.cp} does not divide --seq {seq}")
-    if seq > model.max_positions:
-        raise RoofplanError(f"--seq {seq} exceeds {model.name}'s limit of {model.max_positions}")
+        raise FieldError("global_batch", plan.global_batch,
+                         f"is not a multiple of dp x micro_batch = {plan.dp * plan.micro_batch}",
+                         "change global_batch or micro_batch")
+    if model.n_layers % (plan.pp * plan.vpp):
+        raise FieldError("pp", plan.pp, f"x virtual stages {plan.vpp} does not divide {model.name}'s "
+                         f"{model.n_layers} layers", "use a divisor")
+    system_for_job(system, validate_job(plan.job(seq), model))
 
 
 # --------------------------------------------------------------------------------------------

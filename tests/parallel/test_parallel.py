@@ -174,7 +174,7 @@ def test_moe_expert_parallel_shards_expert_memory_and_adds_all_to_all(meg):
     (dict(pp=7), "does not divide"),
     (dict(global_batch=100, dp=8), "not a multiple"),
     (dict(recompute="some"), "unknown"),
-    (dict(ep=2), "MoE"),
+    (dict(ep=2), "needs a mixture-of-experts model"),
 ])
 def test_bad_plans_are_one_line_errors(dgx, kw, msg):
     plan = ParallelPlan(**{**dict(global_batch=64), **kw})
