@@ -28,7 +28,9 @@ Inference (phase decode = a whole generation, FlexGen's setting; phase prefill =
           that run it also issue the h2d copies, so the two serialise; FlexGen's fitted model
           has the same structure, Tgen = ctog + max(...), experimental/cost_model.py)
   (q = tokens per sequence this step: s in prefill, 1 in decode; prefill attention always on GPU)
-  total = L (T_prefill + (n - 1) T_decode) + head/embedding; throughput = bls n / total
+  a pass over the L layers is double-buffered, the schedule predict() uses for weight streaming
+  (simulator.core.step.stream_schedule): fill (layer 0's copies) + (L - 1) T + last compute;
+  total = pass_prefill + (n - 1) pass_decode + head/embedding per step; throughput = bls n / total
   (FlexGen's "generation throughput": generated tokens over prefill + decode time).
 
 Training (one optimizer step of `batch` sequences of `seq` tokens, full activation
@@ -69,6 +71,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from simulator.core.constants import ADAM_TRAFFIC_BYTES, LOSS_BYTES_PER_LOGIT, MASTER_ADAM_BYTES
 from simulator.core.errors import FieldError, RoofplanError
 from simulator.core.models import ModelConfig
 from simulator.core.ops import backward_ops, forward_ops, loss_ops, optimizer_ops
@@ -81,8 +84,6 @@ from simulator.core.workload import Job
 SCHEMA = "roofplan.offload-plan/1"
 RESOURCES = ("gpu", "cpu", "h2d", "d2h", "disk_read", "disk_write", "cpu_mem")
 REFERENCE_HOST_CORES = 16        # measurements/h100-sxm/README.md: 16 vCPU Intel Xeon host
-ADAM_BYTES_PER_PARAM = 28.0      # fp32 p, g, m, v read; p, m, v written (ZeRO-Offload CPU Adam)
-OPT_STATE_BYTES = 12.0           # fp32 master weights + Adam m and v per parameter
 GBS_CHOICES = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 256, 512)
 TRAIN_BATCH_CHOICES = (1, 2, 4, 8, 16, 32, 64, 128)
 MAX_NUM_GPU_BATCHES = 64
@@ -130,7 +131,7 @@ def system_rates(system: System, kp: KernelProfile) -> Rates:
     n = max(system.cpu_count, 1)
     mem_bw = cpu.mem_bw_Bps * n
     attn = (cpu.attention_Bps * n) if cpu.attention_Bps else min(mem_bw, cpu.peak_flops_fp32 * n)
-    adam = min(kp.cpu_adam_params_per_s * cpu.cores * n / REFERENCE_HOST_CORES, mem_bw / ADAM_BYTES_PER_PARAM)
+    adam = min(kp.cpu_adam_params_per_s * cpu.cores * n / REFERENCE_HOST_CORES, mem_bw / ADAM_TRAFFIC_BYTES)
     return Rates(h2d_Bps=link * kp.h2d_pinned_eff, d2h_Bps=link * kp.d2h_pinned_eff,
                  disk_read_Bps=system.nvme_read_Bps, disk_write_Bps=system.nvme_write_Bps,
                  cpu_mem_Bps=mem_bw, cpu_attention_Bps=attn, cpu_adam_params_per_s=adam)
@@ -318,7 +319,9 @@ def _inference_lp(model, system, kp, ex, req, rates, gbs, nb, attn_cpu, fixed=No
         act = gbs * q * Hb
         new_kv = gbs * q * K
         cache = gbs * cache_tokens * K
-        h2d = ((wc + wd) * W + nb * ((hc + hd) * act + (cc + cd) * (Hb * gbs if attn_on_cpu else cache))) / rates.h2d_Bps
+        # each streamed layer's weights are one copy: its latency counts once per layer
+        h2d = (((wc + wd) * W + nb * ((hc + hd) * act + (cc + cd) * (Hb * gbs if attn_on_cpu else cache))) / rates.h2d_Bps
+               + (wc + wd) * kp.copy_latency_s)
         r = {
             "gpu": nb * (lt.rest_s + lt.attn_s * (cg if attn_on_cpu else 1)),
             # the host threads that run CPU attention also issue the h2d stream: serial, as
@@ -340,13 +343,25 @@ def _inference_lp(model, system, kp, ex, req, rates, gbs, nb, attn_cpu, fixed=No
                 lp.prob += T >= e
         return T, r
 
+    def streamed(name, T, r):
+        """One pass over the L layers, double-buffered: the same schedule as predict()'s
+        (simulator.core.step.stream_schedule): the first layer's copies and host work cannot
+        overlap compute (fill F, the slowest of them), the last layer's compute cannot overlap
+        the next copy, every layer between takes the slowest resource T. Linear in the
+        placement: F + (L - 1) T + last compute (>= L T)."""
+        F = lp.var(f"F_{name}")
+        for k, e in r.items():
+            if k != "gpu" and (not isinstance(e, (int, float)) or e):
+                lp.prob += F >= e
+        return F + (L - 1) * T + r["gpu"]
+
     T_pre, r_pre = stage("prefill", s, 0, pre, False)
     stages = [("prefill", L, T_pre, r_pre)]
-    total = L * T_pre + nb * pre.ends_s
+    total = streamed("prefill", T_pre, r_pre) + nb * pre.ends_s + ex.host_overhead_per_step_s
     if dec is not None:
         T_dec, r_dec = stage("decode", 1, ctx, dec, attn_cpu)
         stages.append(("decode", L * (n - 1), T_dec, r_dec))
-        total = total + L * (n - 1) * T_dec + nb * (n - 1) * dec.ends_s
+        total = total + (n - 1) * (streamed("decode", T_dec, r_dec) + nb * dec.ends_s + ex.host_overhead_per_step_s)
 
     # memory (bytes); KV for the whole generation s + n
     W_all, KV_all, H_home = W * L, bls * (s + n) * L * K, bls * s * Hb
@@ -419,7 +434,7 @@ def _train_lp(model, system, kp, ex, req, rates, mb, fixed=None, elastic=False):
     t_adam_gpu = float(time_ops(optimizer_ops(model, job, P_layer), system, kp, ex)["time_s"].sum())
     from simulator.core.memory import saved_activation_bytes_per_token_layer
     one_layer_acts = T_tok * saved_activation_bytes_per_token_layer(model, job, ex, False)
-    logits = T_tok * model.vocab * 10.0
+    logits = T_tok * model.vocab * LOSS_BYTES_PER_LOGIT
     has_nvme = system.nvme_bytes > 0 or (req.nvme_bytes or 0) > 0
     fixed = fixed or {}
 
@@ -436,15 +451,15 @@ def _train_lp(model, system, kp, ex, req, rates, mb, fixed=None, elastic=False):
         "h2d": (2 * (wc + wd) * W + ac * C + 2 * P_layer * u) / rates.h2d_Bps,
         "d2h": (2 * P_layer * (oc + od) + ac * C) / rates.d2h_Bps,
     }
-    disk_r = 2 * wd * W + OPT_STATE_BYTES * P_layer * od
-    disk_w = 2 * P_layer * wd + OPT_STATE_BYTES * P_layer * od
+    disk_r = 2 * wd * W + MASTER_ADAM_BYTES * P_layer * od
+    disk_w = 2 * P_layer * wd + MASTER_ADAM_BYTES * P_layer * od
     ov = req.overlap_optimizer
     # serial optimizer (ZeRO-Infinity): the NVMe swap of optimizer states belongs to the step after
     # the backward, with the CPU Adam; overlapped (Fuyou): every layer step hides it
     r["disk_read"] = (disk_r if ov else 2 * wd * W) / rates.disk_read_Bps if has_nvme else 0
     r["disk_write"] = (disk_w if ov else 2 * P_layer * wd) / rates.disk_write_Bps if has_nvme else 0
     # CPU Adam streams 28 B/param through host memory, plus every copy in or out
-    r["cpu_mem"] = (ADAM_BYTES_PER_PARAM * P_layer * (oc + od) + 2 * (wc + wd) * W + 2 * ac * C
+    r["cpu_mem"] = (ADAM_TRAFFIC_BYTES * P_layer * (oc + od) + 2 * (wc + wd) * W + 2 * ac * C
                     + 2 * P_layer * (oc + od) + disk_r + disk_w) / rates.cpu_mem_Bps
     T = lp.var("T_layer")
     for k, e in r.items():
@@ -457,15 +472,15 @@ def _train_lp(model, system, kp, ex, req, rates, mb, fixed=None, elastic=False):
         T_opt = lp.var("T_optimizer_layer")
         P += T_opt >= r["cpu"]
         if has_nvme:
-            P += T_opt >= OPT_STATE_BYTES * P_layer * od / rates.disk_read_Bps
-            P += T_opt >= OPT_STATE_BYTES * P_layer * od / rates.disk_write_Bps
+            P += T_opt >= MASTER_ADAM_BYTES * P_layer * od / rates.disk_read_Bps
+            P += T_opt >= MASTER_ADAM_BYTES * P_layer * od / rates.disk_write_Bps
         total = total + L * T_opt
 
-    W_all, O_all, C_all = W * L, OPT_STATE_BYTES * (P_layer * L + P_ends), C * L
+    W_all, O_all, C_all = W * L, MASTER_ADAM_BYTES * (P_layer * L + P_ends), C * L
     gpu_mem = (wg * W_all + og * (O_all + 4 * (P_layer * L + P_ends)) + ag * C_all + 2 * W * (1 - wg)
                + P_ends * a + one_layer_acts + logits + ex.workspace_bytes
                + 2 * P_layer * a)           # the layer's gradient buffer
-    pinned = 2 * (wd * W + OPT_STATE_BYTES * P_layer * od) + 2 * 2 * P_layer if has_nvme else 2 * 2 * P_layer
+    pinned = 2 * (wd * W + MASTER_ADAM_BYTES * P_layer * od) + 2 * 2 * P_layer if has_nvme else 2 * 2 * P_layer
     host_mem = wc * W_all + oc * O_all + ac * C_all + pinned
     nvme_mem = wd * W_all + od * O_all
     caps = _caps(system, req, ex)

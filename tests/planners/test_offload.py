@@ -237,3 +237,20 @@ def test_more_memory_never_slower(gpu_gib, host_gib, more, tier):
     bigger = dataclasses.replace(req, **{tier: getattr(req, tier) * more})
     base = plan_offload(model, system, req, EX, kp).tokens_per_s
     assert plan_offload(model, system, bigger, EX, kp).tokens_per_s >= base * (1 - 1e-6)
+
+
+@pytest.mark.parametrize("batch, seq, weights_on", [(1, 2048, "cpu"), (8, 1024, "cpu"), (4, 512, "gpu")])
+def test_planner_scores_a_plan_as_predict_does(batch, seq, weights_on):
+    """One cost model: the LP's own time for a pinned plan (prefill, weights all on `weights_on`,
+    KV cache and activations on the GPU) is predict()'s time for the same job to 1e-9: the same
+    per-layer op times, copy rate and latency, and double-buffered streaming schedule."""
+    from simulator.core.predict import predict
+    from simulator.core.workload import Job
+    m, s = load_model("llama-3.1-8b"), load_hardware("h100-sxm-1x-128g")
+    ex, kp = load_executor_profile("default"), load_kernel_profile("h100-sxm")
+    on = {"gpu": 0.0, "cpu": 0.0, "nvme": 0.0}
+    fixed = {"weights": {**on, weights_on: 1.0}, "kv_cache": {**on, "gpu": 1.0}, "activations": {**on, "gpu": 1.0}}
+    plan = plan_offload(m, s, OffloadRequest(phase="prefill", prompt_len=seq, batch=batch, dtype="bf16"), ex, kp,
+                        fixed=fixed, gbs=batch, nb=1)
+    job = Job("prefill", batch=batch, seq=seq, offload_weights="cpu" if weights_on == "cpu" else "gpu")
+    assert plan.time_s == pytest.approx(predict(m, s, job, ex, kp).time_s, rel=1e-9)
