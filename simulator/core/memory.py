@@ -11,7 +11,8 @@ master) + 8 B Adam + 4 B gradient per adapter parameter.
 When gradients are live at the peak depends on the executor: PyTorch sets .grad to None between
 steps, so with one micro-batch the peak (the loss backward) comes before any gradient exists;
 with gradient accumulation (several micro-batches) or a persistent buffer (Megatron's main_grad,
-`persistent_grad_buffer` in the executor profile) they are live.
+`persistent_grad_buffer` in the executor profile) they are live. The end of the last backward,
+every gradient written and the activations freed, is the other candidate peak; the larger wins.
 The peak GPU is the fuller of the first pipeline stage (embedding, min(pp, m) micro-batches of
 activations in flight under 1F1B) and the last (LM head, one micro-batch, the loss temporaries).
 
@@ -254,9 +255,13 @@ def memory_terms(model: ModelConfig, seq, ex: ExecutorProfile, tp, pp, dp, cp, e
     first = layer * layers * in_flight + once
     last = layer * layers + once + loss
     activations = np.where(pp == 1, first + loss, np.maximum(first, last))
-    return {"weights": weights, "kv_cache": np.zeros_like(weights), "activations": activations,
-            "gradients": gradients, "optimizer": optimizer,
-            "workspace": np.full_like(weights, ex.workspace_bytes, dtype=float)}
+    # the other candidate peak: the end of the last backward, every gradient written and the
+    # activations freed; it binds when gradients outweigh a micro-batch's activations
+    all_grads = trainable * GRAD_BYTES / np.where(zero >= 2, dp, 1)
+    at_end = all_grads > activations + gradients
+    return {"weights": weights, "kv_cache": np.zeros_like(weights),
+            "activations": np.where(at_end, 0.0, activations), "gradients": np.where(at_end, all_grads, gradients),
+            "optimizer": optimizer, "workspace": np.full_like(weights, ex.workspace_bytes, dtype=float)}
 
 
 def training_memory(model: ModelConfig, job: Job, ex: ExecutorProfile) -> MemoryBreakdown:

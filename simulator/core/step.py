@@ -289,7 +289,10 @@ def stage_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bool, coun
     (norms, residual adds: Korthikanti et al. 2022 sec. 4.2.2) on seq / tp tokens per GPU."""
     s_local = job.seq // job.cp
     mb = job.micro_batch or job.batch
-    ljob = replace(job, batch=mb, seq=s_local, micro_batch=mb)
+    # training's expert parallelism splits the data-parallel group: each rank computes its own
+    # tokens' expert work (balanced routing) with experts split tp ways; the all-to-alls that
+    # move tokens to the experts' ranks are train_terms' ep_comm
+    ljob = replace(job, batch=mb, seq=s_local, micro_batch=mb, ep=1)
     fwd = layer_forward_ops(model, ljob, ex, moe, count, tokens=mb * s_local, batch=mb, q_len=s_local,
                             kv_len=0, prefix="moe_layer." if moe else "layer.")
     fwd = [replace(o, flops=o.flops * job.cp) if o.cls == "attention" else o for o in fwd]
@@ -304,7 +307,7 @@ def end_ops(model: ModelConfig, job: Job, ex: ExecutorProfile):
     micro-batch."""
     s_local = job.seq // job.cp
     mb = job.micro_batch or job.batch
-    ljob = replace(job, batch=mb, seq=s_local, micro_batch=mb)
+    ljob = replace(job, batch=mb, seq=s_local, micro_batch=mb, ep=1)
     ends = forward_ops(model, ljob, ex, layers=0, batch=mb, embed=True, head=True)
     emb = [o for o in ends if o.cls == "embedding"]
     head = [o for o in ends if o.cls != "embedding"]

@@ -9,7 +9,8 @@ Properties:
       or network bandwidth, by a factor in [1, 4] -- never makes a step slower;
   (b) more tensor parallelism (tp 1 -> 2 -> 4 -> 8 where it divides the heads) never needs more
       memory per GPU;
-  (c) a bigger batch (and, for training, a bigger micro-batch) never needs less memory per GPU.
+  (c) a bigger batch (and, for training, a bigger micro-batch while gradients still accumulate)
+      never needs less memory per GPU.
 
 Configurations the library rejects (RoofplanError) are skipped with `assume`. Hypothesis runs
 derandomized (reproducible in CI) and without its example database.
@@ -498,6 +499,10 @@ def test_predict_train_bigger_batch_never_less_memory(case, k, executor):
     assert never_more(m1, m0), f"batch {job.batch} -> {bigger.batch} (micro-batch {job.micro_batch}): " \
                                f"{m0 / 2**30:.4f} -> {m1 / 2**30:.4f} GiB"
     micro = replace(bigger, micro_batch=job.micro_batch * k)
+    # Without a persistent gradient buffer, going from accumulation (gradients live beside a
+    # micro-batch's activations) to one micro-batch (gradients only once the activations are
+    # gone) can really save memory in PyTorch: compare micro-batch sizes that keep accumulating.
+    assume(micro.n_micro > 1 or ex.persistent_grad_buffer)
     m2 = predict(model, system, micro, ex, check_memory=False).peak_memory_bytes
     assert never_more(m2, m1), f"batch {bigger.batch}: micro-batch {job.micro_batch} -> {micro.micro_batch}: " \
                                f"{m1 / 2**30:.4f} -> {m2 / 2**30:.4f} GiB"
@@ -529,6 +534,7 @@ def test_train_step_bigger_batch_never_less_memory(case, k):
     assert never_more(m1, m0), f"global batch {plan.global_batch} -> {bigger.global_batch}: " \
                                f"{m0 / 2**30:.4f} -> {m1 / 2**30:.4f} GiB"
     micro = replace(bigger, micro_batch=plan.micro_batch * k)
+    assume(micro.n_micro > 1)   # the same gradient lifetime on both sides (see the predict() test)
     m2 = run(train_step, model, system, micro, seq).peak_memory_bytes
     assert never_more(m2, m1), f"micro-batch {plan.micro_batch} -> {micro.micro_batch}: " \
                                f"{m1 / 2**30:.4f} -> {m2 / 2**30:.4f} GiB"
@@ -543,7 +549,8 @@ def test_planner_bigger_micro_batch_never_less_memory(case):
     model, base = MODELS[name], _no_memory_limit(hardware(hw))
     res = run(search, model, base, n, gb, seq, kernels=kernels_for(base), gpu_counts=[n]).plans
     key = ["gpus", "tp", "pp", "dp", "vpp", "zero", "sp", "recompute"]
-    for k, g in res.groupby(key):
+    # plans that accumulate gradients over several micro-batches (see the predict() test)
+    for k, g in res[res["n_micro"] > 1].groupby(key):
         g = g.sort_values("micro_batch")
         mem = g["memory_bytes"].to_numpy()
         drop = mem[1:] < mem[:-1] * (1 - REL)
