@@ -13,13 +13,13 @@ def register(sub) -> None:
     p = hs.add_parser("list", help="every GPU, CPU, link, NVMe drive and system")
     p.add_argument("--kind", choices=list(specs.SPEC_DIRS), default=None)
     add_format_arg(p)
-    p.set_defaults(func=cmd_list)
+    p.set_defaults(func=cmd_hw_list)
     p = hs.add_parser("show", help="one spec, all fields (SI units)")
     p.add_argument("name")
     add_format_arg(p)
-    p.set_defaults(func=cmd_show)
+    p.set_defaults(func=cmd_hw_show)
     p = hs.add_parser("check", help="validate every file in hardware_specs/")
-    p.set_defaults(func=cmd_check)
+    p.set_defaults(func=cmd_hw_check)
     hw.set_defaults(func=lambda a: hw.print_help() or 2)
 
     m = sub.add_parser("models", help="the model zoo: parameters, layers, attention, experts")
@@ -27,7 +27,7 @@ def register(sub) -> None:
     m.set_defaults(func=cmd_models)
 
 
-def cmd_list(args) -> int:
+def cmd_hw_list(args) -> int:
     kinds = [args.kind] if args.kind else list(specs.SPEC_DIRS)
     rows = []
     for kind in kinds:
@@ -55,7 +55,7 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_show(args) -> int:
+def cmd_hw_show(args) -> int:
     s = specs.load_any(args.name)
     d = specs.as_dict(s)
     rows = [[k, v] for k, v in d.items() if k != "source"] + [["source", d.get("source", "")]]
@@ -63,7 +63,7 @@ def cmd_show(args) -> int:
     return 0
 
 
-def cmd_check(args) -> int:
+def cmd_hw_check(args) -> int:
     names = specs.validate_all()
     print(", ".join(f"{len(v)} {k}s" for k, v in names.items()) + ": all valid")
     return 0

@@ -30,7 +30,7 @@ def register(subparsers) -> None:
                    help="serving engine's executor profile (e.g. vllm-v0, distserve; default: kernel time only)")
     p.add_argument("--plot", default=None, metavar="PATH.png", help="write the cost-vs-SLO Pareto front plot")
     add_format_arg(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=cmd_plan_fleet)
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:
@@ -69,7 +69,7 @@ def parse_caps(text: str, gpus: list[str]) -> dict[str, int]:
     return caps
 
 
-def run(args) -> int:
+def cmd_plan_fleet(args) -> int:
     from dataclasses import replace
 
     from simulator.core.models import load_model
