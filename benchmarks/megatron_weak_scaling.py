@@ -50,7 +50,7 @@ def rows():
     for params_b, heads, hidden, layers, tp, pp, gpus, batch, published in TABLE1:
         model = gpt_model(params_b, heads, hidden, layers)
         plan = ParallelPlan(tp=tp, pp=pp, dp=gpus // (tp * pp), micro_batch=1, global_batch=batch,
-                            recompute="full", overlap_grad_reduce=False, grad_reduce_bytes=2.0)
+                            recompute="full", overlap_grad_reduce=False)
         step = train_step(model, system, plan, SEQ, executor=EXECUTOR)
         predicted = step.hardware_flops_per_gpu_s / 1e12
         out.append((f"{params_b}B t{tp} p{pp} d{plan.dp} B{batch}", published, predicted,

@@ -12,13 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.core.errors import RoofplanError
 from simulator.core.memory import MemoryBreakdown
 from simulator.core.memory import training_memory as core_training_memory
 from simulator.core.models import ModelConfig
 from simulator.core.profiles import ExecutorProfile, KernelProfile, load_executor_profile, load_kernel_profile
+from simulator.core.predict import Prediction, predict
 from simulator.core.specs import System
-from simulator.core.step import train_cost, train_flops
 from simulator.core.workload import Job, validate_job
 
 RECOMPUTE = ("none", "selective", "full")
@@ -40,8 +39,7 @@ class ParallelPlan:
     sp: bool = False
     zero: int = 0
     recompute: str = "none"
-    overlap_grad_reduce: bool = True
-    grad_reduce_bytes: float = 2.0   # bytes per gradient element on the wire (bf16/fp16)
+    overlap_grad_reduce: bool = True   # reduce gradients while the last backward runs
     dtype: str = "bf16"
 
     @property
@@ -60,74 +58,50 @@ class ParallelPlan:
         """The training Job of this plan (batch = sequences per data-parallel replica)."""
         return Job(phase="train", batch=self.global_batch // self.dp, seq=seq, dtype=self.dtype,
                    recompute=self.recompute, tp=self.tp, pp=self.pp, dp=self.dp, cp=self.cp, ep=self.ep,
-                   micro_batch=self.micro_batch, zero=self.zero, vpp=self.vpp, sp=self.sp)
+                   micro_batch=self.micro_batch, zero=self.zero, vpp=self.vpp, sp=self.sp,
+                   overlap=self.overlap_grad_reduce)
 
 
 @dataclass(frozen=True)
 class TrainStep:
-    """One training step of a plan (times in seconds, per GPU; FLOPs over all GPUs)."""
+    """One training step of a plan: a view of `predict()`'s Prediction of the plan's Job with the
+    names the planners and notebooks use (times in seconds, per GPU; FLOPs over all GPUs)."""
     plan: ParallelPlan
     seq: int
-    time_s: float
-    compute_s: float          # m x micro-batch forward + backward on the busiest stage (no comm)
-    recompute_s: float        # the recomputed forward inside compute_s
-    bubble_s: float
-    tp_comm_s: float
-    pp_comm_s: float
-    dp_comm_s: float          # exposed
-    ep_comm_s: float
-    cp_comm_s: float
-    optimizer_s: float
-    memory: MemoryBreakdown
-    model_flops: float
-    hardware_flops: float
-    peak_flops: float
-    mem_capacity_bytes: float
+    prediction: Prediction
+
+    def __getattr__(self, name):   # time_s, memory, peak_memory_bytes, fits, mfu, ... of the Prediction
+        if name == "prediction":
+            raise AttributeError(name)
+        return getattr(self.prediction, name)
+
+    def _term(self, name: str) -> float:
+        return self.prediction.time_terms[name]
 
     @property
-    def n_gpus(self) -> int:
-        return self.plan.n_gpus
+    def compute_s(self) -> float:
+        """Forward + backward (+ recompute) of the busiest stage, no communication."""
+        return self._term("compute") + self._term("recompute")
 
-    @property
-    def peak_memory_bytes(self) -> float:
-        return self.memory.total
-
-    @property
-    def fits(self) -> bool:
-        return self.memory.total <= self.mem_capacity_bytes
-
-    @property
-    def model_flops_per_gpu_s(self) -> float:
-        return self.model_flops / self.n_gpus / self.time_s
-
-    @property
-    def hardware_flops_per_gpu_s(self) -> float:
-        return self.hardware_flops / self.n_gpus / self.time_s
-
-    @property
-    def mfu(self) -> float:
-        return self.model_flops_per_gpu_s / self.peak_flops
+    recompute_s = property(lambda self: self._term("recompute"))
+    bubble_s = property(lambda self: self._term("bubble"))
+    tp_comm_s = property(lambda self: self._term("tp_comm"))
+    pp_comm_s = property(lambda self: self._term("pp_comm"))
+    dp_comm_s = property(lambda self: self._term("dp_comm"))    # exposed
+    ep_comm_s = property(lambda self: self._term("ep_comm"))
+    cp_comm_s = property(lambda self: self._term("cp_comm"))
+    optimizer_s = property(lambda self: self._term("optimizer"))
 
     @property
     def tokens_per_s(self) -> float:
-        return self.plan.global_batch * self.seq / self.time_s
+        return self.plan.global_batch * self.seq / self.prediction.time_s
 
     def terms(self) -> dict[str, float]:
-        return {"compute": self.compute_s - self.recompute_s, "recompute": self.recompute_s,
-                "bubble": self.bubble_s, "tp_comm": self.tp_comm_s, "pp_comm": self.pp_comm_s,
-                "dp_comm": self.dp_comm_s, "ep_comm": self.ep_comm_s, "cp_comm": self.cp_comm_s,
-                "optimizer": self.optimizer_s}
+        """The step's time terms (they add up to time_s): compute, recompute, bubble, tp_comm, ..."""
+        return dict(self.prediction.time_terms)
 
     def as_dict(self) -> dict:
-        p = self.plan
-        return {"tp": p.tp, "pp": p.pp, "dp": p.dp, "cp": p.cp, "ep": p.ep, "vpp": p.vpp, "sp": p.sp,
-                "zero": p.zero, "recompute": p.recompute, "micro_batch": p.micro_batch,
-                "global_batch": p.global_batch, "n_micro": p.n_micro, "seq": self.seq,
-                "time_s": self.time_s, "tokens_per_s": self.tokens_per_s,
-                "peak_memory_bytes": self.peak_memory_bytes, "fits": self.fits,
-                "model_flops_per_gpu_s": self.model_flops_per_gpu_s,
-                "hardware_flops_per_gpu_s": self.hardware_flops_per_gpu_s, "mfu": self.mfu,
-                "time_terms_s": self.terms(), "memory_bytes": self.memory.as_dict()}
+        return self.prediction.as_dict()
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,21 +134,12 @@ def validate_plan(plan: ParallelPlan, model: ModelConfig, system: System, seq: i
 
 def train_step(model: ModelConfig, system: System, plan: ParallelPlan, seq: int,
                executor: ExecutorProfile | None = None, kernels: KernelProfile | None = None) -> TrainStep:
-    """Time and memory of one training step of `plan`: the step assembler's `train_cost` of the
-    plan's Job, the same numbers `predict` and the planners give (see simulator.core.step)."""
+    """Time and memory of one training step of `plan`: `predict()` of the plan's Job (the one
+    step assembler, simulator.core.step), named as the planners name it."""
     validate_plan(plan, model, system, seq)
     ex = executor or load_executor_profile("default")
     kp = kernels or load_kernel_profile(system.gpu.name)
-    job = plan.job(seq)
-    cost = train_cost(model, system, job, ex, kp, overlap_grad_reduce=plan.overlap_grad_reduce)
-    mf, hf = train_flops(model, seq, plan.global_batch, plan.recompute)
-    f = {k: float(v) for k, v in cost.time_by_term.items()}
-    return TrainStep(plan=plan, seq=seq, time_s=float(cost.time_s), compute_s=f["compute"] + f["recompute"],
-                     recompute_s=f["recompute"], bubble_s=f["bubble"], tp_comm_s=f["tp_comm"], pp_comm_s=f["pp_comm"],
-                     dp_comm_s=f["dp_comm"], ep_comm_s=f["ep_comm"], cp_comm_s=f["cp_comm"],
-                     optimizer_s=f["optimizer"], memory=cost.memory.scalar(),
-                     model_flops=mf, hardware_flops=hf, peak_flops=system.gpu.peak_flops(plan.dtype),
-                     mem_capacity_bytes=system.gpu.mem_bytes)
+    return TrainStep(plan, seq, predict(model, system, plan.job(seq), ex, kp, check_memory=False, with_ops=False))
 
 
 def training_memory(model: ModelConfig, plan: ParallelPlan, seq: int, ex: ExecutorProfile) -> MemoryBreakdown:

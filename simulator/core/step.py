@@ -443,12 +443,13 @@ def train_memory(model: ModelConfig, job: Job, ex: ExecutorProfile) -> MemoryBre
 
 
 def train_cost(model: ModelConfig, system: System, job: Job, ex: ExecutorProfile, kp: KernelProfile,
-               st: StageTimes | None = None, overlap_grad_reduce: bool = True) -> StepCost:
-    """One training step of `job` (any plan; one GPU is tp = pp = dp = 1)."""
+               st: StageTimes | None = None) -> StepCost:
+    """One training step of `job` (any plan; one GPU is tp = pp = dp = 1); `job.overlap` lets the
+    gradient reduction run during the last backward."""
     st = st or stage_times(model, system, job, ex, kp)
     mb = job.micro_batch or job.batch
     t = train_terms(model, system, job.seq, st, job.tp, job.pp, job.dp, job.cp, job.ep, mb, job.batch // mb,
-                    job.vpp, job.zero, job.recompute, overlap_grad_reduce, optimizer_seconds_per_param(model, system, ex, kp))
+                    job.vpp, job.zero, job.recompute, job.overlap, optimizer_seconds_per_param(model, system, ex, kp))
     time_s = t.pop("time")
     comm = t["tp_comm"] + t["pp_comm"] + t["dp_comm"] + t["ep_comm"] + t["cp_comm"]
     gpu = t["compute"] + t["recompute"]

@@ -40,7 +40,8 @@ class Job:
     sp: bool = False          # train: Megatron sequence parallelism inside the tensor-parallel group
     offload_weights: str = "gpu"   # gpu | cpu  (weights streamed per layer over the host link)
     host_memory: str = "pinned"    # pinned | pageable
-    overlap: bool = True
+    overlap: bool = True      # overlap transfers with compute: offload copies (inference), the
+                              # data-parallel gradient reduction with the last backward (train)
 
     @property
     def tokens(self) -> int:
