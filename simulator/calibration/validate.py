@@ -116,29 +116,34 @@ def _blocks(ops: pd.DataFrame) -> list[tuple[list[dict], int]]:
 
 
 def chrome_trace(pred: Prediction, t0_us: float = 0.0) -> dict:
-    """The predicted step as a Chrome trace (open in Perfetto beside the measured one): one 'X'
-    event per op instance on a 'GPU' track (its GPU time) and a 'host' track (launch time of
-    host-bound executors), layers unrolled in order."""
+    """The predicted step as a Chrome trace (open in Perfetto beside the measured one): the two
+    lanes of simulator.core.step.lanes, layers unrolled in order. The host track has one event per
+    op (its dispatch time, and the executor's per-step and per-layer work); the GPU track one per
+    op instance, starting when the op is issued and the previous kernel is done."""
     ev = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": f"roofplan predicted: {pred.model} {pred.job.phase}"}},
           {"ph": "M", "name": "thread_name", "pid": 1, "tid": 1, "args": {"name": "GPU (predicted)"}},
           {"ph": "M", "name": "thread_name", "pid": 1, "tid": 2, "args": {"name": "host (predicted)"}}]
-    t = t0_us
-    for rows, n in _blocks(pred.ops):
+    issue = end = t0_us
+    rows = pred.ops[pred.ops["name"] != "host.exposed"]
+    for block, n in _blocks(rows):
         for i in range(n):
-            for r in rows:
+            for r in block:
                 c = max(int(r["count"]), 1)
                 gpu_us = r["gpu_time_s"] / c * 1e6
                 host_us = r["host_time_s"] / c * 1e6
-                step_us = r["time_s"] / c * 1e6
                 name = r["name"].replace("layer.", f"layer{i}.") if n > 1 else r["name"]
+                if host_us > 0:
+                    ev.append({"ph": "X", "cat": "host", "name": name, "pid": 1, "tid": 2, "ts": round(issue, 3),
+                               "dur": round(host_us, 3)})
+                    issue += host_us
+                if r["cls"] == "host":
+                    continue
+                start = max(end, issue)
                 args = {"class": r["cls"], "flops": r["flops"] / c, "bytes": r["bytes"] / c,
                         "kernels": r["kernels"] / c, "bound": r["bound"]}
-                ev.append({"ph": "X", "cat": r["cls"], "name": name, "pid": 1, "tid": 1, "ts": round(t + step_us - gpu_us, 3),
+                ev.append({"ph": "X", "cat": r["cls"], "name": name, "pid": 1, "tid": 1, "ts": round(start, 3),
                            "dur": round(gpu_us, 3), "args": args})
-                if host_us > 0:
-                    ev.append({"ph": "X", "cat": "host", "name": name, "pid": 1, "tid": 2, "ts": round(t, 3),
-                               "dur": round(host_us, 3)})
-                t += step_us
+                end = start + gpu_us
     return {"traceEvents": ev, "displayTimeUnit": "ms",
             "otherData": {"predicted_step_s": pred.time_s, "hardware": pred.hardware}}
 

@@ -45,6 +45,8 @@ class Prediction:
     peak_flops: float = 0.0          # per GPU, the job's dtype
     time_by_resource: dict = field(default_factory=dict)
     time_terms: dict = field(default_factory=dict)    # training: compute, bubble, tp_comm, ...
+    host_time_s: float = 0.0         # the host lane: CPU time to issue the step's ops
+    device_busy_s: float = 0.0       # the device lanes: kernels, copies and collectives
 
     def by_class(self) -> pd.DataFrame:
         g = self.ops.groupby("cls")[["flops", "bytes", "time_s"]].sum()
@@ -73,6 +75,7 @@ class Prediction:
             "time_s": self.time_s, "peak_memory_bytes": self.peak_memory_bytes,
             "tokens_per_s": self.tokens_per_s, "bound": self.bound, "fits": self.fits,
             "transfer_time_s": self.transfer_time_s,
+            "host_time_s": self.host_time_s, "device_busy_s": self.device_busy_s,
             "model_flops": self.model_flops, "hardware_flops": self.hardware_flops,
             "model_flops_per_gpu_s": self.model_flops_per_gpu_s,
             "hardware_flops_per_gpu_s": self.hardware_flops_per_gpu_s, "mfu": self.mfu,
@@ -150,7 +153,8 @@ def predict(model: ModelConfig, system: System, job: Job, executor: ExecutorProf
         transfer_time_s=float(cost.transfer_time_s), notes=tuple(notes), model_flops=model_flops,
         hardware_flops=hardware_flops, n_gpus=job.n_gpus, fits=fits, peak_flops=system.gpu.peak_flops(job.dtype),
         time_by_resource={k: float(v) for k, v in cost.time_by_resource.items()},
-        time_terms={k: float(v) for k, v in cost.time_by_term.items()} if job.phase == "train" else {})
+        time_terms={k: float(v) for k, v in cost.time_by_term.items()} if job.phase == "train" else {},
+        host_time_s=float(cost.host_time_s), device_busy_s=float(cost.device_busy_s))
 
 
 def raise_out_of_memory(model: ModelConfig, system: System, job: Job, mem: MemoryBreakdown):

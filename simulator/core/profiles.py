@@ -13,7 +13,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
@@ -105,6 +105,12 @@ class ExecutorProfile:
                                               # stream (graph replay packs kernels tighter than an
                                               # isolated launch); None = the kernel profile's
     host_overhead_per_step_s: float = 0.0     # fixed per step (sampling, cache bookkeeping)
+    host_per_op_s: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))  # CPU time to dispatch one op, by op
+                                              # class (framework work around the call: argument
+                                              # checks, autocast, module hooks), besides per kernel
+    host_per_layer_s: float = 0.0             # Python per decoder layer (module calls, cache update)
+    host_new_shape_s: float = 0.0             # per decode step: the attention backend builds a plan
+                                              # for a KV length it has not seen (cuDNN SDPA)
     fused_qkv: bool = True
     fused_gate_up: bool = True
     norm_kernels: int = 8            # eager fp32 RMSNorm: cast, pow, mean, add, rsqrt, mul, cast, mul
@@ -212,6 +218,9 @@ _EXEC_FIELDS = {
     "attn_score_bytes_per_elem": ("attn_score_bytes_per_elem", None),
     "attn_decode_efficiency_scale": ("attn_decode_efficiency_scale", None),
     "persistent_grad_buffer": ("persistent_grad_buffer", None),
+    "host_per_op_us": ("host_per_op_s", "per-class-us"),
+    "host_per_layer_us": ("host_per_layer_s", US),
+    "host_new_shape_us": ("host_new_shape_s", US),
 }
 
 
@@ -222,7 +231,13 @@ def executor_fields(d: Mapping, where: str) -> dict:
         if key not in _EXEC_FIELDS:
             raise RoofplanError(f"{where}: unknown field '{key}'{did_you_mean(key, _EXEC_FIELDS)}")
         attr, scale = _EXEC_FIELDS[key]
-        kw[attr] = float(val) * scale if scale else val
+        if scale == "per-class-us":
+            from simulator.core.ops import OP_CLASSES
+            if not isinstance(val, Mapping) or any(k not in OP_CLASSES for k in val):
+                raise RoofplanError(f"{where}: '{key}' must map op classes ({', '.join(OP_CLASSES)}) to microseconds")
+            kw[attr] = MappingProxyType({str(k): float(v) * US for k, v in val.items()})
+        else:
+            kw[attr] = float(val) * scale if scale else val
     return kw
 
 

@@ -62,6 +62,8 @@ class StepCost:
     time_by_resource: dict = field(default_factory=dict)
     time_by_term: dict = field(default_factory=dict)
     transfer_time_s: np.ndarray | float = 0.0
+    host_time_s: np.ndarray | float = 0.0          # the host lane: CPU time to issue the step
+    device_busy_s: np.ndarray | float = 0.0        # the device lanes: kernel and collective time
 
     @property
     def peak_memory_bytes(self):
@@ -138,6 +140,47 @@ class OpRow:
     bound: object
 
 
+def op_host_s(op, ex: ExecutorProfile) -> float:
+    """Host (CPU) seconds to issue one instance of `op`: the executor's dispatch cost for an op of
+    its class (framework and Python work around the call) plus its cost per kernel launch.
+    Collectives are issued by the communication library's own thread: none."""
+    if op.cls == "communication":
+        return 0.0
+    return ex.host_per_op_s.get(op.cls, 0.0) + op.kernels * ex.host_overhead_per_kernel_s
+
+
+def lanes(segments, host_start=0.0):
+    """Host and device lanes of a sequence of op segments (Lamport-style max-plus timeline).
+
+    The host issues the ops in order, spending h_j on op j; the device runs each kernel when it
+    has been issued and the previous kernel has finished: end_j = max(end_{j-1}, issue_j) + d_j.
+    A segment is (count, [h_j], [d_j]): its ops repeated `count` times (the decoder layers). For
+    identical repeats the recursion has a closed form (the maximum of a linear function of the
+    repeat index sits at an end): with D = sum d, H = sum h and A = max_j (h_1 + .. + h_j +
+    d_j + .. + d_n),
+        device end = max(end + count D, issue + A + (count - 1) max(H, D)),  issue += count H.
+    With no host cost (a CUDA graph) the device end is the sum of the kernel times. Vectorised
+    over the d_j arrays. Returns (device end, host end)."""
+    end, issue = 0.0, host_start
+    for count, hs, ds in segments:
+        if not count or not ds:
+            continue
+        D = sum(ds)
+        H = float(sum(hs))
+        if H == 0.0:
+            end = np.maximum(end + count * D, issue + count * D)
+            continue
+        A, Hj, suffix = None, 0.0, D
+        for h, d in zip(hs, ds):
+            Hj += h
+            cand = Hj + suffix
+            A = cand if A is None else np.maximum(A, cand)
+            suffix = suffix - d
+        end = np.maximum(end + count * D, issue + A + (count - 1) * np.maximum(H, D))
+        issue = issue + count * H
+    return end, issue
+
+
 def inference_cost(model: ModelConfig, system: System, job: Job, ex: ExecutorProfile, kp: KernelProfile,
                    keep_ops: bool = False) -> tuple[StepCost, list[OpRow]]:
     """One prefill or decode step (see module doc). `job.batch`, `.seq`, `.context` may be numpy
@@ -148,79 +191,97 @@ def inference_cost(model: ModelConfig, system: System, job: Job, ex: ExecutorPro
     fwd = forward_ops(model, job, ex, layers=lps)
     shape = np.broadcast_shapes(np.shape(job.batch), np.shape(job.seq), np.shape(job.context))
     by_tokens = _token_only_ops(model, job, ex, lps, fwd, shape)
-    compute = np.zeros(shape)
-    layer_compute = np.zeros(shape)
+    device = np.zeros(shape)
     by_bound = {b: np.zeros(shape) for b in BOUNDS}
     by_class: dict[str, np.ndarray] = {}
     rows: list[OpRow] = []
+    segments: list[list] = []          # [count, host per op, device per op], in issue order
     for i, op in enumerate(fwd):
         if i in by_tokens:   # timed once per distinct token count, gathered to every configuration
             unique_op, inverse = by_tokens[i]
-            t_u, gpu_u, t_host, bound_u, host_u = op_times(unique_op, system, kp, ex, job.tp)
-            t, t_gpu = t_u[inverse], np.asarray(gpu_u)[inverse]
-            t_host = np.asarray(t_host)[inverse] if np.ndim(t_host) else t_host
+            d_u, bound_u = op_gpu_time_array(unique_op, system, kp, ex, job.tp)
+            d = np.asarray(d_u, float)[inverse]
             bound = bound_u if isinstance(bound_u, str) else np.asarray(bound_u)[inverse]
-            host = host_u if isinstance(host_u, bool) else np.asarray(host_u)[inverse]
         else:
-            t, t_gpu, t_host, bound, host = op_times(op, system, kp, ex, job.tp)
-        compute = compute + t
+            d, bound = op_gpu_time_array(op, system, kp, ex, job.tp)
+            d = np.asarray(d, float)
+        h = op_host_s(op, ex)
+        layer = op.name.startswith(("layer.", "moe_layer."))
+        if not segments or segments[-1][0] != (op.count if layer else 1) or segments[-1][3] != op.name.split(".")[0]:
+            # a new segment: a block of decoder layers (with the framework's per-layer cost) or an end op
+            segments.append([op.count if layer else 1, [ex.host_per_layer_s] if layer else [], [0.0] if layer else [],
+                             op.name.split(".")[0]])
+        segments[-1][1].append(h)
+        segments[-1][2].append(d)
+        t = d * op.count
+        device = device + t
         by_class[op.cls] = by_class.get(op.cls, 0.0) + t
-        if op.name.startswith(("layer.", "moe_layer.")):
-            layer_compute = layer_compute + t
-        t_dev = t
-        if not isinstance(host, bool) or host:
-            by_bound["host"] += np.where(host, t, 0.0)
-            t_dev = np.where(host, 0.0, t)
         if isinstance(bound, str):
-            by_bound[bound] += t_dev
+            by_bound[bound] += t
         else:
-            in_compute = np.where(bound, t_dev, 0.0)
+            in_compute = np.where(bound, t, 0.0)
             by_bound["compute"] += in_compute
-            by_bound["memory"] += t_dev - in_compute
+            by_bound["memory"] += t - in_compute
         if keep_ops:
             label = bound if isinstance(bound, str) else np.where(bound, "compute", "memory")
-            label = np.where(host, "host", label)
             rows.append(OpRow(op.name, op.cls, op.pass_, op.count, op.flops * op.count, op.bytes * op.count,
-                              op.kernels * op.count, t_gpu, t_host, t, label))
+                              op.kernels * op.count, t, h * op.count, t, label))
+    # fixed host work per step before the first kernel: sampling, cache bookkeeping, and in decode
+    # the attention graph the backend builds for a KV length it has not seen (one per step)
+    host_start = ex.host_overhead_per_step_s + (ex.host_new_shape_s if job.phase == "decode" else 0.0)
+    layer_segs = [(c, hs, ds) for c, hs, ds, name in segments if name in ("layer", "moe_layer")]
+    end_device, end_host = lanes([(c, hs, ds) for c, hs, ds, _ in segments], host_start)
+    stage = np.maximum(end_device, end_host)
+    if keep_ops:   # the host-only work, in issue order, and the host time the device could not hide
+        first = {name: next(i for i, r in enumerate(rows) if r.name.startswith(name + ".")) for *_, name in segments
+                 if name in ("layer", "moe_layer")}
+        for name, i in sorted(first.items(), key=lambda kv: -kv[1]):
+            c = rows[i].count
+            rows.insert(i, OpRow(f"{name}.python", "host", "fwd", c, 0.0, 0.0, 0, 0.0, ex.host_per_layer_s * c, 0.0,
+                                 "host"))
+        rows.insert(0, OpRow("step.host", "host", "fwd", 1, 0.0, 0.0, 0, 0.0, host_start, 0.0, "host"))
+        rows.append(OpRow("host.exposed", "host", "fwd", 1, 0.0, 0.0, 0, 0.0, 0.0,
+                          np.maximum(stage - device, 0.0), "host"))
 
     transfer = np.zeros(shape)
     if job.offload_weights == "cpu":
-        per_layer = layer_compute / lps
-        other = compute - per_layer * lps
+        # per layer the slower lane sets the pace; the copies stream beside it
+        per_layer = sum(np.maximum(sum(ds), sum(hs)) * c for c, hs, ds in layer_segs) / lps
+        layer_time = sum(sum(ds) * c for c, hs, ds in layer_segs)
+        other = stage - np.maximum(layer_time, sum(sum(hs) * c for c, hs, ds in layer_segs))
         ends = (model.embedding_params + model.head_params) / job.tp
         layer_bytes = (weight_params_per_gpu(model, job) - ends) / lps * a
         layer_transfer = layer_bytes / h2d_Bps(system, kp, job.host_memory) + kp.copy_latency_s
         transfer = transfer + layer_transfer * lps
-        step = other + stream_schedule(per_layer, layer_transfer, lps, job.overlap)
+        stage = other + stream_schedule(per_layer, layer_transfer, lps, job.overlap)
         mem = inference_memory(model, job, ex, weights_on_gpu=False, offload_buffers=2 * layer_bytes + ends * a)
     else:
-        step = compute
         mem = inference_memory(model, job, ex)
-    exposed_transfer = step - compute
     pp_hops = 0.0
+    step = stage
     if job.pp > 1:
         # one request traverses all stages in turn; activations hop between GPUs
         hop = job.batch * (1 if job.phase == "decode" else job.seq) * model.hidden * a
         pp_hops = (job.pp - 1) * collective_time("p2p", hop, 2, system, 2)
-        step = step * job.pp + pp_hops
-    step = step + ex.host_overhead_per_step_s
-    stage_mult = job.pp
-    bound = _bound_of(by_bound, step)
+        step = stage * job.pp + pp_hops
+    transfer_exposed = (stage - np.maximum(end_device, end_host)) if job.offload_weights == "cpu" else 0.0
+    host_stall = np.maximum(np.maximum(end_device, end_host) - device, 0.0)
+    resources = {k: v * job.pp for k, v in by_bound.items()}
+    resources["host"] = host_stall * job.pp
+    resources["transfer"] = np.maximum(transfer_exposed, 0.0) * job.pp
+    resources["communication"] = resources["communication"] + pp_hops
+    bound = _bound_of(resources, step)
     if job.offload_weights == "cpu":
         bound = np.where((transfer > 0) & (transfer >= step * 0.5), "transfer", bound).astype(object)
-    resources = {k: v * stage_mult for k, v in by_bound.items()}
-    resources["transfer"] = exposed_transfer * stage_mult
-    resources["communication"] = resources["communication"] + pp_hops
-    resources["host"] = resources["host"] + ex.host_overhead_per_step_s
-    terms = {k: v * stage_mult for k, v in by_class.items()}
-    terms["transfer"] = exposed_transfer * stage_mult
-    terms["pp_comm"] = pp_hops
-    terms["host_per_step"] = ex.host_overhead_per_step_s
+    terms = {k: v * job.pp for k, v in by_class.items()}
+    terms.update(host=host_stall * job.pp, transfer=resources["transfer"], pp_comm=pp_hops)
     cost = StepCost(time_s=np.broadcast_to(step, shape), bound=np.broadcast_to(bound, shape),
                     memory=MemoryBreakdown(**{k: np.broadcast_to(np.asarray(v, float), shape)
                                               for k, v in mem.as_dict().items()}),
                     time_by_resource=resources, time_by_term=terms,
-                    transfer_time_s=np.broadcast_to(transfer, shape))
+                    transfer_time_s=np.broadcast_to(transfer, shape),
+                    host_time_s=np.broadcast_to(end_host * job.pp, shape),
+                    device_busy_s=np.broadcast_to(device * job.pp + pp_hops, shape))
     return cost, rows
 
 

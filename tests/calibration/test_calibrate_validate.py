@@ -104,9 +104,12 @@ def test_validate_trace_cli(shared, tmp_path, capsys):
     assert png.read_bytes()[:4] == b"\x89PNG"
     ev = json.loads(gzip.decompress(pred.read_bytes()))["traceEvents"]
     gpu = [e for e in ev if e.get("ph") == "X" and e["tid"] == 1]
+    host = [e for e in ev if e.get("ph") == "X" and e["tid"] == 2]
     # layers unrolled: 32 x (q, k, v, o, gate, up, down) + lm_head GEMM events
     assert sum(1 for e in gpu if e["cat"] == "gemm") == 32 * 7 + 1
-    assert max(e["ts"] + e["dur"] for e in gpu) == pytest.approx(s["predicted_step_s"] * 1e6, rel=1e-6)
+    # the two lanes end where the step ends: the later of the last kernel and the last issue
+    ends = max(e["ts"] + e["dur"] for e in gpu + host)
+    assert ends == pytest.approx(s["predicted_step_s"] * 1e6, rel=1e-6)
 
 
 def test_validate_end_to_end(shared, capsys):
