@@ -38,7 +38,7 @@ from simulator.core.memory import (MemoryBreakdown, inference_memory, memory_ter
 from simulator.core.models import ModelConfig
 from simulator.core.ops import backward_ops, forward_ops, layer_forward_ops, loss_ops, optimizer_ops
 from simulator.core.profiles import ExecutorProfile, KernelProfile
-from simulator.core.roofline import op_gpu_time_array, time_ops
+from simulator.core.roofline import op_gpu_time_array
 from simulator.core.specs import System
 from simulator.core.units import DTYPE_BYTES
 from simulator.core.workload import Job
