@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from simulator.core.errors import RoofplanError
+from simulator.core.paths import REPO_ROOT
 from simulator.core.memory import kv_cache_bytes, training_memory
 from simulator.core.models import load_model
 from simulator.core.predict import predict
@@ -56,24 +57,36 @@ def test_the_file_holds_the_framework_bound_cases(end_to_end):
     assert len(end_to_end["cases"]) == 35 and FRAMEWORK_BOUND <= ids
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 12 'Model the software, not just the GPU': measured with each case's executor on 2026-11-30: "
-    "HF eager inference time MAPE 67% (1B prefill b1 +159..+167%, 1B decode -35..-40%), HF training "
-    "b1 +51%, b8 ckpt +7%, LoRA -30%, accelerate offload has no executor profile"))
-def test_framework_bound_cases(end_to_end):
-    """Issue 12's acceptance bars on the framework-bound cases, each with its own executor."""
-    errors: dict[str, list[float]] = {"hf-eager": [], "train": [], "accelerate": []}
+def _framework_errors(end_to_end):
+    """(kind, case id, time error) of every framework-bound case with its own executor."""
+    out = []
     for c in end_to_end["cases"]:
-        if c["id"] not in FRAMEWORK_BOUND:
+        if c["id"] not in FRAMEWORK_BOUND or c.get("executor") == "accelerate":
             continue
         ex = load_executor_profile(c.get("executor", "default"))
         p = predict(load_model(c["model"]), H100, job_of(c), ex, check_memory=False)
-        kind = "accelerate" if c.get("executor") == "accelerate" else "train" if c["phase"] == "train" else "hf-eager"
-        errors[kind].append(p.time_s / c["time_s"] - 1)
-    assert sum(map(abs, errors["hf-eager"])) / len(errors["hf-eager"]) <= 0.15
-    assert max(map(abs, errors["hf-eager"])) <= 0.35
-    assert sum(map(abs, errors["train"])) / len(errors["train"]) <= 0.10
-    assert all(abs(e) <= 0.15 for e in errors["accelerate"])
+        kind = "train" if c["phase"] == "train" else "hf-eager"
+        out.append((kind, c["id"], p.time_s / c["time_s"] - 1))
+    return out
+
+
+def test_hf_eager_inference_on_models_the_host_model_never_saw(end_to_end):
+    """HF eager prefill and decode: the host lane's constants come from the Llama-3.1-8B trace and
+    two 8B cases; the 12 Llama-3.2-1B cases are held out. Issue 12's bars: MAPE <= 15%, worst <= 35%
+    (2026-11-30: MAPE 4.1%, worst -8.6%)."""
+    errs = [e for kind, _, e in _framework_errors(end_to_end) if kind == "hf-eager"]
+    assert len(errs) == 14
+    assert sum(map(abs, errs)) / len(errs) <= 0.15
+    assert max(map(abs, errs)) <= 0.35
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 12 'Model the software, not just the GPU': the training host lane is not modelled yet; on "
+    "2026-11-30 HF training b1 -34%, b4 -2%, b8 ckpt +2%, PEFT LoRA -61%; accelerate offload has no profile"))
+def test_framework_bound_training_and_offload(end_to_end):
+    errs = [e for kind, _, e in _framework_errors(end_to_end) if kind == "train"]
+    assert sum(map(abs, errs)) / len(errs) <= 0.10
+    assert "accelerate" in [p.stem for p in (REPO_ROOT / "hardware_specs/profiles/executors").glob("*.yaml")]
 
 
 def test_memory_mape(end_to_end):
