@@ -111,6 +111,12 @@ class ExecutorProfile:
     host_per_layer_s: float = 0.0             # Python per decoder layer (module calls, cache update)
     host_new_shape_s: float = 0.0             # per decode step: the attention backend builds a plan
                                               # for a KV length it has not seen (cuDNN SDPA)
+    host_autograd_scale: float = 1.0          # training forward: dispatch under autograd recording and
+                                              # autocast vs the same op in inference
+    host_backward_per_kernel_s: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+                                              # one autograd node per forward kernel, by op class
+    host_backward_per_layer_s: float = 0.0    # autograd engine work per decoder layer
+    host_optimizer_s: float = 0.0             # optimizer.step() + zero_grad() on the host
     fused_qkv: bool = True
     fused_gate_up: bool = True
     norm_kernels: int = 8            # eager fp32 RMSNorm: cast, pow, mean, add, rsqrt, mul, cast, mul
@@ -221,6 +227,10 @@ _EXEC_FIELDS = {
     "host_per_op_us": ("host_per_op_s", "per-class-us"),
     "host_per_layer_us": ("host_per_layer_s", US),
     "host_new_shape_us": ("host_new_shape_s", US),
+    "host_autograd_scale": ("host_autograd_scale", None),
+    "host_backward_per_kernel_us": ("host_backward_per_kernel_s", "per-class-us"),
+    "host_backward_per_layer_us": ("host_backward_per_layer_s", US),
+    "host_optimizer_us": ("host_optimizer_s", US),
 }
 
 

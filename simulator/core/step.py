@@ -342,6 +342,11 @@ class StageTimes:
     trainable_fraction: float = 1.0   # trainable / all parameters (LoRA < 1)
     lora_rank: int = 0
     bound_shares: tuple = (("compute", 1.0),)   # share of the GPU time bound by compute / memory / host
+    host_free: bool = True            # the executor issues kernels faster than the GPU runs them
+    lanes: tuple = ()                 # (name, Lane) of each layer kind's forward, backward and
+                                      # recompute runs and of the stage ends (see train_terms)
+    step_host_s: float = 0.0          # host work per micro-batch before its first kernel
+    optimizer_host_s: float = 0.0     # host time of the optimizer step (a floor under its GPU time)
 
 
 def stage_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bool, count: int = 1):
@@ -377,13 +382,53 @@ def end_ops(model: ModelConfig, job: Job, ex: ExecutorProfile):
 
 
 def _timed(ops, system: System, kp: KernelProfile, ex: ExecutorProfile, tp: int):
-    """[(op, seconds per step, GPU bound label)] for scalar ops (host-bound ops labelled host)."""
+    """[(op, device seconds per step, GPU bound label)] for scalar ops."""
     out = []
     for op in ops:
-        t, _, _, bound, host = op_times(op, system, kp, ex, tp)
-        label = "host" if host else bound if isinstance(bound, str) else ("compute" if bound else "memory")
-        out.append((op, float(t), label))
+        d, bound = op_gpu_time_array(op, system, kp, ex, tp)
+        label = bound if isinstance(bound, str) else ("compute" if bound else "memory")
+        out.append((op, float(d) * op.count, label))
     return out
+
+
+@dataclass(frozen=True)
+class Lane:
+    """A run of ops on the two lanes, reduced to what repeating or chaining it needs (see
+    `lanes`): device seconds D, host seconds H, and A = max_j (h_1 + .. + h_j + d_j + .. + d_n)."""
+    D: float = 0.0
+    H: float = 0.0
+    A: float = 0.0
+
+    @staticmethod
+    def of(hs, ds) -> "Lane":
+        D, H = float(sum(ds)), float(sum(hs))
+        A, Hj, suffix = D if not hs else -np.inf, 0.0, D
+        for h, d in zip(hs, ds):
+            Hj += h
+            A = max(A, Hj + suffix)
+            suffix -= d
+        return Lane(D, H, max(A, D))
+
+    def then(self, other: "Lane") -> "Lane":
+        """This run followed by `other`."""
+        return Lane(self.D + other.D, self.H + other.H, max(self.A + other.D, self.H + other.A))
+
+
+def repeat(end, issue, count, lane: Lane):
+    """(device end, host issue clock) after `count` repeats of `lane` (vectorised over count)."""
+    count = np.asarray(count, float)
+    grown = np.maximum(end + count * lane.D, issue + lane.A + (count - 1) * max(lane.H, lane.D))
+    return np.where(count > 0, grown, end), issue + count * lane.H
+
+
+def train_host_s(op, ex: ExecutorProfile, backward: bool) -> float:
+    """Host seconds to issue a training op: forward ops cost their inference dispatch times the
+    autograd-recording factor; each backward node (one per forward kernel) its class's cost."""
+    if op.cls == "communication":
+        return 0.0
+    if backward:
+        return op.kernels * ex.host_backward_per_kernel_s.get(op.cls, 0.0)
+    return op_host_s(op, ex) * ex.host_autograd_scale
 
 
 def stage_times(model: ModelConfig, system: System, job: Job, ex: ExecutorProfile, kp: KernelProfile) -> StageTimes:
@@ -391,6 +436,7 @@ def stage_times(model: ModelConfig, system: System, job: Job, ex: ExecutorProfil
     core op lists and roofline."""
     out = {}
     gpu: dict[str, float] = {}
+    lanes: list = []
 
     def total(timed, comm: bool | None = None):
         return sum(t for op, t, _ in timed if comm is None or (op.cls == "communication") == comm)
@@ -398,7 +444,18 @@ def stage_times(model: ModelConfig, system: System, job: Job, ex: ExecutorProfil
         if (moe and not model.is_moe) or (not moe and model.n_moe_layers == model.n_layers):
             out.update({f"{key}_fwd": 0.0, f"{key}_bwd": 0.0, f"{key}_attn_fwd": 0.0, f"{key}_tp_comm": 0.0})
             continue
-        fwd, bwd = (_timed(ops, system, kp, ex, job.tp) for ops in stage_ops(model, job, ex, moe))
+        fwd_ops, bwd_ops = stage_ops(model, job, ex, moe)
+        fwd, bwd = _timed(fwd_ops, system, kp, ex, job.tp), _timed(bwd_ops, system, kp, ex, job.tp)
+        compute_f = [(o, d) for o, d, _ in fwd if o.cls != "communication"]
+        compute_b = [(o, d) for o, d, _ in bwd if o.cls != "communication"]
+        fwd_lane = Lane.of([ex.host_per_layer_s * ex.host_autograd_scale] + [train_host_s(o, ex, False) for o, _ in compute_f],
+                           [0.0] + [d for _, d in compute_f])
+        # backward nodes mirror the forward ops: op i's backward is issued after op i+1's
+        bwd_lane = Lane.of([ex.host_backward_per_layer_s] + [train_host_s(o, ex, True) for o, _ in compute_f[::-1]],
+                           [0.0] + [d for _, d in compute_b[::-1]] + [0.0] * (len(compute_f) - len(compute_b)))
+        sel = [(o, d) for o, d in compute_f if o.name.endswith(ATTENTION_OPS)]
+        lanes += [(f"{key}_fwd", fwd_lane), (f"{key}_bwd", bwd_lane), (f"{key}_rec_full", fwd_lane),
+                  (f"{key}_rec_selective", Lane.of([train_host_s(o, ex, False) for o, _ in sel], [d for _, d in sel]))]
         out[f"{key}_fwd"], out[f"{key}_bwd"] = total(fwd, False), total(bwd, False)
         out[f"{key}_tp_comm"] = total(fwd, True) + total(bwd, True)
         out[f"{key}_attn_fwd"] = sum(t for op, t, _ in fwd if op.name.endswith(ATTENTION_OPS))
@@ -408,11 +465,15 @@ def stage_times(model: ModelConfig, system: System, job: Job, ex: ExecutorProfil
     emb, head = (_timed(ops, system, kp, ex, job.tp) for ops in end_ops(model, job, ex))
     for op, t, label in emb + head:
         gpu[label] = gpu.get(label, 0.0) + t
+    for name, ops in (("embed", emb), ("head", head)):
+        lanes.append((name, Lane.of([train_host_s(o, ex, o.pass_ == "bwd") for o, _, _ in ops], [d for _, d, _ in ops])))
     whole = sum(gpu.values())
     shares = tuple((k, v / whole) for k, v in sorted(gpu.items())) if whole > 0 else (("compute", 1.0),)
+    host_free = not any(lane.H for _, lane in lanes)
     return StageTimes(**out, embed=total(emb), head=total(head),
                       trainable_fraction=trainable_fraction(model, job.lora_rank), lora_rank=job.lora_rank,
-                      bound_shares=shares)
+                      bound_shares=shares, host_free=host_free, lanes=tuple(lanes),
+                      step_host_s=ex.host_overhead_per_step_s, optimizer_host_s=ex.host_optimizer_s)
 
 
 def optimizer_seconds_per_param(model: ModelConfig, system: System, ex: ExecutorProfile, kp: KernelProfile) -> float:
@@ -439,6 +500,23 @@ def train_terms(model: ModelConfig, system: System, seq, st: StageTimes, tp, pp,
     per_layer_tp = (1 - moe_frac) * st.layer_tp_comm + moe_frac * st.moe_tp_comm
     ends = np.where(pp == 1, st.embed + st.head, max(st.embed, st.head))
     c = layers * (per_layer + per_layer_rec) + ends
+    if not st.host_free:
+        # an eager executor: the host lane may set the pace (forward layers, then the backward
+        # layers with their recomputed forward, then the stage ends)
+        ln = dict(st.lanes)
+        end, issue = 0.0, st.step_host_s
+        for kind, frac in (("layer", 1 - moe_frac), ("moe", moe_frac)):
+            if f"{kind}_fwd" in ln:
+                end, issue = repeat(end, issue, layers * frac, ln[f"{kind}_fwd"])
+        forward_done = np.maximum(end, issue)
+        for kind, frac in (("layer", 1 - moe_frac), ("moe", moe_frac)):
+            if f"{kind}_bwd" in ln:
+                bwd = ln[f"{kind}_rec_{recompute}"].then(ln[f"{kind}_bwd"]) if recompute != "none" else ln[f"{kind}_bwd"]
+                end, issue = repeat(end, issue, layers * frac, bwd)
+        e, h = ln["embed"], ln["head"]
+        ends_lane = np.where(pp == 1, max(e.D, e.H) + max(h.D, h.H), max(max(e.D, e.H), max(h.D, h.H)))
+        c = np.maximum(end, issue) + ends_lane
+        lane_bwd = np.maximum(end, issue) - forward_done    # the backward layers on the slower lane
     # forward has 2 of the layer's 4 TP collectives; full recompute repeats the forward's
     t_tp = layers * per_layer_tp * (1.5 if recompute == "full" else 1.0)
     # MoE expert parallelism: dispatch + combine all-to-all, forward and backward
@@ -452,7 +530,8 @@ def train_terms(model: ModelConfig, system: System, seq, st: StageTimes, tp, pp,
     cp_rpn = np.minimum(cp, np.maximum(1, system.gpu_count // tp))
     t_cp_ag = collective_time("all_gather", kv_bytes * cp, cp, system, cp_rpn)
     attn_t = (1 - moe_frac) * st.layer_attn_fwd + moe_frac * st.moe_attn_fwd
-    t_cp = layers * np.maximum(0.0, 3 * t_cp_ag - 3.5 * attn_t)
+    # (an eager executor issues the exchange beside its ops, not hidden behind attention)
+    t_cp = layers * np.maximum(0.0, 3 * t_cp_ag - (3.5 * attn_t if st.host_free else 0.0))
     s = c + t_tp + t_ep + t_cp
     # data-parallel gradients of this stage's trainable parameters (non-expert over dp, expert
     # over dp / ep: their replicas are tp x ep apart)
@@ -477,7 +556,7 @@ def train_terms(model: ModelConfig, system: System, seq, st: StageTimes, tp, pp,
     t_dp = np.where(many, np.where(zero == 0, t_ar, np.where(zero >= 3, t_rs, t_rs + t_ag)), 0.0)
     z = np.where(many & (zero >= 3), 2 * t_ag + t_rs, 0.0)
     t_mb = np.maximum(s, z)
-    last_bwd = layers * ((1 - moe_frac) * st.layer_bwd + moe_frac * st.moe_bwd)
+    last_bwd = layers * ((1 - moe_frac) * st.layer_bwd + moe_frac * st.moe_bwd) if st.host_free else lane_bwd
     ready = np.where(overlap_grad_reduce, (m - 1) * t_mb + (s - last_bwd), m * t_mb)
     sync = np.maximum(np.maximum(m * t_mb, ready + t_dp), m * z + t_dp)
     bubble = (pp - 1) / v * t_mb
@@ -486,7 +565,8 @@ def train_terms(model: ModelConfig, system: System, seq, st: StageTimes, tp, pp,
     pp_rpn = np.where(tp * dp * cp >= system.gpu_count, 1, 2)
     t_send = collective_time("p2p", p2p_bytes, np.where(pp > 1, 2, 1), system, pp_rpn)
     pp_comm = np.where(pp > 1, 2 * v * m * t_send + 2 * (pp - 1) * t_send, 0.0)
-    optimizer = optimizer_s_per_param * P * st.trainable_fraction / np.where(zero >= 1, dp, 1)
+    optimizer = np.maximum(optimizer_s_per_param * P * st.trainable_fraction / np.where(zero >= 1, dp, 1),
+                           st.optimizer_host_s)
     recompute_s = m * layers * per_layer_rec
     terms = {"compute": m * c - recompute_s, "recompute": recompute_s, "bubble": bubble, "tp_comm": m * t_tp,
              "pp_comm": pp_comm, "dp_comm": sync - m * s, "ep_comm": m * t_ep, "cp_comm": m * t_cp,
