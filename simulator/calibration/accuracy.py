@@ -38,9 +38,9 @@ def load_cases(path: str | Path) -> tuple[str, list[dict]]:
     return str(d.get("hardware", "")), d["cases"]
 
 
-def compare_cases(hardware: str, cases: list[dict]) -> pd.DataFrame:
+def compare_cases(hardware: str, cases: list[dict], kernel_profile: str | None = None) -> pd.DataFrame:
     system = load_hardware(hardware)
-    kp = load_kernel_profile(system.gpu.name)
+    kp = load_kernel_profile(system.gpu.name, kernel_profile)
     rows = []
     for c in cases:
         row = {"id": c.get("id", ""), "group": c.get("group", ""), "measured_time_s": c["time_s"]}
@@ -61,3 +61,63 @@ def compare_cases(hardware: str, cases: list[dict]) -> pd.DataFrame:
 def mape(errors) -> float:
     s = pd.Series(errors).dropna().abs()
     return float(s.mean()) if len(s) else float("nan")
+
+
+def validation_levels(end_to_end: str | Path, step_times: str | Path | None = None,
+                      megatron_rows=None) -> dict[str, dict]:
+    """The expected-error table (simulator.core.expected_error) from measurements:
+    kernels/framework[/executor] -> {time_mape, time_worst, cases, source}.
+      measured/measured/<executor>  H100 end-to-end cases of that executor (its own profile)
+      datasheet/measured            the same GPU-bound H100 cases with `--kernel-profile datasheet`
+      carried/measured/<engine>     serving engines on A100 with H100-carried kernel curves, held-out
+                                    models of `calibrate --step-times` (DistServe's published profiles)
+      carried/code/megatron         Megatron-LM's weak-scaling table on A100 (step time from
+                                    the published TFLOP/s per GPU)"""
+    from simulator.core.profiles import DATASHEET
+    hardware, cases = load_cases(end_to_end)
+    levels: dict[str, dict] = {}
+
+    def row(errors, source):
+        e = pd.Series(errors).dropna().abs()
+        return {"time_mape": round(float(e.mean()), 4), "time_worst": round(float(e.max()), 4), "cases": int(len(e)),
+                "source": source}
+    df = compare_cases(hardware, cases)
+    ok = df[df["time_error"].notna()] if "time_error" in df else df.iloc[0:0]
+    name = Path(end_to_end).name
+    for exe in sorted({c.get("executor", "default") for c in cases}):
+        for kind in ("inference", "train"):
+            ids = {c.get("id", "") for c in cases if c.get("executor", "default") == exe
+                   and (c["phase"] == "train") == (kind == "train")}
+            errs = ok[ok["id"].isin(ids)]["time_error"]
+            if len(errs):
+                levels[f"measured/measured/{exe}/{kind}"] = row(errs, f"{len(errs)} {exe} {kind} cases of {name} ({hardware})")
+    gpu_bound = [c for c in cases if c.get("executor", "default") == "default"]
+    ds = compare_cases(hardware, gpu_bound, kernel_profile=DATASHEET)
+    levels["datasheet/measured"] = row(ds["time_error"], f"the {len(ds)} default-executor cases of {name} "
+                                                         f"({hardware}) with --kernel-profile datasheet")
+    if step_times is not None:
+        from simulator.calibration.step_fit import fit_step_times
+        from simulator.core.specs import load_gpu
+        hw = read_yaml(Path(step_times)).get("hardware", "a100-sxm-80gb")
+        gpu = load_gpu(hw)
+        kp = load_kernel_profile(gpu.name)
+        for engine in ("distserve", "vllm-v0"):
+            _, rep = fit_step_times(step_times, engine, gpu, kp)
+            levels[f"carried/measured/{engine}"] = {
+                "time_mape": round(rep["check_mape_pct"] / 100, 4), "time_worst": round(abs(rep["check_worst_pct"]) / 100, 4),
+                "cases": int(rep["check_points"]),
+                "source": f"{engine} step times on {hw} of held-out models ({', '.join(rep['check_models'])}), "
+                          f"{Path(step_times).name}"}
+    if megatron_rows:
+        errs = [pub / pred - 1 for _, pub, pred, *_ in megatron_rows]
+        levels["carried/code/megatron"] = row(errs, f"Megatron-LM weak scaling, {len(errs)} rows on dgx-a100 "
+                                                    "(Narayanan et al. 2021, Table 1)")
+    # pooled per kernels level, for executors or frameworks never measured at that level
+    for k in ("measured", "carried", "datasheet"):
+        parts = [(key, r) for key, r in levels.items() if key.startswith(k + "/")]
+        if parts:
+            n = sum(r["cases"] for _, r in parts)
+            levels[f"{k}/*"] = {"time_mape": round(sum(r["time_mape"] * r["cases"] for _, r in parts) / n, 4),
+                                "time_worst": max(r["time_worst"] for _, r in parts), "cases": n,
+                                "source": "pooled: " + ", ".join(key for key, _ in parts)}
+    return levels

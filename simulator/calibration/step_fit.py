@@ -145,7 +145,7 @@ def fit_step_times(path: str | Path, engine: str, gpu, kp: KernelProfile) -> tup
         report[f"{role}_models"] = sorted({f"{q.model} tp{q.tp}" for q in sel})
     prof = {"description": head.get("description") or f"{engine} serving engine",
             **(head.get("executor") or {}),
-            **{k: report[k] for k in FITTED}}
+            **{k: report[k] for k in FITTED}, "fitted_on": gpu.name}
     checked = (f"; held out ({', '.join(report['check_models'])}): MAPE {report['check_mape_pct']}%, worst {report['check_worst_pct']}%"
                if "check_points" in report else "")
     prof["source"] = (f"fitted by `roofplan calibrate --step-times {Path(path).name} --engine {engine} --hardware {gpu.name}` "

@@ -23,7 +23,9 @@ def add_job_args(p) -> None:
     p.add_argument("--kv-dtype", default="", help="KV cache dtype (default: --dtype)")
     p.add_argument("--executor", default="default",
                    help="executor profile (default: kernel time only, as with CUDA graphs; hf-eager: HF transformers eager)")
-    p.add_argument("--kernel-profile", default=None, help="path to a kernel profile .yaml (default: the GPU's own, else the reference)")
+    p.add_argument("--kernel-profile", default=None,
+                   help="path to a kernel profile .yaml (default: the GPU's own, else the reference; "
+                        "'datasheet': the uncalibrated roofline)")
     p.add_argument("--offload", default=None, metavar="weights=cpu", help="stream weights from host memory per layer")
     p.add_argument("--host-memory", default="pinned", choices=("pinned", "pageable"))
     p.add_argument("--no-overlap", action="store_true", help="do not overlap weight copies with compute")
@@ -112,6 +114,10 @@ def cmd_predict(args) -> int:
         footer += (f"\nstep terms: {terms}"
                    f"\nmodel FLOP/s per GPU {pred.model_flops_per_gpu_s / 1e12:.0f} T, hardware FLOP/s per GPU "
                    f"{pred.hardware_flops_per_gpu_s / 1e12:.0f} T, MFU {100 * pred.mfu:.1f}%")
+    if pred.expected_error:
+        e = pred.expected_error
+        footer += (f"\nexpected error: {100 * e['time_mape']:.1f}% mean, {100 * e['time_worst']:.0f}% worst on "
+                   f"{e['cases']} measured steps (kernels {e['kernels']}, framework {e['framework']}: {e['source']})")
     if pred.transfer_time_s:
         footer += f"\nhost->GPU weight transfer {fmt_time(pred.transfer_time_s)} per step ({j.host_memory}, overlap {'on' if j.overlap else 'off'})"
     if getattr(args, "plot", None):

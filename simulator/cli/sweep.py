@@ -217,7 +217,7 @@ def cmd_sweep(args) -> int:
     for _, r in best.iterrows():
         size = f"ctx {r['context']}" if r["phase"] == "decode" else f"seq {r['seq']}"
         usd = r["usd_per_1m_tokens"]
-        rows.append([r["hardware"], r["model"], r["phase"], f"tp{r['tp']} pp{r['pp']}" + (" offload" if r["offload"] == "cpu" else ""), r["batch"], size,
+        rows.append([r["hardware"], r["model"], r["phase"], _parallel(r), r["batch"], size,
                      fmt_time(r["time_s"]), f"{r['tokens_per_s']:,.0f}", f"{r['peak_memory_bytes'] / GiB:.1f}",
                      f"{usd:.3f}" if usd == usd else "-", r["bound"]])
     obj = {"output": str(out), "configs": len(df), "fit": n_fit, "errors": n_err, "seconds": elapsed,
@@ -229,6 +229,17 @@ def cmd_sweep(args) -> int:
          header=["hardware", "model", "phase", "parallel", "batch", "size", "step time", "tokens/s", "GiB/GPU",
                  "$/1M tok", "bound"])
     return 0
+
+
+def _parallel(r) -> str:
+    """The plan of a result row, as short as it can be while telling rows apart."""
+    from simulator.sweep import PLAN_FIELDS
+    text = f"tp{r['tp']} pp{r['pp']}" + (f" dp{r['dp']}" if r["dp"] != 1 else "")
+    for k, (_, default) in PLAN_FIELDS.items():
+        v = r.get(k, default)
+        if k in r and v != default and v == v:
+            text += f" {k} {v}" if k in ("recompute", "micro_batch", "lora_rank") else f" {k}{int(v) if k != 'sp' else ''}"
+    return text + (" offload" if r["offload"] == "cpu" else "")
 
 
 def _clean(v):

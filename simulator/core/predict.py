@@ -47,9 +47,12 @@ class Prediction:
     time_terms: dict = field(default_factory=dict)    # training: compute, bubble, tp_comm, ...
     host_time_s: float = 0.0         # the host lane: CPU time to issue the step's ops
     device_busy_s: float = 0.0       # the device lanes: kernels, copies and collectives
+    expected_error: dict | None = None   # validated error at this calibration level (core.expected_error)
 
     def by_class(self) -> pd.DataFrame:
+        """Time, FLOPs and bytes by op class (host: host time the device could not hide)."""
         g = self.ops.groupby("cls")[["flops", "bytes", "time_s"]].sum()
+        g = g[(g["time_s"] > 0) | (g["flops"] > 0) | (g["bytes"] > 0)]
         g["share"] = g["time_s"] / max(g["time_s"].sum(), 1e-30)
         return g.sort_values("time_s", ascending=False)
 
@@ -82,6 +85,7 @@ class Prediction:
             "memory_bytes": self.memory.as_dict(),
             "time_by_class_s": {k: float(v) for k, v in by["time_s"].items()},
             "time_by_resource_s": dict(self.time_by_resource),
+            "expected_error": self.expected_error,
             "notes": list(self.notes),
         }
         if j.phase == "train":
@@ -154,7 +158,14 @@ def predict(model: ModelConfig, system: System, job: Job, executor: ExecutorProf
         hardware_flops=hardware_flops, n_gpus=job.n_gpus, fits=fits, peak_flops=system.gpu.peak_flops(job.dtype),
         time_by_resource={k: float(v) for k, v in cost.time_by_resource.items()},
         time_terms={k: float(v) for k, v in cost.time_by_term.items()} if job.phase == "train" else {},
-        host_time_s=float(cost.host_time_s), device_busy_s=float(cost.device_busy_s))
+        host_time_s=float(cost.host_time_s), device_busy_s=float(cost.device_busy_s),
+        expected_error=_expected(system, kp, ex, job.phase))
+
+
+def _expected(system: System, kp: KernelProfile, ex: ExecutorProfile, phase: str) -> dict | None:
+    from simulator.core.expected_error import expected_error
+    e = expected_error(system, kp, ex, phase)
+    return e.as_dict() if e else None
 
 
 def raise_out_of_memory(model: ModelConfig, system: System, job: Job, mem: MemoryBreakdown):

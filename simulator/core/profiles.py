@@ -133,6 +133,8 @@ class ExecutorProfile:
     attn_score_bytes_per_elem: float = 0.0  # unfused attention: HBM bytes per score element (0 = flash)
     attn_decode_efficiency_scale: float = 1.0  # this stack's decode attention (e.g. paged) vs the
                                                # microbenchmarked kernel, on HBM bandwidth
+    fitted_on: str = ""                       # the hardware whose measurements fitted it ("" = from
+                                              # the framework's code and published numbers only)
     persistent_grad_buffer: bool = False  # gradients live in buffers allocated for the whole run
                                           # (Megatron main_grad, DDP buckets); False: PyTorch's
                                           # default, .grad set to None between steps, so the first
@@ -193,8 +195,27 @@ def parse_kernel_profile(d, path: Path) -> KernelProfile:
     )
 
 
+DATASHEET = "datasheet"
+
+
+def datasheet_kernel_profile(gpu_name: str) -> KernelProfile:
+    """No calibration at all: every kernel at the datasheet peak FLOP/s and bandwidth, no
+    overheads (the plain roofline most spreadsheets use). `--kernel-profile datasheet`."""
+    flat = Curve((0.0,), (1.0,))
+    g = GemmModel(compute=flat, memory=flat, overhead_s=0.0, smoothness=50.0)
+    return KernelProfile(name=DATASHEET, hardware=gpu_name, gemm=MappingProxyType({"bf16": g}), attn_prefill=flat,
+                         attn_prefill_diag_tokens=0.0, attn_prefill_overhead_s=0.0, attn_bwd_ratio=2.5,
+                         attn_decode=flat, attn_decode_overhead_s=0.0, memory=flat, kernel_overhead_s=0.0,
+                         norm_slowdown=1.0, eager_slowdown=1.0, h2d_pinned_eff=1.0, d2h_pinned_eff=1.0,
+                         h2d_pageable_Bps=1e30, d2h_pageable_Bps=1e30, copy_latency_s=0.0,
+                         source="datasheet peaks only (no calibration)", fitted_on=DATASHEET)
+
+
 def load_kernel_profile(gpu_name: str, path: str | None = None) -> KernelProfile:
-    """The GPU's own fitted profile, else the reference GPU's curves (carried by ideal time)."""
+    """The GPU's own fitted profile, else the reference GPU's curves (carried by ideal time);
+    path "datasheet" is the uncalibrated roofline."""
+    if path == DATASHEET:
+        return datasheet_kernel_profile(gpu_name)
     if path:
         p = Path(path)
         if not p.is_file():
@@ -224,6 +245,7 @@ _EXEC_FIELDS = {
     "attn_score_bytes_per_elem": ("attn_score_bytes_per_elem", None),
     "attn_decode_efficiency_scale": ("attn_decode_efficiency_scale", None),
     "persistent_grad_buffer": ("persistent_grad_buffer", None),
+    "fitted_on": ("fitted_on", None),
     "host_per_op_us": ("host_per_op_s", "per-class-us"),
     "host_per_layer_us": ("host_per_layer_s", US),
     "host_new_shape_us": ("host_new_shape_s", US),

@@ -3,8 +3,14 @@
 fleet planners) calls these functions, so one configuration gets one number whichever way it is
 asked for. Everything here is vectorised: numbers may be numpy arrays of configurations.
 
+Two lanes (`lanes`): the host issues the ops in order, spending its dispatch cost on each (per op
+class, per kernel launch, per decoder layer, per step; `op_host_s`, the executor profile), and the
+device runs each kernel once it is issued and the previous kernel is done. A CUDA graph has no
+host cost: the step is the sum of kernel times. An eager framework at small sizes is host-bound.
+
 Inference (prefill, decode), per GPU (`inference_cost`):
-  compute   = sum over ops of max(GPU time, host time to issue it) x count   (simulator.core.roofline)
+  compute   = the later lane end: kernels from the roofline (simulator.core.roofline), host from
+              the executor; decode also pays the attention plan the backend builds per new KV length
   offload   layer-streamed weights: `stream_schedule` (double buffering: one fill + n x max(compute,
             copy) when overlapped, n x (compute + copy) when not)
   pipeline  one request crosses all pp stages in turn: pp x stage + (pp - 1) activation hops
@@ -12,7 +18,9 @@ Inference (prefill, decode), per GPU (`inference_cost`):
 
 Training (`train_terms`, any tp, pp, dp, cp, ep, sp, vpp, ZeRO, recompute, LoRA; one GPU is the
 plan tp = pp = dp = 1). Per micro-batch on the busiest stage (Narayanan et al. 2021, sec. 2.2, 3):
-  c         layers x (forward + backward + recompute) + stage ends (embedding, head, loss)
+  c         layers x (forward + backward + recompute) + stage ends (embedding, head, loss); with
+            an eager executor the two lanes of those runs (forward ops under autograd, one
+            backward node per forward kernel)
   s         c + the serial collectives: TP (2 + 2 per layer, Shoeybi et al. 2019; with SP the same
             volume as all-gather + reduce-scatter), EP all-to-alls, CP K/V exchange
   z         ZeRO-3 parameter traffic on the communication stream: all-gather for the forward and

@@ -1,0 +1,78 @@
+"""How far a prediction is expected to be off, for how well its inputs are calibrated.
+
+Two levels make the calibration of a prediction:
+  kernels    measured: the kernel profile was fitted on this GPU's microbenchmarks
+             carried:  another GPU's curves, carried by ideal time (simulator.core.profiles)
+             datasheet: no curves at all, the plain roofline (`--kernel-profile datasheet`)
+  framework  measured: the executor profile was fitted on this GPU (its `fitted_on`)
+             carried:  fitted on another GPU
+             code:     taken from the framework's code and papers, never fitted (e.g. megatron)
+The error of each level comes from the validation tables in
+hardware_specs/profiles/expected_error.yaml, written by `python benchmarks/expected_error.py
+--write` from predictions against measurements (and re-checked by the tests); the closest
+pooled row of the kernels level answers when a combination was never measured, and says so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from simulator.core.profiles import DATASHEET, ExecutorProfile, KernelProfile, _profiles_dir
+from simulator.core.specs import System, read_yaml
+
+KERNEL_LEVELS = ("measured", "carried", "datasheet")
+FRAMEWORK_LEVELS = ("measured", "carried", "code")
+
+
+@dataclass(frozen=True)
+class ExpectedError:
+    kernels: str
+    framework: str
+    time_mape: float          # mean absolute relative error of step times at this level
+    time_worst: float         # the largest seen
+    cases: int
+    source: str               # which measurements, and whether this exact level was measured
+
+    def as_dict(self) -> dict:
+        return {"kernels": self.kernels, "framework": self.framework, "time_mape": self.time_mape,
+                "time_worst": self.time_worst, "cases": self.cases, "source": self.source}
+
+
+def calibration_level(system: System, kp: KernelProfile, ex: ExecutorProfile) -> tuple[str, str]:
+    gpu = system.gpu.name
+    kernels = "datasheet" if kp.fitted_on == DATASHEET else "measured" if kp.fitted_on == gpu else "carried"
+    framework = "code" if not ex.fitted_on else "measured" if ex.fitted_on == gpu else "carried"
+    return kernels, framework
+
+
+@lru_cache(maxsize=4)
+def _table(path: str) -> dict:
+    d = read_yaml(path)
+    return d.get("levels", {}) if isinstance(d, dict) else {}
+
+
+def table_path():
+    return _profiles_dir("") / "expected_error.yaml"
+
+
+def expected_error(system: System, kp: KernelProfile, ex: ExecutorProfile, phase: str = "decode") -> ExpectedError | None:
+    """The validated error of the calibration level of (system, kernel profile, executor): the
+    row for this executor at this level, else any executor at this level, else the nearest less
+    calibrated kernels level measured (None when the table is missing)."""
+    path = table_path()
+    if not path.is_file():
+        return None
+    rows = _table(str(path))
+    kernels, framework = calibration_level(system, kp, ex)
+    kind = "train" if phase == "train" else "inference"
+    keys = [f"{kernels}/{framework}/{ex.name}/{kind}", f"{kernels}/{framework}/{ex.name}", f"{kernels}/{framework}"]
+    # then everything measured at this kernels level (pooled), then less calibrated kernels
+    keys += [f"{k}/*" for k in KERNEL_LEVELS[KERNEL_LEVELS.index(kernels):]]
+    for key in keys:
+        if key in rows:
+            r = rows[key]
+            exact = key.startswith(f"{kernels}/{framework}")
+            note = "" if exact else f"; level {kernels}/{framework} not measured, nearest measured: {key}"
+            return ExpectedError(kernels, framework, float(r["time_mape"]), float(r["time_worst"]), int(r["cases"]),
+                                 str(r["source"]) + note)
+    return None
