@@ -29,6 +29,7 @@ from simulator.core.errors import FieldError, RoofplanError
 
 KERNEL_CATS = ("kernel", "Kernel")
 CPU_OP_CATS = ("cpu_op", "Operator")
+RUNTIME_CATS = ("cuda_runtime", "Runtime", "cuda_driver", "Driver")
 COPY_CATS = ("gpu_memcpy", "gpu_memset", "Memcpy", "Memset")
 STEP_RE = re.compile(r"^ProfilerStep#(\d+)$")
 
@@ -123,14 +124,17 @@ class Trace:
     """One profiler trace. `kernels`: name, cls, op (launching aten op), flop_op (index of the
     CPU op whose FLOPs the kernel computes, -1: none), ts_s, dur_s, stream, ext_id, segment.
     `cpu_ops`: name, ts_s, dur_s, tid, ext_id, flops, bytes, dtype (of the first input), depth,
-    owner. `cpu_only`: no device kernels in the trace; the leaf aten ops stand in for them. `segments`: name, phase,
-    t0_s, t1_s (CPU-side bounds of each step / forward pass)."""
+    parent (row of the enclosing CPU op or annotation, -1: none), owner. `cpu_only`: no device
+    kernels in the trace; the leaf aten ops stand in for them. `segments`: name, phase, t0_s,
+    t1_s (CPU-side bounds of each step / forward pass). `runtime`: CUDA runtime and driver calls
+    (name, ts_s, dur_s, tid): launches, synchronisations."""
     path: str
     device_name: str
     kernels: pd.DataFrame
     cpu_ops: pd.DataFrame
     segments: pd.DataFrame
     cpu_only: bool = False
+    runtime: pd.DataFrame | None = None
 
     @property
     def kernel_time_s(self) -> float:
@@ -222,7 +226,7 @@ def load_trace(path: str | Path) -> Trace:
     p = Path(path)
     d = _read_json(p)
     ev = [e for e in d["traceEvents"] if isinstance(e, dict)]
-    cpu_rows, k_rows, flows = [], [], {}
+    cpu_rows, k_rows, rt_rows, flows = [], [], [], {}
     for e in ev:
         cat, ph = e.get("cat"), e.get("ph")
         if ph == "s" and cat == "ac2g":
@@ -240,6 +244,8 @@ def load_trace(path: str | Path) -> Trace:
                              "ext_id": args.get("External id"), "flops": f, "bytes": b,
                              "user": cat == "user_annotation", "dims": args.get("Input Dims"),
                              "dtype": _DTYPE_NAMES.get((args.get("Input type") or [""])[0], "")})
+        elif cat in RUNTIME_CATS:
+            rt_rows.append((str(e.get("name", "")), ts, dur, e.get("tid")))
         elif cat in KERNEL_CATS or cat in COPY_CATS:
             k_rows.append({"name": str(e.get("name", "")), "ts_s": ts, "dur_s": dur,
                            "stream": args.get("stream"), "ext_id": args.get("External id"),
@@ -250,7 +256,7 @@ def load_trace(path: str | Path) -> Trace:
     cpu = pd.DataFrame(cpu_rows, columns=["name", "ts_s", "dur_s", "tid", "ext_id", "flops", "bytes", "user", "dims", "dtype"])
     cpu = cpu.sort_values(["ts_s", "dur_s"], ascending=[True, False], kind="stable").reset_index(drop=True)
     depth, parent = _nesting(cpu["ts_s"].to_numpy(), (cpu["ts_s"] + cpu["dur_s"]).to_numpy(), cpu["tid"].to_numpy())
-    cpu["depth"] = depth
+    cpu["depth"], cpu["parent"] = depth, parent
     # count FLOPs once: at the outermost op that has them (linear > matmul > mm > kernel op)
     flops = cpu["flops"].to_numpy().copy()
     byts = cpu["bytes"].to_numpy().copy()
@@ -290,7 +296,8 @@ def load_trace(path: str | Path) -> Trace:
     kern["cls"] = _in_optimizer_step(kern, cpu)
     segs = _segments(cpu, kern)
     kern["segment"] = _assign_segments(kern, cpu, segs)
-    return Trace(str(p), device_name(d), kern, cpu, segs, cpu_only)
+    runtime = pd.DataFrame(rt_rows, columns=["name", "ts_s", "dur_s", "tid"])
+    return Trace(str(p), device_name(d), kern, cpu, segs, cpu_only, runtime)
 
 
 # aten ops that only make views or metadata: no work of their own on a CPU

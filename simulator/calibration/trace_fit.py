@@ -7,11 +7,11 @@ What a trace tells about a software stack, and how each field is derived:
   calls (record_shapes). Per MLP down projection (weight [hidden, ffn]) an unfused stack calls
   q, k, v, gate and up separately (5 linears that read the hidden state), a fused one qkv and
   gate_up (2). `repeat_kv`: SDPA called with fewer K/V heads than query heads uses native GQA.
-* `host_overhead_per_kernel_us`: wall time of a host-bound step (decode: GPU busy < 50% of the
-  step) / kernel launches in it. A launch is one launching CPU op: cuBLAS' split-K reduction
-  runs as a second kernel of the same call and costs no extra host time. The profiler itself
-  slows the host (record_shapes: several us per op), so a step time measured without the
-  profiler (`step_time_s`) replaces the traced CPU span when given.
+* host costs (`host_overhead_per_kernel_us`, `host_per_op_us`, `host_per_layer_us`,
+  `host_overhead_per_step_us`, `host_new_shape_us`): the CPU timeline of the most host-bound
+  step (GPU busy < 50% of its CPU span), op kind by op kind, deflated by the profiler's slowdown
+  fitted on un-profiled measurements (end_to_end.yaml cases or the step's own time); see
+  simulator.calibration.host_fit.
 * CPU-only traces: `kernel_overhead_us` (see cpu_op_overhead).
 * `gemm_efficiency_scale`: measured GEMM kernel time of the trace's own GEMM calls (shapes
   from `Input Dims`) over the kernel profile's prediction for the same shapes, compute-bound
@@ -28,9 +28,8 @@ from simulator.core.errors import FieldError, RoofplanError
 from simulator.core.profiles import KernelProfile
 from simulator.core.roofline import gemm_time
 from simulator.core.specs import System
+from simulator.calibration.host_fit import HOST_BOUND_GPU_BUSY, fit_host, host_bound_segment
 from simulator.calibration.trace import Trace
-
-HOST_BOUND_GPU_BUSY = 0.5   # a segment whose kernels fill less than this share of its CPU span is host-bound
 
 
 def gemm_calls(trace: Trace, segment: str | None = None) -> pd.DataFrame:
@@ -143,30 +142,13 @@ def _kv_cache_concat(trace: Trace) -> bool:
     return False
 
 
-def host_overhead_per_launch(trace: Trace, step_time_s: float | None = None) -> tuple[float, dict]:
-    """Host seconds per kernel launch from the most host-bound segment (see module docstring)."""
-    st = trace.segment_stats()
-    st = st[st["kernels"] > 0].copy()
-    st["busy"] = st["kernel_time_s"] / st["cpu_span_s"].clip(lower=1e-12)
-    hb = st[st["busy"] < HOST_BOUND_GPU_BUSY]
-    if not len(hb):
-        raise RoofplanError(
-            f"trace {trace.path}: no host-bound segment (GPU busy >= {HOST_BOUND_GPU_BUSY:.0%} of every step); "
-            "host overhead cannot be measured from it — trace a small-batch decode step")
-    seg = hb.sort_values("busy").iloc[0]
-    k = trace.kernels[trace.kernels["segment"] == seg["segment"]]
-    launches = int(k["op_index"].nunique())
-    wall = step_time_s if step_time_s else float(seg["cpu_span_s"])
-    return wall / launches, {"segment": seg["segment"], "launches": launches, "kernels": int(seg["kernels"]),
-                             "traced_cpu_span_s": float(seg["cpu_span_s"]), "wall_s": wall,
-                             "kernel_time_s": float(seg["kernel_time_s"])}
-
-
 def fit_executor_profile(traces: list[Trace], system: System, kp: KernelProfile, name: str,
-                         step_time_s: float | None = None, base: dict | None = None) -> tuple[dict, dict]:
+                         step_time_s: float | None = None, base: dict | None = None,
+                         end_to_end: tuple[str, list[dict]] | None = None) -> tuple[dict, dict]:
     """An executor profile (YAML dict) from one or more traces of the same stack; `base` holds
-    fields the traces cannot tell (defaults of profiles/executors/default.yaml). Returns
-    (profile, evidence)."""
+    fields the traces cannot tell (the profile being refitted, or default.yaml's). The host costs
+    come from the first trace with a host-bound step, deflated by `end_to_end` (file name and its
+    cases) or `step_time_s` (see host_fit). Returns (profile, evidence)."""
     prof = dict(base or {})
     evidence: dict = {}
     struct = None
@@ -179,27 +161,29 @@ def fit_executor_profile(traces: list[Trace], system: System, kp: KernelProfile,
     if struct:
         prof.update({k: struct[k] for k in ("fused_qkv", "fused_gate_up", "repeat_kv", "kv_cache_concat")})
         evidence["layer_structure"] = struct
-    host = None
-    for t in traces:
-        if t.cpu_only:      # no launch queue on a CPU: its per-op cost is kernel_overhead_us below
-            continue
-        try:
-            host = host_overhead_per_launch(t, step_time_s)
-            break
-        except RoofplanError:
-            continue
-    if host:
-        prof["host_overhead_per_kernel_us"] = round(host[0] * 1e6, 2)
-        evidence["host"] = host[1]
-    elif step_time_s and not any(t.cpu_only for t in traces):
-        raise FieldError("step_time_s", step_time_s, "applies to a host-bound step, but no trace has one "
-                         f"(GPU busy >= {HOST_BOUND_GPU_BUSY:.0%} everywhere)")
     scales = [fit_gemm_scale(t, system, kp) for t in traces]
     flops = [s[1].get("measured_s", 0.0) for s in scales]
     if sum(flops) > 0:
         scale = float(np.average([s[0] for s in scales], weights=flops))
         prof["gemm_efficiency_scale"] = round(scale, 4)
         evidence["gemm"] = [s[1] for s in scales]
+    host = None
+    for t in traces:
+        if t.cpu_only:      # no launch queue on a CPU: its per-op cost is kernel_overhead_us below
+            continue
+        hb = host_bound_segment(t, HOST_BOUND_GPU_BUSY)
+        if hb:
+            host = (t, *hb)
+            break
+    if host:
+        fields, evidence["host"] = fit_host(host[0], host[1], host[2], struct, prof, name, system, kp,
+                                            step_time_s, end_to_end)
+        prof.update(fields)
+    elif not any(t.cpu_only for t in traces):
+        for flag, val in (("step_time_s", step_time_s), ("end_to_end", end_to_end and end_to_end[0])):
+            if val:
+                raise FieldError(flag, val, "applies to a host-bound step, but no trace has one "
+                                 f"(GPU busy >= {HOST_BOUND_GPU_BUSY:.0%} everywhere)")
     cpu = [t for t in traces if t.cpu_only]
     if cpu:
         k_over, n = cpu_op_overhead(cpu[0], step_time_s)

@@ -1,8 +1,10 @@
 """`roofplan calibrate`: fit profiles to measurements.
 
   --microbench F        -> kernel profile (efficiency curves per op class; calibrate.fit_kernel_profile)
-  --trace T [--trace]   -> executor profile (layer structure, host overhead per launch, GEMM scale;
-                           trace_fit.fit_executor_profile), against the GPU's kernel profile
+  --trace T [--trace]   -> executor profile (layer structure, GEMM scale, host-cost table of the
+                           host-bound step deflated by --end-to-end cases or --step-time;
+                           trace_fit.fit_executor_profile, host_fit), against the GPU's kernel
+                           profile; refitting an existing -o keeps the fields a trace cannot tell.
   both                  -> the kernel profile goes to --kernels-out, the executor profile (fitted
                            against the new kernel profile) to -o
   --step-times F --engine E -> executor profile of a serving engine from its published iteration
@@ -10,6 +12,7 @@
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -30,7 +33,11 @@ def register(sub) -> None:
     p.add_argument("--kernels-out", default=None, metavar="K.yaml", help="with both --trace and --microbench: where the kernel profile goes")
     p.add_argument("--kernel-profile", default=None, help="kernel profile for fitting an executor (default: the GPU's own)")
     p.add_argument("--step-time", type=float, default=None, metavar="SECONDS",
-                   help="wall time of the traced host-bound step measured without the profiler (the profiler slows the host)")
+                   help="wall time of the traced host-bound step measured without the profiler (the profiler slows the host); "
+                        "a step without a graph build")
+    p.add_argument("--end-to-end", default=None, metavar="E2E.yaml",
+                   help="un-profiled cases (end_to_end.yaml format): the traced model's batch-1 prefill fits the profiler "
+                        "deflation of the host costs, its decode the per-step graph build; the executor's other cases are held out")
     p.add_argument("--step-times", default=None, metavar="F",
                    help="serving-engine iteration times (YAML, format in simulator/calibration/step_fit.py) -> executor profile")
     p.add_argument("--engine", default=None, help="with --step-times: which engine of the file to fit")
@@ -39,20 +46,110 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_calibrate)
 
 
-def _write(path: Path, d: dict) -> None:
+def _write(path: Path, d: dict, flow: bool | None = False, width: int = 100) -> None:
+    """`flow=None`: mappings of scalars on one line ({gemm: 30.2, attention: 53.8})."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(d, sort_keys=False, width=100))
+        path.write_text(yaml.safe_dump(d, sort_keys=False, width=width, default_flow_style=flow))
     except OSError as e:
         raise RoofplanError(f"cannot write {path} ({e.strerror}); pass another -o") from None
 
 
-def _executor_base() -> dict:
-    """Fields a trace cannot tell, from profiles/executors/default.yaml (eager kernel sequences of
-    RMSNorm and RoPE, fp32 residual in training, workspace); graph-only fields dropped."""
+def _executor_base(out: Path) -> tuple[dict, str, str]:
+    """Fields a trace cannot tell: those of the profile being refitted (-o, when it exists: its
+    workspace, training host costs, description), else default.yaml's (eager kernel sequences of
+    RMSNorm and RoPE, fp32 residual in training, workspace; graph-only fields dropped). Returns
+    (fields, their source text, where they came from)."""
+    if out.is_file():
+        prev = read_yaml(out)
+        if not isinstance(prev, dict):
+            raise RoofplanError(f"{out}: not an executor profile (a YAML mapping); pass another -o")
+        return ({k: v for k, v in prev.items() if k not in ("source", "name", "kind")}, str(prev.get("source", "")),
+                f"the previous {out.name}")
     p = specs_root() / "profiles" / "executors" / "default.yaml"
     base = read_yaml(p) if p.is_file() else {}
-    return {k: v for k, v in base.items() if k not in ("description", "source", "kernel_overhead_us", "name", "kind")}
+    return {k: v for k, v in base.items() if k not in ("description", "source", "kernel_overhead_us", "name", "kind")}, "", "default.yaml"
+
+
+# sentences this command writes into `source` (refitting replaces them), and those of the host fit
+_OWN_SENTENCES = ("fitted by `roofplan calibrate", "Other fields")
+_HOST_SENTENCES = ("Host lane", "Mapped onto roofplan ops", "Held out")
+
+
+def _kept_sentences(source: str, refitted: set[str], host: bool) -> list[str]:
+    """Sentences of a refitted profile's source about what the fit keeps: not written by this
+    command (its host sentences only when the host costs were refitted) and naming no refitted
+    field."""
+    own = _OWN_SENTENCES + (_HOST_SENTENCES if host else ())
+    out = []
+    for s in re.split(r"(?<=\.)\s+(?=[A-Za-z`])", source.strip()):
+        if not s or s.startswith(own) or (host and re.fullmatch(r"\S+ cases are held out\.", s)) \
+                or any(re.search(rf"\b{re.escape(f)}\b", s) for f in refitted):
+            continue
+        out.append(s)
+    return out
+
+
+def _host_source(h: dict, trace: str) -> list[str]:
+    """The host fit's sentences (evidence of host_fit.fit_host)."""
+    kinds = h["kinds"]
+    f = h["fields"]
+
+    def us(kind):
+        return f"{kinds[kind]['mean_us_profiled']:.1f}"
+    build = kinds["new_shape_build"]
+    text = (f"Host lane (simulator.core.step.lanes): per-op CPU costs from the CPU timeline of {trace} ({h['segment']} step, "
+            f"top-level aten ops: elementwise {us('elementwise')} us, norm pieces {us('norm')}, copy/cat/casts {us('copy')}, "
+            f"linear/matmul {us('gemm')}, attention {us('attention')} steady, view-like {us('view')}, Python between ops "
+            f"{us('python_per_layer')} us per layer, {us('python_outside_layers')} us outside the layers")
+    if build["count"]:
+        text += (f"; the slow attention call of the step {build['mean_us_profiled'] / 1e3:.1f} ms beyond a steady one: "
+                 "the backend builds a graph for the new shape")
+    fit = "; ".join(f"{x['id']} ({x['measured_s'] * 1e3:.2f} ms)" for x in h["k_fitted_on"])
+    text += f"), deflated by the profiler factor {h['k_prof']:.3f} fitted on {fit}, measured without the profiler"
+    if h["new_shape_fitted_on"]:
+        text += "; host_new_shape_us fitted on " + "; ".join(f"{x['id']} ({x['measured_s'] * 1e3:.2f} ms)"
+                                                             for x in h["new_shape_fitted_on"])
+    out = [text + "."]
+    po = f["host_per_op_us"]
+    out.append(f"Mapped onto roofplan ops: {f['host_overhead_per_kernel_us']:g} us per kernel (elementwise/norm/copy pieces), "
+               f"+ {po.get('gemm', 0):g} us per GEMM op and + {po.get('attention', 0):g} us per attention op (their dispatch "
+               f"beyond a launch), {f['host_per_layer_us']:g} us per layer (Python gaps + view ops), "
+               f"{f['host_overhead_per_step_us']:g} us per step (the same outside the layers).")
+    held = h["held_out"]
+    parts = []
+    if "other_models" in held:
+        o = held["other_models"]
+        parts.append(f"{o['inference_cases']} inference cases of {', '.join(o['models'])} within "
+                     f"{100 * o['min_error']:+.1f}..{100 * o['max_error']:+.1f}% (MAPE {100 * o['mape']:.1f}%)")
+    for t in held["traced_steps"]:
+        parts.append(f"the traced {t['segment']} host time from the {h['segment']} costs (profiled) {100 * t['error']:+.1f}%, "
+                     f"its layers {t['late_layers']} {100 * t['late_layer_error']:+.1f}% per layer")
+    if parts:
+        out.append("Held out: " + "; ".join(parts) + ".")
+    return out
+
+
+def _held_out_rows(h: dict | None) -> list[list[str]]:
+    """Table rows: the profiler factor and every held-out prediction of the host fit."""
+    if not h:
+        return []
+    rows = [["host fit", "profiler factor k", f"{h['k_prof']:.4f} (fitted on {', '.join(x['id'] for x in h['k_fitted_on'])})"]]
+    for t in h["held_out"]["traced_steps"]:
+        val = (f"{t['predicted_host_s'] * 1e3:.2f} ms vs {t['measured_host_s'] * 1e3:.2f} ms ({100 * t['error']:+.1f}%); "
+               f"{t['late_layers']} {100 * t['late_layer_error']:+.1f}% per layer")
+        rows.append(["held out", f"traced {t['segment']} host (profiled)", val])
+    for r in h["held_out"].get("end_to_end", []):
+        if r["role"] == "fitted":
+            continue
+        val = (f"{r['predicted_s'] * 1e3:.2f} ms vs {r['measured_s'] * 1e3:.2f} ms ({100 * r['error']:+.1f}%)"
+               if "error" in r else r.get("note", ""))
+        rows.append(["held out", r["id"], val])
+    if "other_models" in h["held_out"]:
+        o = h["held_out"]["other_models"]
+        rows.append(["held out", f"{', '.join(o['models'])} inference MAPE",
+                     f"{100 * o['mape']:.1f}% ({o['inference_cases']} cases, {100 * o['min_error']:+.1f}..{100 * o['max_error']:+.1f}%)"])
+    return rows
 
 
 def cmd_calibrate(args) -> int:
@@ -86,16 +183,31 @@ def cmd_calibrate(args) -> int:
             check_device(t, system.gpu)
         if kp is None:
             kp = load_kernel_profile(system.gpu.name, args.kernel_profile)
-        prof, ev = fit_executor_profile(traces, system, kp, out.stem, args.step_time, _executor_base())
+        e2e = None
+        if args.end_to_end:
+            from simulator.calibration.accuracy import load_cases
+            hw, cases = load_cases(args.end_to_end)
+            if hw and load_hardware(hw).gpu.name != system.gpu.name:
+                raise RoofplanError(f"{args.end_to_end} was measured on {hw}, the trace on {system.gpu.name}; pass cases of the traced GPU")
+            e2e = (Path(args.end_to_end).name, cases)
+        base, base_source, base_from = _executor_base(out)
+        prof, ev = fit_executor_profile(traces, system, kp, out.stem, args.step_time, base, e2e)
+        prof["fitted_on"] = system.gpu.name      # the GPU the traces were recorded on (check_device)
+        refitted = {k for k in prof if k not in base or prof[k] != base[k]} | {
+            "fused_qkv", "fused_gate_up", "repeat_kv", "kv_cache_concat", "gemm_efficiency_scale"}
+        if "host" in ev:
+            refitted |= {"host_overhead_per_kernel_us", "host_per_op_us", "host_per_layer_us", "host_overhead_per_step_us",
+                         "host_new_shape_us"}
         names = ", ".join(Path(t).name for t in args.trace)
         prof["description"] = args.description or prof["description"]
         src = [f"fitted by `roofplan calibrate --trace {' --trace '.join(Path(t).name for t in args.trace)} --hardware {args.hardware}"
-               + (f" --step-time {args.step_time}" if args.step_time else "") + f"` (kernel profile {kp.name}) from {names}."]
+               + (f" --step-time {args.step_time}" if args.step_time else "")
+               + (f" --end-to-end {Path(args.end_to_end).name}" if args.end_to_end else "") + f"` (kernel profile {kp.name}) from {names}."]
         if "host" in ev:
-            h = ev["host"]
-            src.append(f"host_overhead_per_kernel_us: {h['wall_s'] * 1e3:.2f} ms wall of host-bound segment {h['segment']} "
-                       f"/ {h['launches']} launches ({h['kernels']} kernels, {h['kernel_time_s'] * 1e3:.2f} ms of GPU time; "
-                       f"traced CPU span {h['traced_cpu_span_s'] * 1e3:.1f} ms with the profiler).")
+            ev["host"]["fields"] = {k: prof[k] for k in ("host_overhead_per_kernel_us", "host_per_op_us", "host_per_layer_us",
+                                                         "host_overhead_per_step_us", "host_new_shape_us")}
+            src += _host_source(ev["host"], ev["host"]["trace"])
+        src += _kept_sentences(base_source, refitted, "host" in ev)
         if "gemm" in ev:
             g = ev["gemm"]
             src.append("gemm_efficiency_scale: measured/predicted time of the traces' compute-bound GEMM calls: "
@@ -105,14 +217,15 @@ def cmd_calibrate(args) -> int:
             s = ev["layer_structure"]
             src.append(f"fused_qkv/fused_gate_up/repeat_kv/kv_cache_concat: from aten::linear weight shapes (hidden {s['hidden']}, "
                        f"ffn {s['ffn']}), SDPA K/V heads and aten::cat of the KV cache in the trace.")
-        src.append("Other fields from default.yaml.")
+        src.append(f"Other fields from {base_from}.")
         prof["source"] = " ".join(src)
         ordered = {"description": prof.pop("description"), **{k: v for k, v in prof.items() if k != "source"},
                    "source": prof["source"]}
-        _write(out, ordered)
+        _write(out, ordered, flow=None, width=120)
         result["executor_profile"] = {"path": str(out), "fields": {k: v for k, v in ordered.items() if k not in ("description", "source")},
                                       "evidence": ev}
         rows += [["executor profile", k, str(v)] for k, v in ordered.items() if k not in ("description", "source")]
+        rows += _held_out_rows(ev.get("host"))
     emit(fmt_of(args), json_obj=result, rows=rows, header=["profile", "field", "value"],
          title=f"calibrated on {system.gpu.name}", footer=f"\nwrote {out}" + (f" and {args.kernels_out}" if args.trace and args.microbench else ""))
     return 0

@@ -1,21 +1,28 @@
 import gzip
 import json
+import shutil
 
 import pytest
 import yaml
 
 from simulator.cli.main import main
+from simulator.core.paths import REPO_ROOT
 from simulator.core.models import load_model
 from simulator.core.predict import predict
 from simulator.core.profiles import load_executor_profile
 from simulator.core.specs import load_hardware
-from simulator.calibration.trace_fit import fit_gemm_scale, host_overhead_per_launch, layer_structure
+from simulator.calibration.host_fit import (fit_step_time, host_bound_segment, host_step, predict_step_host, profile_fields,
+                                            rounded, top_level_ops, trace_costs)
+from simulator.core.errors import RoofplanError
+from simulator.calibration.trace_fit import fit_gemm_scale, layer_structure
 from simulator.core.profiles import load_kernel_profile
 from simulator.core.workload import Job
 
 from calib_helpers import INFER, SHARED, TRAIN, synthetic_events, write_trace, cached_trace
 
 HF_DECODE_S = 0.10955614700000638   # end_to_end.yaml: hf-decode-llama-3.1-8b-b16-l512
+E2E = SHARED / "end_to_end.yaml"
+HOST_FIELDS = ("host_overhead_per_kernel_us", "host_per_layer_us", "host_overhead_per_step_us", "host_new_shape_us")
 
 
 def test_layer_structure_of_hf_traces(shared):
@@ -26,14 +33,48 @@ def test_layer_structure_of_hf_traces(shared):
     assert (t["hidden"], t["ffn"], t["fused_qkv"]) == (2048, 8192, False)
 
 
-def test_host_overhead_from_decode_segment(shared):
+def test_host_costs_from_decode_step(shared):
     t = cached_trace(INFER)
-    h, ev = host_overhead_per_launch(t, HF_DECODE_S)
+    seg, stats = host_bound_segment(t, 0.5)
     # 1301 launching ops (1461 kernels: cuBLAS split-K adds a reduction kernel to some GEMMs)
-    assert ev["segment"] == "decode#1" and ev["launches"] == 1301
-    assert h == pytest.approx(HF_DECODE_S / 1301)
-    traced, _ = host_overhead_per_launch(t)        # profiler-inflated: 180.6 ms traced span
-    assert traced == pytest.approx(0.1806 / 1301, rel=1e-3)
+    assert seg == "decode#1" and stats["launches"] == 1301 and stats["kernels"] == 1461
+    tops = top_level_ops(t)
+    step = host_step(t, seg, tops)
+    # 32 identical layers of 54 top-level ops; embedding + rotary tables before, final norm + LM head after
+    assert step.layers == 32 and len(step.in_layers) == 32 * 54 and len(step.ops) == 1757
+    # host time: first op to the trailing cudaDeviceSynchronize calls, which are waiting, not work
+    assert step.host_s == pytest.approx(0.1804, rel=1e-3) and step.sync_s == pytest.approx(223.7e-6, rel=1e-2)
+    c = trace_costs(step)
+    us = {k: v * 1e6 for k, v in c.kind_s.items()}
+    assert us == pytest.approx({"view": 7.6, "elementwise": 27.4, "norm": 32.9, "copy": 38.9, "gemm": 102.3,
+                                "attention": 157.8}, abs=0.05)
+    assert c.counts["attention"] == 32 and c.counts["gemm"] == 226
+    assert c.python_layer_s * 1e6 == pytest.approx(730.8, abs=0.1)
+    assert c.python_step_s * 1e6 == pytest.approx(1076.0, abs=0.1)
+    # the first SDPA call of the decode step builds a cuDNN graph for the new KV length
+    assert c.builds == 1 and c.build_s == pytest.approx(0.0916, rel=1e-3)
+    # held out: the traced prefill from the decode step's costs, in profiled units; its first
+    # layers carry the profiler's warm-up, its second half is within 2%
+    pre = predict_step_host(host_step(t, "prefill#0", tops), c)
+    assert pre["error"] == pytest.approx(-0.374, abs=0.002)
+    assert abs(pre["late_layer_error"]) < 0.02
+
+
+def test_step_time_deflates_a_step_without_graph_build(shared):
+    """--step-time: k = the traced step's un-profiled time / its traced host time, for a step
+    without a graph build; a decode step that builds one has two unknowns for one number."""
+    t = cached_trace(INFER)
+    tops = top_level_ops(t)
+    kpo = {"gemm": 1.0, "attention": 1.0}
+    pre = host_step(t, "prefill#0", tops)
+    c = trace_costs(pre)
+    assert c.builds == 0
+    fields, ev = fit_step_time(c, pre, kpo, 0.5 * pre.host_s, "test")
+    assert ev["k_prof"] == pytest.approx(0.5)
+    assert fields == {**rounded(profile_fields(c, kpo, 0.5)), "host_new_shape_us": 0}
+    dec = host_step(t, "decode#1", tops)
+    with pytest.raises(RoofplanError, match="two unknowns"):
+        fit_step_time(trace_costs(dec), dec, kpo, HF_DECODE_S, "test")
 
 
 def test_gemm_scale_agrees_between_traces(shared):
@@ -46,26 +87,96 @@ def test_gemm_scale_agrees_between_traces(shared):
     assert 1.10 < a < 1.22 and 1.10 < b < 1.22 and abs(a - b) < 0.05
 
 
+def _calibrate(out, capsys, *extra):
+    argv = ["calibrate", "--trace", str(INFER), "--hardware", "h100-sxm", "-o", str(out), "--format", "json", *extra]
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
 def test_calibrate_cli_reproduces_shipped_hf_eager(shared, tmp_path, capsys):
-    out = tmp_path / "hf.yaml"
-    assert main(["calibrate", "--trace", str(INFER), "--hardware", "h100-sxm", "--step-time", str(HF_DECODE_S),
-                 "-o", str(out), "--format", "json"]) == 0
+    """Refitting the shipped profile in place reproduces it: the host table from the trace, the
+    fields a trace cannot tell (workspace, training host costs, description) kept."""
+    shipped_path = REPO_ROOT / "hardware_specs" / "profiles" / "executors" / "hf-eager.yaml"
+    shipped = yaml.safe_load(shipped_path.read_text())
+    out = tmp_path / "hf-eager.yaml"
+    shutil.copy(shipped_path, out)
+    report = _calibrate(out, capsys, "--end-to-end", str(E2E))
     fitted = yaml.safe_load(out.read_text())
-    shipped = load_executor_profile("hf-eager")
-    assert fitted["host_overhead_per_kernel_us"] == pytest.approx(shipped.host_overhead_per_kernel_s * 1e6, rel=1e-3)
-    assert fitted["gemm_efficiency_scale"] == pytest.approx(shipped.gemm_efficiency_scale, rel=1e-3)
-    for k in ("fused_qkv", "fused_gate_up", "repeat_kv", "kv_cache_concat"):
-        assert fitted[k] == getattr(shipped, k)
-    assert "trace_infer_llama-3.1-8b_B16_L512.json.gz" in fitted["source"]
-    report = json.loads(capsys.readouterr().out)
-    assert report["executor_profile"]["evidence"]["host"]["launches"] == 1301
+    for k in HOST_FIELDS:
+        assert fitted[k] == pytest.approx(shipped[k], rel=1e-3), k
+    assert fitted["host_per_op_us"] == pytest.approx(shipped["host_per_op_us"], rel=1e-3)
+    assert fitted["gemm_efficiency_scale"] == pytest.approx(shipped["gemm_efficiency_scale"], rel=1e-3)
+    assert {k: v for k, v in fitted.items() if k not in HOST_FIELDS + ("host_per_op_us", "gemm_efficiency_scale", "source")} \
+        == {k: v for k, v in shipped.items() if k not in HOST_FIELDS + ("host_per_op_us", "gemm_efficiency_scale", "source")}
+    for name in ("trace_infer_llama-3.1-8b_B16_L512.json.gz", "hf-prefill-llama-3.1-8b-b1-s512",
+                 "hf-decode-llama-3.1-8b-b16-l512", "profiler factor"):
+        assert name in fitted["source"]
+    host = report["executor_profile"]["evidence"]["host"]
+    assert host["launches"] == 1301 and host["segment"] == "decode#1"
+    kinds = host["kinds"]
+    assert kinds["gemm"]["count"] == 226 and kinds["gemm"]["mean_us_profiled"] == pytest.approx(102.3, abs=0.05)
+    assert kinds["gemm"]["us_unprofiled"] == pytest.approx(102.28 * host["k_prof"], abs=0.01)
+    # un-profiled dispatch: about 0.43 x the traced one
+    assert 0.40 < host["k_prof"] < 0.46
     load_executor_profile(str(out))      # the written profile parses
+    # a fresh profile (fields a trace cannot tell from default.yaml) gets the same host table
+    fresh = tmp_path / "fresh" / "hf-eager.yaml"
+    _calibrate(fresh, capsys, "--end-to-end", str(E2E))
+    again = yaml.safe_load(fresh.read_text())
+    assert {k: again[k] for k in HOST_FIELDS + ("host_per_op_us",)} == {k: fitted[k] for k in HOST_FIELDS + ("host_per_op_us",)}
+    assert "Other fields from default.yaml." in again["source"]
+
+
+def test_calibrate_held_out_report(shared, tmp_path, capsys):
+    out = tmp_path / "hf-eager.yaml"
+    report = _calibrate(out, capsys, "--end-to-end", str(E2E))
+    host = report["executor_profile"]["evidence"]["host"]
+    assert [x["id"] for x in host["k_fitted_on"]] == ["hf-prefill-llama-3.1-8b-b1-s512"]
+    assert [x["id"] for x in host["new_shape_fitted_on"]] == ["hf-decode-llama-3.1-8b-b16-l512"]
+    held = host["held_out"]
+    # (a) the traced prefill step from the traced decode step's costs (profiled units)
+    (pre,) = held["traced_steps"]
+    assert pre["segment"] == "prefill#0" and pre["error"] == pytest.approx(-0.374, abs=0.002)
+    # (b) the executor's cases on a model the fit never saw, predicted by predict() with the new profile
+    other = held["other_models"]
+    assert other["models"] == ["llama-3.2-1b"] and other["inference_cases"] == 12
+    assert other["mape"] < 0.05 and -0.09 < other["min_error"] and other["max_error"] < 0.09
+    rows = {r["id"]: r for r in held["end_to_end"]}
+    for cid in ("hf-prefill-llama-3.1-8b-b1-s512", "hf-decode-llama-3.1-8b-b16-l512"):
+        assert rows[cid]["role"] == "fitted" and abs(rows[cid]["error"]) < 0.005
+    r = rows["hf-decode-llama-3.2-1b-b16-l512"]
+    assert r["role"] == "held out: other model"
+    p = predict(load_model("llama-3.2-1b"), load_hardware("h100-sxm"), Job("decode", batch=16, context=512),
+                load_executor_profile(str(out)), check_memory=False)
+    assert r["predicted_s"] == pytest.approx(p.time_s, rel=1e-9)
+    # the table lists them too
+    assert main(["calibrate", "--trace", str(INFER), "--hardware", "h100-sxm", "-o", str(out),
+                 "--end-to-end", str(E2E), "--format", "table"]) == 0
+    table = capsys.readouterr().out
+    assert "hf-decode-llama-3.2-1b-b16-l512" in table and "traced prefill#0 host (profiled)" in table
+
+
+@pytest.mark.parametrize("extra, msg", [
+    ([], "pass --end-to-end E2E.yaml"),
+    (["--step-time", str(HF_DECODE_S)], "--step-time is one number"),
+    (["--step-time", str(HF_DECODE_S), "--end-to-end", "E2E"], "pass one"),
+])
+def test_calibrate_needs_unprofiled_times(shared, tmp_path, capsys, extra, msg):
+    """A profiled host-bound step cannot be deflated without measurements taken without the
+    profiler: one line says what to pass."""
+    extra = [str(E2E) if x == "E2E" else x for x in extra]
+    out = tmp_path / "hf-eager.yaml"
+    assert main(["calibrate", "--trace", str(INFER), "--hardware", "h100-sxm", "-o", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1
+    assert not out.exists()
 
 
 def test_calibrate_microbench_and_trace(shared, tmp_path):
     k, e = tmp_path / "k.yaml", tmp_path / "e.yaml"
     assert main(["calibrate", "--microbench", str(SHARED / "microbench.jsonl"), "--trace", str(INFER),
-                 "--hardware", "h100-sxm", "-o", str(e), "--kernels-out", str(k), "--format", "json"]) == 0
+                 "--hardware", "h100-sxm", "-o", str(e), "--kernels-out", str(k), "--end-to-end", str(E2E),
+                 "--format", "json"]) == 0
     assert yaml.safe_load(k.read_text())["hardware"] == "h100-sxm"
     assert yaml.safe_load(e.read_text())["fused_qkv"] is False
 
@@ -166,3 +277,8 @@ def test_no_host_bound_segment(shared, tmp_path, capsys):
                  "--format", "json"]) == 0
     fitted = yaml.safe_load((tmp_path / "x.yaml").read_text())
     assert "host_overhead_per_kernel_us" in fitted and fitted["host_overhead_per_kernel_us"] == 0
+    capsys.readouterr()
+    assert main(["calibrate", "--trace", str(TRAIN), "--hardware", "h100-sxm", "--end-to-end", str(E2E),
+                 "-o", str(tmp_path / "y.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "--end-to-end" in err and "no trace has one" in err
