@@ -105,10 +105,11 @@ def _end_to_end(args) -> int:
     if not hw:
         raise RoofplanError(f"{args.end_to_end} names no 'hardware:'; pass --hardware")
     df = compare_cases(hw, cases)
-    rows = []
+    rows, unpredicted = [], []
     for r in df.to_dict("records"):
         if isinstance(r.get("error"), str):
-            rows.append([r["id"], r["group"], fmt_time(r["measured_time_s"]), "-", r["error"], "", "", ""])
+            unpredicted.append(f"not predicted: {r['id']}: {r['error']}")
+            rows.append([r["id"], r["group"], fmt_time(r["measured_time_s"]), "-", "n/a", "", "", ""])
             continue
         mem = r.get("measured_memory_bytes")
         has_mem = mem == mem and mem is not None
@@ -126,7 +127,8 @@ def _end_to_end(args) -> int:
     footer = "\n" + "\n".join(
         f"{g:<10} cases {v['cases']:>3}  time MAPE {100 * v['time_mape']:5.1f}%" +
         (f"  memory MAPE {100 * v['memory_mape']:5.1f}%" if v["memory_mape"] == v["memory_mape"] else "")
-        for g, v in {**groups, "all": overall}.items())
+        for g, v in {**groups, "all": overall}.items() if v["time_mape"] == v["time_mape"])
+    footer += "".join("\n" + u for u in unpredicted)
     emit(fmt_of(args), json_obj={"hardware": hw, "cases": df.to_dict("records"), "groups": groups, "all": overall},
          rows=rows, header=["case", "group", "measured", "predicted", "error", "mem meas", "mem pred", "mem error"],
          title=f"predicted vs measured on {hw} ({args.end_to_end})", footer=footer)
