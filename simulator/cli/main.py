@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from simulator.core.errors import FieldError, RoofplanError
+from simulator.core.errors import FieldError, FixError, RoofplanError
 
 # module paths of command groups; each registers its own subcommands
 COMMANDS = [
@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         func = getattr(args, "func", None)
         options = _command_options(parser, func) if parser is not None and func else None
         print(f"roofplan: error: {field_error_message(e, options)}", file=sys.stderr)
+        return 2
+    except FixError as e:
+        print(f"roofplan: error: {e.for_flags(flag_of)}", file=sys.stderr)
         return 2
     except RoofplanError as e:
         print(f"roofplan: error: {e}", file=sys.stderr)

@@ -30,6 +30,28 @@ class FieldError(RoofplanError):
         return self.render(flag_of(self.field))
 
 
+class FixError(RoofplanError):
+    """An error whose fix names several fields: `template` has {placeholders}, each a field name
+    or a (field, value) pair. str(e) spells them as fields ("micro_batch", "offload_weights=cpu");
+    `for_flags(flag_of)` as flags ("--micro-batch", "--offload weights=cpu")."""
+
+    def __init__(self, template: str, **fields):
+        self.template, self.fields = template, fields
+        super().__init__(self.render(lambda f: f))
+
+    def render(self, name_of) -> str:
+        def spell(v):
+            field, value = v if isinstance(v, tuple) else (v, None)
+            name = name_of(field)
+            if value is None:
+                return name
+            return f"{name}{value}" if name.endswith("=") else f"{name}{'=' if name == field else ' '}{value}"
+        return self.template.format(**{k: spell(v) for k, v in self.fields.items()})
+
+    def for_flags(self, flag_of) -> str:
+        return self.render(flag_of)
+
+
 def did_you_mean(name: str, choices) -> str:
     """' (did you mean: a, b?)' for the closest known names, or '' when nothing is close."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)

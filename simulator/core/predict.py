@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from simulator.core.errors import FieldError, RoofplanError
+from simulator.core.errors import FieldError, FixError, RoofplanError
 from simulator.core.memory import MemoryBreakdown
 from simulator.core.models import ModelConfig
 from simulator.core.ops import forward_ops
@@ -173,12 +173,15 @@ def raise_out_of_memory(model: ModelConfig, system: System, job: Job, mem: Memor
     peak = float(mem.total)
     gpu = system.gpu
     parts = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in mem.as_dict().items() if v)
-    fixes = ("more GPUs (tp, pp), a smaller batch or micro_batch, recompute full, zero, or lora_rank"
-             if job.phase == "train" else
-             "more GPUs (tp, pp), a smaller batch or context, or offload_weights cpu")
-    raise RoofplanError(
-        f"{model.name} {job.phase} does not fit: needs {fmt_bytes(peak)} per GPU but {gpu.name} has "
-        f"{fmt_bytes(gpu.mem_bytes)} (over by {fmt_bytes(peak - gpu.mem_bytes)}; {parts}); use {fixes}")
+    head = (f"{model.name} {job.phase} does not fit: needs {fmt_bytes(peak)} per GPU but {gpu.name} has "
+            f"{fmt_bytes(gpu.mem_bytes)} (over by {fmt_bytes(peak - gpu.mem_bytes)}; {parts}); use ")
+    if job.phase == "train":
+        raise FixError(head.replace("{", "{{").replace("}", "}}") + "more GPUs ({tp}, {pp}), a smaller {batch} or "
+                       "{micro_batch}, {recompute}, {zero} or {lora}", tp="tp", pp="pp", batch="batch",
+                       micro_batch="micro_batch", recompute=("recompute", "full"), zero="zero", lora="lora_rank")
+    raise FixError(head.replace("{", "{{").replace("}", "}}") + "more GPUs ({tp}, {pp}), a smaller {batch} or "
+                   "{context}, or {offload}", tp="tp", pp="pp", batch="batch", context="context",
+                   offload=("offload_weights", "cpu"))
 
 
 def _check_host_memory(model: ModelConfig, system: System, job: Job) -> None:
