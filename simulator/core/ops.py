@@ -740,6 +740,9 @@ def backward_ops(fwd: list[Op], job: Job, memory_ratio: float = 2.0) -> list[Op]
             out.append(Op(op.name + ".bwd", op.cls, 0.0, op.bytes, op.count, 1, "bwd", op.kind))
         elif op.cls == "embedding":
             out.append(Op(op.name + ".bwd", "embedding", 0.0, op.bytes * 2, op.count, 3, "bwd", dtype=op.dtype))
+        elif op.kind == "cast":
+            # a cast's gradient is the reverse cast: the same bytes, one kernel per tensor
+            out.append(Op(op.name + ".bwd", op.cls, op.flops, op.bytes, op.count, op.kernels, "bwd", op.kind, op.dtype))
         else:
             out.append(Op(op.name + ".bwd", op.cls, op.flops * 2, op.bytes * memory_ratio, op.count,
                           max(1, round(op.kernels * memory_ratio / 2)), "bwd", op.kind, op.dtype))

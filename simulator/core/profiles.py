@@ -133,6 +133,9 @@ class ExecutorProfile:
     attn_score_bytes_per_elem: float = 0.0  # unfused attention: HBM bytes per score element (0 = flash)
     attn_decode_efficiency_scale: float = 1.0  # this stack's decode attention (e.g. paged) vs the
                                                # microbenchmarked kernel, on HBM bandwidth
+    autocast_weight_casts: bool = False       # training under autocast with fp32 parameters: each
+                                              # forward casts every weight to the compute dtype (no
+                                              # bf16 working copy recast by the optimizer)
     fitted_on: str = ""                       # the hardware whose measurements fitted it ("" = from
                                               # the framework's code and published numbers only)
     persistent_grad_buffer: bool = False  # gradients live in buffers allocated for the whole run
@@ -246,6 +249,7 @@ _EXEC_FIELDS = {
     "attn_decode_efficiency_scale": ("attn_decode_efficiency_scale", None),
     "persistent_grad_buffer": ("persistent_grad_buffer", None),
     "fitted_on": ("fitted_on", None),
+    "autocast_weight_casts": ("autocast_weight_casts", None),
     "host_per_op_us": ("host_per_op_s", "per-class-us"),
     "host_per_layer_us": ("host_per_layer_s", US),
     "host_new_shape_us": ("host_new_shape_s", US),

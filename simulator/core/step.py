@@ -40,11 +40,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from simulator.core.comm import collective_time
-from simulator.core.constants import GRAD_REDUCE_BYTES
+from simulator.core.constants import GRAD_REDUCE_BYTES, RECAST_TRAFFIC_BYTES
 from simulator.core.memory import (MemoryBreakdown, inference_memory, memory_terms, param_split, stage_layers,
                                    stage_params, trainable_fraction, weight_params_per_gpu)
 from simulator.core.models import ModelConfig
-from simulator.core.ops import backward_ops, forward_ops, layer_forward_ops, loss_ops, optimizer_ops
+from simulator.core.ops import Op, backward_ops, forward_ops, layer_forward_ops, loss_ops, optimizer_ops
 from simulator.core.profiles import ExecutorProfile, KernelProfile
 from simulator.core.roofline import op_gpu_time_array
 from simulator.core.specs import System
@@ -373,7 +373,19 @@ def stage_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bool, coun
     if job.sp and job.tp > 1:
         fwd = [replace(o, flops=o.flops / job.tp, bytes=o.bytes / job.tp) if o.name.endswith(SEQUENCE_PARALLEL_OPS)
                else o for o in fwd]
+    if ex.autocast_weight_casts and not job.lora_rank:
+        linears = [lin for lin in model.layer_linears(moe) if lin.name != "router"]
+        fwd = [weight_cast_op(f"{'moe_layer.' if moe else 'layer.'}autocast_weight_cast",
+                              model.layer_params(moe) / job.tp, len(linears), count)] + fwd
     return fwd, backward_ops(fwd, ljob, ex.backward_memory_ratio)
+
+
+def weight_cast_op(name: str, params: float, kernels: int, count: int = 1) -> Op:
+    """Autocast with fp32 parameters casts each weight to the compute dtype when the forward first
+    uses it (torch.autocast; its cache keeps the copy for the backward): read 4 B, write 2 B per
+    parameter (RECAST_TRAFFIC_BYTES), one kernel per weight. It replaces the optimizer's recast
+    of a bf16 working copy."""
+    return Op(name, "elementwise", params, RECAST_TRAFFIC_BYTES * params, count, kernels, kind="cast")
 
 
 def end_ops(model: ModelConfig, job: Job, ex: ExecutorProfile):
@@ -385,6 +397,8 @@ def end_ops(model: ModelConfig, job: Job, ex: ExecutorProfile):
     ends = forward_ops(model, ljob, ex, layers=0, batch=mb, embed=True, head=True)
     emb = [o for o in ends if o.cls == "embedding"]
     head = [o for o in ends if o.cls != "embedding"]
+    if ex.autocast_weight_casts and not job.lora_rank:
+        head = [weight_cast_op("lm_head.autocast_weight_cast", model.vocab * model.hidden / job.tp, 1)] + head
     return (emb + backward_ops(emb, ljob, ex.backward_memory_ratio),
             head + loss_ops(model, ljob, mb * s_local) + backward_ops(head, ljob, ex.backward_memory_ratio))
 
@@ -488,7 +502,9 @@ def optimizer_seconds_per_param(model: ModelConfig, system: System, ex: Executor
     """AdamW + weight recast time per parameter (core optimizer ops, timed at 1e9 parameters: the
     step is bandwidth bound and linear in parameters at that size)."""
     n = 1e9
-    return sum(t for _, t, _ in _timed(optimizer_ops(model, Job(phase="train", batch=1, seq=1), n), system, kp, ex, 1)) / n
+    ops = [o for o in optimizer_ops(model, Job(phase="train", batch=1, seq=1), n)
+           if not (ex.autocast_weight_casts and o.name == "optimizer.cast_weights")]
+    return sum(t for _, t, _ in _timed(ops, system, kp, ex, 1)) / n
 
 
 def train_terms(model: ModelConfig, system: System, seq, st: StageTimes, tp, pp, dp, cp, ep, micro_batch, n_micro,
