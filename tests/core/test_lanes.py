@@ -1,0 +1,56 @@
+"""The two-lane timeline: the closed form for repeated layers equals an op-by-op replay."""
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from simulator.core.step import Lane, lanes, repeat
+
+ops = st.lists(st.tuples(st.floats(0, 50e-6), st.floats(0, 200e-6)), min_size=1, max_size=8)
+segment = st.tuples(st.integers(0, 6), ops)
+
+
+def replay(segments, host_start=0.0):
+    """end_j = max(end_{j-1}, issue_j) + d_j with issue_j = host clock after op j's host cost."""
+    end, issue = 0.0, host_start
+    for count, body in segments:
+        for _ in range(count):
+            for h, d in body:
+                issue += h
+                end = max(end, issue) + d
+    return end, issue
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(segment, min_size=1, max_size=4), st.floats(0, 1e-3))
+def test_closed_form_equals_replay(segments, host_start):
+    want_end, want_issue = replay(segments, host_start)
+    end, issue = lanes([(c, [h for h, _ in b], [d for _, d in b]) for c, b in segments], host_start)
+    assert np.isclose(end, want_end, rtol=1e-9, atol=1e-15) and np.isclose(issue, want_issue, rtol=1e-9, atol=1e-15)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(segment, min_size=1, max_size=4))
+def test_lane_summaries_chain_and_repeat_like_the_replay(segments):
+    """Lane.of / then / repeat (what training uses) give the same ends as the replay."""
+    end, issue = 0.0, 0.0
+    for count, body in segments:
+        lane = Lane.of([h for h, _ in body], [d for _, d in body])
+        end, issue = repeat(end, issue, count, lane)
+    want_end, want_issue = replay(segments)
+    assert np.isclose(end, want_end, rtol=1e-9, atol=1e-15) and np.isclose(issue, want_issue, rtol=1e-9, atol=1e-15)
+    if len(segments) >= 2 and segments[0][0] and segments[1][0]:
+        (c0, b0), (c1, b1) = segments[:2]
+        joined = Lane.of(*zip(*b0)).then(Lane.of(*zip(*b1)))
+        e, i = repeat(0.0, 0.0, 1, joined)
+        we, wi = replay([(1, b0), (1, b1)])
+        assert np.isclose(e, we, rtol=1e-9, atol=1e-15) and np.isclose(i, wi, rtol=1e-9, atol=1e-15)
+
+
+def test_a_cuda_graph_is_the_sum_of_its_kernels():
+    end, issue = lanes([(32, [0.0, 0.0], [1e-5, 2e-5])])
+    assert np.isclose(end, 32 * 3e-5, rtol=1e-12) and issue == 0.0
+
+
+def test_host_bound_layers_take_the_host_time():
+    # 40 us of host work per layer against 10 us of kernels: 32 layers take 32 x 40 us + the last kernel
+    end, issue = lanes([(32, [40e-6], [10e-6])])
+    assert np.isclose(issue, 32 * 40e-6) and np.isclose(end, 32 * 40e-6 + 10e-6)
