@@ -84,13 +84,20 @@ def validation_levels(end_to_end: str | Path, step_times: str | Path | None = No
     df = compare_cases(hardware, cases)
     ok = df[df["time_error"].notna()] if "time_error" in df else df.iloc[0:0]
     name = Path(end_to_end).name
+    from simulator.core.expected_error import calibration_level
+    system = load_hardware(hardware)
+    kp = load_kernel_profile(system.gpu.name)
     for exe in sorted({c.get("executor", "default") for c in cases}):
+        try:
+            level = "/".join(calibration_level(system, kp, load_executor_profile(exe)))
+        except RoofplanError:
+            continue
         for kind in ("inference", "train"):
             ids = {c.get("id", "") for c in cases if c.get("executor", "default") == exe
                    and (c["phase"] == "train") == (kind == "train")}
             errs = ok[ok["id"].isin(ids)]["time_error"]
             if len(errs):
-                levels[f"measured/measured/{exe}/{kind}"] = row(errs, f"{len(errs)} {exe} {kind} cases of {name} ({hardware})")
+                levels[f"{level}/{exe}/{kind}"] = row(errs, f"{len(errs)} {exe} {kind} cases of {name} ({hardware})")
     gpu_bound = [c for c in cases if c.get("executor", "default") == "default"]
     ds = compare_cases(hardware, gpu_bound, kernel_profile=DATASHEET)
     levels["datasheet/measured"] = row(ds["time_error"], f"the {len(ds)} default-executor cases of {name} "

@@ -7,7 +7,7 @@ from simulator.core.predict import predict
 from simulator.core.profiles import load_executor_profile, load_kernel_profile
 from simulator.report.tables import add_format_arg, emit, fmt_of
 from simulator.core.specs import load_hardware
-from simulator.core.units import GiB, fmt_bytes, fmt_time
+from simulator.core.units import GiB, fmt_bytes, fmt_rate, fmt_time
 from simulator.core.workload import Job
 
 
@@ -107,7 +107,7 @@ def cmd_predict(args) -> int:
                 + f" recompute {j.recompute}" + (" sp" if j.sp else "") + (f" lora r{j.lora_rank}" if j.lora_rank else ""))
     mem = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in pred.memory.as_dict().items() if v)
     title = f"{what} on {system.name}{par} ({ex.name} executor, kernel profile {kp.fitted_on})"
-    footer = (f"\nstep time {fmt_time(pred.time_s)}  |  {pred.tokens_per_s:,.0f} tokens/s  |  bound: {pred.bound}\n"
+    footer = (f"\nstep time {fmt_time(pred.time_s)}  |  {fmt_rate(pred.tokens_per_s)} tokens/s  |  bound: {pred.bound}\n"
               f"peak memory {pred.peak_memory_bytes / GiB:.2f} GiB per GPU of {system.gpu.mem_bytes / GiB:.0f} GiB ({mem})")
     if j.phase == "train":
         terms = ", ".join(f"{k} {fmt_time(v)}" for k, v in pred.time_terms.items() if v > 0)

@@ -15,7 +15,7 @@ from simulator.core.pricing import cheapest_price_per_gpu_h
 from simulator.core.profiles import load_executor_profile, load_kernel_profile
 from simulator.report.tables import add_format_arg, emit, fmt_of
 from simulator.core.specs import load_hardware
-from simulator.core.units import GiB, fmt_time
+from simulator.core.units import GiB, fmt_rate, fmt_time
 from simulator.cli.predict import job_from_args
 
 
@@ -63,7 +63,7 @@ def cmd_whatif(args) -> int:
                 continue
             usd = price * n / 3600 / p.tokens_per_s * 1e6 if price else None
             fits = p.fits
-            rows.append([hw, n, fmt_time(p.time_s) if fits else "-", f"{p.tokens_per_s:,.0f}" if fits else "-",
+            rows.append([hw, n, fmt_time(p.time_s) if fits else "-", fmt_rate(p.tokens_per_s) if fits else "-",
                          f"{p.peak_memory_bytes / GiB:.1f} / {system.gpu.mem_bytes / GiB:.0f}",
                          f"{usd:.3f}" if usd is not None and fits else "-",
                          p.bound, "ok" if fits else "does not fit"])

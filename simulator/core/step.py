@@ -259,10 +259,18 @@ def inference_cost(model: ModelConfig, system: System, job: Job, ex: ExecutorPro
         other = stage - np.maximum(layer_time, sum(sum(hs) * c for c, hs, ds in layer_segs))
         ends = (model.embedding_params + model.head_params) / job.tp
         layer_bytes = (weight_params_per_gpu(model, job) - ends) / lps * a
-        layer_transfer = layer_bytes / h2d_Bps(system, kp, job.host_memory) + kp.copy_latency_s
+        bw = h2d_Bps(system, kp, job.host_memory)
+        layer_transfer = layer_bytes / bw + kp.copy_latency_s
         transfer = transfer + layer_transfer * lps
         stage = other + stream_schedule(per_layer, layer_transfer, lps, job.overlap)
-        mem = inference_memory(model, job, ex, weights_on_gpu=False, offload_buffers=2 * layer_bytes + ends * a)
+        resident_ends = ends * a
+        if ex.offload_embeddings:
+            # the embedding and the LM head travel too, each before its own use, not overlapped
+            ends_transfer = ends * a / bw + 2 * kp.copy_latency_s
+            transfer = transfer + ends_transfer
+            stage = stage + ends_transfer
+            resident_ends = max(model.embedding_params, model.head_params) / job.tp * a
+        mem = inference_memory(model, job, ex, weights_on_gpu=False, offload_buffers=2 * layer_bytes + resident_ends)
     else:
         mem = inference_memory(model, job, ex)
     pp_hops = 0.0

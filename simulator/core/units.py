@@ -42,3 +42,8 @@ def fmt_time(t: float) -> str:
     if t >= 1e-3:
         return f"{t * 1e3:.3g} ms"
     return f"{t * 1e6:.3g} us"
+
+
+def fmt_rate(x: float) -> str:
+    """A rate for a table: thousands separated, two significant digits below 10 (0.46, not 0)."""
+    return f"{x:,.0f}" if x >= 10 else f"{x:.2g}"

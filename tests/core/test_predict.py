@@ -61,11 +61,12 @@ def _framework_errors(end_to_end):
     """(kind, case id, time error) of every framework-bound case with its own executor."""
     out = []
     for c in end_to_end["cases"]:
-        if c["id"] not in FRAMEWORK_BOUND or c.get("executor") == "accelerate":
+        if c["id"] not in FRAMEWORK_BOUND and c.get("executor") != "hf-eager":
             continue
         ex = load_executor_profile(c.get("executor", "default"))
         p = predict(load_model(c["model"]), H100, job_of(c), ex, check_memory=False)
-        kind = "train" if c["phase"] == "train" else "hf-eager"
+        kind = ("accelerate" if c.get("executor") == "accelerate" else "lora" if c.get("lora_rank")
+                else "train" if c["phase"] == "train" else "hf-eager")
         out.append((kind, c["id"], p.time_s / c["time_s"] - 1))
     return out
 
@@ -73,20 +74,28 @@ def _framework_errors(end_to_end):
 def test_hf_eager_inference_on_models_the_host_model_never_saw(end_to_end):
     """HF eager prefill and decode: the host lane's constants come from the Llama-3.1-8B trace and
     two 8B cases; the 12 Llama-3.2-1B cases are held out. Issue 12's bars: MAPE <= 15%, worst <= 35%
-    (2026-11-30: MAPE 4.1%, worst -8.6%)."""
+    (2026-11-30: MAPE 3.3%, worst +7.7%; the two fitted 8B cases included)."""
     errs = [e for kind, _, e in _framework_errors(end_to_end) if kind == "hf-eager"]
-    assert len(errs) == 14
+    assert len(errs) == 15
     assert sum(map(abs, errs)) / len(errs) <= 0.15
     assert max(map(abs, errs)) <= 0.35
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 12 'Model the software, not just the GPU': the training host lane is not modelled yet; on "
-    "2026-11-30 HF training b1 -34%, b4 -2%, b8 ckpt +2%, PEFT LoRA -61%; accelerate offload has no profile"))
-def test_framework_bound_training_and_offload(end_to_end):
+def test_hf_training_step_time(end_to_end):
+    """HF training (fp32 master, autocast, fused AdamW) on the two lanes; host costs from the
+    batch-4 training trace, batch 1 and batch 8 with recompute held out. Issue 12's bar: MAPE
+    <= 10% (2026-11-30: b4 +0.1%, b1 -14.4%, b8 +4.0%, MAPE 6.2%)."""
     errs = [e for kind, _, e in _framework_errors(end_to_end) if kind == "train"]
+    assert len(errs) == 3
     assert sum(map(abs, errs)) / len(errs) <= 0.10
-    assert "accelerate" in [p.stem for p in (REPO_ROOT / "hardware_specs/profiles/executors").glob("*.yaml")]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 12 'Model the software, not just the GPU': PEFT LoRA's adapter ops are not modelled (2026-11-30: "
+    "-60.7%), accelerate offload copies at the microbenchmarked pageable rate (-26.6%)"))
+def test_framework_bound_lora_and_accelerate(end_to_end):
+    errs = dict((kind, e) for kind, _, e in _framework_errors(end_to_end) if kind in ("lora", "accelerate"))
+    assert abs(errs["lora"]) <= 0.10 and abs(errs["accelerate"]) <= 0.15
 
 
 def test_memory_mape(end_to_end):
