@@ -114,6 +114,9 @@ def cmd_predict(args) -> int:
         footer += (f"\nstep terms: {terms}"
                    f"\nmodel FLOP/s per GPU {pred.model_flops_per_gpu_s / 1e12:.0f} T, hardware FLOP/s per GPU "
                    f"{pred.hardware_flops_per_gpu_s / 1e12:.0f} T, MFU {100 * pred.mfu:.1f}%")
+    if any(s["lane"] == "host" for s in pred.critical_path):
+        footer += "\ncritical path: " + ", ".join(
+            f"{s['segment']}{' x' + str(s['count']) if s['count'] > 1 else ''} {s['lane']}" for s in pred.critical_path)
     if pred.expected_error:
         e = pred.expected_error
         footer += (f"\nexpected error: {100 * e['time_mape']:.1f}% mean, {100 * e['time_worst']:.0f}% worst on "

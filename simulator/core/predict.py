@@ -48,6 +48,7 @@ class Prediction:
     host_time_s: float = 0.0         # the host lane: CPU time to issue the step's ops
     device_busy_s: float = 0.0       # the device lanes: kernels, copies and collectives
     expected_error: dict | None = None   # validated error at this calibration level (core.expected_error)
+    critical_path: tuple = ()        # inference: per op segment, the lane (host / device) that set the pace
 
     def by_class(self) -> pd.DataFrame:
         """Time, FLOPs and bytes by op class (host: host time the device could not hide)."""
@@ -86,6 +87,8 @@ class Prediction:
             "time_by_class_s": {k: float(v) for k, v in by["time_s"].items()},
             "time_by_resource_s": dict(self.time_by_resource),
             "expected_error": self.expected_error,
+            "critical_path": [{k: (float(np.asarray(v).reshape(-1)[0]) if k.endswith("_s") else v) for k, v in seg.items()}
+                              for seg in self.critical_path],
             "notes": list(self.notes),
         }
         if j.phase == "train":
@@ -159,7 +162,7 @@ def predict(model: ModelConfig, system: System, job: Job, executor: ExecutorProf
         time_by_resource={k: float(v) for k, v in cost.time_by_resource.items()},
         time_terms={k: float(v) for k, v in cost.time_by_term.items()} if job.phase == "train" else {},
         host_time_s=float(cost.host_time_s), device_busy_s=float(cost.device_busy_s),
-        expected_error=_expected(system, kp, ex, job.phase))
+        expected_error=_expected(system, kp, ex, job.phase), critical_path=cost.critical_path)
 
 
 def _expected(system: System, kp: KernelProfile, ex: ExecutorProfile, phase: str) -> dict | None:

@@ -72,6 +72,7 @@ class StepCost:
     transfer_time_s: np.ndarray | float = 0.0
     host_time_s: np.ndarray | float = 0.0          # the host lane: CPU time to issue the step
     device_busy_s: np.ndarray | float = 0.0        # the device lanes: kernel and collective time
+    critical_path: tuple = ()                      # per op segment: which lane set the pace (one config)
 
     @property
     def peak_memory_bytes(self):
@@ -157,7 +158,7 @@ def op_host_s(op, ex: ExecutorProfile) -> float:
     return ex.host_per_op_s.get(op.cls, 0.0) + op.kernels * ex.host_overhead_per_kernel_s
 
 
-def lanes(segments, host_start=0.0):
+def lanes(segments, host_start=0.0, trail: list | None = None):
     """Host and device lanes of a sequence of op segments (Lamport-style max-plus timeline).
 
     The host issues the ops in order, spending h_j on op j; the device runs each kernel when it
@@ -168,15 +169,21 @@ def lanes(segments, host_start=0.0):
     d_j + .. + d_n),
         device end = max(end + count D, issue + A + (count - 1) max(H, D)),  issue += count H.
     With no host cost (a CUDA graph) the device end is the sum of the kernel times. Vectorised
-    over the d_j arrays. Returns (device end, host end)."""
+    over the d_j arrays. Returns (device end, host end); `trail` collects, per segment, (device
+    seconds, host seconds, device seconds spent waiting for the host) for the critical path."""
     end, issue = 0.0, host_start
     for count, hs, ds in segments:
         if not count or not ds:
+            if trail is not None:
+                trail.append((0.0, 0.0, 0.0))
             continue
         D = sum(ds)
         H = float(sum(hs))
+        before = end
         if H == 0.0:
             end = np.maximum(end + count * D, issue + count * D)
+            if trail is not None:
+                trail.append((count * D, 0.0, end - before - count * D))
             continue
         A, Hj, suffix = None, 0.0, D
         for h, d in zip(hs, ds):
@@ -186,6 +193,8 @@ def lanes(segments, host_start=0.0):
             suffix = suffix - d
         end = np.maximum(end + count * D, issue + A + (count - 1) * np.maximum(H, D))
         issue = issue + count * H
+        if trail is not None:
+            trail.append((count * D, count * H, end - before - count * D))
     return end, issue
 
 
@@ -238,8 +247,15 @@ def inference_cost(model: ModelConfig, system: System, job: Job, ex: ExecutorPro
     # the attention graph the backend builds for a KV length it has not seen (one per step)
     host_start = ex.host_overhead_per_step_s + (ex.host_new_shape_s if job.phase == "decode" else 0.0)
     layer_segs = [(c, hs, ds) for c, hs, ds, name in segments if name in ("layer", "moe_layer")]
-    end_device, end_host = lanes([(c, hs, ds) for c, hs, ds, _ in segments], host_start)
+    trail: list = []
+    end_device, end_host = lanes([(c, hs, ds) for c, hs, ds, _ in segments], host_start, trail)
     stage = np.maximum(end_device, end_host)
+    # the critical path, segment by segment: the host when the device spent more than a tenth of
+    # the segment waiting for it, else the device
+    critical = tuple({"segment": name, "count": c,
+                      "lane": "host" if float(np.max(wait)) > 0.1 * float(np.max(dev + wait)) else "device",
+                      "device_s": dev * job.pp, "host_s": host * job.pp, "device_waited_s": wait * job.pp}
+                     for (c, _, _, name), (dev, host, wait) in zip(segments, trail)) if keep_ops else ()
     if keep_ops:   # the host-only work, in issue order, and the host time the device could not hide
         first = {name: next(i for i, r in enumerate(rows) if r.name.startswith(name + ".")) for *_, name in segments
                  if name in ("layer", "moe_layer")}
@@ -297,7 +313,7 @@ def inference_cost(model: ModelConfig, system: System, job: Job, ex: ExecutorPro
                     time_by_resource=resources, time_by_term=terms,
                     transfer_time_s=np.broadcast_to(transfer, shape),
                     host_time_s=np.broadcast_to(end_host * job.pp, shape),
-                    device_busy_s=np.broadcast_to(device * job.pp + pp_hops, shape))
+                    device_busy_s=np.broadcast_to(device * job.pp + pp_hops, shape), critical_path=critical)
     return cost, rows
 
 

@@ -54,3 +54,18 @@ def test_host_bound_layers_take_the_host_time():
     # 40 us of host work per layer against 10 us of kernels: 32 layers take 32 x 40 us + the last kernel
     end, issue = lanes([(32, [40e-6], [10e-6])])
     assert np.isclose(issue, 32 * 40e-6) and np.isclose(end, 32 * 40e-6 + 10e-6)
+
+
+def test_critical_path_names_the_lane_that_sets_the_pace():
+    from simulator.core.models import load_model
+    from simulator.core.predict import predict
+    from simulator.core.profiles import load_executor_profile
+    from simulator.core.specs import load_hardware
+    from simulator.core.workload import Job
+    m, h, ex = load_model("llama-3.2-1b"), load_hardware("h100-sxm"), load_executor_profile("hf-eager")
+    lane = lambda p: {s["segment"]: s["lane"] for s in p.critical_path}["layer"]
+    decode = predict(m, h, Job("decode", batch=1, context=512), ex)
+    prefill = predict(m, h, Job("prefill", batch=32, seq=512), ex)
+    graph = predict(m, h, Job("decode", batch=1, context=512))
+    assert (lane(decode), lane(prefill), lane(graph)) == ("host", "device", "device")
+    assert decode.bound == "host" and decode.host_time_s > 10 * decode.device_busy_s
