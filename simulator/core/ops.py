@@ -265,29 +265,51 @@ def _expert_gemm_cost(c: LayerCall, lin: Linear, k_in: int, n_out: int):
     return flops, weights + activations
 
 
-def _lora_cost(c: LayerCall, k_in: int, n_out: int):
-    """(FLOPs, bytes) of the LoRA adapters beside a frozen linear (Hu et al. 2021): x A B with
-    A k_in x r and B r x n_out, FLOPs = 2 T r (k_in + n_out); the adapter weights read once and
-    the T x r intermediate written and read back."""
+def lora_adapter_ops(c: LayerCall, lin: Linear) -> list[Op]:
+    """The ops PEFT adds beside a frozen linear (Hu et al. 2021; peft.tuners.lora.layer.Linear.forward:
+    result = base(x); x = x.to(adapter dtype); result = result + lora_B(lora_A(x)) * scaling;
+    result.to(base dtype)), with the adapters in the executor's `lora_adapter_dtype` (PEFT keeps
+    them in fp32 by default: autocast_adapter_dtype=True): the input cast, two small GEMMs
+    (2 T r k_in and 2 T r n_out FLOPs), and scale, add and cast back over the output."""
+    k_in, n_out = _split_tp(lin, c.tp)
     r = c.job.lora_rank
-    flops = (
-        2.0  # FLOPs per multiply-add
-        * c.tokens  # T: tokens through the layer
-        * r  # LoRA rank
-        * (k_in + n_out)  # A then B
-    )
-    weights = (
-        r  # LoRA rank
-        * (k_in + n_out)  # A and B
-        * c.weight_bytes  # bytes per weight element
-    )
-    intermediate = (
-        2  # written by x A, read by B
-        * c.tokens  # T: tokens through the layer
-        * r  # LoRA rank
-        * c.act_bytes  # bytes per activation element
-    )
-    return flops, weights + intermediate
+    a = c.act_bytes
+    ad = DTYPE_BYTES[c.ex.lora_adapter_dtype]
+    T = c.tokens
+    name = f"{c.prefix}{lin.name}.lora"
+    ops = []
+    if ad != a:
+        ops.append(Op(f"{name}_cast_in", "elementwise", T * k_in, T * k_in * (a + ad), c.count, 1, kind="cast",
+                      dtype=c.job.dtype))
+    ops.append(Op(f"{name}_A", "gemm",
+                  2.0 * T * r * k_in,  # FLOPs: T x k_in times k_in x r
+                  (T * k_in + k_in * r + T * r) * ad,  # x, A, x A in the adapter dtype
+                  c.count, kind="lora", dtype=c.ex.lora_adapter_dtype))
+    ops.append(Op(f"{name}_B", "gemm",
+                  2.0 * T * r * n_out,  # FLOPs: T x r times r x n_out
+                  (T * r + r * n_out + T * n_out) * ad,  # x A, B, its output
+                  c.count, kind="lora", dtype=c.ex.lora_adapter_dtype))
+    ops.append(Op(f"{name}_scale_add", "elementwise", 2.0 * T * n_out,
+                  T * n_out * (
+                      2 * ad  # * scaling: read and write the adapter output
+                      + (a + 2 * ad)  # base + adapter, promoted to the adapter dtype
+                      + (ad + a)),  # cast the sum back to the base dtype
+                  c.count, 3, dtype=c.job.dtype))
+    return ops
+
+
+def with_lora(c: LayerCall, ops: list[Op]) -> list[Op]:
+    """`ops` with PEFT's adapter ops after every adapted linear (not experts, not the router)."""
+    if not c.job.lora_rank:
+        return ops
+    adapted = {lin.name: lin for lin in _linears(c.model, c.moe, c.ex) if not lin.moe and lin.name != "router"}
+    out = []
+    for op in ops:
+        out.append(op)
+        short = op.name[len(c.prefix):]
+        if op.cls == "gemm" and short in adapted:
+            out += lora_adapter_ops(c, adapted[short])
+    return out
 
 
 def _gemm_op(c: LayerCall, lin: Linear) -> Op:
@@ -300,10 +322,6 @@ def _gemm_op(c: LayerCall, lin: Linear) -> Op:
         flops, bytes_ = _expert_gemm_cost(c, lin, k_in, n_out)
     else:
         flops, bytes_ = _dense_gemm_cost(c, k_in, n_out)
-    if c.job.lora_rank and not lin.moe and lin.name != "router":
-        lora_flops, lora_bytes = _lora_cost(c, k_in, n_out)
-        flops += lora_flops
-        bytes_ += lora_bytes
     return Op(f"{c.prefix}{lin.name}", "gemm", flops, bytes_, c.count, dtype=c.job.dtype)
 
 
@@ -638,7 +656,7 @@ def layer_forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bo
     """Forward ops of one decoder layer on one GPU (tensor-parallel shard of `job.tp`), in the
     order the layer issues them."""
     c = LayerCall(model, job, ex, moe, count, tokens, batch, q_len, kv_len, prefix)
-    return (
+    return with_lora(c, (
         norm_ops(c, "attn_norm")
         + autocast_cast_ops(c, ATTENTION_CAST_INPUTS)
         + attention_projection_ops(c)
@@ -654,7 +672,7 @@ def layer_forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bo
         + expert_parallel_all_to_all_ops(c)
         + tensor_parallel_allreduce_ops(c, "mlp")
         + residual_add_ops(c, "residual_add2")
-    )
+    ))
 
 
 # --------------------------------------------------------------------------------------------
@@ -729,7 +747,7 @@ def backward_ops(fwd: list[Op], job: Job, memory_ratio: float = 2.0) -> list[Op]
     out = []
     for op in fwd:
         if op.cls == "gemm":
-            frozen = job.lora_rank > 0
+            frozen = job.lora_rank > 0 and op.kind != "lora"     # the adapters themselves train
             mult = 1.0 if frozen else 2.0
             out.append(Op(op.name + ".bwd", "gemm", op.flops * mult, op.bytes * mult, op.count, 2 if not frozen else 1,
                           "bwd", dtype=op.dtype))

@@ -133,6 +133,8 @@ class ExecutorProfile:
     attn_score_bytes_per_elem: float = 0.0  # unfused attention: HBM bytes per score element (0 = flash)
     attn_decode_efficiency_scale: float = 1.0  # this stack's decode attention (e.g. paged) vs the
                                                # microbenchmarked kernel, on HBM bandwidth
+    lora_adapter_dtype: str = "fp32"          # PEFT keeps LoRA adapters in fp32 beside a bf16/fp16 base
+                                              # (LoraConfig/get_peft_model autocast_adapter_dtype=True)
     offload_embeddings: bool = False          # weight offload moves the embedding and LM head too
                                               # (accelerate.cpu_offload hooks every module)
     autocast_weight_casts: bool = False       # training under autocast with fp32 parameters: each
@@ -253,6 +255,7 @@ _EXEC_FIELDS = {
     "fitted_on": ("fitted_on", None),
     "autocast_weight_casts": ("autocast_weight_casts", None),
     "offload_embeddings": ("offload_embeddings", None),
+    "lora_adapter_dtype": ("lora_adapter_dtype", None),
     "host_per_op_us": ("host_per_op_s", "per-class-us"),
     "host_per_layer_us": ("host_per_layer_s", US),
     "host_new_shape_us": ("host_new_shape_s", US),
