@@ -4,7 +4,6 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from simulator.core.errors import RoofplanError
-from simulator.core.paths import REPO_ROOT
 from simulator.core.memory import kv_cache_bytes, training_memory
 from simulator.core.models import load_model
 from simulator.core.predict import predict
