@@ -212,7 +212,7 @@ def inference_cost(model: ModelConfig, system: System, job: Job, ex: ExecutorPro
     by_bound = {b: np.zeros(shape) for b in BOUNDS}
     by_class: dict[str, np.ndarray] = {}
     rows: list[OpRow] = []
-    segments: list[list] = []          # [count, host per op, device per op], in issue order
+    segments: list[list] = []          # [count, host per op, device per op, name], in issue order
     for i, op in enumerate(fwd):
         if i in by_tokens:   # timed once per distinct token count, gathered to every configuration
             unique_op, inverse = by_tokens[i]
