@@ -86,12 +86,15 @@ def kv_cache_bytes(model: ModelConfig, job: Job) -> float:
     return job.batch * tokens * layers * per_tok_layer * job.kv_bytes_per_elem
 
 
-def inference_activation_bytes(model: ModelConfig, job: Job) -> float:
-    """Largest set of transient tensors alive during one forward (one layer at a time)."""
+def inference_activation_bytes(model: ModelConfig, job: Job, fused_gate_up: bool = True) -> float:
+    """Largest set of transient tensors alive during one forward (one layer at a time). The gated
+    MLP's peak: a fused gate-up output (2f) beside silu(gate) and the product (4f in all); with
+    separate gate and up projections the gate output is freed once activated (silu(gate), up and
+    their product: 3f, as HF's LlamaMLP runs it)."""
     a = DTYPE_BYTES[job.dtype]
     T = job.batch * (1 if job.phase == "decode" else job.seq)
     f = (model.top_k * model.expert_ffn_dim + model.n_shared_experts * model.shared_ffn_dim) if model.is_moe else model.ffn_dim
-    mlp = (4 if model.gated_mlp else 2) * f / job.tp
+    mlp = ((4 if fused_gate_up else 3) if model.gated_mlp else 2) * f / job.tp
     per_token = a * (2 * model.hidden + mlp) + INFER_FP32_TEMPS * 4 * model.hidden
     logits = job.batch * model.vocab / job.tp * 4
     return T * per_token + logits
@@ -131,7 +134,8 @@ def inference_memory(model: ModelConfig, job: Job, ex: ExecutorProfile, weights_
     P = weight_params_per_gpu(model, job)
     w = P * DTYPE_BYTES[job.dtype] if weights_on_gpu else offload_buffers
     return MemoryBreakdown(weights=w, kv_cache=kv_cache_bytes(model, job),
-                           activations=inference_activation_bytes(model, job), workspace=ex.workspace_bytes)
+                           activations=inference_activation_bytes(model, job, ex.fused_gate_up),
+                           workspace=ex.workspace_bytes)
 
 
 # ---------------------------------------------------------------------------------------------
