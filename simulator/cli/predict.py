@@ -127,5 +127,5 @@ def cmd_predict(args) -> int:
         from simulator.report.plots import prediction_figure
         prediction_figure(pred, system, args.plot)
     emit(fmt_of(args), json_obj=pred.as_dict(), rows=rows, header=["op class", "time", "share", "TFLOP", "bytes"],
-         title=title, footer=footer)
+         title=title, footer=footer, csv_record=True)
     return 0

@@ -67,11 +67,27 @@ def to_csv(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     return buf.getvalue()
 
 
+def flat_record(obj: dict, prefix: str = "") -> dict:
+    """One CSV record of a JSON result: scalars as they are, nested mappings as "a.b" columns
+    (lists are left out: they are tables of their own)."""
+    out = {}
+    for k, v in obj.items():
+        if isinstance(v, dict):
+            out.update(flat_record(v, f"{prefix}{k}."))
+        elif not isinstance(v, (list, tuple)):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def emit(fmt: str, *, json_obj: Any, rows: Sequence[Sequence[Any]], header: Sequence[str], title: str = "",
-         footer: str = "") -> None:
-    """Print one result in the chosen format (`table`, `json`, `csv`)."""
+         footer: str = "", csv_record: bool = False) -> None:
+    """Print one result in the chosen format (`table`, `json`, `csv`). With `csv_record` the CSV is
+    the JSON result as one record of raw numbers (SI units), not the table's formatted rows."""
     if fmt == "json":
         print(to_json(json_obj))
+    elif fmt == "csv" and csv_record:
+        rec = flat_record(json.loads(to_json(json_obj)))
+        sys.stdout.write(to_csv([list(rec.values())], list(rec)))
     elif fmt == "csv":
         sys.stdout.write(to_csv(rows, header))
     else:

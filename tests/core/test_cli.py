@@ -25,7 +25,7 @@ def test_predict_json_contract(capsys):
 def test_predict_csv_and_table(capsys):
     code, out, _ = run(capsys, "predict", "--model", "llama-3.2-1b", "--hardware", "h100-sxm", "--phase", "prefill",
                        "--batch", "2", "--seq", "512", "--format", "csv")
-    assert code == 0 and out.splitlines()[0].startswith("op class,")
+    assert code == 0 and out.splitlines()[0].startswith("model,hardware,phase,") and len(out.splitlines()) == 2
     code, out, _ = run(capsys, "predict", "--model", "llama-3.2-1b", "--hardware", "h100-sxm", "--phase", "train",
                        "--batch", "2", "--seq", "512", "--format", "table")
     assert code == 0 and "MFU" in out and "peak memory" in out
@@ -105,3 +105,18 @@ def test_hw_and_models_listing(capsys):
     assert code == 0 and json.loads(out)["sm_count"] == 132
     code, out, _ = run(capsys, "models", "--format", "json")
     assert code == 0 and any(m["name"] == "deepseek-v3" for m in json.loads(out))
+
+
+def test_predict_csv_is_the_json_result_as_one_record(capsys):
+    """--format csv carries the step time and memory as raw SI numbers (one record), the same as JSON."""
+    import csv
+    import io
+    import json
+    argv = ["predict", "--model", "llama-3.1-8b", "--hardware", "h100-sxm", "--phase", "decode", "--batch", "16",
+            "--context", "512"]
+    assert main(argv + ["--format", "json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert main(argv + ["--format", "csv"]) == 0
+    (row,) = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert float(row["time_s"]) == d["time_s"] and float(row["peak_memory_bytes"]) == d["peak_memory_bytes"]
+    assert float(row["memory_bytes.kv_cache"]) == d["memory_bytes"]["kv_cache"] and row["bound"] == d["bound"]
