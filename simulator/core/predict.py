@@ -103,8 +103,13 @@ def system_for_job(system: System, job: Job) -> System:
     a named system must have them. Also checks that the GPU has the job's dtype."""
     from simulator.core.specs import system_from_gpu
     system.gpu.peak_flops(job.dtype)  # clear error if the GPU lacks the dtype
+    from simulator.core.specs import MAX_BARE_NODE_GPUS
     n = job.n_gpus
     if n > system.gpu_count and system.name == system.gpu.name:
+        if n > MAX_BARE_NODE_GPUS:
+            raise FieldError("n_gpus", n, f"the plan needs {n} GPUs (tp x pp x dp x cp) but a bare {system.gpu.name} "
+                             f"stands for one node of at most {MAX_BARE_NODE_GPUS}",
+                             "use a system with a network (roofplan hw list --kind system) or smaller degrees")
         return system_from_gpu(system.gpu, n)
     if job.tp > system.gpu_count:
         raise FieldError("tp", job.tp, f"exceeds the {system.gpu_count} GPUs of a {system.name} node",

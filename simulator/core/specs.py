@@ -337,12 +337,19 @@ def system_from_gpu(gpu: GPU, count: int = 1) -> System:
     )
 
 
+MAX_BARE_NODE_GPUS = 8   # an HGX/DGX baseboard: the largest node a bare GPU name can stand for
+
+
 def load_hardware(name: str) -> System:
     """A system by name, or a GPU name (one GPU; `Nx<gpu>` for N of them)."""
     if name in list_names("system"):
         return load_system(name)
     count, _, gpu_name = name.partition("x") if name[:1].isdigit() and "x" in name else ("1", "", name)
     if gpu_name in list_names("gpu") and count.isdigit():
+        if not 1 <= int(count) <= MAX_BARE_NODE_GPUS:
+            raise FieldError("hardware", name, f"a node of bare GPUs holds 1 to {MAX_BARE_NODE_GPUS} of them (one "
+                             f"baseboard on the GPU's own peer link)", "for more, use a system with a network "
+                             "(roofplan hw list --kind system)")
         return system_from_gpu(load_gpu(gpu_name), int(count))
     known = list_names("system") + list_names("gpu")
     raise RoofplanError(

@@ -120,3 +120,13 @@ def test_predict_csv_is_the_json_result_as_one_record(capsys):
     (row,) = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert float(row["time_s"]) == d["time_s"] and float(row["peak_memory_bytes"]) == d["peak_memory_bytes"]
     assert float(row["memory_bytes.kv_cache"]) == d["memory_bytes"]["kv_cache"] and row["bound"] == d["bound"]
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--hardware", "100000xh100-sxm", "--phase", "decode"], "--hardware 100000xh100-sxm: a node of bare GPUs holds 1 to 8"),
+    (["--hardware", "h100-sxm", "--phase", "decode", "--tp", "8", "--pp", "4"], "n_gpus = 32: the plan needs 32 GPUs"),
+])
+def test_a_bare_gpu_is_one_node_of_at_most_eight(argv, msg, capsys):
+    assert main(["predict", "--model", "llama-3.1-8b", *argv]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1

@@ -33,7 +33,7 @@ from simulator.core.models import load_model
 from simulator.core.parallel import ParallelPlan, train_step
 from simulator.core.predict import predict
 from simulator.core.profiles import load_executor_profile, load_kernel_profile
-from simulator.core.specs import System, load_hardware
+from simulator.core.specs import MAX_BARE_NODE_GPUS, System, load_hardware
 from simulator.core.workload import Job
 from simulator.sweep import predict_many
 
@@ -74,6 +74,7 @@ def node_for(hw: str, n_gpus: int) -> System:
     """A bare GPU grows to exactly `n_gpus` (so that scaled links are not re-read from the spec
     files by predict's system_for_job); a named node is used as it is."""
     if hw in BARE_GPUS:
+        assume(n_gpus <= MAX_BARE_NODE_GPUS)   # a bare GPU stands for one node of at most 8
         return hardware(hw if n_gpus == 1 else f"{n_gpus}x{hw}")
     return hardware(hw)
 
