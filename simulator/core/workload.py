@@ -80,6 +80,15 @@ def validate_job(job: Job, model: ModelConfig) -> Job:
         raise FieldError("kv_dtype", job.kv_dtype, "unknown", f"use one of {', '.join(DTYPE_BYTES)}")
     if job.phase in ("prefill", "train") and job.seq < 1:
         raise FieldError("seq", job.seq, f"phase {job.phase} needs tokens per sequence >= 1")
+    if job.phase == "decode" and job.seq:
+        raise FieldError("seq", job.seq, "a decode step has no prompt (its cached tokens are the context)",
+                         "drop seq, or give the cached tokens as context")
+    if job.phase != "decode" and job.context:
+        raise FieldError("context", job.context, f"applies to decode (a {job.phase} step starts with an empty cache)",
+                         "drop context, or use phase decode")
+    if job.phase == "train" and job.offload_weights != "gpu":
+        raise FieldError("offload_weights", job.offload_weights, "weight streaming is modelled for prefill and decode",
+                         "plan offloaded training with `roofplan plan offload --phase train`")
     if job.phase == "decode" and job.context < 0:
         raise FieldError("context", job.context, "must be >= 0")
     total = job.seq + (job.context if job.phase == "decode" else 0) + (1 if job.phase == "decode" else 0)

@@ -111,7 +111,7 @@ def test_run_modes_write_traces(tmp_path, capsys):
 @pytest.mark.parametrize("argv, msg", [
     (["run", "--model", TINY, "--phase", "prefill", "--device", "cuda", "--seq", "8"], "no CUDA device"),
     (["run", "--model", TINY, "--phase", "prefill"], "--seq 0: phase prefill needs"),
-    (["run", "--model", TINY, "--phase", "train", "--seq", "8", "--offload", "weights=cpu"], "applies to prefill and decode"),
+    (["run", "--model", TINY, "--phase", "train", "--seq", "8", "--offload", "weights=cpu"], "weight streaming is modelled for prefill and decode"),
     (["run", "--model", "deepseek-v3", "--phase", "prefill", "--seq", "8"], "builds dense decoders"),
 ])
 def test_run_bad_input(argv, msg, capsys):

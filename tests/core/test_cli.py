@@ -130,3 +130,14 @@ def test_a_bare_gpu_is_one_node_of_at_most_eight(argv, msg, capsys):
     assert main(["predict", "--model", "llama-3.1-8b", *argv]) == 2
     err = capsys.readouterr().err
     assert msg in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--phase", "decode", "--seq", "512"], "--seq 512: a decode step has no prompt"),
+    (["--phase", "prefill", "--seq", "512", "--context", "100"], "--context 100: applies to decode"),
+    (["--phase", "train", "--seq", "512", "--offload", "weights=cpu"], "--offload weights=cpu: weight streaming"),
+])
+def test_flags_a_phase_does_not_use_are_refused(argv, msg, capsys):
+    assert main(["predict", "--model", "llama-3.2-1b", "--hardware", "h100-sxm", *argv]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1
