@@ -191,7 +191,7 @@ def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: 
     rep = solve(prob, time_limit_s, gap, highs_options=dict(
         presolve="off", mip_heuristic_effort=0.0, mip_heuristic_run_rins=False,
         mip_heuristic_run_rens=False, mip_heuristic_run_root_reduced_cost=False))
-    if rep.status != "Optimal":
+    if not rep.has_solution:
         caps = ", ".join(f"{g}={c}" for g, c in (max_gpus or {}).items())
         raise FieldError("max_gpus", caps or "no caps", f"no fleet meets the load within the inventory "
                          f"(solver {rep.solver}: {rep.status})", "raise the caps or loosen the SLOs")

@@ -386,7 +386,7 @@ def _inference_lp(model, system, kp, ex, req, rates, gbs, nb, attn_cpu, fixed=No
     else:
         P += total + near
     rep = solve(P, time_limit_s=10, gap=1e-4)
-    if rep.status != "Optimal":
+    if not rep.has_solution:
         return None, rep
     tokens = bls * (n if req.phase == "decode" else s)
     model_flops = 2.0 * (model.params_total() - model.embedding_params) * tokens
@@ -492,7 +492,7 @@ def _train_lp(model, system, kp, ex, req, rates, mb, fixed=None, elastic=False):
     near = TIE_BREAK_S * (wc + oc + ac + 2 * (wd + od))
     P += (slack["gpu"] + slack["host"] + slack["nvme"] + 1e-3 * total) if elastic else total + near
     rep = solve(P, time_limit_s=10, gap=1e-4)
-    if rep.status != "Optimal":
+    if not rep.has_solution:
         return None, rep
     v, f = lp.value, lp.fraction
     fwd_flops = float(layer_df.loc[layer_df["name"].isin([o.name for o in fwd]) & (layer_df["pass"] == "fwd"), "flops"].sum()) / 2

@@ -17,10 +17,16 @@ import pulp
 
 @dataclass(frozen=True)
 class SolveReport:
-    solver: str        # "HiGHS" | "PULP_CBC_CMD"
-    status: str        # pulp.LpStatus text: Optimal | Infeasible | Unbounded | Not Solved | Undefined
-    gap: float         # relative MIP gap requested (0 for a pure LP solved to optimality)
+    solver: str        # "HiGHS" | "HiGHS_CMD" | "PULP_CBC_CMD"
+    status: str        # Optimal | Feasible (a limit stopped it with a solution, not proven) |
+                       # Infeasible | Unbounded | Not Solved | Undefined
+    gap: float         # relative MIP gap: the one HiGHS reached; for the command-line solvers, which
+                       # do not report it, the one requested (0 for a pure LP solved to optimality)
     time_s: float      # wall time of the solve call
+
+    @property
+    def has_solution(self) -> bool:
+        return self.status in ("Optimal", "Feasible")
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,6 +78,27 @@ def solve(problem: pulp.LpProblem, time_limit_s=10, gap=1e-4, highs_options: dic
             last_error = e
             continue
         is_mip = any(v.cat == pulp.LpInteger for v in problem.variables())
-        return SolveReport(solver=name, status=pulp.LpStatus[problem.status],
-                           gap=gap if is_mip else 0.0, time_s=time.perf_counter() - t0)
+        status, reached = pulp.LpStatus[problem.status], (gap if is_mip else 0.0)
+        highs = getattr(problem, "solverModel", None) if name == "HiGHS" else None
+        if highs is not None:   # what HiGHS says happened, not PuLP's mapping of it
+            status, reached = _highs_outcome(highs, status, is_mip)
+        return SolveReport(solver=name, status=status, gap=reached, time_s=time.perf_counter() - t0)
     raise RuntimeError(f"no LP solver could solve {problem.name}: {last_error}")
+
+
+def _highs_outcome(highs, pulp_status: str, is_mip: bool) -> tuple[str, float]:
+    """(status, reached relative gap) from the HiGHS instance PuLP solved with: PuLP reports a
+    time-limited incumbent as Optimal and cannot see the gap reached."""
+    import highspy
+    ms = highs.getModelStatus()
+    info = highs.getInfo()
+    has_solution = info.primal_solution_status == 2   # kSolutionStatusFeasible
+    if ms == highspy.HighsModelStatus.kOptimal:
+        return "Optimal", float(info.mip_gap) if is_mip else 0.0
+    if ms in (highspy.HighsModelStatus.kInfeasible,):
+        return "Infeasible", 0.0
+    if ms in (highspy.HighsModelStatus.kUnbounded, highspy.HighsModelStatus.kUnboundedOrInfeasible):
+        return "Unbounded" if ms == highspy.HighsModelStatus.kUnbounded else "Infeasible", 0.0
+    if has_solution:   # time or iteration limit with an incumbent
+        return "Feasible", float(info.mip_gap) if is_mip else float("nan")
+    return ("Not Solved" if pulp_status == "Optimal" else pulp_status), float("nan")

@@ -116,7 +116,7 @@ def cmd_plan_fleet(args) -> int:
     footer = (f"total ${plan.cost_usd_per_h:.2f}/h for {wl.rate_rps:g} req/s; SLO attainment (predicted) "
               f"{res.slo_attainment:.0%}; best single type {best_single[0]} ${best_single[1]:.2f}/h "
               f"(mix saves {saving:.0%}); single-type $/h: {singles}\n"
-              f"solver {plan.report.solver} {plan.report.status}, gap {plan.report.gap:g}, {plan.report.time_s:.2f} s")
+              f"solver {plan.report.solver} {plan.report.status}, gap {plan.report.gap:.2g}, {plan.report.time_s:.2f} s")
     if front:
         footer += "\npareto (slo scale: ttft/tpot ms -> $/h): " + ", ".join(
             f"{p['slo_ttft_ms']:.0f}/{p['slo_tpot_ms']:.0f} -> " + (f"{p['cost_usd_per_h']:.2f}" if math.isfinite(p['cost_usd_per_h']) else "infeasible")
