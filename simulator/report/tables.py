@@ -17,21 +17,25 @@ def default_format() -> str:
 
 
 def _jsonable(x: Any):
+    """Plain JSON values: numpy scalars and arrays unwrapped; NaN and infinities (which JSON does
+    not have) become null."""
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
     if isinstance(x, (np.integer,)):
         return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, np.ndarray):
-        return x.tolist()
+    if isinstance(x, (np.bool_,)):
+        return bool(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if np.isfinite(x) else None
     return x
 
 
 def to_json(obj: Any) -> str:
-    return json.dumps(_jsonable(obj), indent=2)
+    return json.dumps(_jsonable(obj), indent=2, allow_nan=False)
 
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str], align: str | None = None) -> str:

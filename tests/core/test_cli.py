@@ -141,3 +141,18 @@ def test_flags_a_phase_does_not_use_are_refused(argv, msg, capsys):
     assert main(["predict", "--model", "llama-3.2-1b", "--hardware", "h100-sxm", *argv]) == 2
     err = capsys.readouterr().err
     assert msg in err and err.count("\n") == 1
+
+
+def test_json_output_is_strict_json(capsys):
+    """JSON has no NaN or Infinity: missing numbers are null (validate's groups without memory)."""
+    import json
+    from simulator.core.paths import REPO_ROOT
+    e2e = REPO_ROOT.parent / "shared" / "measurements" / "h100-sxm" / "end_to_end.yaml"
+    if not e2e.is_file():
+        pytest.skip("shared measurements not beside the repo")
+    assert main(["validate", "--end-to-end", str(e2e), "--format", "json"]) == 0
+
+    def refuse(name):
+        raise ValueError(f"bare {name} in JSON output")
+    d = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert d["groups"]["offload"]["memory_mape"] is None
