@@ -15,12 +15,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from simulator.core.paths import REPO_ROOT
+from simulator.core.paths import data_dir
 from simulator.core.errors import RoofplanError, did_you_mean
 
 
 def models_root() -> Path:
-    return Path(os.environ.get("ROOFPLAN_MODELS_DIR", REPO_ROOT / "workloads" / "models"))
+    return data_dir("ROOFPLAN_MODELS_DIR", "workloads", "models")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ One file per item (gpus/, cpus/, links/, nvme/, systems/). YAML field names carr
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -15,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from simulator.core.paths import REPO_ROOT
+from simulator.core.paths import data_dir
 from simulator.core.errors import FieldError, RoofplanError, did_you_mean
 from simulator.core.units import GB, GiB, MiB, TFLOPS, US
 
@@ -24,7 +23,7 @@ SPEC_DIRS = {"gpu": "gpus", "cpu": "cpus", "link": "links", "nvme": "nvme", "sys
 
 def specs_root() -> Path:
     """The hardware_specs/ folder; ROOFPLAN_HW_DIR points elsewhere (tests, private specs)."""
-    return Path(os.environ.get("ROOFPLAN_HW_DIR", REPO_ROOT / "hardware_specs"))
+    return data_dir("ROOFPLAN_HW_DIR", "hardware_specs")
 
 
 # --------------------------------------------------------------------------------------------

@@ -156,3 +156,12 @@ def test_json_output_is_strict_json(capsys):
         raise ValueError(f"bare {name} in JSON output")
     d = json.loads(capsys.readouterr().out, parse_constant=refuse)
     assert d["groups"]["offload"]["memory_mape"] is None
+
+
+def test_missing_specs_folder_is_one_line(monkeypatch, capsys, tmp_path):
+    """An installed copy without hardware_specs/ (a plain `pip install .`) says where it looked,
+    instead of listing no hardware."""
+    monkeypatch.setenv("ROOFPLAN_HW_DIR", str(tmp_path / "nowhere"))
+    assert main(["hw", "list"]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere not found" in err and "ROOFPLAN_HW_DIR" in err and err.count("\n") == 1
