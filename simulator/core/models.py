@@ -292,7 +292,9 @@ def list_models() -> list[str]:
 def _load_cached(path_str: str, name: str, mtime: float) -> ModelConfig:
     path = Path(path_str)
     try:
-        cfg = json.loads(path.read_text())
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise RoofplanError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except json.JSONDecodeError as e:
         raise RoofplanError(f"{path}: malformed JSON at line {e.lineno} ({e.msg}); fix the syntax") from None
     except OSError as e:

@@ -221,15 +221,31 @@ SCHEMA: dict[str, list[tuple[str, str, Callable, bool]]] = {
 }
 
 
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """libyaml's C parser when PyYAML was built with it (10x faster, same documents), refusing a
+    key given twice in one mapping (YAML would keep the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key '{key}' given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path) -> Any:
-    """Parse a YAML file; a syntax error becomes one line naming the file and the line."""
+    """Parse a YAML file; a syntax error, a duplicate key or a file that is not UTF-8 text becomes
+    one line naming the file (and the line)."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise RoofplanError(f"{path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise RoofplanError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     try:
-        # libyaml's C parser when PyYAML was built with it: 10x faster, same documents
-        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -85,3 +85,26 @@ def test_optional_system_fields_may_be_omitted(hw_copy):
         "name: tiny-box\nkind: system\ndescription: one L4\ngpu: l4\ngpu_count: 1\nhost_link: pcie-gen4-x16\nsource: test\n")
     s = specs.load_system("tiny-box")
     assert s.gpu_link is None and s.peer_link.name == "pcie-gen4-x16" and s.host_mem_bytes is None
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    """YAML keeps the last of two equal keys silently (an 80 GiB GPU becoming 8 GiB): refused."""
+    from simulator.core.errors import RoofplanError
+    from simulator.core.specs import read_yaml
+    f = tmp_path / "gpu.yaml"
+    f.write_text("name: g\nmemory_GiB: 80\nmemory_GiB: 8\n")
+    with pytest.raises(RoofplanError, match=r"line 3 malformed YAML \(key 'memory_GiB' given twice\)"):
+        read_yaml(f)
+
+
+def test_files_that_are_not_utf8_are_one_line(tmp_path):
+    from simulator.core.errors import RoofplanError
+    from simulator.core.models import load_model
+    from simulator.core.specs import read_yaml
+    bad = b"\xff\xfe\x00 not text"
+    (tmp_path / "s.yaml").write_bytes(bad)
+    (tmp_path / "m.json").write_bytes(bad)
+    with pytest.raises(RoofplanError, match="not UTF-8 text"):
+        read_yaml(tmp_path / "s.yaml")
+    with pytest.raises(RoofplanError, match="not UTF-8 text"):
+        load_model(str(tmp_path / "m.json"))
