@@ -205,7 +205,36 @@ def _get(cfg: dict, path: Path, *keys: str, default: Any = ..., kind=int):
     return default
 
 
+MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3")
+BOOL_FIELDS = ("tie_word_embeddings", "attention_bias", "enable_bias", "mlp_bias")
+
+
 def parse_hf_config(cfg: Any, name: str, path: Path) -> ModelConfig:
+    """A ModelConfig from a Hugging Face config.json, checked: booleans are booleans, sizes are
+    positive, query heads split evenly over KV heads, an MoE routes each token to at most its
+    experts. Each problem is one line naming the file and the field."""
+    if isinstance(cfg, dict):
+        for key in BOOL_FIELDS:
+            if key in cfg and not isinstance(cfg[key], bool):
+                raise RoofplanError(f"{path}: field '{key}' is {cfg[key]!r}; it must be true or false")
+    m = _parse_hf_config(cfg, name, path)
+    for attr, field in (("hidden", "hidden_size"), ("n_layers", "num_hidden_layers"), ("n_heads", "num_attention_heads"),
+                        ("vocab", "vocab_size"), ("max_positions", "max_position_embeddings"), ("head_dim", "head_dim")):
+        if getattr(m, attr) <= 0:
+            raise RoofplanError(f"{path}: field '{field}' is {getattr(m, attr)}; it must be a positive integer")
+    if not m.is_mla and not (1 <= m.n_kv_heads <= m.n_heads and m.n_heads % m.n_kv_heads == 0):
+        raise RoofplanError(f"{path}: field 'num_key_value_heads' is {m.n_kv_heads}; it must divide the "
+                            f"{m.n_heads} attention heads (grouped-query attention)")
+    if m.ffn_dim <= 0 and m.n_moe_layers < m.n_layers:
+        raise RoofplanError(f"{path}: field 'intermediate_size' is {m.ffn_dim}; it must be a positive integer")
+    if m.family in MOE_TYPES and not (m.n_experts >= 1 and 1 <= m.top_k <= m.n_experts and m.expert_ffn_dim > 0):
+        raise RoofplanError(f"{path}: an MoE config needs experts >= 1, 1 <= experts per token <= experts and a "
+                            f"positive expert MLP size (got {m.n_experts} experts, {m.top_k} per token, "
+                            f"{m.expert_ffn_dim} wide)")
+    return m
+
+
+def _parse_hf_config(cfg: Any, name: str, path: Path) -> ModelConfig:
     if not isinstance(cfg, dict):
         raise RoofplanError(f"{path}: expected a JSON object (a Hugging Face config.json)")
     mt = cfg.get("model_type")

@@ -1,6 +1,7 @@
 """Parameter counts against published figures; cache sizes against their formulas; bad configs."""
 import json
 
+import re
 import pytest
 import yaml
 
@@ -75,3 +76,33 @@ def test_errors_are_one_line(tmp_path):
     bad.write_text(json.dumps({"model_type": "mamba"}))
     with pytest.raises(RoofplanError, match="model_type 'mamba' is not supported"):
         load_model(str(bad))
+
+
+@pytest.mark.parametrize("change, msg", [
+    ({"tie_word_embeddings": "no"}, "field 'tie_word_embeddings' is 'no'; it must be true or false"),
+    ({"hidden_size": 0}, "field 'hidden_size' is 0"),
+    ({"vocab_size": 0}, "field 'vocab_size' is 0"),
+    ({"num_key_value_heads": 0}, "field 'num_key_value_heads' is 0"),
+    ({"num_attention_heads": 6, "num_key_value_heads": 4}, "must divide the 6 attention heads"),
+])
+def test_impossible_configs_are_one_line_errors(change, msg, tmp_path):
+    """Configs that used to give numbers (a zero width, a string read as true, uneven GQA groups)."""
+    import json
+    from simulator.core.errors import RoofplanError
+    cfg = json.loads((REPO_ROOT / "tests" / "data" / "tiny-llama.json").read_text())
+    cfg.update(change)
+    f = tmp_path / "bad.json"
+    f.write_text(json.dumps(cfg))
+    with pytest.raises(RoofplanError, match=re.escape(msg)):
+        load_model(str(f))
+
+
+def test_moe_routing_more_experts_than_it_has_is_refused(tmp_path):
+    import json
+    from simulator.core.errors import RoofplanError
+    cfg = json.loads((REPO_ROOT / "workloads" / "models" / "mixtral-8x7b.json").read_text())
+    cfg["num_experts_per_tok"] = 9
+    f = tmp_path / "moe.json"
+    f.write_text(json.dumps(cfg))
+    with pytest.raises(RoofplanError, match="1 <= experts per token <= experts"):
+        load_model(str(f))
