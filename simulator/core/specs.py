@@ -7,6 +7,7 @@ One file per item (gpus/, cpus/, links/, nvme/, systems/). YAML field names carr
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -132,14 +133,21 @@ class System:
 # schema: (yaml field, dataclass field, converter, required)
 
 
-def _num(scale: float) -> Callable[[Any], float]:
+def _num(scale: float, positive: bool = False) -> Callable[[Any], float]:
+    """A finite number >= 0 (> 0 with `positive`: a bandwidth, a capacity, a peak), times `scale`."""
     def conv(v):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ValueError("must be a number")
-        if v < 0:
-            raise ValueError("must be >= 0")
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        if v < 0 or (positive and v == 0):
+            raise ValueError("must be > 0" if positive else "must be >= 0")
         return float(v) * scale
     return conv
+
+
+def _pos(scale: float) -> Callable[[Any], float]:
+    return _num(scale, positive=True)
 
 
 def _pos_int(v):
@@ -175,37 +183,40 @@ def _peaks(v):
     out = {}
     for k, x in v.items():
         try:
-            out[str(k)] = _num(TFLOPS)(x)
+            out[str(k)] = _pos(TFLOPS)(x)
         except ValueError as e:
             raise ValueError(f"entry '{k}' {e}") from None
     return MappingProxyType(out)
 
 
+# fields that document a spec without entering the model (kept, not read)
+DOC_FIELDS = {"cpu": {"memory_channels"}, "nvme": {"interface"}}
+
 _R, _O = True, False
 SCHEMA: dict[str, list[tuple[str, str, Callable, bool]]] = {
     "link": [
         ("name", "name", _str, _R), ("type", "type", _str, _R),
-        ("bandwidth_GBps", "bw_Bps", _num(GB), _R), ("latency_us", "latency_s", _num(US), _R),
+        ("bandwidth_GBps", "bw_Bps", _pos(GB), _R), ("latency_us", "latency_s", _num(US), _R),
     ],
     "gpu": [
         ("name", "name", _str, _R), ("vendor", "vendor", _str, _R),
         ("full_name", "full_name", _str, _R), ("architecture", "architecture", _str, _R),
-        ("memory_GiB", "mem_bytes", _num(GiB), _R),
-        ("memory_bandwidth_GBps", "hbm_bw_Bps", _num(GB), _R),
+        ("memory_GiB", "mem_bytes", _pos(GiB), _R),
+        ("memory_bandwidth_GBps", "hbm_bw_Bps", _pos(GB), _R),
         ("l2_cache_MiB", "l2_bytes", _num(MiB), _R), ("sm_count", "sm_count", _pos_int, _R),
-        ("boost_clock_MHz", "clock_hz", _num(1e6), _R), ("tdp_W", "tdp_w", _num(1.0), _R),
+        ("boost_clock_MHz", "clock_hz", _pos(1e6), _R), ("tdp_W", "tdp_w", _num(1.0), _R),
         ("peak_dense_TFLOPS", "peak_flops_by_dtype", _peaks, _R),
         ("host_link", "host_link", _str, _R), ("gpu_link", "gpu_link", _opt_str, _O),
     ],
     "cpu": [
         ("name", "name", _str, _R), ("vendor", "vendor", _str, _R), ("cores", "cores", _pos_int, _R),
-        ("memory_bandwidth_GBps", "mem_bw_Bps", _num(GB), _R),
-        ("peak_fp32_TFLOPS", "peak_flops_fp32", _num(TFLOPS), _R),
-        ("attention_GBps", "attention_Bps", _opt_num(GB), _O),
+        ("memory_bandwidth_GBps", "mem_bw_Bps", _pos(GB), _R),
+        ("peak_fp32_TFLOPS", "peak_flops_fp32", _pos(TFLOPS), _R),
+        ("attention_GBps", "attention_Bps", lambda v: None if v is None else _pos(GB)(v), _O),
     ],
     "nvme": [
-        ("name", "name", _str, _R), ("capacity_GB", "capacity_bytes", _num(GB), _R),
-        ("read_GBps", "read_Bps", _num(GB), _R), ("write_GBps", "write_Bps", _num(GB), _R),
+        ("name", "name", _str, _R), ("capacity_GB", "capacity_bytes", _pos(GB), _R),
+        ("read_GBps", "read_Bps", _pos(GB), _R), ("write_GBps", "write_Bps", _pos(GB), _R),
     ],
     "system": [
         ("name", "name", _str, _R), ("description", "description", _str, _R),
@@ -262,6 +273,11 @@ def parse_spec(kind: str, data: Any, path: Path) -> dict[str, Any]:
     if not data.get("source"):
         raise RoofplanError(f"{path}: field 'source' is missing; every number needs its source (datasheet, paper or measurement)")
     out: dict[str, Any] = {"source": str(data["source"])}
+    allowed = {k for k, *_ in SCHEMA[kind]} | DOC_FIELDS.get(kind, set()) | {"kind", "source", "sources"}
+    for key in data:
+        if key not in allowed:
+            raise RoofplanError(f"{path}: unknown field '{key}'{did_you_mean(str(key), allowed)}; a typo would "
+                                f"silently drop a number, so every field must be one of: {', '.join(sorted(allowed))}")
     for key, attr, conv, required in SCHEMA[kind]:
         if key not in data:
             if required:

@@ -108,3 +108,23 @@ def test_files_that_are_not_utf8_are_one_line(tmp_path):
         read_yaml(tmp_path / "s.yaml")
     with pytest.raises(RoofplanError, match="not UTF-8 text"):
         load_model(str(tmp_path / "m.json"))
+
+
+def test_an_unknown_field_is_refused_with_a_suggestion(hw_copy):
+    """Renaming attention_GBps to attention_GBs silently changed an offload plan; now it is an error."""
+    p = hw_copy / "cpus" / "xeon-vm-16vcpu.yaml"
+    text = p.read_text()
+    if "attention_GBps" not in text:
+        text += "attention_GBps: 10\n"
+    p.write_text(text.replace("attention_GBps", "attention_GBs"))
+    with pytest.raises(RoofplanError, match=r"unknown field 'attention_GBs' \(did you mean: attention_GBps"):
+        specs.load_cpu("xeon-vm-16vcpu")
+
+
+@pytest.mark.parametrize("value", ["0", ".nan", ".inf", "-1"])
+def test_a_bandwidth_must_be_positive_and_finite(hw_copy, value):
+    p = hw_copy / "links" / "nvlink-4.yaml"
+    p.write_text("\n".join(f"bandwidth_GBps: {value}" if l.startswith("bandwidth_GBps") else l
+                           for l in p.read_text().splitlines()))
+    with pytest.raises(RoofplanError, match="field 'bandwidth_GBps' must be (> 0|a finite number)"):
+        specs.load_link("nvlink-4")
