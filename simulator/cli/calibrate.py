@@ -22,6 +22,7 @@ from simulator.core.profiles import load_kernel_profile, parse_kernel_profile
 from simulator.core.specs import read_yaml
 from simulator.report.tables import add_format_arg, emit, fmt_of
 from simulator.core.specs import load_hardware, specs_root
+from simulator.cli.args import finite_float
 
 
 def register(sub) -> None:
@@ -32,7 +33,7 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="PROFILE.yaml", help="profile to write")
     p.add_argument("--kernels-out", default=None, metavar="K.yaml", help="with both --trace and --microbench: where the kernel profile goes")
     p.add_argument("--kernel-profile", default=None, help="kernel profile for fitting an executor (default: the GPU's own)")
-    p.add_argument("--step-time", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--step-time", type=finite_float, default=None, metavar="SECONDS",
                    help="wall time of the traced host-bound step measured without the profiler (the profiler slows the host); "
                         "a step without a graph build")
     p.add_argument("--end-to-end", default=None, metavar="E2E.yaml",

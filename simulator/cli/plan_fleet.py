@@ -8,6 +8,7 @@ from simulator.core.profiles import load_executor_profile
 from simulator.report.tables import add_format_arg, emit, fmt_of
 
 from simulator.cli.plan import plan_subparsers
+from simulator.cli.args import finite_float
 
 DEFAULT_GPUS = "h100-sxm,a100-sxm-80gb,l4,a10g"
 
@@ -17,14 +18,14 @@ def register(subparsers) -> None:
         "fleet", help="cheapest mix of GPU types serving a workload within TTFT/TPOT SLOs (Melange ILP)")
     p.add_argument("--model", required=True, help="zoo name (roofplan models) or path/to/config.json")
     p.add_argument("--workload", required=True, help="workloads/serving/<name>.yaml name or path")
-    p.add_argument("--slo-ttft-ms", type=float, required=True, help="time-to-first-token SLO (ms) at --percentile")
-    p.add_argument("--slo-tpot-ms", type=float, required=True, help="time-per-output-token SLO (ms) at --percentile")
+    p.add_argument("--slo-ttft-ms", type=finite_float, required=True, help="time-to-first-token SLO (ms) at --percentile")
+    p.add_argument("--slo-tpot-ms", type=finite_float, required=True, help="time-per-output-token SLO (ms) at --percentile")
     p.add_argument("--gpus", default=DEFAULT_GPUS, help=f"comma-separated GPU types (default {DEFAULT_GPUS})")
     p.add_argument("--max-per-type", default="", help="GPU inventory caps, e.g. h100-sxm=8,l4=16 or one number for all")
     p.add_argument("--tp", default="1,2,4,8", help="tensor-parallel degrees to consider (default 1,2,4,8)")
     p.add_argument("--roles", default="aggregated,prefill,decode",
                    help="instance roles: aggregated and/or prefill,decode (disaggregated pools)")
-    p.add_argument("--rate", type=float, default=None, help="override the workload's request rate (requests/s)")
+    p.add_argument("--rate", type=finite_float, default=None, help="override the workload's request rate (requests/s)")
     p.add_argument("--percentile", type=int, default=90, choices=(50, 90, 99))
     p.add_argument("--executor", default="default",
                    help="serving engine's executor profile (e.g. vllm-v0, distserve; default: kernel time only)")

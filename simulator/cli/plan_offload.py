@@ -5,6 +5,7 @@ from simulator.cli.plan import plan_subparsers
 from simulator.core.errors import RoofplanError
 from simulator.report.tables import add_format_arg, emit, fmt_of
 from simulator.core.units import GiB, fmt_bytes, fmt_time
+from simulator.cli.args import finite_float
 
 RESOURCE_HEADERS = {"gpu": "GPU", "cpu": "CPU", "h2d": "PCIe h2d", "d2h": "PCIe d2h",
                     "disk_read": "NVMe read", "disk_write": "NVMe write", "cpu_mem": "CPU mem"}
@@ -21,9 +22,9 @@ def register(sub) -> None:
     p.add_argument("--gen-len", type=int, default=32)
     p.add_argument("--seq", type=int, default=1024, help="train: tokens per sequence")
     p.add_argument("--batch", type=int, default=None, help="sequences per block / step (default: search)")
-    p.add_argument("--gpu-memory", type=float, default=None, metavar="GiB", help="cap on GPU memory")
-    p.add_argument("--host-memory", type=float, default=None, metavar="GiB", help="cap on host memory")
-    p.add_argument("--nvme", type=float, default=None, metavar="GiB", help="cap on NVMe capacity")
+    p.add_argument("--gpu-memory", type=finite_float, default=None, metavar="GiB", help="cap on GPU memory")
+    p.add_argument("--host-memory", type=finite_float, default=None, metavar="GiB", help="cap on host memory")
+    p.add_argument("--nvme", type=finite_float, default=None, metavar="GiB", help="cap on NVMe capacity")
     p.add_argument("--objective", default="throughput", choices=("throughput", "latency"))
     p.add_argument("--attention", default="auto", choices=("auto", "gpu", "cpu"),
                    help="where decode attention runs (auto: try both)")

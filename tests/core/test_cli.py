@@ -165,3 +165,14 @@ def test_missing_specs_folder_is_one_line(monkeypatch, capsys, tmp_path):
     assert main(["hw", "list"]) == 2
     err = capsys.readouterr().err
     assert "nowhere not found" in err and "ROOFPLAN_HW_DIR" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv", [
+    ["plan", "fleet", "--model", "llama-3.1-8b", "--workload", "chat", "--slo-ttft-ms", "1000", "--slo-tpot-ms", "40",
+     "--rate", "nan"],
+    ["plan", "offload", "--model", "opt-30b", "--hardware", "flexgen-t4", "--phase", "decode", "--gpu-memory", "inf"],
+])
+def test_non_finite_numbers_are_refused_by_the_parser(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "must be a finite number" in err and err.count("\n") == 1
