@@ -64,8 +64,14 @@ def cmd_hw_show(args) -> int:
 
 
 def cmd_hw_check(args) -> int:
+    """Every spec, kernel profile and executor profile parses and passes its checks."""
+    from simulator.core.profiles import list_profiles, load_executor_profile, load_kernel_profile
     names = specs.validate_all()
-    print(", ".join(f"{len(v)} {k}s" for k, v in names.items()) + ": all valid")
+    kernels = [load_kernel_profile(n, str(specs.specs_root() / "profiles" / "kernels" / f"{n}.yaml"))
+               for n in list_profiles("kernels")]
+    executors = [load_executor_profile(n) for n in list_profiles("executors")]
+    print(", ".join(f"{len(v)} {k}s" for k, v in names.items())
+          + f", {len(kernels)} kernel profiles, {len(executors)} executor profiles: all valid")
     return 0
 
 

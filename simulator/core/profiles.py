@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -277,10 +278,26 @@ def executor_fields(d: Mapping, where: str) -> dict:
             from simulator.core.ops import OP_CLASSES
             if not isinstance(val, Mapping) or any(k not in OP_CLASSES for k in val):
                 raise RoofplanError(f"{where}: '{key}' must map op classes ({', '.join(OP_CLASSES)}) to microseconds")
-            kw[attr] = MappingProxyType({str(k): float(v) * US for k, v in val.items()})
+            kw[attr] = MappingProxyType({str(k): _exec_number(v, f"{key}.{k}", where) * US for k, v in val.items()})
+        elif scale:
+            kw[attr] = _exec_number(val, key, where) * scale
         else:
-            kw[attr] = float(val) * scale if scale else val
+            default = getattr(ExecutorProfile("x", "x"), attr)
+            if isinstance(default, bool) or isinstance(default, str):
+                if not isinstance(val, type(default)):
+                    raise RoofplanError(f"{where}: field '{key}' is {val!r}; it must be "
+                                        + ("true or false" if isinstance(default, bool) else "a string"))
+            else:
+                _exec_number(val, key, where)
+            kw[attr] = val
     return kw
+
+
+def _exec_number(v, key: str, where: str) -> float:
+    """A finite number >= 0 from an executor profile field (one line naming it otherwise)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        raise RoofplanError(f"{where}: field '{key}' is {v!r}; it must be a finite number >= 0")
+    return float(v)
 
 
 def parse_executor_profile(d, path: Path) -> ExecutorProfile:

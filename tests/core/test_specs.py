@@ -128,3 +128,17 @@ def test_a_bandwidth_must_be_positive_and_finite(hw_copy, value):
                            for l in p.read_text().splitlines()))
     with pytest.raises(RoofplanError, match="field 'bandwidth_GBps' must be (> 0|a finite number)"):
         specs.load_link("nvlink-4")
+
+
+@pytest.mark.parametrize("line", ["workspace_MiB: lots", "norm_kernels: -8", "fused_qkv: maybe", "host_per_layer_us: .nan"])
+def test_executor_profile_values_are_checked(hw_copy, line):
+    """Values that tracebacked or silently made a step faster are one-line errors, and hw check
+    reads the profiles too."""
+    from simulator.cli.main import main
+    p = hw_copy / "profiles" / "executors" / "hf-eager.yaml"
+    key = line.split(":")[0]
+    p.write_text("\n".join(l for l in p.read_text().splitlines() if not l.startswith(key + ":")) + f"\n{line}\n")
+    with pytest.raises(RoofplanError, match=f"field '{key}' is"):
+        from simulator.core.profiles import load_executor_profile
+        load_executor_profile("hf-eager")
+    assert main(["hw", "check"]) == 2
