@@ -62,12 +62,22 @@ class Group:
 
 
 def _list(grid: dict, key: str, default, kind):
+    """The values of grid field `key` as `kind`: a scalar or a non-empty list; numbers must be
+    exact (1.5 is not an integer batch), booleans true or false."""
     v = grid.get(key, default)
     vals = v if isinstance(v, list) else [v]
+    if not vals:
+        raise FieldError(key, "[]", "an empty list gives no configurations", "list at least one value")
+    def convert(x):
+        if kind is int and (isinstance(x, bool) or not isinstance(x, int)):
+            raise ValueError
+        if kind is bool and not isinstance(x, bool):
+            raise ValueError
+        return kind(x)
     try:
-        return [kind(x) for x in vals]
+        return [convert(x) for x in vals]
     except (TypeError, ValueError):
-        raise FieldError(key, repr(v), f"must be a {kind.__name__} or a list of them") from None
+        raise FieldError(key, repr(v), f"must be a{'n' if kind is int else ''} {kind.__name__} or a list of them") from None
 
 
 def parse_grid(grid) -> list[Group]:

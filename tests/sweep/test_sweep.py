@@ -133,3 +133,16 @@ def test_large_scattered_sweep_uses_token_dedup_and_equals_scalar(m, phase, exec
         p = predict(model, _H100, one, ex, _KP, check_memory=False)
         assert many.time_s[i] == pytest.approx(p.time_s, rel=1e-9)
         assert many.bound[i] == p.bound
+
+
+@pytest.mark.parametrize("grid, msg", [
+    ({"batch": [1.5]}, "batch = [1.5]: must be an int"),
+    ({"batch": []}, "batch = []: an empty list gives no configurations"),
+    ({"phase": "train", "sp": "yes"}, "sp = 'yes': must be a bool"),
+])
+def test_grid_values_are_exact(grid, msg):
+    """A fractional batch used to become 1 and an empty list a sweep of nothing."""
+    from simulator.core.errors import RoofplanError
+    from simulator.sweep import parse_grid
+    with pytest.raises(RoofplanError, match=re.escape(msg)):
+        parse_grid({"hardware": "h100-sxm", "model": "gpt2", **grid})

@@ -116,7 +116,7 @@ def test_invalid_structure_and_train_phase(tmp_path):
     ({"hardware": "h100-sxm", "model": "gpt2", "batchh": 3}, [], "unknown grid field 'batchh'"),
     ({"hardware": "h100-sxm"}, [], "needs 'model:'"),
     ({"hardware": "h100-sxm", "model": "gpt2", "phase": "serve"}, [], "grid.yaml: grid field 'phase' = serve: unknown"),
-    ({"hardware": "h100-sxm", "model": "gpt2", "batch": "many"}, [], "must be a int"),
+    ({"hardware": "h100-sxm", "model": "gpt2", "batch": "many"}, [], "must be an int"),
     ({"hardware": "h100-sxm", "model": "gpt2"}, ["-o", "x.txt"], "use a .csv or .parquet"),
     ({"hardware": "h100-sxm", "model": "gpt2"}, ["--shard-size", "0"], "--shard-size must be >= 1"),
 ])
