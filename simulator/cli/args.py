@@ -14,3 +14,13 @@ def finite_float(text: str) -> float:
     if not math.isfinite(v):
         raise argparse.ArgumentTypeError(f"must be a finite number (got {text})")
     return v
+
+
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def plot_path(text: str) -> str:
+    """A --plot file name: checked when the flags are read, not after the work is done."""
+    if not text.lower().endswith(PLOT_SUFFIXES):
+        raise argparse.ArgumentTypeError(f"{text}: use a .png, .svg or .pdf name")
+    return text

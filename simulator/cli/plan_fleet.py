@@ -8,7 +8,7 @@ from simulator.core.profiles import load_executor_profile
 from simulator.report.tables import add_format_arg, emit, fmt_of
 
 from simulator.cli.plan import plan_subparsers
-from simulator.cli.args import finite_float
+from simulator.cli.args import finite_float, plot_path
 
 DEFAULT_GPUS = "h100-sxm,a100-sxm-80gb,l4,a10g"
 
@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--percentile", type=int, default=90, choices=(50, 90, 99))
     p.add_argument("--executor", default="default",
                    help="serving engine's executor profile (e.g. vllm-v0, distserve; default: kernel time only)")
-    p.add_argument("--plot", default=None, metavar="PATH.png", help="write the cost-vs-SLO Pareto front plot")
+    p.add_argument("--plot", type=plot_path, default=None, metavar="PATH.png", help="write the cost-vs-SLO Pareto front plot")
     add_format_arg(p)
     p.set_defaults(func=cmd_plan_fleet)
 

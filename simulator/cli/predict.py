@@ -9,6 +9,7 @@ from simulator.report.tables import add_format_arg, emit, fmt_of
 from simulator.core.specs import load_hardware
 from simulator.core.units import GiB, fmt_bytes, fmt_rate, fmt_time
 from simulator.core.workload import Job
+from simulator.cli.args import plot_path
 
 
 def add_job_args(p) -> None:
@@ -83,7 +84,7 @@ def register(sub) -> None:
     p = sub.add_parser("predict", help="predict time and memory of one step")
     add_job_args(p)
     add_parallel_train_args(p)
-    p.add_argument("--plot", default=None, metavar="FILE.png", help="write a roofline + memory figure")
+    p.add_argument("--plot", type=plot_path, default=None, metavar="FILE.png", help="write a roofline + memory figure")
     add_format_arg(p)
     p.set_defaults(func=cmd_predict)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from simulator.core.errors import FieldError, RoofplanError
 from simulator.report.tables import add_format_arg, emit, fmt_of
 from simulator.core.units import GiB, fmt_time
+from simulator.cli.args import plot_path
 
 SORT_KEYS = {  # metric -> ascending?
     "usd_per_1m_tokens": True, "tokens_per_s": False, "tokens_per_s_per_gpu": False, "time_s": True,
@@ -36,7 +37,7 @@ def register(sub) -> None:
     p.add_argument("--top", type=int, default=10, help="rows in the summary table (0: none)")
     p.add_argument("--sort", default=None, choices=sorted(SORT_KEYS),
                    help="summary order (default: usd_per_1m_tokens when prices exist, else tokens_per_s)")
-    p.add_argument("--plot", default=None, metavar="FILE.png",
+    p.add_argument("--plot", type=plot_path, default=None, metavar="FILE.png",
                    help="Pareto front of throughput vs cost (or vs latency when no prices)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_format_arg(p)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from simulator.core.errors import RoofplanError
 from simulator.report.tables import add_format_arg, emit, fmt_of
 from simulator.core.units import fmt_bytes, fmt_time
+from simulator.cli.args import plot_path
 
 
 def register(sub) -> None:
@@ -18,7 +19,7 @@ def register(sub) -> None:
     p.add_argument("--plan", default=None, metavar="PLAN.json", help="offload plan (roofplan plan offload --format json)")
     p.add_argument("--result", default=None, metavar="RESULT.json", help="with --plan: roofplan run --plan ... --result")
     p.add_argument("--segment", default=None, help="trace segment to compare (default: the last one of --phase)")
-    p.add_argument("--plot", default=None, metavar="OUT.png", help="bar chart of predicted vs measured per class")
+    p.add_argument("--plot", type=plot_path, default=None, metavar="OUT.png", help="bar chart of predicted vs measured per class")
     p.add_argument("--chrome-trace", default=None, metavar="PRED.json", help="write the predicted timeline as a Chrome trace")
     # job flags as in predict, optional here because --end-to-end reads them from the file
     p.add_argument("--model")
