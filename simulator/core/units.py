@@ -1,4 +1,5 @@
 """Unit conversions. Used only by loaders and printers: the library works in SI base units."""
+import math
 
 KiB = 2**10
 MiB = 2**20
@@ -28,7 +29,11 @@ def dtype_bytes(dtype: str) -> float:
 
 
 def fmt_bytes(n: float) -> str:
-    """Human-readable binary size: 17.5 GiB."""
+    """Human-readable binary size: 17.5 GiB (1.2e+06 TiB beyond a thousand TiB; nan/inf as such)."""
+    if not math.isfinite(n):
+        return f"{n} B"
+    if abs(n) >= 1e3 * TiB:
+        return f"{n / TiB:.3g} TiB"
     for unit, size in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
         if abs(n) >= size:
             return f"{n / size:.1f} {unit}"
@@ -36,7 +41,9 @@ def fmt_bytes(n: float) -> str:
 
 
 def fmt_time(t: float) -> str:
-    """Human-readable duration: 8.02 ms."""
+    """Human-readable duration: 8.02 ms (nan/inf as such)."""
+    if not math.isfinite(t):
+        return f"{t} s"
     if t >= 1:
         return f"{t:.3g} s"
     if t >= 1e-3:

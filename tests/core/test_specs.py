@@ -142,3 +142,9 @@ def test_executor_profile_values_are_checked(hw_copy, line):
         from simulator.core.profiles import load_executor_profile
         load_executor_profile("hf-eager")
     assert main(["hw", "check"]) == 2
+
+
+def test_printed_sizes_stay_readable():
+    from simulator.core.units import fmt_bytes, fmt_time
+    assert fmt_bytes(17.5 * 2**30) == "17.5 GiB" and fmt_bytes(7.348e23 * 2**40) == "7.35e+23 TiB"
+    assert fmt_bytes(float("nan")) == "nan B" and fmt_time(float("inf")) == "inf s" and fmt_time(0.00802) == "8.02 ms"
