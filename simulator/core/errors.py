@@ -31,7 +31,7 @@ class FieldError(RoofplanError):
 
 
 class FixError(RoofplanError):
-    """An error whose fix names several fields: `template` has {placeholders}, each a field name
+    """An error whose fix names several fields: `template` names each in braces, bound to a field name
     or a (field, value) pair. str(e) spells them as fields ("micro_batch", "offload_weights=cpu");
     `for_flags(flag_of)` as flags ("--micro-batch", "--offload weights=cpu")."""
 

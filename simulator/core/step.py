@@ -100,18 +100,6 @@ def _bound_of(by_resource: dict, time_s):
 # op timing
 
 
-def op_times(op, system: System, kp: KernelProfile, ex: ExecutorProfile, tp: int):
-    """(seconds per step, GPU seconds, host seconds, GPU-bound label or boolean array, host-bound
-    mask) of one op: it takes the larger of its GPU time and the host time to issue its kernels,
-    times its count."""
-    t_gpu, bound = op_gpu_time_array(op, system, kp, ex, tp)
-    t_gpu = np.asarray(t_gpu, float)
-    t_host = op.kernels * ex.host_overhead_per_kernel_s if op.cls != "communication" else 0.0
-    if not t_host:
-        return t_gpu * op.count, t_gpu * op.count, 0.0, bound, False
-    return np.maximum(t_gpu, t_host) * op.count, t_gpu * op.count, t_host * op.count, bound, t_host > t_gpu
-
-
 def stream_schedule(layer_compute, layer_transfer, n_layers, overlap: bool):
     """Layer-streamed weights with double buffering: the copy of layer i+1 overlaps the compute
     of layer i, so the step costs one fill + (n - 1) x max(compute, copy) + the last compute;
@@ -158,43 +146,60 @@ def op_host_s(op, ex: ExecutorProfile) -> float:
     return ex.host_per_op_s.get(op.cls, 0.0) + op.kernels * ex.host_overhead_per_kernel_s
 
 
+@dataclass(frozen=True)
+class Lane:
+    """A run of ops on the two lanes, reduced to what repeating or chaining it needs (see
+    `lanes`): device seconds D, host seconds H, and A = max_j (h_1 + .. + h_j + d_j + .. + d_n),
+    the latest the run's last kernel can end after its first op starts being issued. The d_j
+    may be numpy arrays (one per configuration)."""
+    D: object = 0.0
+    H: float = 0.0
+    A: object = 0.0
+
+    @staticmethod
+    def of(hs, ds) -> "Lane":
+        D, H = sum(ds, 0.0), float(sum(hs))
+        A, Hj, suffix = D, 0.0, D        # A >= D: the chain through every kernel
+        for h, d in zip(hs, ds):
+            Hj += h
+            A = np.maximum(A, Hj + suffix)
+            suffix = suffix - d
+        return Lane(D, H, A)
+
+    def then(self, other: "Lane") -> "Lane":
+        """This run followed by `other`."""
+        return Lane(self.D + other.D, self.H + other.H, np.maximum(self.A + other.D, self.H + other.A))
+
+
+def repeat(end, issue, count, lane: Lane):
+    """(device end, host issue clock) after `count` repeats of `lane` (vectorised over count):
+    the maximum over repeats of a linear function of the repeat index sits at an end, so
+    device end = max(end + count D, issue + A + (count - 1) max(H, D)), issue += count H."""
+    count = np.asarray(count, float)
+    grown = np.maximum(end + count * lane.D, issue + lane.A + (count - 1) * np.maximum(lane.H, lane.D))
+    return np.where(count > 0, grown, end), issue + count * lane.H
+
+
 def lanes(segments, host_start=0.0, trail: list | None = None):
     """Host and device lanes of a sequence of op segments (Lamport-style max-plus timeline).
 
     The host issues the ops in order, spending h_j on op j; the device runs each kernel when it
     has been issued and the previous kernel has finished: end_j = max(end_{j-1}, issue_j) + d_j.
-    A segment is (count, [h_j], [d_j]): its ops repeated `count` times (the decoder layers). For
-    identical repeats the recursion has a closed form (the maximum of a linear function of the
-    repeat index sits at an end): with D = sum d, H = sum h and A = max_j (h_1 + .. + h_j +
-    d_j + .. + d_n),
-        device end = max(end + count D, issue + A + (count - 1) max(H, D)),  issue += count H.
-    With no host cost (a CUDA graph) the device end is the sum of the kernel times. Vectorised
-    over the d_j arrays. Returns (device end, host end); `trail` collects, per segment, (device
-    seconds, host seconds, device seconds spent waiting for the host) for the critical path."""
+    A segment is (count, [h_j], [d_j]): its ops repeated `count` times (the decoder layers),
+    reduced to a `Lane` and repeated in closed form (`repeat`). With no host cost (a CUDA graph)
+    the device end is the sum of the kernel times. Vectorised over the d_j arrays. Returns
+    (device end, host end); `trail` collects, per segment, (device seconds, host seconds, device
+    seconds spent waiting for the host) for the critical path."""
     end, issue = 0.0, host_start
     for count, hs, ds in segments:
         if not count or not ds:
             if trail is not None:
                 trail.append((0.0, 0.0, 0.0))
             continue
-        D = sum(ds)
-        H = float(sum(hs))
-        before = end
-        if H == 0.0:
-            end = np.maximum(end + count * D, issue + count * D)
-            if trail is not None:
-                trail.append((count * D, 0.0, end - before - count * D))
-            continue
-        A, Hj, suffix = None, 0.0, D
-        for h, d in zip(hs, ds):
-            Hj += h
-            cand = Hj + suffix
-            A = cand if A is None else np.maximum(A, cand)
-            suffix = suffix - d
-        end = np.maximum(end + count * D, issue + A + (count - 1) * np.maximum(H, D))
-        issue = issue + count * H
+        lane, before = Lane.of(hs, ds), end
+        end, issue = repeat(end, issue, count, lane)
         if trail is not None:
-            trail.append((count * D, count * H, end - before - count * D))
+            trail.append((count * lane.D, count * lane.H, end - before - count * lane.D))
     return end, issue
 
 
@@ -437,36 +442,6 @@ def _timed(ops, system: System, kp: KernelProfile, ex: ExecutorProfile, tp: int)
     return out
 
 
-@dataclass(frozen=True)
-class Lane:
-    """A run of ops on the two lanes, reduced to what repeating or chaining it needs (see
-    `lanes`): device seconds D, host seconds H, and A = max_j (h_1 + .. + h_j + d_j + .. + d_n)."""
-    D: float = 0.0
-    H: float = 0.0
-    A: float = 0.0
-
-    @staticmethod
-    def of(hs, ds) -> "Lane":
-        D, H = float(sum(ds)), float(sum(hs))
-        A, Hj, suffix = D if not hs else -np.inf, 0.0, D
-        for h, d in zip(hs, ds):
-            Hj += h
-            A = max(A, Hj + suffix)
-            suffix -= d
-        return Lane(D, H, max(A, D))
-
-    def then(self, other: "Lane") -> "Lane":
-        """This run followed by `other`."""
-        return Lane(self.D + other.D, self.H + other.H, max(self.A + other.D, self.H + other.A))
-
-
-def repeat(end, issue, count, lane: Lane):
-    """(device end, host issue clock) after `count` repeats of `lane` (vectorised over count)."""
-    count = np.asarray(count, float)
-    grown = np.maximum(end + count * lane.D, issue + lane.A + (count - 1) * max(lane.H, lane.D))
-    return np.where(count > 0, grown, end), issue + count * lane.H
-
-
 def train_host_s(op, ex: ExecutorProfile, backward: bool) -> float:
     """Host seconds to issue a training op: forward ops cost their inference dispatch times the
     autograd-recording factor; each backward node (one per forward kernel) its class's cost."""
@@ -651,7 +626,7 @@ def train_cost(model: ModelConfig, system: System, job: Job, ex: ExecutorProfile
 
 
 __all__ = ["BOUNDS", "TRAIN_TERMS", "StepCost", "StageTimes", "OpRow", "inference_cost", "train_cost", "train_terms",
-           "train_memory", "stage_times", "stage_ops", "end_ops", "stream_schedule", "h2d_Bps", "op_times",
+           "train_memory", "stage_times", "stage_ops", "end_ops", "stream_schedule", "h2d_Bps",
            "optimizer_seconds_per_param", "param_split"]
 
 
