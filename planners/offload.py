@@ -155,9 +155,14 @@ def _layer_times(model, system, kp, ex, dtype, phase, gbs, seq, context) -> Laye
     ends = time_ops(forward_ops(model, job, ex, layers=0), system, kp, ex)
     attn = float(layer.loc[layer["cls"] == "attention", "time_s"].sum())
     from simulator.core.memory import inference_activation_bytes
-    return LayerTimes(rest_s=float(layer["time_s"].sum()) - attn, attn_s=attn,
-                      ends_s=float(ends["time_s"].sum()),
-                      work_bytes=inference_activation_bytes(model, job))
+    return LayerTimes(rest_s=_lane_s(layer) - attn, attn_s=attn, ends_s=_lane_s(ends),
+                      work_bytes=inference_activation_bytes(model, job, ex.fused_gate_up))
+
+
+def _lane_s(df) -> float:
+    """A run of ops repeated layer after layer takes the slower of its two lanes (GPU time,
+    host time to issue it): the steady state of simulator.core.step.lanes."""
+    return max(float(df["time_s"].sum()), float(df["host_time_s"].sum()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,11 +430,11 @@ def _train_lp(model, system, kp, ex, req, rates, mb, fixed=None, elastic=False):
     C = T_tok * model.hidden * a                  # checkpoint: the layer input
     job = Job(phase="train", batch=mb, seq=req.seq, dtype=req.dtype, micro_batch=mb, recompute="full")
     fwd = forward_ops(model, job, ex, layers=1, embed=False, head=False)
-    layer_df = time_ops(fwd + backward_ops(fwd, job) + fwd, system, kp, ex)    # fwd + bwd + recompute
-    t_layer_gpu = float(layer_df["time_s"].sum())
+    layer_df = time_ops(fwd + backward_ops(fwd, job, ex.backward_memory_ratio) + fwd, system, kp, ex)  # + recompute
+    t_layer_gpu = _lane_s(layer_df)
     ends_fwd = forward_ops(model, job, ex, layers=0)
-    ends_ops = ends_fwd + loss_ops(model, job, T_tok) + backward_ops(ends_fwd, job)
-    t_ends = float(time_ops(ends_ops, system, kp, ex)["time_s"].sum())
+    ends_ops = ends_fwd + loss_ops(model, job, T_tok) + backward_ops(ends_fwd, job, ex.backward_memory_ratio)
+    t_ends = _lane_s(time_ops(ends_ops, system, kp, ex))
     t_adam_gpu_ends = float(time_ops(optimizer_ops(model, job, P_ends), system, kp, ex)["time_s"].sum())
     t_adam_gpu = float(time_ops(optimizer_ops(model, job, P_layer), system, kp, ex)["time_s"].sum())
     from simulator.core.memory import saved_activation_bytes_per_token_layer

@@ -5,8 +5,9 @@
              decode:  t = overhead + max(B / (bw eff_m), F / (peak eff_c))
   memory ops t = kernels x kernel_overhead + B / (bw eff_m)
   comm       collectives from simulator.core.comm (alpha-beta, ring/hierarchical, NCCL efficiencies)
-Each op's time is max(GPU time, host time to issue its kernels): an eager executor that cannot
-keep the GPU fed makes the GPU wait (host-bound), a CUDA graph has no host time.
+Each op has a GPU time and a host time to issue it (`op_host_s`); simulator.core.step.lanes
+places them on two lanes, where an eager executor that cannot keep the GPU fed makes it wait
+(host-bound) and a CUDA graph has no host time.
 """
 from __future__ import annotations
 
@@ -93,15 +94,23 @@ def op_gpu_time(op: Op, system: System, kp: KernelProfile, ex: ExecutorProfile, 
     return float(t), bound
 
 
+def op_host_s(op: Op, ex: ExecutorProfile) -> float:
+    """Host (CPU) seconds to issue one instance of `op`: the executor's dispatch cost for an op of
+    its class (framework and Python work around the call) plus its cost per kernel launch.
+    Collectives are issued by the communication library's own thread: none."""
+    if op.cls == "communication":
+        return 0.0
+    return ex.host_per_op_s.get(op.cls, 0.0) + op.kernels * ex.host_overhead_per_kernel_s
+
+
 def time_ops(ops: list[Op], system: System, kp: KernelProfile, ex: ExecutorProfile, tp: int = 1) -> pd.DataFrame:
-    """One row per op with per-step totals: flops, bytes, gpu_time_s, host_time_s, time_s, bound."""
+    """One row per op with per-step totals: flops, bytes, gpu_time_s, host_time_s, time_s (the GPU
+    time: the host's share of a step comes from the two lanes, simulator.core.step.lanes), bound."""
     rows = []
     for op in ops:
         t_gpu, bound = op_gpu_time(op, system, kp, ex, tp)
-        t_host = op.kernels * ex.host_overhead_per_kernel_s if op.cls != "communication" else 0.0
-        t = max(t_gpu, t_host)
-        if t_host > t_gpu:
-            bound = "host"
+        t_host = op_host_s(op, ex)
+        t = t_gpu
         rows.append({
             "name": op.name, "cls": op.cls, "pass": op.pass_, "count": op.count,
             "flops": op.flops * op.count, "bytes": op.bytes * op.count, "kernels": op.kernels * op.count,

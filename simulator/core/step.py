@@ -46,7 +46,7 @@ from simulator.core.memory import (MemoryBreakdown, inference_memory, memory_ter
 from simulator.core.models import ModelConfig
 from simulator.core.ops import Op, backward_ops, forward_ops, layer_forward_ops, loss_ops, optimizer_ops
 from simulator.core.profiles import ExecutorProfile, KernelProfile
-from simulator.core.roofline import op_gpu_time_array
+from simulator.core.roofline import op_gpu_time_array, op_host_s
 from simulator.core.specs import System
 from simulator.core.units import DTYPE_BYTES
 from simulator.core.workload import Job
@@ -135,15 +135,6 @@ class OpRow:
     host_time_s: object
     time_s: object
     bound: object
-
-
-def op_host_s(op, ex: ExecutorProfile) -> float:
-    """Host (CPU) seconds to issue one instance of `op`: the executor's dispatch cost for an op of
-    its class (framework and Python work around the call) plus its cost per kernel launch.
-    Collectives are issued by the communication library's own thread: none."""
-    if op.cls == "communication":
-        return 0.0
-    return ex.host_per_op_s.get(op.cls, 0.0) + op.kernels * ex.host_overhead_per_kernel_s
 
 
 @dataclass(frozen=True)
