@@ -15,7 +15,7 @@ from simulator.core.ops import forward_ops
 from simulator.core.profiles import ExecutorProfile, KernelProfile, load_executor_profile, load_kernel_profile
 from simulator.core.specs import System
 from simulator.core.memory import stage_layers
-from simulator.core.step import (BOUNDS, TRAIN_TERMS, StepCost, end_ops, inference_cost, stage_ops,
+from simulator.core.step import (ATTENTION_OPS, BOUNDS, TRAIN_TERMS, StepCost, end_ops, inference_cost, stage_ops,
                                  train_cost, train_flops)
 from simulator.core.roofline import time_ops
 from simulator.core.units import DTYPE_BYTES, fmt_bytes
@@ -217,7 +217,7 @@ def _train_table(model, system, job, ex, kp, cost: StepCost) -> pd.DataFrame:
             ops += [o for o in fwd + bwd if o.cls != "communication"]
             if job.recompute != "none":
                 ops += [replace(o, name=o.name + ".recompute", pass_="bwd") for o in fwd if o.cls != "communication"
-                        and (job.recompute == "full" or o.name.endswith(("attention", "attn_qk", "attn_scores", "attn_av")))]
+                        and (job.recompute == "full" or o.name.endswith(ATTENTION_OPS))]
     emb, head = end_ops(model, job, ex)
     ops += emb + head if job.pp == 1 else (emb if emb and time_ops(emb, system, kp, ex, job.tp)["time_s"].sum()
                                           >= time_ops(head, system, kp, ex, job.tp)["time_s"].sum() else head)
@@ -228,9 +228,12 @@ def _train_table(model, system, job, ex, kp, cost: StepCost) -> pd.DataFrame:
         (name, "communication", "comm", "communication", t[name]) for name in ("tp_comm", "pp_comm", "dp_comm",
                                                                               "ep_comm", "cp_comm")] + [
         ("pipeline_bubble", "bubble", "idle", "bubble", t["bubble"])]
+    # what the GPU waits for an eager host (the lanes' share of the compute term beyond the kernels)
+    shown = float(df["time_s"].sum()) + sum(float(v) for *_, v in extra)
+    extra.append(("host.exposed", "host", "idle", "host", max(float(cost.time_s) - shown, 0.0)))
     rows = [{"name": n, "cls": c, "pass": p, "count": 1, "flops": 0.0, "bytes": 0.0, "kernels": 0,
-             "gpu_time_s": float(v), "host_time_s": 0.0, "time_s": float(v), "bound": b}
-            for n, c, p, b, v in extra if float(v) > 0]
+             "gpu_time_s": 0.0 if c == "host" else float(v), "host_time_s": 0.0, "time_s": float(v), "bound": b}
+            for n, c, p, b, v in extra if float(v) > 1e-9 * float(cost.time_s)]
     return pd.concat([df, pd.DataFrame(rows)], ignore_index=True) if rows else df
 
 
