@@ -72,8 +72,18 @@ class _Parser(argparse.ArgumentParser):
         raise RoofplanError(f"{self.prog}: {message}")
 
 
+def _epilog() -> str:
+    """Where roofplan reads its data: the variables data_dir honours (simulator.core.paths)."""
+    from simulator.core.paths import DATA_ENV_VARS
+    vars_ = "; ".join(f"{var} replaces {folder}" for var, folder in DATA_ENV_VARS.items())
+    return ("data: hardware specs and the model zoo come from the folder an environment variable names "
+            f"({vars_}), else the checkout roofplan runs from, else the copy an installed wheel carries; "
+            "`roofplan hw check` validates them.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="roofplan", description="Analytical performance simulator and hardware planner for transformer workloads.")
+    parser = _Parser(prog="roofplan", description="Analytical performance simulator and hardware planner for transformer workloads.",
+                     epilog=_epilog())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for mod in COMMANDS:
         importlib.import_module(mod).register(sub)
