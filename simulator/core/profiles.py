@@ -13,16 +13,18 @@
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
+from typing import Annotated, Literal, Mapping
 
 import numpy as np
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from simulator.core.errors import RoofplanError, did_you_mean
-from simulator.core.specs import read_yaml, specs_root
+from simulator.core.schema import (Fraction, Name, NonNegative, NonNegInt, Positive, Strict, Text, check,
+                                   read_yaml)
+from simulator.core.specs import specs_root
 from simulator.core.units import US
 
 REFERENCE_GPU = "h100-sxm"
@@ -41,15 +43,8 @@ class Curve:
         return np.interp(x, self.log_t, self.eff)
 
     @staticmethod
-    def from_yaml(d: Mapping, where: str) -> "Curve":
-        try:
-            knots = [float(k) for k in d["knots_s"]]
-            eff = [float(e) for e in d["efficiency"]]
-        except (KeyError, TypeError, ValueError):
-            raise RoofplanError(f"{where}: a curve needs 'knots_s' and 'efficiency' lists of numbers") from None
-        if len(knots) != len(eff) or not knots or any(not 0 < e <= 1 for e in eff):
-            raise RoofplanError(f"{where}: 'knots_s' and 'efficiency' must have equal length and efficiencies in (0, 1]")
-        return Curve(tuple(np.log10(knots)), tuple(eff))
+    def of(f: "CurveFile") -> "Curve":
+        return Curve(tuple(np.log10(f.knots_s)), tuple(f.efficiency))
 
     def to_yaml(self) -> dict:
         return {"knots_s": [float(f"{10 ** x:.3g}") for x in self.log_t],
@@ -159,47 +154,98 @@ def list_profiles(sub: str) -> list[str]:
     return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
 
 
-def _req(d: Mapping, key: str, where: str):
-    if key not in d:
-        raise RoofplanError(f"{where}: field '{key}' is missing; re-run `roofplan calibrate` or copy it from hardware_specs/profiles/kernels/{REFERENCE_GPU}.yaml")
-    return d[key]
+# --------------------------------------------------------------------------------------------
+# file schemas (simulator/core/schema.py says how they are checked)
+
+
+class CurveFile(Strict):
+    knots_s: list[Positive] = Field(min_length=1)       # ideal time of the op, increasing
+    efficiency: list[Fraction]                         # fraction of peak reached at each knot
+
+    @model_validator(mode="after")
+    def _knots(self):
+        if len(self.knots_s) != len(self.efficiency):
+            raise ValueError(f"'knots_s' has {len(self.knots_s)} values and 'efficiency' {len(self.efficiency)}; "
+                             f"give one efficiency per knot")
+        if any(b <= a for a, b in zip(self.knots_s, self.knots_s[1:])):
+            raise ValueError(f"'knots_s' must increase ({self.knots_s}); sort the knots with their efficiencies")
+        return self
+
+
+class GemmFile(Strict):
+    overhead_us: NonNegative
+    smoothness: Positive
+    compute: CurveFile
+    memory: CurveFile
+
+
+class AttentionPrefillFile(CurveFile):
+    overhead_us: NonNegative
+    diag_tokens: NonNegative
+    backward_ratio: Positive
+
+
+class AttentionDecodeFile(CurveFile):
+    overhead_us: NonNegative
+
+
+class ElementwiseFile(CurveFile):
+    kernel_overhead_us: NonNegative
+    norm_slowdown: Positive = 1.0
+    eager_slowdown: Positive = 1.0
+
+
+class CopyFile(Strict):
+    h2d_pinned_efficiency: Fraction
+    d2h_pinned_efficiency: Fraction
+    h2d_pageable_GBps: Positive
+    d2h_pageable_GBps: Positive
+    latency_us: NonNegative
+
+
+class HostCPUFile(Strict):
+    copy_GBps: Positive | None = None                  # measured, documents the CPU; not read
+    sgemm_TFLOPS: Positive | None = None
+    adam_params_per_s: Positive = 1e9
+
+
+class KernelProfileFile(Strict):
+    name: Name | None = None
+    kind: Literal["kernel-profile"] | None = None
+    hardware: Name
+    source: Text
+    gemm: dict[Name, GemmFile]
+    attention_prefill: AttentionPrefillFile
+    attention_decode: AttentionDecodeFile
+    elementwise: ElementwiseFile
+    copy_: CopyFile = Field(alias="copy")      # `copy` would shadow BaseModel.copy
+    cpu: HostCPUFile = HostCPUFile()
+
+    @field_validator("gemm")
+    @classmethod
+    def _bf16(cls, gemm):
+        if "bf16" not in gemm:
+            raise ValueError(f"has {', '.join(gemm) or 'no'} curves but needs bf16: every kernel profile carries a bf16 GEMM curve")
+        return gemm
 
 
 def parse_kernel_profile(d, path: Path) -> KernelProfile:
-    where = str(path)
-    if not isinstance(d, dict):
-        raise RoofplanError(f"{where}: expected a YAML mapping")
-    gemm = {}
-    for dt, g in _req(d, "gemm", where).items():
-        w = f"{where} gemm.{dt}"
-        gemm[str(dt)] = GemmModel(
-            compute=Curve.from_yaml(_req(g, "compute", w), w + ".compute"),
-            memory=Curve.from_yaml(_req(g, "memory", w), w + ".memory"),
-            overhead_s=float(_req(g, "overhead_us", w)) * US,
-            smoothness=float(_req(g, "smoothness", w)),
-        )
-    if "bf16" not in gemm:
-        raise RoofplanError(f"{where}: gemm.bf16 is missing; every kernel profile needs a bf16 GEMM curve")
-    ap, ad, ew, cp = (_req(d, k, where) for k in ("attention_prefill", "attention_decode", "elementwise", "copy"))
+    f = check(KernelProfileFile, d, path, fix=f"re-run `roofplan calibrate` or compare with "
+                                              f"hardware_specs/profiles/kernels/{REFERENCE_GPU}.yaml")
+    gemm = {dt: GemmModel(compute=Curve.of(g.compute), memory=Curve.of(g.memory), overhead_s=g.overhead_us * US,
+                          smoothness=g.smoothness) for dt, g in f.gemm.items()}
+    ap, ad, ew, cp = f.attention_prefill, f.attention_decode, f.elementwise, f.copy_
     return KernelProfile(
-        name=path.stem, hardware=str(_req(d, "hardware", where)), gemm=MappingProxyType(gemm),
-        attn_prefill=Curve.from_yaml(ap, where + " attention_prefill"),
-        attn_prefill_diag_tokens=float(_req(ap, "diag_tokens", where)),
-        attn_prefill_overhead_s=float(_req(ap, "overhead_us", where)) * US,
-        attn_bwd_ratio=float(_req(ap, "backward_ratio", where)),
-        attn_decode=Curve.from_yaml(ad, where + " attention_decode"),
-        attn_decode_overhead_s=float(_req(ad, "overhead_us", where)) * US,
-        memory=Curve.from_yaml(ew, where + " elementwise"),
-        kernel_overhead_s=float(_req(ew, "kernel_overhead_us", where)) * US,
-        norm_slowdown=float(ew.get("norm_slowdown", 1.0)),
-        eager_slowdown=float(ew.get("eager_slowdown", 1.0)),
-        h2d_pinned_eff=float(_req(cp, "h2d_pinned_efficiency", where)),
-        d2h_pinned_eff=float(_req(cp, "d2h_pinned_efficiency", where)),
-        h2d_pageable_Bps=float(_req(cp, "h2d_pageable_GBps", where)) * 1e9,
-        d2h_pageable_Bps=float(_req(cp, "d2h_pageable_GBps", where)) * 1e9,
-        copy_latency_s=float(_req(cp, "latency_us", where)) * US,
-        cpu_adam_params_per_s=float(d.get("cpu", {}).get("adam_params_per_s", 1e9)),
-        source=str(_req(d, "source", where)), fitted_on=str(d["hardware"]),
+        name=path.stem, hardware=f.hardware, gemm=MappingProxyType(gemm),
+        attn_prefill=Curve.of(ap), attn_prefill_diag_tokens=ap.diag_tokens, attn_prefill_overhead_s=ap.overhead_us * US,
+        attn_bwd_ratio=ap.backward_ratio,
+        attn_decode=Curve.of(ad), attn_decode_overhead_s=ad.overhead_us * US,
+        memory=Curve.of(ew), kernel_overhead_s=ew.kernel_overhead_us * US,
+        norm_slowdown=ew.norm_slowdown, eager_slowdown=ew.eager_slowdown,
+        h2d_pinned_eff=cp.h2d_pinned_efficiency, d2h_pinned_eff=cp.d2h_pinned_efficiency,
+        h2d_pageable_Bps=cp.h2d_pageable_GBps * 1e9, d2h_pageable_Bps=cp.d2h_pageable_GBps * 1e9,
+        copy_latency_s=cp.latency_us * US, cpu_adam_params_per_s=f.cpu.adam_params_per_s,
+        source=f.source, fitted_on=f.hardware,
     )
 
 
@@ -238,76 +284,97 @@ def load_kernel_profile(gpu_name: str, path: str | None = None) -> KernelProfile
     return parse_kernel_profile(read_yaml(p), p)
 
 
-_EXEC_FIELDS = {
+def _op_classes(v: dict) -> dict:
+    from simulator.core.ops import OP_CLASSES
+    for k in v:
+        if k not in OP_CLASSES:
+            raise ValueError(f"names op class '{k}'{did_you_mean(k, OP_CLASSES)}; the op classes are "
+                             f"{', '.join(OP_CLASSES)}")
+    return v
+
+
+PerClassUs = Annotated[dict[str, NonNegative], AfterValidator(_op_classes)]
+
+
+class ExecutorFields(Strict):
+    """The fields of an executor profile that describe the stack (all optional: default.yaml's
+    values otherwise). Unit-suffixed YAML names; `_EXEC_UNITS` maps them to ExecutorProfile's."""
+    host_overhead_per_kernel_us: NonNegative = 0.0
+    host_overhead_per_step_us: NonNegative = 0.0
+    kernel_overhead_us: NonNegative | None = None
+    host_per_op_us: PerClassUs = {}
+    host_per_layer_us: NonNegative = 0.0
+    host_new_shape_us: NonNegative = 0.0
+    host_autograd_scale: Positive = 1.0
+    host_backward_per_kernel_us: PerClassUs = {}
+    host_backward_per_layer_us: NonNegative = 0.0
+    host_optimizer_us: NonNegative = 0.0
+    fused_qkv: bool = True
+    fused_gate_up: bool = True
+    norm_kernels: NonNegInt = 8
+    norm_bytes_per_elem: NonNegative = 36
+    rope_kernels: NonNegInt = 10
+    rope_bytes_per_elem: NonNegative = 20
+    repeat_kv: bool = False
+    kv_cache_concat: bool = False
+    train_residual_bytes: Positive = 4
+    workspace_MiB: NonNegative = 0.0
+    backward_memory_ratio: Positive = 2.0
+    gemm_efficiency_scale: Positive = 1.0
+    attn_score_bytes_per_elem: NonNegative = 0.0
+    attn_decode_efficiency_scale: Positive = 1.0
+    lora_adapter_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    offload_embeddings: bool = False
+    autocast_weight_casts: bool = False
+    persistent_grad_buffer: bool = False
+    fitted_on: str = ""
+
+
+class ExecutorProfileFile(ExecutorFields):
+    name: Name | None = None
+    kind: Literal["executor-profile"] | None = None
+    description: Text
+    source: Text
+
+
+# YAML name -> (ExecutorProfile attribute, scale to SI); fields absent here keep their name and value
+_EXEC_UNITS = {
     "host_overhead_per_kernel_us": ("host_overhead_per_kernel_s", US),
     "host_overhead_per_step_us": ("host_overhead_per_step_s", US),
     "kernel_overhead_us": ("kernel_overhead_s", US),
-    "fused_qkv": ("fused_qkv", None), "fused_gate_up": ("fused_gate_up", None),
-    "norm_kernels": ("norm_kernels", None), "norm_bytes_per_elem": ("norm_bytes_per_elem", None),
-    "rope_kernels": ("rope_kernels", None), "rope_bytes_per_elem": ("rope_bytes_per_elem", None),
-    "repeat_kv": ("repeat_kv", None), "kv_cache_concat": ("kv_cache_concat", None),
-    "train_residual_bytes": ("train_residual_bytes", None),
-    "workspace_MiB": ("workspace_bytes", 2**20),
-    "backward_memory_ratio": ("backward_memory_ratio", None),
-    "gemm_efficiency_scale": ("gemm_efficiency_scale", None),
-    "attn_score_bytes_per_elem": ("attn_score_bytes_per_elem", None),
-    "attn_decode_efficiency_scale": ("attn_decode_efficiency_scale", None),
-    "persistent_grad_buffer": ("persistent_grad_buffer", None),
-    "fitted_on": ("fitted_on", None),
-    "autocast_weight_casts": ("autocast_weight_casts", None),
-    "offload_embeddings": ("offload_embeddings", None),
-    "lora_adapter_dtype": ("lora_adapter_dtype", None),
-    "host_per_op_us": ("host_per_op_s", "per-class-us"),
+    "host_per_op_us": ("host_per_op_s", US),
     "host_per_layer_us": ("host_per_layer_s", US),
     "host_new_shape_us": ("host_new_shape_s", US),
-    "host_autograd_scale": ("host_autograd_scale", None),
-    "host_backward_per_kernel_us": ("host_backward_per_kernel_s", "per-class-us"),
+    "host_backward_per_kernel_us": ("host_backward_per_kernel_s", US),
     "host_backward_per_layer_us": ("host_backward_per_layer_s", US),
     "host_optimizer_us": ("host_optimizer_s", US),
+    "workspace_MiB": ("workspace_bytes", 2**20),
 }
 
 
-def executor_fields(d: Mapping, where: str) -> dict:
-    """YAML fields of an executor profile (unit-suffixed names) -> ExecutorProfile attributes (SI)."""
+def _si_fields(f: ExecutorFields, keys) -> dict:
     kw = {}
-    for key, val in d.items():
-        if key not in _EXEC_FIELDS:
-            raise RoofplanError(f"{where}: unknown field '{key}'{did_you_mean(key, _EXEC_FIELDS)}")
-        attr, scale = _EXEC_FIELDS[key]
-        if scale == "per-class-us":
-            from simulator.core.ops import OP_CLASSES
-            if not isinstance(val, Mapping) or any(k not in OP_CLASSES for k in val):
-                raise RoofplanError(f"{where}: '{key}' must map op classes ({', '.join(OP_CLASSES)}) to microseconds")
-            kw[attr] = MappingProxyType({str(k): _exec_number(v, f"{key}.{k}", where) * US for k, v in val.items()})
-        elif scale:
-            kw[attr] = _exec_number(val, key, where) * scale
-        else:
-            default = getattr(ExecutorProfile("x", "x"), attr)
-            if isinstance(default, bool) or isinstance(default, str):
-                if not isinstance(val, type(default)):
-                    raise RoofplanError(f"{where}: field '{key}' is {val!r}; it must be "
-                                        + ("true or false" if isinstance(default, bool) else "a string"))
-            else:
-                _exec_number(val, key, where)
-            kw[attr] = val
+    for key in keys:
+        val = getattr(f, key)
+        attr, scale = _EXEC_UNITS.get(key, (key, None))
+        if isinstance(val, dict):
+            val = MappingProxyType({k: v * scale for k, v in val.items()})
+        elif scale is not None and val is not None:
+            val = val * scale
+        kw[attr] = val
     return kw
 
 
-def _exec_number(v, key: str, where: str) -> float:
-    """A finite number >= 0 from an executor profile field (one line naming it otherwise)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        raise RoofplanError(f"{where}: field '{key}' is {v!r}; it must be a finite number >= 0")
-    return float(v)
+def executor_fields(d: Mapping, where: str) -> dict:
+    """The executor fields given in `d` (unit-suffixed YAML names), checked -> ExecutorProfile attributes (SI)."""
+    f = check(ExecutorFields, dict(d), where)
+    return _si_fields(f, f.model_fields_set)
 
 
 def parse_executor_profile(d, path: Path) -> ExecutorProfile:
-    where = str(path)
-    if not isinstance(d, dict):
-        raise RoofplanError(f"{where}: expected a YAML mapping")
-    kw = {"name": path.stem, "description": str(_req(d, "description", where)),
-          "source": str(_req(d, "source", where))}
-    kw.update(executor_fields({k: v for k, v in d.items() if k not in ("name", "description", "source", "kind")}, where))
-    return ExecutorProfile(**kw)
+    f = check(ExecutorProfileFile, d, path, fix="see hardware_specs/profiles/executors/default.yaml")
+    keys = f.model_fields_set - {"name", "kind", "description", "source"}
+    return ExecutorProfile(name=path.stem, description=f.description, source=f.source, **_si_fields(f, keys))
 
 
 def load_executor_profile(name_or_path: str = "default") -> ExecutorProfile:

@@ -93,11 +93,15 @@ def one_line(e: ValidationError, schema: type[BaseModel], path: Path | str, fix:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     msg = msg[0].lower() + msg[1:]
-    msg = msg.replace("input should be", "must be").replace("value should be", "must be")
-    got = "" if kind.endswith("_type") and err.get("input") is None else f" (got {short(err.get('input'))})"
+    for long, op in (("input should be", "must be"), ("value should be", "must be"), ("greater than or equal to", ">="),
+                     ("less than or equal to", "<="), ("greater than", ">"), ("less than", "<")):
+        msg = msg.replace(long, op)
+    value = err.get("input")
     if kind in ("model_type", "model_attributes_type", "dict_type") and not loc:
-        return f"{path}: expected a YAML mapping of fields, got {type(err.get('input')).__name__}"
-    return f"{path}: field '{field}' {msg}{got}" + (f"; {fix}" if fix else "")
+        return f"{path}: expected a YAML mapping of fields, got {type(value).__name__}"
+    got = "" if isinstance(value, (dict, list)) or value is None else f" (got {short(value)})"
+    subject = "" if not loc else f"field '{field}': " if isinstance(value, dict) else f"field '{field}' "
+    return f"{path}: {subject}{msg}{got}" + (f"; {fix}" if fix else "")
 
 
 def check(schema: type[S], data: Any, path: Path | str, fix: str = "") -> S:

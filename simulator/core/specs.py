@@ -7,16 +7,17 @@ One file per item (gpus/, cpus/, links/, nvme/, systems/). YAML field names carr
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Literal, Mapping
 
-import yaml
+from pydantic import Field, model_validator
 
 from simulator.core.paths import data_dir
 from simulator.core.errors import FieldError, RoofplanError, did_you_mean
+from simulator.core.schema import (Name, NonNegative, NonNegInt, PosInt, Positive, Strict, Text, check,
+                                   read_yaml)
 from simulator.core.units import GB, GiB, MiB, TFLOPS, US
 
 SPEC_DIRS = {"gpu": "gpus", "cpu": "cpus", "link": "links", "nvme": "nvme", "system": "systems"}
@@ -130,166 +131,122 @@ class System:
 
 
 # --------------------------------------------------------------------------------------------
-# schema: (yaml field, dataclass field, converter, required)
+# file schemas: the YAML side, unit-suffixed names (simulator/core/schema.py says how they are checked)
 
 
-def _num(scale: float, positive: bool = False) -> Callable[[Any], float]:
-    """A finite number >= 0 (> 0 with `positive`: a bandwidth, a capacity, a peak), times `scale`."""
-    def conv(v):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError("must be a number")
-        if not math.isfinite(v):
-            raise ValueError("must be a finite number")
-        if v < 0 or (positive and v == 0):
-            raise ValueError("must be > 0" if positive else "must be >= 0")
-        return float(v) * scale
-    return conv
+class _SpecFile(Strict):
+    kind: str | None = None
+    source: Text                                       # every number needs its source
+    sources: dict[str, Text] = {}                      # per-field sources, keyed by field name
+
+    @model_validator(mode="after")
+    def _sources_name_fields(self):
+        fields = set(type(self).model_fields) - {"kind", "source", "sources"}
+        for key in self.sources:
+            if key not in fields:
+                raise ValueError(f"'sources' names '{key}', which is not a field of this spec"
+                                 f"{did_you_mean(key, fields)}")
+        return self
 
 
-def _pos(scale: float) -> Callable[[Any], float]:
-    return _num(scale, positive=True)
+LinkType = Literal["pcie", "nvlink", "infinity-fabric", "infiniband", "ethernet"]
 
 
-def _pos_int(v):
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise ValueError("must be a positive integer")
-    return v
+class LinkFile(_SpecFile):
+    name: Name
+    type: LinkType
+    bandwidth_GBps: Positive                           # theoretical, per direction
+    latency_us: NonNegative
 
 
-def _nonneg_int(v):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ValueError("must be an integer >= 0")
-    return v
+class GPUFile(_SpecFile):
+    name: Name
+    vendor: Name
+    full_name: Name
+    architecture: Name
+    memory_GiB: Positive
+    memory_bandwidth_GBps: Positive
+    l2_cache_MiB: NonNegative
+    sm_count: PosInt
+    boost_clock_MHz: Positive
+    tdp_W: NonNegative
+    peak_dense_TFLOPS: dict[Name, Positive] = Field(min_length=1)   # dtype -> dense peak
+    host_link: Name
+    gpu_link: Name | None = None
 
 
-def _str(v):
-    if not isinstance(v, str) or not v:
-        raise ValueError("must be a non-empty string")
-    return v
+class CPUFile(_SpecFile):
+    name: Name
+    vendor: Name
+    cores: PosInt
+    memory_channels: PosInt | None = None              # documents the bandwidth figure; not read
+    memory_bandwidth_GBps: Positive
+    peak_fp32_TFLOPS: Positive
+    attention_GBps: Positive | None = None             # measured CPU attention rate over the KV cache
 
 
-def _opt_str(v):
-    return None if v is None else _str(v)
+class NVMeFile(_SpecFile):
+    name: Name
+    capacity_GB: Positive
+    read_GBps: Positive
+    write_GBps: Positive
+    interface: Name | None = None                      # documents the drive; not read
 
 
-def _opt_num(scale):
-    conv = _num(scale)
-    return lambda v: None if v is None else conv(v)
+class SystemFile(_SpecFile):
+    name: Name
+    description: Text
+    gpu: Name
+    gpu_count: PosInt
+    host_link: Name
+    gpu_link: Name | None = None
+    cpu: Name | None = None
+    cpu_count: NonNegInt = 0
+    host_memory_GiB: Positive | None = None
+    network: Name | None = None
+    network_count: NonNegInt = 0
+    nvme: Name | None = None
+    nvme_count: NonNegInt = 0
+    price_usd_per_h: NonNegative | None = None
+    provider: Name | None = None
 
 
-def _peaks(v):
-    if not isinstance(v, dict) or not v:
-        raise ValueError("must be a mapping dtype -> dense TFLOPS, e.g. {bf16: 989.4}")
-    out = {}
-    for k, x in v.items():
-        try:
-            out[str(k)] = _pos(TFLOPS)(x)
-        except ValueError as e:
-            raise ValueError(f"entry '{k}' {e}") from None
-    return MappingProxyType(out)
+SCHEMAS: dict[str, type[_SpecFile]] = {"link": LinkFile, "gpu": GPUFile, "cpu": CPUFile, "nvme": NVMeFile,
+                                       "system": SystemFile}
 
 
-# fields that document a spec without entering the model (kept, not read)
-DOC_FIELDS = {"cpu": {"memory_channels"}, "nvme": {"interface"}}
-
-_R, _O = True, False
-SCHEMA: dict[str, list[tuple[str, str, Callable, bool]]] = {
-    "link": [
-        ("name", "name", _str, _R), ("type", "type", _str, _R),
-        ("bandwidth_GBps", "bw_Bps", _pos(GB), _R), ("latency_us", "latency_s", _num(US), _R),
-    ],
-    "gpu": [
-        ("name", "name", _str, _R), ("vendor", "vendor", _str, _R),
-        ("full_name", "full_name", _str, _R), ("architecture", "architecture", _str, _R),
-        ("memory_GiB", "mem_bytes", _pos(GiB), _R),
-        ("memory_bandwidth_GBps", "hbm_bw_Bps", _pos(GB), _R),
-        ("l2_cache_MiB", "l2_bytes", _num(MiB), _R), ("sm_count", "sm_count", _pos_int, _R),
-        ("boost_clock_MHz", "clock_hz", _pos(1e6), _R), ("tdp_W", "tdp_w", _num(1.0), _R),
-        ("peak_dense_TFLOPS", "peak_flops_by_dtype", _peaks, _R),
-        ("host_link", "host_link", _str, _R), ("gpu_link", "gpu_link", _opt_str, _O),
-    ],
-    "cpu": [
-        ("name", "name", _str, _R), ("vendor", "vendor", _str, _R), ("cores", "cores", _pos_int, _R),
-        ("memory_bandwidth_GBps", "mem_bw_Bps", _pos(GB), _R),
-        ("peak_fp32_TFLOPS", "peak_flops_fp32", _pos(TFLOPS), _R),
-        ("attention_GBps", "attention_Bps", lambda v: None if v is None else _pos(GB)(v), _O),
-    ],
-    "nvme": [
-        ("name", "name", _str, _R), ("capacity_GB", "capacity_bytes", _pos(GB), _R),
-        ("read_GBps", "read_Bps", _pos(GB), _R), ("write_GBps", "write_Bps", _pos(GB), _R),
-    ],
-    "system": [
-        ("name", "name", _str, _R), ("description", "description", _str, _R),
-        ("gpu", "gpu", _str, _R), ("gpu_count", "gpu_count", _pos_int, _R),
-        ("host_link", "host_link", _str, _R), ("gpu_link", "gpu_link", _opt_str, _O),
-        ("cpu", "cpu", _opt_str, _O), ("cpu_count", "cpu_count", _nonneg_int, _O),
-        ("host_memory_GiB", "host_mem_bytes", _opt_num(GiB), _O),
-        ("network", "network", _opt_str, _O), ("network_count", "network_count", _nonneg_int, _O),
-        ("nvme", "nvme", _opt_str, _O), ("nvme_count", "nvme_count", _nonneg_int, _O),
-        ("price_usd_per_h", "price_usd_per_h", _opt_num(1.0), _O),
-        ("provider", "provider", _opt_str, _O),
-    ],
-}
-
-
-class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
-    """libyaml's C parser when PyYAML was built with it (10x faster, same documents), refusing a
-    key given twice in one mapping (YAML would keep the last one silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key '{key}' given twice", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def read_yaml(path: Path) -> Any:
-    """Parse a YAML file; a syntax error, a duplicate key or a file that is not UTF-8 text becomes
-    one line naming the file (and the line)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise RoofplanError(f"{path}: cannot read ({e.strerror})") from None
-    except UnicodeDecodeError as e:
-        raise RoofplanError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise RoofplanError(f"{path}:{where} malformed YAML ({problem}); fix the syntax") from None
+def _si(kind: str, f: _SpecFile) -> dict[str, Any]:
+    """Dataclass kwargs in SI units from a checked file."""
+    if kind == "link":
+        return dict(name=f.name, type=f.type, bw_Bps=f.bandwidth_GBps * GB, latency_s=f.latency_us * US)
+    if kind == "gpu":
+        return dict(name=f.name, vendor=f.vendor, full_name=f.full_name, architecture=f.architecture,
+                    mem_bytes=f.memory_GiB * GiB, hbm_bw_Bps=f.memory_bandwidth_GBps * GB,
+                    l2_bytes=f.l2_cache_MiB * MiB, sm_count=f.sm_count, clock_hz=f.boost_clock_MHz * 1e6,
+                    tdp_w=f.tdp_W, host_link=f.host_link, gpu_link=f.gpu_link,
+                    peak_flops_by_dtype=MappingProxyType({k: v * TFLOPS for k, v in f.peak_dense_TFLOPS.items()}))
+    if kind == "cpu":
+        return dict(name=f.name, vendor=f.vendor, cores=f.cores, mem_bw_Bps=f.memory_bandwidth_GBps * GB,
+                    peak_flops_fp32=f.peak_fp32_TFLOPS * TFLOPS,
+                    attention_Bps=None if f.attention_GBps is None else f.attention_GBps * GB)
+    if kind == "nvme":
+        return dict(name=f.name, capacity_bytes=f.capacity_GB * GB, read_Bps=f.read_GBps * GB,
+                    write_Bps=f.write_GBps * GB)
+    return dict(name=f.name, description=f.description, gpu=f.gpu, gpu_count=f.gpu_count, host_link=f.host_link,
+                gpu_link=f.gpu_link, cpu=f.cpu, cpu_count=f.cpu_count,
+                host_mem_bytes=None if f.host_memory_GiB is None else f.host_memory_GiB * GiB,
+                network=f.network, network_count=f.network_count, nvme=f.nvme, nvme_count=f.nvme_count,
+                price_usd_per_h=f.price_usd_per_h, provider=f.provider)
 
 
 def parse_spec(kind: str, data: Any, path: Path) -> dict[str, Any]:
-    """Validate one spec mapping against SCHEMA[kind]; return dataclass kwargs (SI units)."""
-    if not isinstance(data, dict):
-        raise RoofplanError(f"{path}: expected a YAML mapping of fields, got {type(data).__name__}")
-    if data.get("kind", kind) != kind:
-        raise RoofplanError(f"{path}: field 'kind' is '{data.get('kind')}' but the file is in {SPEC_DIRS[kind]}/; set kind: {kind}")
-    if not data.get("source"):
-        raise RoofplanError(f"{path}: field 'source' is missing; every number needs its source (datasheet, paper or measurement)")
-    out: dict[str, Any] = {"source": str(data["source"])}
-    allowed = {k for k, *_ in SCHEMA[kind]} | DOC_FIELDS.get(kind, set()) | {"kind", "source", "sources"}
-    for key in data:
-        if key not in allowed:
-            raise RoofplanError(f"{path}: unknown field '{key}'{did_you_mean(str(key), allowed)}; a typo would "
-                                f"silently drop a number, so every field must be one of: {', '.join(sorted(allowed))}")
-    for key, attr, conv, required in SCHEMA[kind]:
-        if key not in data:
-            if required:
-                raise RoofplanError(f"{path}: field '{key}' is missing; add it (see another file in {SPEC_DIRS[kind]}/)")
-            continue
-        try:
-            out[attr] = conv(data[key])
-        except ValueError as e:
-            raise RoofplanError(f"{path}: field '{key}' {e} (got {data[key]!r})") from None
-    if out["name"] != Path(path).stem:
-        raise RoofplanError(f"{path}: field 'name' is '{out['name']}' but the file is named {Path(path).stem}.yaml; make them equal")
-    return out
+    """Validate one spec mapping against SCHEMAS[kind]; return dataclass kwargs (SI units)."""
+    f = check(SCHEMAS[kind], data, path, fix=f"see another file in {SPEC_DIRS[kind]}/")
+    if f.kind not in (None, kind):
+        raise RoofplanError(f"{path}: field 'kind' is '{f.kind}' but the file is in {SPEC_DIRS[kind]}/; set kind: {kind}")
+    if f.name != Path(path).stem:
+        raise RoofplanError(f"{path}: field 'name' is '{f.name}' but the file is named {Path(path).stem}.yaml; make them equal")
+    return {"source": f.source, **_si(kind, f)}
 
 
 def spec_path(kind: str, name: str) -> Path:

@@ -76,7 +76,7 @@ def test_missing_source(hw_copy):
 def test_bad_value(hw_copy):
     p = hw_copy / "gpus" / "h100-sxm.yaml"
     p.write_text(p.read_text().replace("sm_count: 132", "sm_count: many"))
-    with pytest.raises(RoofplanError, match="field 'sm_count' must be a positive integer"):
+    with pytest.raises(RoofplanError, match="field 'sm_count' must be a valid integer"):
         specs.load_gpu("h100-sxm")
 
 
@@ -138,7 +138,7 @@ def test_executor_profile_values_are_checked(hw_copy, line):
     p = hw_copy / "profiles" / "executors" / "hf-eager.yaml"
     key = line.split(":")[0]
     p.write_text("\n".join(l for l in p.read_text().splitlines() if not l.startswith(key + ":")) + f"\n{line}\n")
-    with pytest.raises(RoofplanError, match=f"field '{key}' is"):
+    with pytest.raises(RoofplanError, match=f"field '{key}' must be .* \\(got"):
         from simulator.core.profiles import load_executor_profile
         load_executor_profile("hf-eager")
     assert main(["hw", "check"]) == 2
@@ -148,3 +148,58 @@ def test_printed_sizes_stay_readable():
     from simulator.core.units import fmt_bytes, fmt_time
     assert fmt_bytes(17.5 * 2**30) == "17.5 GiB" and fmt_bytes(7.348e23 * 2**40) == "7.35e+23 TiB"
     assert fmt_bytes(float("nan")) == "nan B" and fmt_time(float("inf")) == "inf s" and fmt_time(0.00802) == "8.02 ms"
+
+
+def _edit(path, old, new):
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize("old, new, says", [
+    # knots that do not increase were used silently (np.interp assumes sorted x)
+    ("      - 1.0e-05\n      - 0.0001\n", "      - 0.0001\n      - 1.0e-05\n", "'knots_s' must increase"),
+    ("efficiency:\n      - 0.8407", "efficiency:\n      - 1.8407", r"field 'gemm.bf16.compute.efficiency\[0\]' must be <= 1 \(got 1.8407\)"),
+    ("    overhead_us: 6.257", "    overhead_us: -6.257", "field 'gemm.bf16.overhead_us' must be >= 0"),
+    ("  latency_us: 9.567", "  latency_us: .inf", "field 'copy.latency_us' must be a finite number"),
+    ("  eager_slowdown: 1.244", "  eager_slowdwn: 1.244", "unknown field 'elementwise.eager_slowdwn' \\(did you mean: eager_slowdown"),
+    ("  bf16:\n    overhead_us", "  bf61:\n    overhead_us", "field 'gemm': has bf61, fp16, fp32, fp8, tf32 curves but needs bf16"),
+])
+def test_kernel_profile_is_checked_field_by_field(hw_copy, old, new, says):
+    """Each physical range of a kernel profile is enforced with the field's dotted path; `hw check`
+    refuses the profile too (exit 2)."""
+    from simulator.cli.main import main
+    from simulator.core.profiles import load_kernel_profile
+    _edit(hw_copy / "profiles" / "kernels" / "h100-sxm.yaml", old, new)
+    with pytest.raises(RoofplanError, match=says):
+        load_kernel_profile("h100-sxm")
+    assert main(["hw", "check"]) == 2
+
+
+def test_an_op_class_typo_in_an_executor_profile_is_refused(hw_copy):
+    from simulator.core.profiles import load_executor_profile
+    _edit(hw_copy / "profiles" / "executors" / "hf-eager.yaml", "{gemm: 30.67,", "{gemn: 30.67,")
+    with pytest.raises(RoofplanError, match=r"'host_per_op_us': names op class 'gemn' \(did you mean: gemm"):
+        load_executor_profile("hf-eager")
+
+
+@pytest.mark.parametrize("old, new, says", [
+    ("type: nvlink", "type: nvlnk", "field 'type' must be 'pcie', 'nvlink'"),
+    ("latency_us:", "sources: {latency_ms: guess}\nlatency_us:", "'sources' names 'latency_ms', which is not a field"),
+    ("name: nvlink-4", "- name: nvlink-4", "malformed YAML|expected a YAML mapping"),
+])
+def test_link_type_and_per_field_sources_are_checked(hw_copy, old, new, says):
+    _edit(hw_copy / "links" / "nvlink-4.yaml", old, new)
+    with pytest.raises(RoofplanError, match=says):
+        specs.load_link("nvlink-4")
+
+
+def test_an_alias_bomb_is_one_short_line(hw_copy):
+    """Nine levels of nine aliases expand to 9^9 values: refused before construction, in one line."""
+    levels = ["a0: &a0 [" + ", ".join(['"lol"'] * 9) + "]"]
+    levels += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    p = hw_copy / "links" / "nvlink-4.yaml"
+    p.write_text(p.read_text() + "\n".join(levels) + "\n")
+    with pytest.raises(RoofplanError) as e:
+        specs.load_link("nvlink-4")
+    assert "alias" in str(e.value) and "\n" not in str(e.value) and len(str(e.value)) < 300
