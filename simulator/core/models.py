@@ -8,7 +8,6 @@ per-layer weight shapes (`layer_linears`), the same shapes the op lists use.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -17,6 +16,7 @@ from typing import Any
 
 from simulator.core.paths import data_dir
 from simulator.core.errors import RoofplanError, did_you_mean
+from simulator.core.schema import read_json
 
 
 def models_root() -> Path:
@@ -320,14 +320,7 @@ def list_models() -> list[str]:
 @lru_cache(maxsize=256)
 def _load_cached(path_str: str, name: str, mtime: float) -> ModelConfig:
     path = Path(path_str)
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise RoofplanError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    except json.JSONDecodeError as e:
-        raise RoofplanError(f"{path}: malformed JSON at line {e.lineno} ({e.msg}); fix the syntax") from None
-    except OSError as e:
-        raise RoofplanError(f"{path}: cannot read ({e.strerror})") from None
+    cfg = read_json(path, what="model config")
     return parse_hf_config(cfg, name, path)
 
 

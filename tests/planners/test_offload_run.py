@@ -174,7 +174,9 @@ def test_validate_plan_errors(plan, tmp_path, capsys):
     assert main(["validate", "--plan", str(path), "--result", str(path)]) == 2
     assert "roofplan run --plan" in capsys.readouterr().err
     other = tmp_path / "r.json"
-    other.write_text(json.dumps({"schema": "roofplan.plan-run/1", "phase": "prefill", "schedule": {"block_size": 2}}))
+    other.write_text(json.dumps({"schema": "roofplan.plan-run/1", "model": "tiny-llama", "phase": "prefill",
+                                 "schedule": {"gpu_batch_size": 2, "num_gpu_batches": 1, "block_size": 2},
+                                 "time_s": 1.0, "prefill_s": 1.0, "decode_s": 0.0, "tokens_per_s": 8.0}))
     assert main(["validate", "--plan", str(path), "--result", str(other)]) == 2
     assert "is not a run of this plan" in capsys.readouterr().err
     assert main(["run", "--plan", str(path)]) == 2
