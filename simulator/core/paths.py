@@ -18,6 +18,7 @@ PACKAGE_DATA = Path(__file__).resolve().parents[1] / "_data"
 DATA_ENV_VARS = {
     "ROOFPLAN_HW_DIR": "hardware_specs/",
     "ROOFPLAN_MODELS_DIR": "workloads/models/",
+    "ROOFPLAN_SERVING_DIR": "workloads/serving/",
 }
 
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field, model_validator
 
-from simulator.core.paths import REPO_ROOT
+from simulator.core.paths import data_dir
 from simulator.core.errors import RoofplanError, did_you_mean
 from simulator.serving.simulate import RequestMix
-from simulator.core.specs import read_yaml
+from simulator.core.schema import Name, NonNegative, Positive, Strict, Text, check, read_yaml
 
 
 @dataclass(frozen=True)
@@ -60,44 +62,58 @@ class ServingWorkload:
 
 
 def workloads_dir() -> Path:
-    return REPO_ROOT / "workloads" / "serving"
+    return data_dir("ROOFPLAN_SERVING_DIR", "workloads", "serving")
 
 
-def _hist(path, data, key):
-    h = data.get(key)
-    if not isinstance(h, dict) or "edges" not in h or "shares" not in h:
-        raise RoofplanError(f"{path}: field '{key}' must be a mapping {{edges: [...], shares: [...]}}")
-    edges, shares = h["edges"], h["shares"]
-    if (not isinstance(edges, list) or not isinstance(shares, list) or len(edges) != len(shares) + 1
-            or not shares):
-        raise RoofplanError(f"{path}: field '{key}' needs len(edges) == len(shares) + 1 (got {len(edges)} edges, {len(shares)} shares)")
-    if any(not isinstance(e, int) or e < 1 for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
-        raise RoofplanError(f"{path}: field '{key}.edges' must be increasing positive integers (got {edges})")
-    if any(not isinstance(s, (int, float)) or s < 0 for s in shares) or sum(shares) <= 0:
-        raise RoofplanError(f"{path}: field '{key}.shares' must be numbers >= 0 with a positive sum (got {shares})")
-    tot = float(sum(shares))
-    return [(edges[i], edges[i + 1], shares[i] / tot) for i in range(len(shares))]
+MAX_TOKENS = 10_000_000     # beyond any context window: a typo, not a request
+
+
+class Histogram(Strict):
+    edges: list[Annotated[int, Field(ge=1, le=MAX_TOKENS)]] = Field(min_length=2)   # bin edges, tokens
+    shares: list[NonNegative] = Field(min_length=1)                                # of requests per bin
+
+    @model_validator(mode="after")
+    def _bins(self):
+        if len(self.edges) != len(self.shares) + 1:
+            raise ValueError(f"needs one more edge than shares (got {len(self.edges)} edges, {len(self.shares)} shares)")
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:])):
+            raise ValueError(f"'edges' must increase (got {self.edges})")
+        if sum(self.shares) <= 0:
+            raise ValueError("'shares' must have a positive sum")
+        return self
+
+    def bins(self) -> list[tuple[int, int, float]]:
+        tot = float(sum(self.shares))
+        return [(self.edges[i], self.edges[i + 1], self.shares[i] / tot) for i in range(len(self.shares))]
+
+
+class ServingWorkloadFile(Strict):
+    name: Name | None = None
+    description: Text | None = None
+    source: Text                                       # where the length distribution comes from
+    request_rate_rps: Positive
+    input_tokens: Histogram | None = None
+    output_tokens: Histogram | None = None
+    samples: list[tuple[Annotated[int, Field(ge=1, le=MAX_TOKENS)], Annotated[int, Field(ge=1, le=MAX_TOKENS)]]] | None = \
+        Field(None, min_length=1)                      # [input, output] tokens, each equally likely
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        hist = self.input_tokens is not None or self.output_tokens is not None
+        if (self.samples is not None) == hist or (hist and (self.input_tokens is None or self.output_tokens is None)):
+            raise ValueError("give either samples: [[in, out], ...] or both input_tokens and output_tokens histograms")
+        return self
 
 
 def parse_workload(data, path) -> ServingWorkload:
-    if not isinstance(data, dict):
-        raise RoofplanError(f"{path}: expected a YAML mapping with request_rate_rps and input_tokens/output_tokens or samples")
-    if not data.get("source"):
-        raise RoofplanError(f"{path}: field 'source' is missing; say where the length distribution comes from")
-    rate = data.get("request_rate_rps")
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0:
-        raise RoofplanError(f"{path}: field 'request_rate_rps' must be a number > 0 (got {rate!r})")
-    if "samples" in data:
-        s = data["samples"]
-        if (not isinstance(s, list) or not s or any(not isinstance(p, list) or len(p) != 2 or
-                any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in p) for p in s)):
-            raise RoofplanError(f"{path}: field 'samples' must be a list of [input_tokens, output_tokens] positive integer pairs")
-        buckets = tuple(Bucket(i, i, o, o, 1.0 / len(s)) for i, o in s)
+    f = check(ServingWorkloadFile, data, path, fix="see workloads/serving/chat.yaml")
+    if f.samples is not None:
+        buckets = tuple(Bucket(i, i, o, o, 1.0 / len(f.samples)) for i, o in f.samples)
     else:
-        ins, outs = _hist(path, data, "input_tokens"), _hist(path, data, "output_tokens")
-        buckets = tuple(Bucket(a, b, c, d, p * q) for a, b, p in ins for c, d, q in outs if p * q > 0)
-    return ServingWorkload(name=str(data.get("name", Path(path).stem)), rate_rps=float(rate),
-                           buckets=buckets, source=str(data["source"]))
+        buckets = tuple(Bucket(a, b, c, d, p * q) for a, b, p in f.input_tokens.bins()
+                        for c, d, q in f.output_tokens.bins() if p * q > 0)
+    return ServingWorkload(name=f.name or Path(path).stem, rate_rps=float(f.request_rate_rps), buckets=buckets,
+                           source=f.source)
 
 
 def load_serving_workload(name_or_path: str) -> ServingWorkload:

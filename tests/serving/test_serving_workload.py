@@ -21,8 +21,8 @@ def test_shipped_workloads_match_cited_means():
 @pytest.mark.parametrize("text,msg", [
     ("request_rate_rps: 1\ninput_tokens: {edges: [1, 2], shares: [1]}\noutput_tokens: {edges: [1, 2], shares: [1]}\n", "'source' is missing"),
     ("source: x\nrequest_rate_rps: -1\n", "request_rate_rps"),
-    ("source: x\nrequest_rate_rps: 1\ninput_tokens: {edges: [1, 2, 3], shares: [1]}\noutput_tokens: {edges: [1, 2], shares: [1]}\n", "len(edges) == len(shares) + 1"),
-    ("source: x\nrequest_rate_rps: 1\ninput_tokens: {edges: [5, 2], shares: [1]}\noutput_tokens: {edges: [1, 2], shares: [1]}\n", "increasing"),
+    ("source: x\nrequest_rate_rps: 1\ninput_tokens: {edges: [1, 2, 3], shares: [1]}\noutput_tokens: {edges: [1, 2], shares: [1]}\n", "needs one more edge than shares"),
+    ("source: x\nrequest_rate_rps: 1\ninput_tokens: {edges: [5, 2], shares: [1]}\noutput_tokens: {edges: [1, 2], shares: [1]}\n", "must increase"),
     ("source: x\nrequest_rate_rps: 1\nsamples: [[1, 0]]\n", "samples"),
     ("source: [x\n", "malformed YAML"),
 ])
