@@ -14,9 +14,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from simulator.core.paths import data_dir
 from simulator.core.errors import RoofplanError, did_you_mean
-from simulator.core.schema import read_json
+from simulator.core.schema import Name, NonNegInt, PosInt, check, read_json
 
 
 def models_root() -> Path:
@@ -206,17 +208,57 @@ def _get(cfg: dict, path: Path, *keys: str, default: Any = ..., kind=int):
 
 
 MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3")
-BOOL_FIELDS = ("tie_word_embeddings", "attention_bias", "enable_bias", "mlp_bias")
+_Size = PosInt | None          # a dimension or count the model needs > 0 (null: not given)
+_Count = NonNegInt | None      # may be 0 (no shared experts, no dense layers, no q compression)
+
+
+class HFConfigFile(BaseModel):
+    """The fields of a Hugging Face config.json roofplan reads, typed and ranged; every other field
+    of the file (there are dozens: rope scaling, token ids, dropout...) is the model's own business."""
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+    model_type: Name
+    hidden_size: _Size = None
+    n_embd: _Size = None
+    num_hidden_layers: _Size = None
+    n_layer: _Size = None
+    num_attention_heads: _Size = None
+    n_head: _Size = None
+    num_key_value_heads: _Size = None
+    head_dim: _Size = None
+    intermediate_size: _Size = None
+    n_inner: _Size = None
+    ffn_dim: _Size = None
+    vocab_size: _Size = None
+    max_position_embeddings: _Size = None
+    n_positions: _Size = None
+    word_embed_proj_dim: _Size = None
+    tie_word_embeddings: bool | None = None
+    attention_bias: bool | None = None
+    enable_bias: bool | None = None
+    mlp_bias: bool | None = None
+    num_local_experts: _Size = None
+    num_experts: _Size = None
+    n_routed_experts: _Size = None
+    num_experts_per_tok: _Size = None
+    moe_intermediate_size: _Size = None
+    n_shared_experts: _Count = None
+    first_k_dense_replace: _Count = None
+    decoder_sparse_step: _Size = None
+    moe_layer_freq: _Size = None
+    q_lora_rank: _Count = None
+    kv_lora_rank: _Size = None
+    qk_nope_head_dim: _Size = None
+    qk_rope_head_dim: _Size = None
+    v_head_dim: _Size = None
 
 
 def parse_hf_config(cfg: Any, name: str, path: Path) -> ModelConfig:
     """A ModelConfig from a Hugging Face config.json, checked: booleans are booleans, sizes are
     positive, query heads split evenly over KV heads, an MoE routes each token to at most its
     experts. Each problem is one line naming the file and the field."""
-    if isinstance(cfg, dict):
-        for key in BOOL_FIELDS:
-            if key in cfg and not isinstance(cfg[key], bool):
-                raise RoofplanError(f"{path}: field '{key}' is {cfg[key]!r}; it must be true or false")
+    if not isinstance(cfg, dict):
+        raise RoofplanError(f"{path}: expected a JSON object (a Hugging Face config.json)")
+    check(HFConfigFile, cfg, path, fix="copy it from the model's HF config.json")
     m = _parse_hf_config(cfg, name, path)
     for attr, field in (("hidden", "hidden_size"), ("n_layers", "num_hidden_layers"), ("n_heads", "num_attention_heads"),
                         ("vocab", "vocab_size"), ("max_positions", "max_position_embeddings"), ("head_dim", "head_dim")):

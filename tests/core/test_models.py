@@ -79,10 +79,10 @@ def test_errors_are_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("change, msg", [
-    ({"tie_word_embeddings": "no"}, "field 'tie_word_embeddings' is 'no'; it must be true or false"),
-    ({"hidden_size": 0}, "field 'hidden_size' is 0"),
-    ({"vocab_size": 0}, "field 'vocab_size' is 0"),
-    ({"num_key_value_heads": 0}, "field 'num_key_value_heads' is 0"),
+    ({"tie_word_embeddings": "no"}, "field 'tie_word_embeddings' must be a valid boolean (got 'no')"),
+    ({"hidden_size": 0}, "field 'hidden_size' must be > 0 (got 0)"),
+    ({"vocab_size": 0}, "field 'vocab_size' must be > 0 (got 0)"),
+    ({"num_key_value_heads": 0}, "field 'num_key_value_heads' must be > 0 (got 0)"),
     ({"num_attention_heads": 6, "num_key_value_heads": 4}, "must divide the 6 attention heads"),
 ])
 def test_impossible_configs_are_one_line_errors(change, msg, tmp_path):
