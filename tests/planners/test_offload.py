@@ -68,14 +68,31 @@ def test_planner_beats_or_matches_flexgen_policy_under_our_model(flexgen_rows, n
     assert best.tokens_per_s >= ours.tokens_per_s * (1 - 1e-6)
 
 
-def test_flexgen_own_cost_model_is_off_as_the_issue_reports(flexgen_rows):
-    # no HBM term: 2.4x optimistic on OPT-6.7B; one fitted disk constant: 4-5x pessimistic on 175B
-    pub, _, _, cm = flexgen_rows["opt-6.7b"]
-    assert 2.2 < cm / pub.throughput_tok_s < 2.6
-    pub, _, _, cm = flexgen_rows["opt-175b"]
-    assert 4.0 < pub.throughput_tok_s / cm < 5.0
-    pub, _, _, cm = flexgen_rows["opt-30b"]
-    assert cm == pytest.approx(pub.throughput_tok_s, rel=0.05)
+# FlexGen's own cost model, run from FlexGen's code: flexgen/experimental/cost_model.py `solve_lp`
+# (FMInference/FlexLLMGen; the same file is vendored in K-Wu/FlashTrain at 50505b7) with each row's
+# policy pinned (debug=True, --percent, --gpu-batch-size, --num-gpu-batches), its T4 constants,
+# prompt 512, gen 32, 16 / 208 / 1500 GB of GPU / CPU / disk (the throughput does not depend on
+# the memory caps once the pinned policy is feasible). CBC solves that LP to ~1e-7.
+FLEXGEN_COST_MODEL_TOK_S = {"opt-6.7b": 60.84806419014412, "opt-30b": 7.135732913481344,
+                            "opt-175b": 0.1543751310407797}
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_flexgen_cost_model_port_matches_flexgens_code(flexgen_rows, name):
+    _, _, _, cm = flexgen_rows[name]
+    assert cm == pytest.approx(FLEXGEN_COST_MODEL_TOK_S[name], rel=1e-6)     # LP solver tolerance
+
+
+def test_flexgen_own_cost_model_is_off_as_the_issue_reports():
+    # FlexGen's code against FlexGen's measurements (Table 2): no HBM term, 2.41x optimistic on
+    # OPT-6.7B; one fitted disk constant (0.473 GiB/s), 4.47x pessimistic on OPT-175B; -2.5% on
+    # OPT-30B, the row its constants were fitted on. Both sides are published numbers.
+    ratio = {n: FLEXGEN_COST_MODEL_TOK_S[n] / PUBLISHED[n].throughput_tok_s for n in PUBLISHED}
+    assert ratio["opt-6.7b"] == pytest.approx(60.848 / 25.26, rel=1e-4)
+    assert 1 / ratio["opt-175b"] == pytest.approx(0.69 / 0.15438, rel=1e-4)
+    assert ratio["opt-30b"] == pytest.approx(7.1357 / 7.32, rel=1e-4)
+    # the issue's claims, as published numbers: > 2x optimistic, > 4x pessimistic, within 5%
+    assert ratio["opt-6.7b"] > 2 and 1 / ratio["opt-175b"] > 4 and abs(ratio["opt-30b"] - 1) < 0.05
 
 
 def test_what_binds_the_flexgen_rows(flexgen_rows):
@@ -97,29 +114,59 @@ def test_flexgen_percent_is_applied_per_tensor():
 
 # ---- Acceptance B: Fuyou (Liao et al. 2024): 13B fine-tuning on one RTX 4090 ----------------------
 
-FUYOU_TFLOPS = 156.0          # Fuyou, GPT-3 13B, RTX 4090 (abstract)
-ZERO_INFINITY_TFLOPS = 45.0   # ZeRO-Infinity on the same box (abstract)
+FUYOU_TFLOPS = 156.0          # Fuyou, GPT-3 13B, RTX 4090 (Liao et al. 2024, arXiv 2403.06504, abstract)
+ZERO_INFINITY_TFLOPS = 45.0   # ZeRO-Infinity on the same box (same abstract)
+# The RTX 4090 has no kernel profile of its own: it runs on the H100's curves carried by ideal
+# time, the "carried" calibration level, whose validated step-time error is 12.4% MAPE over 114
+# cases (hardware_specs/profiles/expected_error.yaml, carried/*). One published point is allowed
+# twice that, 25%, the tolerance of the FlexGen rows above.
+FUYOU_REL = 0.25
 
 
-def test_fuyou_13b_finetune_within_stated_tolerance(rtx):
+@pytest.fixture(scope="module")
+def fuyou_plans(rtx):
     system, kp = rtx
     model = load_model("opt-13b")      # same shape as GPT-3 13B: 40 layers, hidden 5120
     fuyou = plan_offload(model, system, OffloadRequest(phase="train", dtype="bf16", seq=1024), EX, kp)
     zinf = plan_offload(model, system, OffloadRequest(phase="train", dtype="bf16", seq=1024,
                                                       overlap_optimizer=False), EX, kp,
                         fixed={"optimizer_states": {"gpu": 0.0, "cpu": 0.0}})
-    hw = fuyou.as_dict()["predicted"]["hardware_tflops_per_s"]
-    # tolerance 40%: the RTX 4090 has no GEMM measurements of its own; it runs on the H100-fitted
-    # efficiency curves (72% of peak at the plateau) and the plan is GPU-bound
-    assert hw == pytest.approx(FUYOU_TFLOPS, rel=0.40)
+    return model, fuyou, zinf
+
+
+def _hw_tflops(plan) -> float:
+    return plan.as_dict()["predicted"]["hardware_tflops_per_s"]
+
+
+def test_fuyou_13b_plan_structure(rtx, fuyou_plans):
+    system, _ = rtx
+    model, fuyou, zinf = fuyou_plans
     # GPU-bound: the LP keeps weights on the GPU until the weight stream just matches compute
     layer = fuyou.stages[0]
     assert fuyou.binds in ("gpu", "h2d")
     assert layer.resources_s["gpu"] == pytest.approx(layer.layer_time_s, rel=1e-3)
-    assert fuyou.placement["optimizer_states"]["cpu"] > 0.99     # 13B x 12 B does not fit 24 GB
-    zhw = zinf.as_dict()["predicted"]["hardware_tflops_per_s"]
-    assert ZERO_INFINITY_TFLOPS < zhw < hw                         # serial optimizer loses, as published
-    assert hw / zhw > 1.15
+    # fp32 master + Adam m, v = 12 B per parameter: 12.85e9 x 12 B = 154 GB against 24 GiB
+    assert model.params_total() * 12 > 5 * system.gpu.mem_bytes
+    assert fuyou.placement["optimizer_states"]["cpu"] > 0.99
+    # the serial optimizer step (ZeRO-Infinity) cannot be faster than the overlapped one (Fuyou)
+    assert _hw_tflops(zinf) < _hw_tflops(fuyou)
+
+
+@pytest.mark.xfail(strict=True, reason="Fuyou-like plan predicts 97.6 hardware TFLOP/s against the published 156 "
+                                       "(-37%): the 4090 runs on H100-fitted GEMM curves (72% of peak at the "
+                                       "plateau), Fuyou reports 94% of its 165 TFLOP/s")
+def test_fuyou_13b_tflops_within_25_percent_of_published(fuyou_plans):
+    _, fuyou, _ = fuyou_plans
+    assert _hw_tflops(fuyou) == pytest.approx(FUYOU_TFLOPS, rel=FUYOU_REL)
+
+
+@pytest.mark.xfail(strict=True, reason="ZeRO-Infinity-like plan predicts 79.9 hardware TFLOP/s against the "
+                                       "published 45 (+78%), so Fuyou's gain is 1.22x predicted vs 3.47x "
+                                       "published: the model has no ZeRO-Infinity swapping inefficiencies")
+def test_zero_infinity_13b_tflops_within_25_percent_of_published(fuyou_plans):
+    _, fuyou, zinf = fuyou_plans
+    assert _hw_tflops(zinf) == pytest.approx(ZERO_INFINITY_TFLOPS, rel=FUYOU_REL)
+    assert _hw_tflops(fuyou) / _hw_tflops(zinf) == pytest.approx(FUYOU_TFLOPS / ZERO_INFINITY_TFLOPS, rel=FUYOU_REL)
 
 
 # ---- invariants ----------------------------------------------------------------------------------
@@ -215,8 +262,14 @@ def test_infeasible_names_the_least_extra_memory(capsys):
     err = capsys.readouterr().err
     assert "binding constraint is GPU memory" in err
     short = float(err.split("short by ")[1].split(" GiB")[0])
-    # OPT-30B's embedding (0.7 GiB) + one layer's double buffer (2.3 GiB) + workspace exceed 1 GiB
-    assert 1.5 < short < 4.0
+    needs = float(err.split("needs ")[1].split(" GiB")[0])
+    # by hand: OPT-30B's embedding, (50272 + 2050 positions) x 7168, and one layer's double buffer,
+    # 2 x (12 h^2 + 13 h) with h = 7168, at 2 B (fp16), plus the executor's 290 MiB workspace
+    h = 7168
+    hand_gib = ((50272 + 2050) * h + 2 * (12 * h * h + 13 * h)) * 2 / GiB + EX.workspace_bytes / GiB   # 3.28
+    assert needs >= hand_gib - 0.05                   # printed to 0.1 GiB
+    assert short == pytest.approx(needs - 1.0, abs=0.1)
+    assert short < 4.0
     # and the suggested cap is enough
     assert err.startswith("roofplan: error: --gpu-memory 1.0 GiB: ")     # the binding cap, spelled as its flag
     need = int(err.split("raise it to ")[1].split(" GiB")[0])
