@@ -36,6 +36,9 @@ from simulator.core.specs import load_gpu, system_from_gpu
 from .solver import SolveReport, solve
 
 ROLES = ("aggregated", "prefill", "decode")
+# Beyond this many GPUs a fleet for one model is no plausible deployment: the CLI warns that the
+# inputs (the request rate above all) are likely off by orders of magnitude.
+PLAUSIBLE_FLEET_GPUS = 10_000
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,10 @@ class FleetPlan:
     def utilisation(self) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.count > 0, self.load / np.maximum(self.count, 1), 0.0)
+
+    @property
+    def gpus(self) -> int:
+        return sum(self.gpus_by_type().values())
 
     def gpus_by_type(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -140,6 +147,85 @@ def throughput_matrix(candidates, workload: ServingWorkload, slo_ttft_s: float, 
     return T
 
 
+def unservable_buckets(tput: np.ndarray, bucket_rates_rps: np.ndarray, roles: list[str]) -> list[int]:
+    """Buckets with requests that no aggregated option, nor any prefill option together with any
+    decode option, serves within the SLOs (tput[b, o] == 0 for all of them)."""
+    roles = np.asarray(roles)
+    ok = lambda b, role: bool(np.any(tput[b, roles == role] > 0))
+    return [b for b in range(tput.shape[0]) if bucket_rates_rps[b] > 0
+            and not (ok(b, "aggregated") or (ok(b, "prefill") and ok(b, "decode")))]
+
+
+# A lone request: max_rate's first probe (simulator.serving.simulate.max_rate, lo = 1e-6 req/s).
+# Its latencies are the best any load achieves: an option that misses the SLOs here has T[b, o] = 0.
+TRICKLE_RPS = 1e-6
+
+
+def _lone_request_latency(opt: FleetOption, tables: StepTables, bucket, percentile: int) -> tuple[float, float, str]:
+    """(TTFT, TPOT, why not) at the percentile for a lone request of `bucket` on one instance of
+    `opt`; inf where the role does not produce the latency or the instance cannot serve it."""
+    if bucket.in_tokens + bucket.out_tokens > tables.max_context:
+        return math.inf, math.inf, f"{bucket.in_tokens + bucket.out_tokens} tokens exceed the {tables.max_context} positions"
+    est = _estimator(opt.role, tables, RequestMix.of([bucket.in_tokens], [bucket.out_tokens]))(TRICKLE_RPS)
+    if not est.stable:
+        return math.inf, math.inf, est.reason
+    ttft = getattr(est, f"ttft_p{percentile}_s") if opt.role != "decode" else math.inf
+    tpot = getattr(est, f"tpot_p{percentile}_s") if opt.role != "prefill" else math.inf
+    return ttft, tpot, ""
+
+
+def _ms(x: float) -> str:
+    return f"{x * 1e3:.3g} ms" if x < 1 else f"{x * 1e3:,.0f} ms"
+
+
+def slo_shortfall(candidates, workload: ServingWorkload, buckets: list[int], slo_ttft_s: float,
+                  slo_tpot_s: float, percentile: int = 90) -> str:
+    """One line on why no option serves `buckets` (no aggregated option, nor prefill and decode
+    options, within the SLOs). A lone request gets the best latency any load gives, so for each
+    SLO: the worst over these buckets of the best p-th percentile latency over the options (the
+    least SLO that serves them), and per GPU type the same over its own options (with the TP of its
+    best option for the hardest bucket). An SLO binds when that least value exceeds it."""
+    lat = [[_lone_request_latency(opt, tables, workload.buckets[b], percentile) for opt, tables in candidates]
+           for b in buckets]
+    t = np.array([[v[:2] for v in row] for row in lat])                  # [bucket, option, (ttft, tpot)]
+    why = next((v[2] for row in lat for v in row if v[2]), "")
+    slos = np.array([slo_ttft_s, slo_tpot_s])
+    least = t.min(axis=1)                                                 # [bucket, slo]
+    need = least.max(axis=0)                                              # the least SLO serving all
+    hardest = buckets[int(np.argmax((least / slos).max(axis=1)))]
+    others = f" (and {len(buckets) - 1} more request buckets)" if len(buckets) > 1 else ""
+    head = f"no GPU option meets the SLOs for requests of {workload.buckets[hardest].label}{others}"
+    names = ("TTFT", "TPOT")
+    binds = [k for k in (0, 1) if need[k] > slos[k]]
+    if not binds:
+        return (f"{head}: p{percentile} TTFT {_ms(need[0])} and TPOT {_ms(need[1])} are each within the SLOs "
+                f"({_ms(slo_ttft_s)}, {_ms(slo_tpot_s)}) on some option, but no aggregated option meets both; "
+                f"allow the prefill and decode roles or loosen either SLO")
+    gpus = list(dict.fromkeys(opt.gpu for opt, _ in candidates))
+
+    def per_gpu(k: int) -> str:
+        out = []
+        for g in gpus:
+            cols = [j for j, (opt, _) in enumerate(candidates) if opt.gpu == g]
+            worst_b = int(np.argmax(t[:, cols, k].min(axis=1)))
+            j = cols[int(np.argmin(t[worst_b, cols, k]))]
+            v = t[worst_b, j, k]
+            out.append(f"{g} tp{candidates[j][0].tp} {_ms(v)}" if math.isfinite(v) else f"{g} none")
+        return ", ".join(out)
+    said, loosen = [], []
+    for k in binds:
+        if math.isfinite(need[k]):
+            said.append(f"p{percentile} {names[k]} binds: {_ms(slos[k])} asked, best {_ms(need[k])} ({per_gpu(k)})")
+            loosen.append(f"the {names[k]} SLO to >= {_ms(need[k])}")
+        else:
+            said.append(f"no option gives a {names[k]} at all ({why})")
+    said += [f"{names[k]} {_ms(slos[k])} is met" for k in (0, 1) if k not in binds]
+    fix = ("loosen " + " and ".join(loosen) + " or add faster GPUs (gpus)") if loosen else ""
+    if len(loosen) < len(binds):
+        fix += ("; " if fix else "") + "add GPUs with more memory (gpus) or higher TP degrees (tps)"
+    return f"{head}, not even for a lone request: {'; '.join(said)}; {fix}"
+
+
 def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: np.ndarray,
                 max_gpus: dict[str, int] | None = None, time_limit_s: float = 10,
                 gap: float = 5e-3, labels: list[str] | None = None) -> FleetPlan:
@@ -147,15 +233,9 @@ def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: 
     import pulp
     nb, no = tput.shape
     roles = [o.role for o in options]
-    for b in range(nb):
-        if bucket_rates_rps[b] <= 0:
-            continue
-        agg = any(tput[b, o] > 0 for o in range(no) if roles[o] == "aggregated")
-        dis = (any(tput[b, o] > 0 for o in range(no) if roles[o] == "prefill")
-               and any(tput[b, o] > 0 for o in range(no) if roles[o] == "decode"))
-        if not (agg or dis):
-            name = labels[b] if labels else f"bucket {b}"
-            raise RoofplanError(f"no GPU option meets the SLOs for requests of {name}; loosen the TTFT/TPOT SLOs or add faster GPUs (gpus)")
+    for b in unservable_buckets(tput, bucket_rates_rps, roles)[:1]:
+        name = labels[b] if labels else f"bucket {b}"
+        raise RoofplanError(f"no GPU option meets the SLOs for requests of {name}; loosen the TTFT/TPOT SLOs or add faster GPUs (gpus)")
     prob = pulp.LpProblem("fleet", pulp.LpMinimize)
     var = _var_factory(prob)
     # n_o never needs more instances than carrying every bucket it can serve alone (tightens the LP)
@@ -191,6 +271,12 @@ def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: 
     rep = solve(prob, time_limit_s, gap, highs_options=dict(
         presolve="off", mip_heuristic_effort=0.0, mip_heuristic_run_rins=False,
         mip_heuristic_run_rens=False, mip_heuristic_run_root_reduced_cost=False))
+    if rep.status == "Infeasible" and not max_gpus:
+        # Without caps every servable load has a fleet: the solver lost it to the size of the numbers.
+        best = np.max(tput, axis=1, initial=0.0)
+        least = float(sum(lam / t for lam, t in zip(bucket_rates_rps, best) if lam > 0 and t > 0))
+        raise RoofplanError(f"no fleet found for a load of at least {least:,.0f} instances (solver {rep.solver}: "
+                            f"{rep.status}), a size beyond the solver's numerical range; check the request rate")
     if not rep.has_solution:
         caps = ", ".join(f"{g}={c}" for g, c in (max_gpus or {}).items())
         raise FieldError("max_gpus", caps or "no caps", f"no fleet meets the load within the inventory "
@@ -291,6 +377,9 @@ def plan_fleet(model: ModelConfig, workload: ServingWorkload, slo_ttft_s: float,
     tput = throughput_matrix(cands, workload, slo_ttft_s, slo_tpot_s, percentile)
     rates = workload.bucket_rates_rps()
     labels = [b.label for b in workload.buckets]
+    unserved = unservable_buckets(tput, rates, [o.role for o in options])
+    if unserved:
+        raise RoofplanError(slo_shortfall(cands, workload, unserved, slo_ttft_s, slo_tpot_s, percentile))
     plan, single = _cheapest(options, tput, rates, max_gpus, labels)
     # Melange's ILP adds per-bucket rates linearly; the serving model checks the mix each option
     # really gets. An option that misses its SLOs there is derated and the fleet re-solved.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 from simulator.core.errors import RoofplanError
 from simulator.core.profiles import load_executor_profile
@@ -76,7 +77,7 @@ def cmd_plan_fleet(args) -> int:
     from simulator.core.models import load_model
     from simulator.serving.workload import load_serving_workload
 
-    from planners.fleet import ROLES, pareto_front, plan_fleet, plot_pareto
+    from planners.fleet import PLAUSIBLE_FLEET_GPUS, ROLES, pareto_front, plan_fleet, plot_pareto
 
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
     if not gpus:
@@ -89,6 +90,7 @@ def cmd_plan_fleet(args) -> int:
         raise RoofplanError("--slo-ttft-ms and --slo-tpot-ms must be > 0")
     model = load_model(args.model)
     wl = load_serving_workload(args.workload)
+    file_rate = wl.rate_rps
     if args.rate is not None:
         if args.rate <= 0:
             raise RoofplanError(f"--rate must be > 0 (got {args.rate})")
@@ -98,6 +100,11 @@ def cmd_plan_fleet(args) -> int:
     res, cands, _ = plan_fleet(model, wl, slo_ttft, slo_tpot, gpus, caps, _ints(args.tp, "--tp"), roles,
                                args.percentile, executor=load_executor_profile(args.executor))
     plan = res.plan
+    if plan.gpus > PLAUSIBLE_FLEET_GPUS:
+        said = f"--rate {args.rate:g} req/s (the workload file says {file_rate:g})" if args.rate is not None \
+            else f"the request rate of {wl.name} ({wl.rate_rps:g} req/s)"
+        print(f"roofplan: warning: this fleet needs {plan.gpus:,} GPUs, beyond any plausible deployment "
+              f"(> {PLAUSIBLE_FLEET_GPUS:,} GPUs); check {said}", file=sys.stderr)
     front = None
     if args.plot:
         front = pareto_front(cands, wl, slo_ttft, slo_tpot, caps, percentile=args.percentile)
