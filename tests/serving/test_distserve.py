@@ -26,9 +26,20 @@ def measured(core):
     return ds.distserve_vllm_tables(core)
 
 
+# DistServe's vLLM ground truth (simdistserve/benchmarks/alignment/data-ground-truth/opt-13b-sharegpt/
+# vllm-100-1.exp): requests decoded alone (no prefill in between), as (measured TPOT ms, decode
+# batch, summed context tokens), and vLLM's TP-1 decode profile for OPT-13B on A100-80GB
+# (profiler-a100-80g.vllm.json): step ms = a + b x summed context + c x batch
+LONE_DECODES_MS = ((26.158, 1, 57), (25.286, 2, 2452), (24.892, 3, 1660), (25.037, 3, 2582), (25.898, 3, 3613))
+VLLM_DECODE_MS = (19.562534173678987, 0.0004941120550644942, 0.05060571771697455)
+
+
 def test_measured_overhead_and_profile(measured):
-    # five lone decodes of DistServe's vLLM trace run 4.4-6.5 ms longer than the profile says
-    assert measured.iteration_overhead_s == pytest.approx(4.75e-3, abs=0.05e-3)
+    # by hand: measured TPOT minus the profile's step for the same batch and context
+    a, b, c = VLLM_DECODE_MS
+    gaps = [t - (a + b * ctx + c * bs) for t, bs, ctx in LONE_DECODES_MS]
+    assert [round(g, 2) for g in gaps] == [6.52, 4.41, 4.36, 4.05, 4.40]
+    assert measured.iteration_overhead_s == pytest.approx(sum(gaps) / len(gaps) / 1e3, rel=1e-9)   # 4.75 ms
     a, b, c = ds.VLLM_PREFILL
     assert float(measured.prefill_time(512)) == pytest.approx((a + b * 512 + c * 512 ** 2) / 1e3 + 4.75e-3, rel=1e-3)
     a, b, c = ds.VLLM_DECODE_SMALL

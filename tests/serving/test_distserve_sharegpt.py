@@ -44,11 +44,25 @@ def test_vllm_never_reaches_the_slo_in_either(result):
     assert max(x["attainment"][0] for x in rows) < 0.9 and max(x["attainment"][1] for x in rows) < 0.9
 
 
-def test_attainment_follows_the_measured_curve(result):
-    for x in result["runs"]:
+# A measured attainment is a fraction of one run's n >= 100 requests: the 95% binomial interval
+# at n = 100, p = 0.5 (the shortest runs, the widest case) is +-1.96 x sqrt(0.25 / 100) = +-0.098,
+# so the measured curve pins attainment to about 0.10, and a replay can be asked for no more.
+ATTAINMENT_ABS = 0.10
+
+
+@pytest.mark.parametrize("system", [
+    "distserve-c21d11",
+    pytest.param("vllm", marks=pytest.mark.xfail(strict=True, reason=(
+        "vLLM replay under-predicts attainment by 0.19 at 1 req/s (0.68 measured, 0.49 predicted), 0.15 at "
+        "1.5 and 0.17 at 2.5: the fitted vllm-v0 profile prefills ShareGPT's long prompts ~15% slower than "
+        "these runs (P90 TTFT 360 vs 259 ms at 1 req/s), and H100 GEMM curves carried to the A100 add ~13%"))),
+])
+def test_attainment_follows_the_measured_curve(result, system):
+    rows = [x for x in result["runs"] if x["system"] == system]
+    assert len(rows) >= 7
+    for x in rows:
         m, p = x["attainment"]
-        tol = 0.12 if x["system"] == "distserve-c21d11" else 0.22
-        assert p == pytest.approx(m, abs=tol), x
+        assert p == pytest.approx(m, abs=ATTAINMENT_ABS), x
 
 
 def test_goodput_interpolation():

@@ -137,14 +137,28 @@ DISTSERVE_PREFILL = (16.456860431694288, 0.09264750660897617, 6.474785740229194e
 DISTSERVE_DECODE_SMALL = (19.934702624895458, 0.0006269356524350583, 0.03850697740828398)
 
 
-def test_step_times_near_distserve_a100_profile(tables):
-    """The core's A100 step times (H100-fitted kernel curves on A100 peaks) stay within 30% of
-    DistServe's measured profile; prefill is slower than measured for long prompts, decode faster."""
+# The A100 has no kernel profile of its own: the core runs on the H100's curves carried by ideal
+# time (the "carried" level, 12.4% MAPE over 114 validated cases, hardware_specs/profiles/
+# expected_error.yaml carried/*). Twice the MAPE, 25%, is a ~90% band for one step time.
+CARRIED_REL = 0.25
+
+
+@pytest.mark.parametrize("n", [128, 512, 1024, 2048])
+def test_prefill_time_near_distserve_a100_profile(tables, n):
+    """The core's A100 prefill (H100-fitted kernel curves on A100 peaks) against DistServe's
+    measured profile: slower than measured for long prompts (+25% at 2048), faster for short."""
     a, b, c = DISTSERVE_PREFILL
-    for n in (128, 512, 1024, 2048):
-        ref = (a + b * n + c * n * n) / 1e3
-        assert float(tables.prefill_time(n)) == pytest.approx(ref, rel=0.30)
+    ref = (a + b * n + c * n * n) / 1e3
+    assert float(tables.prefill_time(n)) == pytest.approx(ref, rel=CARRIED_REL)
+
+
+@pytest.mark.parametrize("batch, ctx", [
+    (1, 512), (16, 512),
+    pytest.param(64, 1024, marks=pytest.mark.xfail(strict=True, reason=(
+        "decode of 64 x 1024 tokens predicted 25.4% faster than DistServe's A100 profile (the core has no "
+        "engine host time; the profile's 19.9 ms intercept is a third of this step)"))),
+])
+def test_decode_time_near_distserve_a100_profile(tables, batch, ctx):
     a, b, c = DISTSERVE_DECODE_SMALL
-    for batch, ctx in ((1, 512), (16, 512), (64, 1024)):
-        ref = (a + b * batch * ctx + c * batch) / 1e3
-        assert float(tables.decode_time(batch, ctx)) == pytest.approx(ref, rel=0.30)
+    ref = (a + b * batch * ctx + c * batch) / 1e3
+    assert float(tables.decode_time(batch, ctx)) == pytest.approx(ref, rel=CARRIED_REL)
