@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from simulator.core.errors import FieldError, RoofplanError
+from simulator.core.schema import short
 
 KERNEL_CATS = ("kernel", "Kernel")
 CPU_OP_CATS = ("cpu_op", "Operator")
@@ -190,8 +191,8 @@ def _read_json(path: Path) -> dict:
 
 
 def device_name(d: dict) -> str:
-    props = d.get("deviceProperties") or []
-    if props and isinstance(props[0], dict):
+    props = d.get("deviceProperties")
+    if isinstance(props, list) and props and isinstance(props[0], dict):
         return str(props[0].get("name", ""))
     return ""
 
@@ -220,38 +221,107 @@ def _nesting(ts: np.ndarray, end: np.ndarray, tids: np.ndarray) -> tuple[np.ndar
     return depth, parent
 
 
+# categories of complete events this reader uses; their times must be sound (others are skipped)
+READ_CATS = frozenset(CPU_OP_CATS + RUNTIME_CATS + KERNEL_CATS + COPY_CATS + ("user_annotation",))
+
+
+def _number(v) -> float | None:
+    """A JSON number as float; None for anything else (a string, a list, true/false)."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _event_times(e: dict, i: int, p: Path) -> tuple[float, float]:
+    """(ts, dur) in seconds of complete event #i of traceEvents. A missing, non-numeric,
+    non-finite or negative duration is refused, naming the event: the shared torch 2.11 traces
+    have none (every 'X' event carries dur >= 0; ops still running when the profiler stops are
+    closed at the trace's end), so such an event is a truncated, hand-edited or broken export,
+    and counting it would make the kernel time nan or negative (a '+nan%' or '-301%' error)."""
+    name = short(e.get("name", "?"))
+    where = f"trace {p}: event {i} {name} ({e.get('cat')})"
+    fix = "re-export the trace with prof.export_chrome_trace after the profiled steps have finished (torch.cuda.synchronize())"
+    ts = _number(e.get("ts"))
+    if ts is None or not math.isfinite(ts):
+        raise RoofplanError(f"{where} has no numeric 'ts' (got {short(e.get('ts'))}); {fix}")
+    if "dur" not in e:
+        raise RoofplanError(f"{where} has no 'dur': its time is unknown; {fix}")
+    dur = _number(e["dur"])
+    if dur is None or not math.isfinite(dur):
+        raise RoofplanError(f"{where} has a 'dur' that is not a finite number (got {short(e['dur'])}); {fix}")
+    if dur < 0:
+        raise RoofplanError(f"{where} has a negative duration (dur {dur:g} us); {fix}")
+    return ts * 1e-6, dur * 1e-6
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _dims(v) -> list | None:
+    """Recorded `Input Dims` as written by record_shapes ([] for a scalar, [a, b, ..] for a tensor,
+    [[..], [..]] for a tensor list), else None: shapes unknown, as without record_shapes."""
+    if not isinstance(v, list):
+        return None
+    for entry in v:
+        if not isinstance(entry, list) or not all(_is_int(x) or (isinstance(x, list) and all(map(_is_int, x)))
+                                                  for x in entry):
+            return None
+    return v
+
+
+def shape(dims, k: int) -> list[int]:
+    """The shape of input k of an op's recorded `dims` ([] when absent or not one tensor)."""
+    if not dims or k >= len(dims) or not all(_is_int(x) for x in dims[k]):
+        return []
+    return dims[k]
+
+
+def _ident(v):
+    """An External id, correlation or stream: an integer, else None (links nothing)."""
+    return v if _is_int(v) else None
+
+
 def load_trace(path: str | Path) -> Trace:
     """Parse a Kineto Chrome trace into kernels, CPU ops and segments. One-line RoofplanError
-    for unreadable, truncated, empty or kernel-less traces."""
+    for unreadable, truncated, empty or kernel-less traces, and for an event this reader uses
+    whose time is missing, not a finite number or negative (see `_event_times`)."""
     p = Path(path)
     d = _read_json(p)
-    ev = [e for e in d["traceEvents"] if isinstance(e, dict)]
     cpu_rows, k_rows, rt_rows, flows = [], [], [], {}
-    for e in ev:
+    n_events = 0
+    for i, e in enumerate(d["traceEvents"]):
+        if not isinstance(e, dict):
+            continue
+        n_events += 1
         cat, ph = e.get("cat"), e.get("ph")
         if ph == "s" and cat == "ac2g":
-            flows[e.get("id")] = (e.get("tid"), float(e.get("ts", 0)) * 1e-6)
-        if ph != "X":
+            t = _number(e.get("ts"))
+            if t is not None and math.isfinite(t) and _ident(e.get("id")) is not None:
+                flows[e["id"]] = (e.get("tid"), t * 1e-6)
+        if ph != "X" or not isinstance(cat, str) or cat not in READ_CATS:
             continue
-        try:
-            ts, dur = float(e["ts"]) * 1e-6, float(e.get("dur", 0)) * 1e-6
-        except (KeyError, TypeError, ValueError):
-            raise RoofplanError(f"trace {p}: event '{e.get('name', '?')}' has no numeric 'ts'/'dur'; the trace is malformed") from None
-        args = e.get("args") or {}
+        ts, dur = _event_times(e, i, p)
+        args = e.get("args") if isinstance(e.get("args"), dict) else {}
+        name = str(e.get("name", ""))
+        tid = e.get("tid") if isinstance(e.get("tid"), (int, str)) else None
         if cat in CPU_OP_CATS or (cat == "user_annotation"):
-            f, b = op_flops_bytes(str(e.get("name", "")), args)
-            cpu_rows.append({"name": str(e.get("name", "")), "ts_s": ts, "dur_s": dur, "tid": e.get("tid"),
-                             "ext_id": args.get("External id"), "flops": f, "bytes": b,
-                             "user": cat == "user_annotation", "dims": args.get("Input Dims"),
-                             "dtype": _DTYPE_NAMES.get((args.get("Input type") or [""])[0], "")})
+            dims = _dims(args.get("Input Dims"))
+            types = [t if isinstance(t, str) else "" for t in args.get("Input type") or []] \
+                if isinstance(args.get("Input type"), list) else []
+            conc = args.get("Concrete Inputs") if isinstance(args.get("Concrete Inputs"), list) else []
+            first_type = types[0] if types else ""
+            f, b = op_flops_bytes(name, {"Input Dims": dims, "Input type": types, "Concrete Inputs": conc}) if dims else (0.0, 0.0)
+            cpu_rows.append({"name": name, "ts_s": ts, "dur_s": dur, "tid": tid,
+                             "ext_id": _ident(args.get("External id")), "flops": f, "bytes": b,
+                             "user": cat == "user_annotation", "dims": dims,
+                             "dtype": _DTYPE_NAMES.get(first_type, "")})
         elif cat in RUNTIME_CATS:
-            rt_rows.append((str(e.get("name", "")), ts, dur, e.get("tid")))
+            rt_rows.append((name, ts, dur, tid))
         elif cat in KERNEL_CATS or cat in COPY_CATS:
-            k_rows.append({"name": str(e.get("name", "")), "ts_s": ts, "dur_s": dur,
-                           "stream": args.get("stream"), "ext_id": args.get("External id"),
-                           "corr": args.get("correlation"), "memcpy": cat in COPY_CATS})
+            k_rows.append({"name": name, "ts_s": ts, "dur_s": dur,
+                           "stream": _ident(args.get("stream")), "ext_id": _ident(args.get("External id")),
+                           "corr": _ident(args.get("correlation")), "memcpy": cat in COPY_CATS})
     if not k_rows and not cpu_rows:
-        what = "no events" if not ev else f"{len(ev)} events but no GPU kernels or CPU ops"
+        what = "no events" if not n_events else f"{n_events} events but no GPU kernels or CPU ops"
         raise RoofplanError(f"trace {p}: {what}; record with torch.profiler activities=[CPU, CUDA] around at least one step")
     cpu = pd.DataFrame(cpu_rows, columns=["name", "ts_s", "dur_s", "tid", "ext_id", "flops", "bytes", "user", "dims", "dtype"])
     cpu = cpu.sort_values(["ts_s", "dur_s"], ascending=[True, False], kind="stable").reset_index(drop=True)
@@ -274,7 +344,7 @@ def load_trace(path: str | Path) -> Trace:
     cpu_only = not k_rows
     if not k_rows:
         if device_name(d):
-            raise RoofplanError(f"trace {p}: {len(ev)} events but no GPU kernels; record with torch.profiler "
+            raise RoofplanError(f"trace {p}: {n_events} events but no GPU kernels; record with torch.profiler "
                                 "activities=[CPU, CUDA] around at least one step")
         k_rows = _cpu_kernels(ops_only, parent, cpu["name"].tolist())
         if not k_rows:
@@ -382,7 +452,7 @@ def _segments(cpu: pd.DataFrame, kern: pd.DataFrame) -> pd.DataFrame:
         t1 = t0[1:] + [end]
         phases = []
         for dims in emb["dims"]:
-            ids = dims[1] if dims and len(dims) > 1 and dims[1] else []
+            ids = shape(dims, 1)
             phases.append("prefill" if ids and ids[-1] > 1 else "decode")
         names = [f"{ph}#{i}" for i, ph in enumerate(phases)]
         t0[0] = min(t0[0], start)
@@ -397,7 +467,7 @@ def _assign_segments(kern: pd.DataFrame, cpu: pd.DataFrame, segs: pd.DataFrame) 
     t0 = segs["t0_s"].to_numpy()
     names = segs["name"].tolist()
     cpu_ts = cpu["ts_s"].tolist()
-    t = np.array([cpu_ts[i] if i is not None and not _isnan(i) else ts
+    t = np.array([cpu_ts[int(i)] if i is not None and not _isnan(i) else ts
                   for i, ts in zip(kern["op_index"].tolist(), kern["ts_s"].tolist())])
     idx = np.maximum(np.searchsorted(t0, t, side="right") - 1, 0)
     return [names[i] for i in idx]

@@ -29,7 +29,7 @@ from simulator.core.profiles import KernelProfile
 from simulator.core.roofline import gemm_time
 from simulator.core.specs import System
 from simulator.calibration.host_fit import HOST_BOUND_GPU_BUSY, fit_host, host_bound_segment
-from simulator.calibration.trace import Trace
+from simulator.calibration.trace import Trace, shape
 
 
 def gemm_calls(trace: Trace, segment: str | None = None) -> pd.DataFrame:
@@ -106,8 +106,9 @@ def layer_structure(trace: Trace) -> dict:
     lin = trace.cpu_ops[(trace.cpu_ops["name"] == "aten::linear") & trace.cpu_ops["dims"].notna()]
     shapes = []
     for dims in lin["dims"]:
-        if len(dims) >= 2 and dims[0] and dims[1] and len(dims[1]) == 2:
-            shapes.append((int(dims[1][0]), int(dims[1][1])))     # weight [N, K]
+        w = shape(dims, 1)
+        if shape(dims, 0) and len(w) == 2:
+            shapes.append((w[0], w[1]))     # weight [N, K]
     if not shapes:
         raise RoofplanError(f"trace {trace.path}: no aten::linear calls with recorded shapes; record with record_shapes=True")
     hidden = Counter(k for _, k in shapes).most_common(1)[0][0]
@@ -124,7 +125,7 @@ def layer_structure(trace: Trace) -> dict:
     qkv_calls = per_layer - 2 - (1 if fused_gate_up else 2)
     fused_qkv = qkv_calls < 1.5
     sdpa = trace.cpu_ops[(trace.cpu_ops["name"] == "aten::scaled_dot_product_attention") & trace.cpu_ops["dims"].notna()]
-    gqa_native = any(len(d) > 1 and d[0] and d[1] and d[1][1] < d[0][1] for d in sdpa["dims"])
+    gqa_native = any(len(shape(d, 0)) > 1 and len(shape(d, 1)) > 1 and shape(d, 1)[1] < shape(d, 0)[1] for d in sdpa["dims"])
     repeat = bool((trace.cpu_ops["name"] == "aten::repeat_interleave").any()) and not gqa_native
     return {"fused_qkv": bool(fused_qkv), "fused_gate_up": bool(fused_gate_up), "repeat_kv": repeat,
             "kv_cache_concat": _kv_cache_concat(trace),
