@@ -15,10 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from simulator.core.errors import FieldError, RoofplanError
+from collections import Counter
+from dataclasses import dataclass
+
+from simulator.core.errors import FieldError, FixError, RoofplanError
+from simulator.core.models import ModelConfig, list_models, load_model
 from simulator.core.ops import OP_CLASSES
 from simulator.core.predict import Prediction
-from simulator.calibration.trace import Trace
+from simulator.core.workload import Job
+from simulator.calibration.trace import Trace, shape
 
 
 def pick_segment(trace: Trace, phase: str, segment: str | None = None) -> str:
@@ -41,6 +46,144 @@ def pick_segment(trace: Trace, phase: str, segment: str | None = None) -> str:
         return (generic or names)[-1]
     raise FieldError("phase", phase, f"trace {trace.path} has no {phase} segment (it has {', '.join(names)})",
                      "name one as segment, or use another phase")
+
+
+@dataclass(frozen=True)
+class SegmentShape:
+    """What one segment's recorded shapes say about the job it ran (None: the trace cannot tell).
+
+    From the aten::linear calls (weight [N, K], input [.., S, K]): `hidden` is the most common K
+    (q, k, v, gate and up read the hidden state, even under tensor parallelism); the MLP down
+    projections are the weights [hidden, K > hidden] and their K is `ffn` (per TP rank); the
+    LM head is the widest weight reading the hidden state, called fewer times than the down
+    projections (once per forward), its N is `vocab` (per TP rank) and down calls / head calls
+    is `layers`. `seq_lengths`: the S of the layer linears' [B, S, K] inputs (1 in decode; the
+    LM head of a prefill sees only the last position and does not count; several when the
+    segment holds forwards of several lengths, e.g. a whole generate()). `backward_ops`:
+    autograd backward nodes (CPU ops named *Backward*) run in the segment."""
+    backward_ops: int
+    cpu_ops: int
+    linears: int
+    hidden: int | None = None
+    ffn: int | None = None
+    vocab: int | None = None
+    layers: int | None = None
+    seq_lengths: tuple[int, ...] = ()
+
+    def describe(self) -> str:
+        parts = [f"{k} {v}" for k, v in (("hidden", self.hidden), ("ffn", self.ffn), ("vocab", self.vocab))
+                 if v is not None]
+        if self.layers is not None:
+            parts.append(f"{self.layers} layers")
+        return ", ".join(parts)
+
+    def step(self) -> tuple[str | None, str]:
+        """(phase, description) of the step the segment looks like."""
+        if self.backward_ops:
+            return "train", f"a training step ({self.backward_ops} backward ops)"
+        if len(self.seq_lengths) != 1:
+            return None, "an inference step"
+        if self.seq_lengths[0] > 1:
+            return "prefill", f"a prefill ({self.seq_lengths[0]} tokens per sequence, no backward ops)"
+        return "decode", "a decode step (1 token per sequence)"
+
+
+def segment_shape(trace: Trace, segment: str) -> SegmentShape:
+    """The SegmentShape of one segment (see its docstring)."""
+    s = trace.segments.set_index("name").loc[segment]
+    c = trace.cpu_ops[(trace.cpu_ops["ts_s"] >= s.t0_s) & (trace.cpu_ops["ts_s"] < s.t1_s) & ~trace.cpu_ops["user"]]
+    backward = int(c["name"].str.contains("Backward", regex=False).sum())
+    lin = []
+    for dims in c.loc[c["name"] == "aten::linear", "dims"]:
+        x, w = shape(dims, 0), shape(dims, 1)
+        if x and len(w) == 2:
+            lin.append((x, w[0], w[1]))                     # input, N, K
+    if not lin:
+        return SegmentShape(backward, len(c), 0)
+    hidden = Counter(k for _, _, k in lin).most_common(1)[0][0]
+    down = [k for _, n, k in lin if n == hidden and k > hidden]
+    ffn = Counter(down).most_common(1)[0][0] if down else None
+    widest = max(n for _, n, k in lin if k == hidden) if any(k == hidden for _, _, k in lin) else None
+    heads = sum(1 for _, n, k in lin if k == hidden and n == widest)
+    vocab = layers = None
+    if down and widest and heads < len(down):
+        vocab = widest
+        layers = len(down) // heads if len(down) % heads == 0 else None
+    seqs = sorted({x[-2] for x, n, k in lin if len(x) == 3 and not (k == hidden and n == vocab)})
+    return SegmentShape(backward, len(c), len(lin), hidden, ffn, vocab, layers, tuple(seqs))
+
+
+def _model_signature(m: ModelConfig) -> str:
+    return f"hidden {m.hidden}, ffn {m.ffn_dim}, vocab {m.vocab}, {m.n_layers} layers"
+
+
+def _model_agrees(sh: SegmentShape, m: ModelConfig, tp: int = 1, pp: int = 1, train: bool = False) -> bool:
+    """Whether model `m` could have produced the shapes (one TP rank of `tp`, one stage of `pp`):
+    hidden exactly; ffn and vocab whole or split tp ways (vocab padded by up to 256 per rank, as
+    vLLM and Megatron pad the LM head); layers only for a forward of the whole model (training
+    recomputes layers under checkpointing). Mixture-of-experts models: ffn of a dense, expert or
+    shared MLP, layers unchecked (each expert is called for its tokens only)."""
+    if sh.hidden is not None and sh.hidden != m.hidden:
+        return False
+    ffns = {m.ffn_dim} | ({m.expert_ffn_dim, m.shared_ffn_dim} if m.is_moe else set())
+    if sh.ffn is not None and sh.ffn not in ffns | {f // tp for f in ffns}:
+        return False
+    if sh.vocab is not None and sh.vocab != m.vocab and not 0 <= sh.vocab * tp - m.vocab < 256 * tp:
+        return False
+    if sh.layers is not None and pp == 1 and not train and not m.is_moe and sh.layers != m.n_layers:
+        return False
+    return True
+
+
+def check_job(trace: Trace, segment: str, model: ModelConfig, job: Job) -> list[str]:
+    """Refuse a trace segment that is not the job's: a training step compared as prefill or
+    decode (or the reverse), a prefill as decode, another model's shapes (see SegmentShape).
+    One FixError line says what the segment looks like and which --model/--phase would match.
+    Returns warnings where the trace cannot tell (no recorded shapes)."""
+    sh = segment_shape(trace, segment)
+    warnings = []
+    looks_phase, looks_step = sh.step()
+    phase_bad = False
+    if job.phase == "train":
+        phase_bad = sh.cpu_ops > 0 and not sh.backward_ops
+    elif sh.backward_ops:
+        phase_bad = True
+    elif job.phase == "decode":
+        phase_bad = looks_phase == "prefill"
+    elif job.phase == "prefill":
+        phase_bad = looks_phase == "decode" and job.seq > 1
+    if not sh.cpu_ops:
+        warnings.append(f"trace {trace.path} (segment {segment}) has no CPU ops: roofplan cannot check that it is a "
+                        f"{job.phase} step of {model.name}; record with activities=[CPU, CUDA]")
+    elif not sh.linears:
+        warnings.append(f"trace {trace.path} (segment {segment}) has no aten::linear calls with recorded shapes: "
+                        f"roofplan cannot check that it is of {model.name}; record with record_shapes=True")
+    elif len(sh.seq_lengths) > 1 and job.phase != "train":
+        warnings.append(f"trace {trace.path} (segment {segment}) holds forwards of {', '.join(map(str, sh.seq_lengths))} "
+                        f"tokens per sequence (prefill and decode together?): its time is not one {job.phase} step; "
+                        "profile one step per ProfilerStep, or compare one segment")
+    model_bad = bool(sh.linears) and not _model_agrees(sh, model, job.tp, job.pp, job.phase == "train")
+    if not (phase_bad or model_bad):
+        return warnings
+    esc = lambda t: t.replace("{", "{{").replace("}", "}}")      # the path goes into a format template
+    fixes = {}
+    looks = f"trace {esc(trace.path)} (segment {esc(segment)}) looks like "
+    if model_bad:
+        matches = [n for n in list_models() if _model_agrees(sh, load_model(n), job.tp, job.pp, looks_phase == "train")]
+        looks += f"{looks_step} of a model with {sh.describe()}" if phase_bad else f"a model with {sh.describe()}"
+        looks += f" ({', '.join(matches[:4])})" if matches else " (no model roofplan knows)"
+        what = f"a {job.phase} step of {model.name}" if phase_bad else model.name
+        looks += f", not {what} ({_model_signature(model)})"
+        fixes["model"] = ("model", matches[0]) if len(matches) == 1 else "model"
+    else:
+        looks += f"{looks_step}, not a {job.phase} step"
+    if phase_bad and looks_phase:
+        fixes["phase"] = ("phase", looks_phase)
+    elif phase_bad:
+        fixes["phase"] = "phase"
+    parts = ["{" + k + "}" if isinstance(v, tuple) else "the {" + k + "} the trace recorded" for k, v in fixes.items()]
+    raise FixError(looks + "; pass " + (" " if all(isinstance(v, tuple) for v in fixes.values()) else ", ").join(parts),
+                   **fixes)
 
 
 def segment_wall_s(trace: Trace, segment: str) -> float:

@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+import sys
+
 from simulator.core.errors import RoofplanError
 from simulator.report.tables import add_format_arg, emit, fmt_of
 from simulator.core.units import fmt_bytes, fmt_time
@@ -63,16 +65,19 @@ def cmd_validate(args) -> int:
     from simulator.core.profiles import load_executor_profile, load_kernel_profile
     from simulator.core.specs import load_hardware
     from simulator.calibration.trace import check_device, load_trace
-    from simulator.calibration.validate import compare, pick_segment, plot, write_chrome_trace
+    from simulator.calibration.validate import check_job, compare, pick_segment, plot, write_chrome_trace
     from simulator.cli.predict import job_from_args
     model = load_model(args.model)
     system = load_hardware(args.hardware)
     trace = load_trace(args.trace)
     check_device(trace, system.gpu)
     seg = pick_segment(trace, args.phase, args.segment)
+    job = job_from_args(args)
+    for w in check_job(trace, seg, model, job):     # a trace of another model or phase is refused
+        print(f"roofplan: warning: {w}", file=sys.stderr)
     ex = load_executor_profile(args.executor)
     kp = load_kernel_profile(system.gpu.name, args.kernel_profile)
-    pred = predict(model, system, job_from_args(args), ex, kp, check_memory=False)
+    pred = predict(model, system, job, ex, kp, check_memory=False)
     df, summary = compare(trace, seg, pred)
     rows = [[r.cls, fmt_time(r.measured_s) if r.measured_s else "-", fmt_time(r.predicted_s) if r.predicted_s else "-",
              f"{100 * r.error:+.1f}%" if r.error == r.error else "-", r.measured_kernels, r.predicted_kernels]

@@ -1,0 +1,231 @@
+"""Bad measurement inputs through the CLI: each is exit 2 with one line on stderr that names the
+file and the field (or event, or line), and no profile is written (issue 13).
+
+Traces are tiny synthetic ones built in tmp_path (calib_helpers.synthetic_events); the real
+shared files are read only where a real file must still load."""
+import copy
+import gzip
+import json
+
+import pytest
+
+from simulator.cli.main import main
+
+from calib_helpers import synthetic_events, write_trace
+
+
+def run_bad(argv, capsys, *names):
+    """Run the CLI, expect exit 2 and one stderr line containing every one of `names`."""
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("roofplan: error: ") and err.count("\n") == 1, err
+    for n in names:
+        assert str(n) in err, (n, err)
+    return err
+
+
+def calibrate_trace(trace, out):
+    return ["calibrate", "--trace", str(trace), "--hardware", "h100-sxm", "-o", str(out)]
+
+
+def validate_trace(trace, model="llama-3.2-1b", phase="prefill", *extra):
+    return [str(a) for a in ("validate", "--trace", trace, "--model", model, "--hardware", "h100-sxm", "--phase", phase,
+                             *extra)]
+
+
+def _first_kernel(d) -> int:
+    return next(i for i, e in enumerate(d["traceEvents"]) if e.get("cat") == "kernel")
+
+
+# --------------------------------------------------------------------------------------------
+# traces: events with no time, a negative time, or no number at all
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda e: e.pop("dur"), "has no 'dur'"),
+    (lambda e: e.update(dur=-301.0), "negative duration (dur -301 us)"),
+    (lambda e: e.update(dur="12"), "not a finite number (got '12')"),
+    (lambda e: e.update(dur=float("nan")), "not a finite number (got nan)"),
+    (lambda e: e.pop("ts"), "has no numeric 'ts'"),
+])
+def test_kernel_without_a_sound_duration_is_refused(tmp_path, capsys, edit, says):
+    d = synthetic_events()
+    i = _first_kernel(d)
+    edit(d["traceEvents"][i])
+    t = write_trace(tmp_path / "t.json", d, gz=False)
+    out = tmp_path / "prof.yaml"
+    err = run_bad(calibrate_trace(t, out), capsys, t.name, f"event {i} 'nvjet_sm90", says, "export_chrome_trace")
+    assert not out.exists()
+    run_bad(validate_trace(t), capsys, t.name, f"event {i} ", says)
+
+
+def test_cpu_op_with_negative_duration_is_refused(tmp_path, capsys):
+    d = synthetic_events()
+    i = next(i for i, e in enumerate(d["traceEvents"]) if e.get("name") == "aten::linear")
+    d["traceEvents"][i]["dur"] = -5
+    t = write_trace(tmp_path / "t.json.gz", d)
+    out = tmp_path / "prof.yaml"
+    run_bad(calibrate_trace(t, out), capsys, t.name, f"event {i} 'aten::linear' (cpu_op)", "negative duration")
+    assert not out.exists()
+
+
+def test_events_the_reader_does_not_use_need_no_duration(tmp_path):
+    """Instant events, flow ends and categories roofplan does not read (python_function, Trace)
+    carry no duration of interest: they are skipped, not refused."""
+    from simulator.calibration.trace import load_trace
+    d = synthetic_events()
+    d["traceEvents"] += [{"ph": "i", "cat": "cpu_instant_event", "name": "mark", "ts": 5},
+                         {"ph": "X", "cat": "python_function", "name": "f", "ts": 5},
+                         {"ph": "X", "cat": "Trace", "name": "PyTorch Profiler", "ts": 5, "dur": -1}]
+    assert len(load_trace(write_trace(tmp_path / "t.json.gz", d)).kernels) == 14
+
+
+@pytest.mark.parametrize("raw, says", [
+    (b'{"traceEvents": [{"ph": "X", "cat": "kern', "not valid JSON"),
+    (b"", "not valid JSON"),
+    (b"\xff\xfe\x00garbage", "not valid JSON"),
+    (b"[1, 2, 3]", "no events"),
+    (b'{"traceEvents": {"a": 1}}', "no 'traceEvents' list"),
+    (b'"a string"', "no 'traceEvents' list"),
+])
+def test_truncated_or_garbage_trace_is_one_line(tmp_path, capsys, raw, says):
+    t = tmp_path / "bad.json"
+    t.write_bytes(raw)
+    out = tmp_path / "prof.yaml"
+    run_bad(calibrate_trace(t, out), capsys, "bad.json", says)
+    assert not out.exists()
+    gz = tmp_path / "bad.json.gz"
+    gz.write_bytes(gzip.compress(raw)[:-4] if raw else b"\x1f\x8b")
+    run_bad(calibrate_trace(gz, out), capsys, "bad.json.gz")
+    assert not out.exists()
+
+
+# a value of another type in every place a field can be
+GARBAGE = ("x", -1, 1.5, None, True, [], {}, [[1, "a"]], float("inf"))
+
+
+def test_garbage_fields_are_never_a_traceback(tmp_path):
+    """Every field of every event replaced by values of other types: load_trace either reads the
+    trace or says one line, never raises anything but RoofplanError (deterministic sweep)."""
+    from simulator.calibration.trace import load_trace
+    from simulator.calibration.trace_fit import layer_structure
+    from simulator.calibration.validate import check_job
+    from simulator.core.errors import RoofplanError
+    from simulator.core.models import load_model
+    from simulator.core.workload import Job
+    m, job = load_model("llama-3.2-1b"), Job("prefill", batch=8, seq=512)
+    base = synthetic_events()
+    places = [(i, k) for i, e in enumerate(base["traceEvents"]) for k in e if i in (0, 1, 2, 3)]
+    places += [(i, ("args", k)) for i, e in enumerate(base["traceEvents"][:4]) for k in e.get("args", {})]
+    for n, (i, key) in enumerate(places):
+        for value in GARBAGE:
+            d = copy.deepcopy(base)
+            e = d["traceEvents"][i]
+            if isinstance(key, tuple):
+                e["args"][key[1]] = value
+            else:
+                e[key] = value
+            p = tmp_path / f"g{n}.json"
+            p.write_text(json.dumps(d))
+            try:
+                t = load_trace(p)
+                for fn in (lambda: layer_structure(t), lambda: check_job(t, t.segments["name"].iloc[-1], m, job)):
+                    try:
+                        fn()
+                    except RoofplanError as err:
+                        assert "\n" not in str(err)
+            except RoofplanError as err:
+                assert "\n" not in str(err) and p.name in str(err)
+
+
+# --------------------------------------------------------------------------------------------
+# traces of another model or phase
+
+
+def forward_events(hidden=1024, ffn=4096, vocab=32000, layers=2, batch=2, seq=16, backward=False):
+    """One profiler step of a small unfused Llama-like forward (q, k, v, o, gate, up, down per
+    layer, then the LM head), each aten::linear launching one GEMM kernel; `backward` adds an
+    autograd node after it. Shapes as record_shapes writes them."""
+    ev, t, ext = [], 1000.0, 1
+    linears = [(hidden, hidden)] * 4 + [(ffn, hidden)] * 2 + [(hidden, ffn)]
+    calls = [w for _ in range(layers) for w in linears] + [(vocab, hidden)]
+    for n, k in calls:
+        s = 1 if (n, k) == (vocab, hidden) else seq
+        ev.append({"ph": "X", "cat": "cpu_op", "name": "aten::linear", "pid": 1, "tid": 1, "ts": t, "dur": 8,
+                   "args": {"External id": ext, "Input Dims": [[batch, s, k], [n, k], []],
+                            "Input type": ["c10::BFloat16", "c10::BFloat16", ""]}})
+        ev.append({"ph": "X", "cat": "kernel", "name": "nvjet_sm90_tst_128x128", "pid": 0, "tid": 7, "ts": t + 5,
+                   "dur": 4.0, "args": {"External id": ext, "correlation": ext, "stream": 7}})
+        t, ext = t + 10, ext + 1
+    if backward:
+        ev.append({"ph": "X", "cat": "cpu_op", "name": "autograd::engine::evaluate_function: MmBackward0", "pid": 1,
+                   "tid": 1, "ts": t, "dur": 8, "args": {"External id": ext}})
+        ev.append({"ph": "X", "cat": "kernel", "name": "nvjet_sm90_tst_128x128", "pid": 0, "tid": 7, "ts": t + 5,
+                   "dur": 4.0, "args": {"External id": ext, "correlation": ext, "stream": 7}})
+        t += 10
+    ev.insert(0, {"ph": "X", "cat": "user_annotation", "name": "ProfilerStep#0", "pid": 1, "tid": 1, "ts": 990,
+                  "dur": t - 990})
+    return {"traceEvents": ev, "deviceProperties": [{"id": 0, "name": "NVIDIA H100 80GB HBM3"}]}
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    """An HF config with the shapes of forward_events()."""
+    cfg = {"model_type": "llama", "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 2,
+           "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 32000, "max_position_embeddings": 4096,
+           "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
+    p = tmp_path / "tiny" / "config.json"
+    p.parent.mkdir()
+    p.write_text(json.dumps(cfg))
+    return p
+
+
+def test_a_trace_of_its_own_model_and_phase_is_compared(tmp_path, tiny_model, capsys):
+    t = write_trace(tmp_path / "fwd.json.gz", forward_events())
+    assert main(validate_trace(t, tiny_model, "prefill", "--batch", "2", "--seq", "16", "--format", "json")) == 0
+    cap = capsys.readouterr()
+    assert json.loads(cap.out)["summary"]["segment"] == "ProfilerStep#0" and cap.err == ""
+    tb = write_trace(tmp_path / "train.json.gz", forward_events(backward=True))
+    assert main(validate_trace(tb, tiny_model, "train", "--batch", "2", "--seq", "16", "--format", "json")) == 0
+
+
+@pytest.mark.parametrize("trace_kw, model, phase, says", [
+    # the issue's case: a training trace validated as decode of another model
+    (dict(hidden=2048, ffn=8192, vocab=128256, layers=16, backward=True), "llama-3.1-8b", "decode",
+     "looks like a training step (1 backward ops) of a model with hidden 2048, ffn 8192, vocab 128256, 16 layers "
+     "(llama-3.2-1b), not a decode step of llama-3.1-8b (hidden 4096, ffn 14336, vocab 128256, 32 layers); "
+     "pass --model llama-3.2-1b --phase train"),
+    (dict(backward=True), "llama-3.1-8b", "decode", "(no model roofplan knows), not a decode step of llama-3.1-8b "
+                                                    "(hidden 4096, ffn 14336, vocab 128256, 32 layers); "
+                                                    "pass the --model the trace recorded, --phase train"),
+    (dict(backward=True), "TINY", "prefill", "looks like a training step (1 backward ops), not a prefill step; "
+                                             "pass --phase train"),
+    (dict(), "TINY", "train", "looks like a prefill (16 tokens per sequence, no backward ops), not a train step; "
+                              "pass --phase prefill"),
+    (dict(), "TINY", "decode", "looks like a prefill (16 tokens per sequence, no backward ops), not a decode step"),
+    (dict(seq=1), "TINY", "prefill", "looks like a decode step (1 token per sequence), not a prefill step; "
+                                     "pass --phase decode"),
+    (dict(layers=3), "TINY", "prefill", "looks like a model with hidden 1024, ffn 4096, vocab 32000, 3 layers "
+                                        "(no model roofplan knows), not tiny (hidden 1024, ffn 4096, vocab 32000, "
+                                        "2 layers); pass the --model the trace recorded"),
+    (dict(vocab=32768), "TINY", "prefill", "vocab 32768"),
+    (dict(ffn=2048), "TINY", "prefill", "ffn 2048"),
+    (dict(hidden=2048, ffn=8192, vocab=128256, layers=16), "llama-3.1-8b", "prefill",
+     "(llama-3.2-1b), not llama-3.1-8b (hidden 4096, ffn 14336, vocab 128256, 32 layers); pass --model llama-3.2-1b"),
+])
+def test_a_trace_of_another_model_or_phase_is_refused(tmp_path, tiny_model, capsys, trace_kw, model, phase, says):
+    t = write_trace(tmp_path / "other.json.gz", forward_events(**trace_kw))
+    model = tiny_model if model == "TINY" else model
+    sizes = ["--batch", "2"] + (["--seq", "16"] if phase != "decode" else ["--context", "16"])
+    run_bad(validate_trace(t, model, phase, *sizes), capsys, "other.json.gz", "(segment ProfilerStep#0)", says)
+
+
+def test_a_trace_without_shapes_warns_that_the_model_is_unchecked(tmp_path, tiny_model, capsys):
+    d = forward_events()
+    for e in d["traceEvents"]:
+        e.get("args", {}).pop("Input Dims", None)
+    t = write_trace(tmp_path / "noshapes.json.gz", d)
+    assert main(validate_trace(t, "llama-3.1-8b", "prefill", "--seq", "16", "--format", "json")) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("roofplan: warning: trace ") and "cannot check that it is of llama-3.1-8b" in err
+    assert "record_shapes=True" in err and err.count("\n") == 1
