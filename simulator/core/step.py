@@ -501,7 +501,8 @@ def train_terms(model: ModelConfig, system: System, seq, st: StageTimes, tp, pp,
                 vpp, zero, recompute: str, overlap_grad_reduce, optimizer_s_per_param,
                 grad_reduce_bytes: float = GRAD_REDUCE_BYTES) -> dict:
     """Vectorised training step terms in seconds (see module doc) for plans that share `st` (same
-    tp, micro-batch, cp, sp, LoRA rank). Keys: "time" and TRAIN_TERMS, which add up to it."""
+    tp, micro-batch, cp, sp, LoRA rank). Keys: "time" and TRAIN_TERMS, which add up to it, and
+    "lanes": (host lane seconds, device busy seconds) of the step."""
     tp, pp, dp, cp, ep, mb, m, v, zero = (np.asarray(x) for x in (tp, pp, dp, cp, ep, micro_batch, n_micro, vpp, zero))
     a = DTYPE_BYTES["bf16"]
     moe_frac = model.n_moe_layers / model.n_layers
@@ -514,6 +515,7 @@ def train_terms(model: ModelConfig, system: System, seq, st: StageTimes, tp, pp,
     per_layer_tp = (1 - moe_frac) * st.layer_tp_comm + moe_frac * st.moe_tp_comm
     ends = np.where(pp == 1, st.embed + st.head, max(st.embed, st.head))
     c = layers * (per_layer + per_layer_rec) + ends
+    device_c, host_c = c, 0.0          # a micro-batch's kernel seconds and host issue seconds
     if not st.host_free:
         # an eager executor: the host lane may set the pace (forward layers, then the backward
         # layers with their recomputed forward, then the stage ends)
@@ -531,6 +533,7 @@ def train_terms(model: ModelConfig, system: System, seq, st: StageTimes, tp, pp,
         ends_lane = np.where(pp == 1, max(e.D, e.H) + max(h.D, h.H), max(max(e.D, e.H), max(h.D, h.H)))
         c = np.maximum(end, issue) + ends_lane
         lane_bwd = np.maximum(end, issue) - forward_done    # the backward layers on the slower lane
+        host_c = issue + np.where(pp == 1, e.H + h.H, max(e.H, h.H))
     # forward has 2 of the layer's 4 TP collectives; full recompute repeats the forward's
     t_tp = layers * per_layer_tp * (1.5 if recompute == "full" else 1.0)
     # MoE expert parallelism: dispatch + combine all-to-all, forward and backward
@@ -586,6 +589,10 @@ def train_terms(model: ModelConfig, system: System, seq, st: StageTimes, tp, pp,
              "pp_comm": pp_comm, "dp_comm": sync - m * s, "ep_comm": m * t_ep, "cp_comm": m * t_cp,
              "optimizer": optimizer}
     terms["time"] = sync + bubble + pp_comm + optimizer
+    # the two lanes' totals (not terms of the sum): CPU time to issue the step, device busy time
+    comm = m * (t_tp + t_ep + t_cp) + t_dp + pp_comm
+    terms["lanes"] = (m * host_c + st.optimizer_host_s,
+                      m * device_c + comm + optimizer_s_per_param * P * st.trainable_fraction / np.where(zero >= 1, dp, 1))
     return terms
 
 
@@ -606,6 +613,7 @@ def train_cost(model: ModelConfig, system: System, job: Job, ex: ExecutorProfile
     t = train_terms(model, system, job.seq, st, job.tp, job.pp, job.dp, job.cp, job.ep, mb, job.batch // mb,
                     job.vpp, job.zero, job.recompute, job.overlap, optimizer_seconds_per_param(model, system, ex, kp))
     time_s = t.pop("time")
+    host_s, device_s = t.pop("lanes")
     comm = t["tp_comm"] + t["pp_comm"] + t["dp_comm"] + t["ep_comm"] + t["cp_comm"]
     gpu = t["compute"] + t["recompute"]
     resources = {k: gpu * share for k, share in st.bound_shares}
@@ -613,7 +621,7 @@ def train_cost(model: ModelConfig, system: System, job: Job, ex: ExecutorProfile
     resources["communication"] = comm
     resources["bubble"] = t["bubble"]
     return StepCost(time_s=time_s, bound=_bound_of(resources, time_s), memory=train_memory(model, job, ex),
-                    time_by_resource=resources, time_by_term=t)
+                    time_by_resource=resources, time_by_term=t, host_time_s=host_s, device_busy_s=device_s)
 
 
 __all__ = ["BOUNDS", "TRAIN_TERMS", "StepCost", "StageTimes", "OpRow", "inference_cost", "train_cost", "train_terms",

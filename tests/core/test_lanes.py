@@ -1,5 +1,6 @@
 """The two-lane timeline: the closed form for repeated layers equals an op-by-op replay."""
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from simulator.core.step import Lane, lanes, repeat
@@ -69,3 +70,24 @@ def test_critical_path_names_the_lane_that_sets_the_pace():
     graph = predict(m, h, Job("decode", batch=1, context=512))
     assert (lane(decode), lane(prefill), lane(graph)) == ("host", "device", "device")
     assert decode.bound == "host" and decode.host_time_s > 10 * decode.device_busy_s
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_training_reports_both_lanes(batch):
+    """A training step reports its host lane and device busy time (they were 0 for training): each
+    lane is a lower bound of the step; a CUDA-graph-free eager step at batch 1 is close to both
+    (host-bound), and the default executor issues for free."""
+    from simulator.core.models import load_model
+    from simulator.core.predict import predict
+    from simulator.core.profiles import load_executor_profile
+    from simulator.core.specs import load_hardware
+    from simulator.core.workload import Job
+    m, hw, job = load_model("llama-3.2-1b"), load_hardware("h100-sxm"), Job(phase="train", batch=batch, seq=2048)
+    eager = predict(m, hw, job, load_executor_profile("hf-eager"), with_ops=False)
+    assert 0 < eager.host_time_s <= eager.time_s and 0 < eager.device_busy_s <= eager.time_s * (1 + 1e-9)
+    # the host issues the same ops whatever the batch; the device's work grows with it
+    other = predict(m, hw, Job(phase="train", batch=9 - batch, seq=2048), load_executor_profile("hf-eager"), with_ops=False)
+    assert other.host_time_s == pytest.approx(eager.host_time_s, rel=1e-9)
+    assert (other.device_busy_s > eager.device_busy_s) == (batch == 1)
+    graph = predict(m, hw, job, load_executor_profile("default"), with_ops=False)
+    assert graph.host_time_s == 0 and graph.device_busy_s == pytest.approx(graph.time_s, rel=1e-9)
