@@ -6,6 +6,7 @@ import pytest
 from simulator.cli.main import main
 from simulator.core.models import load_model
 from simulator.core.predict import predict
+from simulator.core.profiles import load_executor_profile
 from simulator.core.specs import load_hardware
 from simulator.core.workload import Job
 
@@ -16,20 +17,45 @@ def run(capsys, *argv):
     return code, out, err
 
 
-def test_single_gpu_training_memory_not_worse_than_before(end_to_end):
-    # train-llama-3.2-1b-b4-s2048-nockpt: measured 47.08 GB peak; the core predicted 45.29 GB before
-    # this work (3.8% low) -- the single-GPU path must stay where it was
-    case = next(c for c in end_to_end["cases"] if c["id"] == "train-llama-3.2-1b-b4-s2048-nockpt")
-    pred = predict(load_model("llama-3.2-1b"), load_hardware("h100-sxm"), Job(phase="train", batch=4, seq=2048))
-    assert pred.peak_memory_bytes == pytest.approx(45.292089344e9, rel=1e-9)
-    assert abs(pred.peak_memory_bytes - case["peak_memory_bytes"]) / case["peak_memory_bytes"] <= 0.039
+TRAIN_CASES = ["train-llama-3.2-1b-b4-s2048-nockpt", "train-llama-3.2-1b-b1-s2048-nockpt",
+               "train-llama-3.2-1b-b8-s2048-ckpt"]
+# torch.cuda.max_memory_allocated is exact to the allocator's 512-byte blocks, and the model counts
+# the same tensors; 1% is room for what a tensor count cannot know, which of a layer's same-sized
+# temporaries (33-134 MB each here) is still alive at the peak.
+MEMORY_REL = 0.01
+
+
+def _train_case(end_to_end, case_id):
+    case = next(c for c in end_to_end["cases"] if c["id"] == case_id)
+    job = Job(phase="train", batch=case["batch"], seq=case["seq"], recompute=case["recompute"])
+    return case, job
+
+
+@pytest.mark.parametrize("case_id", TRAIN_CASES)
+def test_single_gpu_training_memory_matches_measurement(end_to_end, case_id):
+    # HF transformers eager, fp32 master weights + bf16 autocast + fused AdamW (end_to_end.yaml),
+    # predicted with the case's own executor profile
+    case, job = _train_case(end_to_end, case_id)
+    pred = predict(load_model(case["model"]), load_hardware("h100-sxm"), job, load_executor_profile(case["executor"]))
+    assert pred.peak_memory_bytes == pytest.approx(case["peak_memory_bytes"], rel=MEMORY_REL)
+
+
+@pytest.mark.xfail(strict=True, reason="default executor predicts 45.29 GB against the measured 47.08 GB (-3.8%): "
+                                       "it counts 1.6 GB fewer activations than HF eager saves")
+def test_single_gpu_training_memory_default_executor(end_to_end):
+    case, job = _train_case(end_to_end, TRAIN_CASES[0])
+    pred = predict(load_model("llama-3.2-1b"), load_hardware("h100-sxm"), job)
+    assert pred.peak_memory_bytes == pytest.approx(case["peak_memory_bytes"], rel=MEMORY_REL)
 
 
 def test_single_gpu_cli_train_stays_on_the_core_path(capsys):
     code, out, _ = run(capsys, "predict", "--model", "llama-3.2-1b", "--hardware", "h100-sxm", "--phase", "train",
                        "--batch", "4", "--seq", "2048", "--format", "json")
     d = json.loads(out)
-    assert code == 0 and "time_by_class_s" in d and d["peak_memory_bytes"] == pytest.approx(45.292089344e9)
+    core = predict(load_model("llama-3.2-1b"), load_hardware("h100-sxm"), Job(phase="train", batch=4, seq=2048))
+    assert code == 0 and "time_by_class_s" in d
+    assert d["peak_memory_bytes"] == pytest.approx(core.peak_memory_bytes, rel=1e-12)
+    assert d["time_s"] == pytest.approx(core.time_s, rel=1e-12)
     assert d["model_flops_per_gpu_s"] > 0 and d["hardware_flops_per_gpu_s"] >= d["model_flops_per_gpu_s"]
 
 
@@ -39,6 +65,13 @@ def test_predict_parallel_training_json(capsys):
                        "--zero", "1", "--recompute", "selective", "--sp", "--format", "json")
     d = json.loads(out)
     assert code == 0 and (d["tp"], d["dp"], d["n_micro"], d["sp"]) == (2, 4, 16, True)
+    # by hand (PaLM appendix B, as MFU counts): per token 6 N + 12 L H Q S, N = 8,030,261,248
+    # parameters less the 128256 x 4096 input embedding (the LM head is untied and counts)
+    N = 8_030_261_248 - 128256 * 4096
+    per_token = 6 * N + 12 * 32 * 32 * 128 * 4096
+    assert d["model_flops"] == pytest.approx(per_token * 64 * 4096, rel=1e-3)    # norms' params are not GEMMs
+    # MFU against the H100's dense bf16 peak, 989 TFLOP/s (NVIDIA H100 datasheet), on 8 GPUs
+    assert d["mfu"] == pytest.approx(d["model_flops"] / (d["time_s"] * 8 * 989e12), rel=1e-3)
     assert 0.2 < d["mfu"] < 0.7
     assert d["hardware_flops_per_gpu_s"] > d["model_flops_per_gpu_s"]    # selective recompute
     assert d["time_terms_s"]["tp_comm"] > 0 and d["time_terms_s"]["bubble"] == 0
