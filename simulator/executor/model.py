@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simulator.core.errors import RoofplanError
 from simulator.core.models import ModelConfig
+from simulator.executor.fits import check_dense_decoder
 
 
 class RMSNorm(nn.Module):
@@ -102,8 +102,7 @@ class Block(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, cfg: ModelConfig, max_len: int):
         super().__init__()
-        if cfg.is_moe or cfg.is_mla:
-            raise RoofplanError(f"the executor builds dense decoders; {cfg.name} is {'MoE' if cfg.is_moe else 'MLA'} (use a dense model)")
+        check_dense_decoder(cfg)
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab, cfg.hidden)
         self.pos = nn.Embedding(cfg.learned_positions or 1, cfg.hidden) if cfg.learned_positions else None

@@ -49,6 +49,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from simulator.core.errors import RoofplanError
 from simulator.core.models import ModelConfig
+from simulator.executor.fits import check_dense_decoder, check_plan_memory
 from simulator.executor.model import Decoder
 from simulator.executor.run import TORCH_DTYPES, _export, _sync
 
@@ -355,6 +356,10 @@ def run_plan(cfg: ModelConfig, plan: dict, device: str = "cpu", steps: int = 3, 
     if device == "cuda" and not torch.cuda.is_available():
         raise RoofplanError("--device cuda: torch sees no CUDA device here (CPU build or no GPU); use --device cpu")
     dev = torch.device(device)
+    check_dense_decoder(cfg)
+    # refuse in one line what the host RAM or the device's free memory cannot hold (executor/fits.py)
+    check_plan_memory(cfg, ps, device, device_free=(*torch.cuda.mem_get_info(dev), torch.cuda.get_device_name(dev))
+                      if dev.type == "cuda" else None)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     ex = PlanExecutor(cfg, ps, dev, seed, nvme_dir)

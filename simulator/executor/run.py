@@ -31,6 +31,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from simulator.core.errors import RoofplanError
 from simulator.core.models import ModelConfig
+from simulator.executor.fits import check_dense_decoder, check_device_memory, check_host_memory
 from simulator.executor.model import Decoder, apply_lora
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -193,6 +194,16 @@ def build_step(cfg: ModelConfig, spec: RunSpec, device: torch.device):
     return eager, model
 
 
+def check_fits(cfg: ModelConfig, spec: RunSpec, device: torch.device) -> None:
+    """Refuse, in one line, a run this machine's host RAM or the device's free memory cannot hold
+    (executor/fits.py), before anything is allocated."""
+    check_dense_decoder(cfg)
+    check_host_memory(cfg, spec, spec.device)
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        check_device_memory(cfg, spec, torch.cuda.get_device_name(device), free, total)
+
+
 def run(cfg: ModelConfig, spec: RunSpec, trace_path: str | None = None, result_path: str | None = None) -> dict:
     """Time the step, optionally trace it; returns (and writes) the result dict."""
     if spec.device == "cuda" and not torch.cuda.is_available():
@@ -200,6 +211,7 @@ def run(cfg: ModelConfig, spec: RunSpec, trace_path: str | None = None, result_p
     if spec.device not in ("cpu", "cuda"):
         raise RoofplanError(f"--device {spec.device} is unknown; use cpu or cuda")
     device = torch.device(spec.device)
+    check_fits(cfg, spec, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     step, model = build_step(cfg, spec, device)
