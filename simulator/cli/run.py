@@ -9,7 +9,10 @@ from simulator.core.units import fmt_bytes, fmt_time
 
 
 def register(sub) -> None:
-    p = sub.add_parser("run", help="run a job on a real device (torch) and record a trace")
+    p = sub.add_parser("run", help="run a job on a real device (torch) and record a trace",
+                       description="Run one step of a job (or an offload plan) on this machine with random weights, "
+                                   "time it and record a trace. A run the host RAM (MemAvailable) or, on cuda, the "
+                                   "device's free memory cannot hold is refused before anything is allocated.")
     p.add_argument("--model", default=None, help="zoo name or path/to/config.json (with --plan: default the plan's model)")
     p.add_argument("--phase", default=None, choices=("prefill", "decode", "train"))
     p.add_argument("--plan", default=None, metavar="PLAN.json",
