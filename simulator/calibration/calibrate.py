@@ -8,37 +8,151 @@ time; a knot with no data near it takes the value of its neighbour.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import AfterValidator, ConfigDict
 
-from simulator.core.errors import RoofplanError
+from simulator.core.errors import RoofplanError, did_you_mean
+from simulator.core.schema import Name, PosInt, Positive, Strict, check, read_text, short
 from simulator.core.specs import GPU, Link
 from simulator.core.units import DTYPE_BYTES
 
 KNOTS_S = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 
 
+# --------------------------------------------------------------------------------------------
+# microbenchmark records: the fields each fit reads are required, typed and finite; the derived
+# ones a recording script adds (tflops, GBps, tag, ...) pass through unread
+
+
+def _dtype(v: str) -> str:
+    if v not in DTYPE_BYTES:
+        raise ValueError(f"names dtype '{v}'{did_you_mean(v, DTYPE_BYTES)}; one of {', '.join(DTYPE_BYTES)}")
+    return v
+
+
+Dtype = Annotated[str, AfterValidator(_dtype)]
+Place = Literal["gpu", "cpu_pinned", "cpu_pageable"]
+
+
+class _Record(Strict):
+    model_config = ConfigDict(extra="allow")
+    kind: str
+
+
+class _Env(_Record):
+    gpu: str = ""              # the device name (torch.cuda.get_device_name), checked against --hardware
+
+
+class _Gemm(_Record):
+    M: PosInt
+    N: PosInt
+    K: PosInt
+    dtype: Dtype
+    time_s: Positive
+
+
+class _AttnPrefill(_Record):
+    B: PosInt
+    Hq: PosInt
+    S: PosInt
+    D: PosInt
+    Hkv: PosInt | None = None
+    causal: bool = True
+    time_s: Positive
+    fwd_bwd_time_s: Positive | None = None
+
+
+class _AttnDecode(_Record):
+    kv_bytes: Positive
+    time_s: Positive
+
+
+class _Elementwise(_Record):
+    op: Name
+    T: PosInt
+    H: PosInt
+    time_s: Positive
+
+
+class _Copy(_Record):
+    src: Place
+    dst: Place
+    bytes: PosInt
+    time_s: Positive
+
+
+class _Launch(_Record):
+    op: Name
+    time_s: Positive
+
+
+class _Cpu(_Record):
+    op: Name
+
+
+class _CpuAdam(_Cpu):
+    params_per_s: Positive
+
+
+class _CpuCopy(_Cpu):
+    GBps_rw: Positive
+
+
+class _CpuGemm(_Cpu):
+    tflops: Positive
+
+
+RECORDS = {"env": _Env, "gemm": _Gemm, "attn_prefill": _AttnPrefill, "attn_decode": _AttnDecode,
+           "elementwise": _Elementwise, "copy": _Copy, "launch": _Launch, "cpu": _Cpu}
+CPU_RECORDS = {"adamw_foreach": _CpuAdam, "adamw_for_loop": _CpuAdam, "copy": _CpuCopy, "sgemm": _CpuGemm}
+
+
+def _check_record(r, where: str) -> dict:
+    """One microbenchmark line, checked against the schema of its kind (one line naming the
+    file:line and the field otherwise)."""
+    if not isinstance(r, dict) or "kind" not in r:
+        raise RoofplanError(f"{where}: each line needs a 'kind' field ({', '.join(k for k in RECORDS if k != 'env')})")
+    kind = r["kind"]
+    if kind not in RECORDS:
+        raise RoofplanError(f"{where}: unknown kind {short(kind)}{did_you_mean(str(kind), RECORDS)}; "
+                            f"one of {', '.join(RECORDS)}")
+    for key, v in r.items():       # derived fields too: a nan anywhere says the measurement failed
+        if isinstance(v, float) and not math.isfinite(v):
+            raise RoofplanError(f"{where}: field '{key}' is {v}, not a finite number; re-run the measurement "
+                                "or delete the line")
+    schema = CPU_RECORDS.get(r.get("op"), _Cpu) if kind == "cpu" else RECORDS[kind]
+    check(schema, r, where, fix="see the fields of each kind in simulator/calibration/calibrate.py")
+    return r
+
+
 def read_microbench(path: str | Path) -> list[dict]:
-    rows = []
+    """The records of a microbenchmark file, each checked (see RECORDS); the file must be UTF-8.
+    The whole file is parsed before any record is checked (a syntax error is reported first)."""
     p = Path(path)
-    try:
-        lines = p.read_text().splitlines()
-    except OSError as e:
-        raise RoofplanError(f"{p}: cannot read ({e.strerror})") from None
+    lines = read_text(p, "microbenchmark file").splitlines()
+    parsed = []
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            r = json.loads(line)
+            parsed.append((i, json.loads(line)))
         except json.JSONDecodeError as e:
             raise RoofplanError(f"{p}:{i}: malformed JSON ({e.msg}); one JSON object per line") from None
-        if not isinstance(r, dict) or "kind" not in r:
-            raise RoofplanError(f"{p}:{i}: each line needs a 'kind' field (gemm, attn_prefill, attn_decode, elementwise, copy, cpu)")
-        rows.append(r)
-    if not rows:
+        except RecursionError:
+            raise RoofplanError(f"{p}:{i}: nested too deeply; one flat JSON object per line") from None
+    rows = [_check_record(r, f"{p}:{i}") for i, r in parsed]
+    if not any(r["kind"] != "env" for r in rows):
         raise RoofplanError(f"{p}: no measurements in the file")
     return rows
+
+
+def recorded_devices(rows: list[dict]) -> list[str]:
+    """Device names of the env records (the GPU the file was recorded on)."""
+    return sorted({r["gpu"] for r in rows if r["kind"] == "env" and r.get("gpu")})
 
 
 def _curve(values) -> dict:

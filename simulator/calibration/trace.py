@@ -480,21 +480,28 @@ def check_device(trace: Trace, gpu) -> None:
     """Raise when the trace's device is not `gpu` (a GPU spec): compare the spec's full name
     (e.g. 'NVIDIA H100 SXM5 80GB') with deviceProperties.name ('NVIDIA H100 80GB HBM3') by the
     model number and memory size, the tokens that tell GPUs apart."""
-    if not trace.device_name:
+    check_recorded_device(trace.device_name, f"trace {trace.path}", gpu)
+
+
+def check_recorded_device(device: str, what: str, gpu) -> None:
+    """Raise a FieldError on `hardware` when the device a measurement file names (a trace's
+    deviceProperties, a microbenchmark file's env record) is not `gpu`; the fix names the spec
+    that matches it. An empty name (CPU-only traces, files without an env record) is not checked."""
+    if not device:
         return
     from simulator.core.specs import list_names, load_gpu
-    if _device_matches(trace.device_name, gpu):
+    if _device_matches(device, gpu):
         return
-    fix = ""
+    fix = "use the hardware it was recorded on (add a spec under hardware_specs/gpus/ if roofplan has none)"
     for name in list_names("gpu"):
         try:
             g = load_gpu(name)
         except RoofplanError:
             continue
-        if _device_matches(trace.device_name, g):
+        if _device_matches(device, g):
             fix = f"use {name}"
             break
-    raise FieldError("hardware", gpu.name, f"trace {trace.path} was recorded on {trace.device_name}", fix)
+    raise FieldError("hardware", gpu.name, f"{what} was recorded on {device}", fix)
 
 
 def _tokens(s: str) -> set[str]:

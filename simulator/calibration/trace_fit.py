@@ -19,6 +19,7 @@ What a trace tells about a software stack, and how each field is derived:
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import numpy as np
@@ -150,6 +151,10 @@ def fit_executor_profile(traces: list[Trace], system: System, kp: KernelProfile,
     fields the traces cannot tell (the profile being refitted, or default.yaml's). The host costs
     come from the first trace with a host-bound step, deflated by `end_to_end` (file name and its
     cases) or `step_time_s` (see host_fit). Returns (profile, evidence)."""
+    if step_time_s is not None and not (math.isfinite(step_time_s) and step_time_s > 0):
+        # a nan here once became `host_overhead_per_kernel_us: .nan`, which predict ignored
+        raise FieldError("step_time_s", step_time_s, "must be a finite number of seconds > 0",
+                         "give the un-profiled wall time of the traced step")
     prof = dict(base or {})
     evidence: dict = {}
     struct = None

@@ -165,32 +165,46 @@ def cmd_calibrate(args) -> int:
     system = load_hardware(args.hardware)
     out = Path(args.output)
     rows, result = [], {}
-    kp = None
+    # every input is read and checked before anything is fitted, and every profile is written
+    # only once all fits have succeeded: bad data never leaves a profile behind
+    writes: list[tuple[Path, dict, dict]] = []
+    mb_rows = traces = e2e = None
     if args.microbench:
-        from simulator.calibration.calibrate import fit_kernel_profile, read_microbench
-        mb = Path(args.microbench)
-        prof, errors = fit_kernel_profile(read_microbench(mb), system.gpu, system.host_link,
-                                          source=f"fitted by `roofplan calibrate --microbench {mb.name} --hardware {args.hardware}`")
-        kpath = Path(args.kernels_out) if args.trace else out
-        _write(kpath, prof)
-        kp = parse_kernel_profile(prof, kpath)
-        result["kernel_profile"] = {"path": str(kpath), "fit_mape": errors}
-        rows += [["kernel profile", part, f"fit error {100 * e:.1f}%"] for part, e in errors.items()]
+        from simulator.calibration.calibrate import read_microbench, recorded_devices
+        from simulator.calibration.trace import check_recorded_device
+        mb_rows = read_microbench(args.microbench)
+        for dev in recorded_devices(mb_rows):       # as a trace's deviceProperties are checked
+            check_recorded_device(dev, args.microbench, system.gpu)
     if args.trace:
         from simulator.calibration.trace import check_device, load_trace
-        from simulator.calibration.trace_fit import fit_executor_profile
         traces = [load_trace(t) for t in args.trace]
         for t in traces:
             check_device(t, system.gpu)
-        if kp is None:
-            kp = load_kernel_profile(system.gpu.name, args.kernel_profile)
-        e2e = None
         if args.end_to_end:
             from simulator.calibration.accuracy import load_cases
             hw, cases = load_cases(args.end_to_end)
             if hw and load_hardware(hw).gpu.name != system.gpu.name:
                 raise RoofplanError(f"{args.end_to_end} was measured on {hw}, the trace on {system.gpu.name}; pass cases of the traced GPU")
             e2e = (Path(args.end_to_end).name, cases)
+    else:
+        for flag, val in (("--end-to-end", args.end_to_end), ("--step-time", args.step_time)):
+            if val is not None:
+                raise RoofplanError(f"{flag} deflates the host costs of a traced step; pass it with --trace T")
+    kp = None
+    if mb_rows is not None:
+        from simulator.calibration.calibrate import fit_kernel_profile
+        mb = Path(args.microbench)
+        prof, errors = fit_kernel_profile(mb_rows, system.gpu, system.host_link,
+                                          source=f"fitted by `roofplan calibrate --microbench {mb.name} --hardware {args.hardware}`")
+        kpath = Path(args.kernels_out) if args.trace else out
+        writes.append((kpath, prof, {}))
+        kp = parse_kernel_profile(prof, kpath)
+        result["kernel_profile"] = {"path": str(kpath), "fit_mape": errors}
+        rows += [["kernel profile", part, f"fit error {100 * e:.1f}%"] for part, e in errors.items()]
+    if traces is not None:
+        from simulator.calibration.trace_fit import fit_executor_profile
+        if kp is None:
+            kp = load_kernel_profile(system.gpu.name, args.kernel_profile)
         base, base_source, base_from = _executor_base(out)
         prof, ev = fit_executor_profile(traces, system, kp, out.stem, args.step_time, base, e2e)
         prof["fitted_on"] = system.gpu.name      # the GPU the traces were recorded on (check_device)
@@ -222,11 +236,13 @@ def cmd_calibrate(args) -> int:
         prof["source"] = " ".join(src)
         ordered = {"description": prof.pop("description"), **{k: v for k, v in prof.items() if k != "source"},
                    "source": prof["source"]}
-        _write(out, ordered, flow=None, width=120)
+        writes.append((out, ordered, {"flow": None, "width": 120}))
         result["executor_profile"] = {"path": str(out), "fields": {k: v for k, v in ordered.items() if k not in ("description", "source")},
                                       "evidence": ev}
         rows += [["executor profile", k, str(v)] for k, v in ordered.items() if k not in ("description", "source")]
         rows += _held_out_rows(ev.get("host"))
+    for path, d, style in writes:
+        _write(path, d, **style)
     emit(fmt_of(args), json_obj=result, rows=rows, header=["profile", "field", "value"],
          title=f"calibrated on {system.gpu.name}", footer=f"\nwrote {out}" + (f" and {args.kernels_out}" if args.trace and args.microbench else ""))
     return 0
