@@ -5,16 +5,38 @@ through one call of `simulator.core.predict.predict_many` -- the same step assem
 uses, on numpy arrays (millions of configurations per second). Training configurations go
 through `predict()` one by one (`predict_rows`). Either way a sweep row equals `predict()` on
 the same configuration (tests/core/test_one_cost_model.py checks that to 1e-9).
+
+Shards are files in a folder (shard-00000.csv or .parquet) beside `_manifest.json`, which holds
+the run's fingerprint -- the grid, the bytes of every spec file, profile and model config the
+grid reads, roofplan's version, the shard size and format -- and each finished shard's row count
+and sha256. A resumed run keeps a shard only when its bytes still hash to the recorded sha256
+(anything else is computed again) and refuses a folder whose fingerprint differs, naming what
+changed: two versions of an input never meet in one result.
+
+Reductions (the top N by a metric, the Pareto front of throughput vs cost or latency, the best
+configuration per group of columns) run on each shard where it is computed and are merged from
+the small per-shard results: every one of them is exact under merging (a row in the global top
+N is in its shard's top N; a point on the global front is on its shard's front), ties go to the
+first row in grid order, and the client never holds every row.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import itertools
-from dataclasses import dataclass, replace
+import json
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Annotated, Any, Callable, Literal
 
 import numpy as np
+from pydantic import BeforeValidator, Field
 
-from simulator.core.errors import FieldError, RoofplanError
+from simulator.core.errors import RoofplanError
 from simulator.core.predict import check_sizes, predict, predict_many
+from simulator.core.schema import Name, Strict, check, read_yaml
 from simulator.core.workload import Job
 
 
@@ -29,8 +51,81 @@ RESULT_COLUMNS = ("hardware", "model", "phase", "dtype", "tp", "pp", "dp", *PLAN
                   "context", "n_gpus", "time_s", "tokens_per_s", "peak_memory_bytes", "fits", "bound", "transfer_time_s",
                   "usd_per_gpu_h", "usd_per_1m_tokens", "error")
 
-GRID_KEYS = {"hardware", "model", "phase", "batch", "seq", "context", "tp", "pp", "dp", "dtype", "offload",
-             "executor", "name", "description", *PLAN_FIELDS}
+# columns that describe a configuration (what a group-best reduction may group by)
+CONFIG_COLUMNS = RESULT_COLUMNS[:RESULT_COLUMNS.index("n_gpus") + 1]
+
+MAX_SIZE = 2**24     # batch, seq, context: past every model's positions, and their products stay in int64
+MAX_COUNT = 2**20    # tp, pp, dp, ep, cp, vpp, lora_rank: past any cluster
+
+
+def _as_list(v):
+    """A grid field is a value or a non-empty list of values."""
+    if isinstance(v, list):
+        if not v:
+            raise ValueError("is an empty list, which gives no configurations; list at least one value")
+        return v
+    return [v]
+
+
+def _values(item):
+    return Annotated[list[item], BeforeValidator(_as_list)]
+
+
+Size = Annotated[int, Field(ge=1, le=MAX_SIZE)]
+Tokens = Annotated[int, Field(ge=0, le=MAX_SIZE)]
+Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+
+
+class GridSchema(Strict):
+    """One grid: every field a value or a non-empty list; integers exact (1.5 is not a batch),
+    booleans true or false, sizes bounded. Unknown fields are refused with a did-you-mean."""
+    name: Name | None = None
+    description: str | None = None
+    hardware: _values(Name)
+    model: _values(Name)
+    phase: _values(Literal["prefill", "decode", "train"]) = ["decode"]
+    batch: _values(Size) = [1]
+    seq: _values(Tokens) = [0]            # prefill prompt / training sequence
+    context: _values(Tokens) = [0]        # decode: tokens already cached
+    dtype: _values(Name) = ["bf16"]
+    offload: _values(Literal["gpu", "cpu"]) = ["gpu"]
+    executor: _values(Name) = ["default"]
+    tp: _values(Count) = [1]
+    pp: _values(Count) = [1]
+    dp: _values(Count) = [1]
+    ep: _values(Count) = [1]
+    cp: _values(Count) = [1]
+    vpp: _values(Count) = [1]
+    micro_batch: _values(Annotated[int, Field(ge=0, le=MAX_SIZE)]) = [0]
+    zero: _values(Annotated[int, Field(ge=0, le=3)]) = [0]
+    recompute: _values(Literal["none", "selective", "full"]) = ["none"]
+    lora_rank: _values(Annotated[int, Field(ge=0, le=MAX_COUNT)]) = [0]
+    sp: _values(bool) = [False]
+
+
+class GridFile(Strict):
+    """A file of several grids (`grids: [...]`)."""
+    name: Name | None = None
+    description: str | None = None
+    grids: Annotated[list[dict[str, Any]], Field(min_length=1)]
+
+
+def check_grid(data: Any, where: str | Path = "grid") -> GridSchema:
+    """A grid mapping validated (one RoofplanError line naming `where` and the field otherwise)."""
+    if isinstance(data, GridSchema):
+        return data
+    if data is None:
+        raise RoofplanError(f"{where}: empty; a grid needs at least hardware: and model: (see workloads/sweeps/*.yaml)")
+    return check(GridSchema, data, where)
+
+
+def load_grids(path: str | Path) -> list[GridSchema]:
+    """The grids of a YAML file: one grid mapping, or `grids:` listing several."""
+    data = read_yaml(path, "sweep grid")
+    if isinstance(data, dict) and "grids" in data:
+        grids = check(GridFile, data, path).grids
+        return [check_grid(g, f"{path} grids[{i}]") for i, g in enumerate(grids)]
+    return [check_grid(data, path)]
 
 
 @dataclass(frozen=True)
@@ -61,58 +156,32 @@ class Group:
         return len(self.batch) * len(self.seq) * len(self.context)
 
 
-def _list(grid: dict, key: str, default, kind):
-    """The values of grid field `key` as `kind`: a scalar or a non-empty list; numbers must be
-    exact (1.5 is not an integer batch), booleans true or false."""
-    v = grid.get(key, default)
-    vals = v if isinstance(v, list) else [v]
-    if not vals:
-        raise FieldError(key, "[]", "an empty list gives no configurations", "list at least one value")
-    def convert(x):
-        if kind is int and (isinstance(x, bool) or not isinstance(x, int)):
-            raise ValueError
-        if kind is bool and not isinstance(x, bool):
-            raise ValueError
-        return kind(x)
-    try:
-        return [convert(x) for x in vals]
-    except (TypeError, ValueError):
-        raise FieldError(key, repr(v), f"must be a{'n' if kind is int else ''} {kind.__name__} or a list of them") from None
+def count_rows(grid: GridSchema) -> int:
+    """Configurations of a grid, counted without expanding it: decode groups run batch x context,
+    prefill and training groups batch x seq."""
+    per_phase = sum(len(grid.batch) * len(grid.context if ph == "decode" else grid.seq) for ph in grid.phase)
+    groups_per_phase = 1
+    for k in ("hardware", "model", "dtype", "tp", "pp", "dp", "offload", "executor", *PLAN_FIELDS):
+        groups_per_phase *= len(getattr(grid, k))
+    return per_phase * groups_per_phase
 
 
-def parse_grid(grid) -> list[Group]:
-    """Expand a grid mapping into groups. Fields (scalar or list): hardware, model, phase,
-    batch, seq (prefill), context (decode), tp, pp, dp, dtype, offload (gpu|cpu), executor."""
-    from simulator.core.errors import did_you_mean
-    if not isinstance(grid, dict):
-        raise RoofplanError("a sweep grid must be a YAML mapping of field: value or [values]")
-    for k in grid:
-        if k not in GRID_KEYS:
-            raise RoofplanError(f"unknown grid field '{k}'{did_you_mean(k, GRID_KEYS)}; fields: {', '.join(sorted(GRID_KEYS - {'name', 'description'}))}")
-    for k in ("hardware", "model"):
-        if k not in grid:
-            raise RoofplanError(f"the grid needs '{k}:' (a name or a list of names)")
-    phases = _list(grid, "phase", ["decode"], str)
-    for ph in phases:
-        if ph not in ("prefill", "decode", "train"):
-            raise FieldError("phase", ph, "unknown", "use prefill, decode or train")
-    offloads = _list(grid, "offload", ["gpu"], str)
-    for o in offloads:
-        if o not in ("gpu", "cpu"):
-            raise FieldError("offload", o, "unknown", "use gpu or cpu")
-    batch = tuple(_list(grid, "batch", [1], int))
-    seqs = tuple(_list(grid, "seq", [0], int))
-    ctxs = tuple(_list(grid, "context", [0], int))
-    plan_lists = [[(k, v) for v in _list(grid, k, [default], kind)] for k, (kind, default) in PLAN_FIELDS.items()]
-    groups = []
+def iter_groups(grid: GridSchema):
+    """The groups of a validated grid, in grid order."""
+    plan_lists = [[(k, v) for v in getattr(grid, k)] for k in PLAN_FIELDS]
     for hw, m, ph, dt, tp, pp, dp, off, exe, *plan in itertools.product(
-            _list(grid, "hardware", None, str), _list(grid, "model", None, str), phases,
-            _list(grid, "dtype", ["bf16"], str), _list(grid, "tp", [1], int), _list(grid, "pp", [1], int),
-            _list(grid, "dp", [1], int), offloads, _list(grid, "executor", ["default"], str), *plan_lists):
+            grid.hardware, grid.model, grid.phase, grid.dtype, grid.tp, grid.pp, grid.dp, grid.offload,
+            grid.executor, *plan_lists):
         plan = tuple((k, v) for k, v in plan if v != PLAN_FIELDS[k][1])
-        groups.append(Group(hw, m, ph, dt, tp, pp, dp, off, exe, batch,
-                            seqs if ph != "decode" else (0,), ctxs if ph == "decode" else (0,), plan))
-    return groups
+        yield Group(hw, m, ph, dt, tp, pp, dp, off, exe, tuple(grid.batch),
+                    tuple(grid.seq) if ph != "decode" else (0,), tuple(grid.context) if ph == "decode" else (0,), plan)
+
+
+def parse_grid(grid, where: str | Path = "grid") -> list[Group]:
+    """Expand a grid mapping into groups. Fields (scalar or list): hardware, model, phase,
+    batch, seq (prefill, train), context (decode), tp, pp, dp, dtype, offload (gpu|cpu), executor,
+    and the plan fields of PLAN_FIELDS."""
+    return list(iter_groups(check_grid(grid, where)))
 
 
 def shard_groups(groups: list[Group], shard_size: int) -> list[list[Group]]:
@@ -131,6 +200,10 @@ def shard_groups(groups: list[Group], shard_size: int) -> list[list[Group]]:
     if cur:
         out.append(cur)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
 
 
 def _loaded(cache: dict, kind: str, name: str):
@@ -249,3 +322,556 @@ def run_shard(groups: list[Group], prices: dict[str, float | None] | None = None
     cache: dict = {("price", k): v for k, v in (prices or {}).items()}
     parts = [pd.DataFrame(sweep_group(g, cache), columns=list(RESULT_COLUMNS)) for g in groups]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(RESULT_COLUMNS))
+
+
+# ---------------------------------------------------------------------------------------------
+# fingerprint: everything that changes an answer
+
+
+def roofplan_version() -> str:
+    """The installed distribution's version, else pyproject.toml's (a checkout run in place)."""
+    import importlib.metadata
+    try:
+        return importlib.metadata.version("roofplan")
+    except importlib.metadata.PackageNotFoundError:
+        import tomllib
+        from simulator.core.paths import REPO_ROOT
+        try:
+            return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "unknown"
+
+
+def file_sha256(path: Path | str) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _shown(path: Path) -> str:
+    """A path as the user knows it: relative to the checkout when inside it."""
+    from simulator.core.paths import REPO_ROOT
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p)
+
+
+def input_files(groups: list[Group]) -> dict[str, Path | None]:
+    """Every file the groups' predictions read, by shown path (None: a name that resolves to no
+    file, whose error rows would change if one appeared): hardware specs (the system, its GPU,
+    links, CPU, NVMe; every system built from the GPU, which sets its price), the kernel profile
+    each GPU uses, executor profiles and model configs."""
+    from simulator.core.models import models_root
+    from simulator.core.profiles import REFERENCE_GPU
+    from simulator.core.specs import list_names, load_hardware, load_system, spec_path, specs_root
+    files: dict[str, Path | None] = {}
+
+    def add(path: Path):
+        files[_shown(path)] = path
+
+    gpus = set()
+    systems = set(list_names("system"))
+    for hw in dict.fromkeys(g.hardware for g in groups):
+        try:
+            s = load_hardware(hw)
+        except RoofplanError:
+            files[f"hardware '{hw}'"] = None
+            continue
+        gpus.add(s.gpu.name)
+        if hw in systems:
+            add(spec_path("system", hw))
+        add(spec_path("gpu", s.gpu.name))
+        for link in {s.host_link.name, s.gpu_link and s.gpu_link.name, s.network and s.network.name,
+                     s.gpu.host_link, s.gpu.gpu_link} - {None}:
+            add(spec_path("link", link))
+        if s.cpu:
+            add(spec_path("cpu", s.cpu.name))
+        if s.nvme:
+            add(spec_path("nvme", s.nvme.name))
+    for name in sorted(systems):
+        if load_system(name).gpu.name in gpus:
+            add(spec_path("system", name))
+    kernels = specs_root() / "profiles" / "kernels"
+    for gpu in sorted(gpus):
+        own = kernels / f"{gpu}.yaml"
+        add(own if own.is_file() else kernels / f"{REFERENCE_GPU}.yaml")
+    for exe in dict.fromkeys(g.executor for g in groups):
+        p = Path(exe)
+        if not (p.suffix in (".yaml", ".yml") and p.is_file()):
+            p = specs_root() / "profiles" / "executors" / f"{exe}.yaml"
+        add(p) if p.is_file() else files.setdefault(f"executor '{exe}'", None)
+    for m in dict.fromkeys(g.model for g in groups):
+        p = Path(m)
+        if p.suffix == ".json" or os.sep in m:
+            p = p / "config.json" if p.is_dir() else p
+        else:
+            p = models_root() / f"{m}.json"
+        add(p) if p.is_file() else files.setdefault(f"model '{m}'", None)
+    return dict(sorted(files.items()))
+
+
+def fingerprint(grids: list[GridSchema], groups: list[Group], shard_size: int, fmt: str) -> dict:
+    """What a finished shard's rows depend on: roofplan's version, the grid, the shard size and
+    format, and the sha256 of each input file's bytes."""
+    grid_text = json.dumps([g.model_dump(mode="json", exclude={"name", "description"}) for g in grids], sort_keys=True)
+    return {"roofplan": roofplan_version(), "grid": hashlib.sha256(grid_text.encode()).hexdigest(),
+            "shard_size": shard_size, "format": fmt,
+            "inputs": {k: file_sha256(p) if p is not None else "absent" for k, p in input_files(groups).items()}}
+
+
+def what_changed(old: dict, new: dict) -> str | None:
+    """The first difference between two fingerprints, in words (None when equal)."""
+    if old.get("roofplan") != new["roofplan"]:
+        return f"roofplan's version changed ({old.get('roofplan')} -> {new['roofplan']})"
+    if old.get("grid") != new["grid"]:
+        return "the grid changed"
+    if old.get("shard_size") != new["shard_size"]:
+        return f"the shard size changed ({old.get('shard_size')} -> {new['shard_size']})"
+    if old.get("format") != new["format"]:
+        return f"the shard format changed ({old.get('format')} -> {new['format']})"
+    before, now = old.get("inputs") or {}, new["inputs"]
+    for k in sorted(set(before) | set(now)):
+        if k not in now:
+            return f"{k} is no longer an input"
+        if k not in before:
+            return f"{k} is a new input"
+        if before[k] != now[k]:
+            return f"{k} {'appeared' if before[k] == 'absent' else 'disappeared' if now[k] == 'absent' else 'changed'}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# shard files and their manifest
+
+MANIFEST = "_manifest.json"       # a leading _ : pyarrow and pandas skip it when reading a dataset folder
+
+
+def shard_path(folder: Path, index: int, fmt: str) -> Path:
+    return folder / f"shard-{index:05d}.{fmt}"
+
+
+def is_shard_file(name: str) -> bool:
+    """The files a shard folder may hold: shards, unfinished shards (.shard-*.tmp), the manifest."""
+    return name == MANIFEST or name.startswith(("shard-", ".shard-", f".{MANIFEST}"))
+
+
+def write_table(df, path: Path, fmt: str) -> None:
+    if fmt == "parquet":
+        need_pyarrow()
+        df.to_parquet(path, index=False)
+    else:
+        df.to_csv(path, index=False)
+
+
+def read_table(path: Path):
+    """A shard as written, floats bit for bit (pandas 3 reads CSV that way by default and deprecates
+    the option pandas 2 needs for it)."""
+    import pandas as pd
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"error": str, "bound": str}, **exact)
+
+
+def need_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise RoofplanError("Parquet output needs pyarrow; pip install 'roofplan[dist]' (or pyarrow), or write .csv") from None
+
+
+class Manifest:
+    """`_manifest.json` of a shard folder: the fingerprint and, per finished shard, its rows and
+    sha256. Written whole to a temporary file and renamed over the old one (a kill leaves the old
+    or the new, never half of one), at most once a second while shards come in."""
+
+    def __init__(self, folder: Path, print_: dict, n_shards: int, done: dict[int, dict] | None = None):
+        self.path, self.fingerprint, self.n_shards = folder / MANIFEST, print_, n_shards
+        self.done: dict[int, dict] = dict(done or {})
+        self._saved = 0.0
+
+    def record(self, index: int, rows: int, sha256: str) -> None:
+        self.done[index] = {"rows": rows, "sha256": sha256}
+        if time.monotonic() - self._saved > 1.0:
+            self.save()
+
+    def save(self) -> None:
+        tmp = self.path.with_name("." + self.path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps({"manifest": 1, "fingerprint": self.fingerprint, "shards": self.n_shards,
+                                       "done": {str(i): r for i, r in sorted(self.done.items())}}))
+            os.replace(tmp, self.path)
+        except OSError as e:
+            raise RoofplanError(f"cannot write {self.path} ({e.strerror or e}); free space or choose another folder") from None
+        self._saved = time.monotonic()
+
+    @staticmethod
+    def read(folder: Path) -> dict | None:
+        """The manifest a previous run left (None: none there); ValueError when unreadable."""
+        path = folder / MANIFEST
+        if not path.is_file():
+            return None
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+            done = {int(i): {"rows": int(r["rows"]), "sha256": str(r["sha256"])} for i, r in old["done"].items()}
+            if not isinstance(old["fingerprint"], dict):
+                raise TypeError
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            raise ValueError(f"{path} is unreadable") from None
+        return {"fingerprint": old["fingerprint"], "done": done}
+
+
+def open_shards(folder: Path, print_: dict, n_shards: int, resume: bool, note: Callable[[str], None]) -> Manifest:
+    """The manifest of this run. Resuming keeps each recorded shard whose file hashes to its
+    sha256 (missing or damaged ones are computed again, said in one `note`); a fingerprint that
+    differs is refused. Not resuming clears the folder's shards."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RoofplanError(f"cannot create the shard folder {folder} ({e.strerror}); choose another place") from None
+    old = None
+    if resume:
+        try:
+            old = Manifest.read(folder)
+        except ValueError as e:
+            note(f"resume: {e}; computing every shard again")
+        if old is not None:
+            changed = what_changed(old["fingerprint"], print_)
+            if changed:
+                raise RoofplanError(f"{changed} since the shards in {folder} were written; rerun without --resume "
+                                    f"or with a new --shard-dir")
+    kept: dict[int, dict] = {}
+    if old is not None:
+        bad = []
+        for i, rec in sorted(old["done"].items()):
+            if not 0 <= i < n_shards:
+                continue
+            p = shard_path(folder, i, print_["format"])
+            if not p.is_file():
+                bad.append(f"{p.name} missing")
+            elif file_sha256(p) != rec["sha256"]:
+                bad.append(f"{p.name} truncated or changed (sha256 differs)")
+            else:
+                kept[i] = rec
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            note(f"resume: computing again {len(bad)} of {len(old['done'])} finished shards whose files are "
+                 f"missing or damaged: {'; '.join(bad[:3])}{more}")
+    else:
+        for f in folder.iterdir():
+            if f.name.startswith(("shard-", ".shard-")) and f.is_file():
+                f.unlink()
+    manifest = Manifest(folder, print_, n_shards, kept)
+    manifest.save()
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# reductions, per shard and merged
+
+SORT_ASCENDING = {  # metric -> smaller is better?
+    "usd_per_1m_tokens": True, "tokens_per_s": False, "tokens_per_s_per_gpu": False, "time_s": True,
+}
+ORDER = ["_shard", "_row"]      # a row's place in the grid: ties go to the first
+SAMPLE_ROWS = 2000              # background points of a Pareto plot (a bottom-k sample by row hash)
+
+
+@dataclass(frozen=True)
+class Reductions:
+    """What each shard reduces its rows to. `sort` None: $/1M tokens when any fitting row has a
+    price, else tokens/s (decided after the merge, so each shard keeps both)."""
+    top: int = 10
+    sort: str | None = None
+    pareto: bool = False
+    group_by: tuple[str, ...] = ()
+    sample: bool = False
+
+    @property
+    def sorts(self) -> tuple[str, ...]:
+        return (self.sort,) if self.sort else ("usd_per_1m_tokens", "tokens_per_s")
+
+
+def _ranked(df, metric: str):
+    return df.sort_values([metric, *ORDER], ascending=[SORT_ASCENDING[metric], True, True], na_position="last")
+
+
+def _front(df, x: str):
+    """Rows of `df` on the Pareto front of `x` (smaller is better) vs tokens/s, ordered by x;
+    of equal points the first in grid order."""
+    from simulator.report.plots import pareto_front
+    df = df[df[x].notna()].sort_values(ORDER)
+    return df.iloc[pareto_front(df[x].to_numpy(), df["tokens_per_s"].to_numpy(), True, True)]
+
+
+def _sample_priority(df):
+    """A fixed pseudo-random number per grid row (Knuth's multiplicative hash of its place)."""
+    place = df["_shard"].to_numpy(np.uint64) * np.uint64(1_000_003) + df["_row"].to_numpy(np.uint64)
+    return (place * np.uint64(2654435761)) % np.uint64(2**32)
+
+
+@dataclass
+class Partial:
+    """A shard's rows reduced (or several shards' partials merged): counts, and small frames."""
+    rows: int = 0
+    fit: int = 0
+    errors: int = 0
+    priced: bool = False                            # a fitting row with a price exists
+    top: dict = field(default_factory=dict)         # metric -> best `top` rows
+    best: dict = field(default_factory=dict)        # metric -> best row per group_by
+    front: dict = field(default_factory=dict)       # "usd_per_1m_tokens" | "time_s" -> Pareto rows
+    sample: Any = None                              # bottom-k rows by _sample_priority
+
+    def merge(self, other: "Partial", red: Reductions) -> "Partial":
+        import pandas as pd
+
+        def both(a, b):
+            return b if a is None else a if b is None else pd.concat([a, b], ignore_index=True)
+        out = Partial(self.rows + other.rows, self.fit + other.fit, self.errors + other.errors,
+                      self.priced or other.priced)
+        for m in red.sorts:
+            if red.top:
+                out.top[m] = _ranked(both(self.top.get(m), other.top.get(m)), m).head(red.top)
+            if red.group_by:
+                out.best[m] = _group_best(both(self.best.get(m), other.best.get(m)), m, red.group_by)
+        if red.pareto:
+            for x in ("usd_per_1m_tokens", "time_s"):
+                out.front[x] = _front(both(self.front.get(x), other.front.get(x)), x)
+        if red.sample:
+            s = both(self.sample, other.sample)
+            out.sample = None if s is None else _bottom(s)
+        return out
+
+
+def _group_best(df, metric: str, by: tuple[str, ...]):
+    return _ranked(df, metric).groupby(list(by), dropna=False, sort=False).head(1)
+
+
+def _bottom(df):
+    return df.assign(_p=_sample_priority(df)).sort_values(["_p", *ORDER]).head(SAMPLE_ROWS).drop(columns="_p")
+
+
+def reduce_shard(df, red: Reductions, index: int) -> Partial:
+    """One shard's rows -> its Partial. Rows count when they have no error and fit in memory."""
+    err = df["error"].notna() & (df["error"] != "")
+    fits = df["fits"].astype(bool)
+    ok = df[~err & fits].assign(_shard=index, _row=np.flatnonzero(~err & fits), error=None)
+    ok["tokens_per_s_per_gpu"] = ok["tokens_per_s"] / ok["n_gpus"]
+    part = Partial(len(df), int(fits.sum()), int(err.sum()), bool(ok["usd_per_1m_tokens"].notna().any()))
+    for m in red.sorts:
+        if red.top:
+            part.top[m] = _ranked(ok, m).head(red.top)
+        if red.group_by:
+            part.best[m] = _group_best(ok, m, red.group_by)
+    if red.pareto:
+        for x in ("usd_per_1m_tokens", "time_s"):
+            part.front[x] = _front(ok, x)
+    if red.sample:
+        part.sample = _bottom(ok)
+    return part
+
+
+def summarise(part: Partial, red: Reductions) -> dict:
+    """The merged reductions as plain frames (helper columns dropped): `sort` (the metric used),
+    `top`, `best` (per group_by), `pareto` (with `pareto_x`, the cost or latency column) and
+    `sample` (the plot's background)."""
+    sort = red.sort or ("usd_per_1m_tokens" if part.priced else "tokens_per_s")
+    x = "usd_per_1m_tokens" if part.priced else "time_s"
+
+    def clean(df):
+        return None if df is None else df.drop(columns=[*ORDER, "tokens_per_s_per_gpu"]).reset_index(drop=True)
+    sample = part.sample
+    if sample is not None and x == "usd_per_1m_tokens":
+        sample = sample[sample[x].notna()]
+    return {"sort": sort, "rows": part.rows, "fit": part.fit, "errors": part.errors,
+            "top": clean(part.top.get(sort)), "best": clean(part.best.get(sort)),
+            "pareto": clean(part.front.get(x)), "pareto_x": x, "sample": clean(sample)}
+
+
+# ---------------------------------------------------------------------------------------------
+# running shards (worker tasks: a local process pool or Dask)
+
+
+@dataclass(frozen=True)
+class ShardDone:
+    index: int
+    rows: int
+    sha256: str | None           # None: a kept shard, already in the manifest
+    partial: Partial
+
+
+def compute_shard(index: int, groups: list[Group], path: str, prices: dict | None, red: Reductions) -> ShardDone:
+    """Worker task: compute one shard, write it under a hidden temporary name and rename it into
+    place (a kill leaves no half shard under the real name), reduce it where it is."""
+    df = run_shard(groups, prices)
+    p = Path(path)
+    tmp = p.with_name("." + p.name + ".tmp")
+    try:
+        write_table(df, tmp, p.suffix[1:])
+        os.replace(tmp, p)
+    except OSError as e:
+        raise RoofplanError(f"cannot write the shard {p} ({e.strerror or e}); free space or choose another folder") from None
+    return ShardDone(index, len(df), file_sha256(p), reduce_shard(df, red, index))
+
+
+def reduce_kept_shard(index: int, path: str, red: Reductions) -> ShardDone:
+    """Worker task: reduce a shard an earlier run finished (its sha256 was checked)."""
+    df = read_table(Path(path))
+    return ShardDone(index, len(df), None, reduce_shard(df, red, index))
+
+
+DASK_CONNECT_TIMEOUT_S = 10
+
+
+def _run_tasks(tasks: list[tuple], workers: int, dask_scheduler: str | None, done: Callable[[ShardDone], None]) -> None:
+    """Run (function, *args) tasks, at most 2 per worker in flight (the client holds a few shards'
+    groups and partials, not the run's), calling `done` with each result as it comes."""
+    if dask_scheduler:
+        try:
+            from distributed import Client, as_completed
+        except ImportError:
+            raise RoofplanError("a Dask scheduler needs dask.distributed; pip install 'roofplan[dist]'") from None
+        try:
+            client = Client(dask_scheduler, timeout=DASK_CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError, ValueError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise RoofplanError(f"cannot reach the Dask scheduler at {dask_scheduler} ({reason}); check the address "
+                                f"and that `dask scheduler` runs there") from None
+        try:
+            window = 2 * max(1, len(client.scheduler_info().get("workers", {})))
+            todo = iter(tasks)
+            running = as_completed([client.submit(*t, pure=False) for t in itertools.islice(todo, window)])
+            for fut in running:
+                done(fut.result())
+                for t in itertools.islice(todo, 1):
+                    running.add(client.submit(*t, pure=False))
+        finally:
+            client.close()
+    elif workers > 1 and len(tasks) > 1:
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
+            todo = iter(tasks)
+            running = {pool.submit(*t) for t in itertools.islice(todo, 2 * workers)}
+            while running:
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    done(fut.result())
+                    running |= {pool.submit(*t) for t in itertools.islice(todo, 1)}
+    else:
+        for fn, *args in tasks:
+            done(fn(*args))
+
+
+def run_sweep(shards: list[list[Group]], manifest: Manifest, red: Reductions, *, prices: dict | None = None,
+              workers: int = 1, dask_scheduler: str | None = None,
+              on_shard: Callable[[int], None] | None = None) -> tuple[list[Path], dict]:
+    """Compute every shard `manifest` (from open_shards) does not hold, reduce each shard where it
+    runs, merge. Returns the shard files in grid order and `summarise`'s dict."""
+    paths = [shard_path(manifest.path.parent, i, manifest.fingerprint["format"]) for i in range(len(shards))]
+    tasks = [(reduce_kept_shard, i, str(paths[i]), red) if i in manifest.done else
+             (compute_shard, i, shards[i], str(paths[i]), prices, red) for i in range(len(shards))]
+    merged = Partial()
+
+    def done(r: ShardDone):
+        nonlocal merged
+        if r.sha256 is not None:
+            manifest.record(r.index, r.rows, r.sha256)
+        merged = merged.merge(r.partial, red)
+        if on_shard:
+            on_shard(sum(g.size for g in shards[r.index]))
+
+    try:
+        _run_tasks(tasks, workers, dask_scheduler, done)
+    finally:
+        manifest.save()
+    return paths, summarise(merged, red)
+
+
+def write_output(paths: list[Path], out: Path) -> None:
+    """Stream the shards into one file, one shard in memory at a time (CSV: the bytes, each
+    header but the first dropped; Parquet: a row group per shard), renamed into place at the end."""
+    tmp = out.with_name("." + out.name + ".tmp")
+    try:
+        _stream(paths, tmp, out.suffix)
+        os.replace(tmp, out)
+    except OSError as e:
+        raise RoofplanError(f"cannot write {out} ({e.strerror or e}); free space or choose another place") from None
+
+
+def _stream(paths: list[Path], tmp: Path, suffix: str) -> None:
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+        writer = None
+        try:
+            for p in paths:
+                t = pq.read_table(p)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, t.schema)
+                elif not t.schema.equals(writer.schema, check_metadata=False):
+                    t = t.cast(writer.schema)
+                writer.write_table(t)
+        finally:
+            if writer is not None:
+                writer.close()
+    else:
+        import shutil
+        with open(tmp, "wb") as f:
+            for i, p in enumerate(paths):
+                with open(p, "rb") as src:
+                    if i:
+                        src.readline()
+                    shutil.copyfileobj(src, f, 2**20)
+
+
+# ---------------------------------------------------------------------------------------------
+# estimates before a run
+
+SAMPLE_GROUPS = 6          # strata of the group list, one group timed from each
+SAMPLE_CONFIGS = 5_000     # configurations timed per sampled group
+SAMPLE_TRAIN = 8           # training configurations go through scalar predict(), ~ms each
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Rows, output size and time of a run, from timing a small sample of its grid on one core."""
+    rows: int
+    fmt: str
+    bytes_per_row: float
+    seconds_per_row: float      # one core: compute and write
+    sample_rows: int
+
+    @property
+    def output_bytes(self) -> float:
+        return self.rows * self.bytes_per_row
+
+    def seconds(self, workers: int) -> float:
+        return self.rows * self.seconds_per_row / max(workers, 1)
+
+
+def estimate(groups: list[Group], rows: int, fmt: str, prices: dict | None = None) -> Estimate:
+    """Time SAMPLE_GROUPS groups, one from each stratum of the group list, on slices of about
+    SAMPLE_CONFIGS configurations, and serialise them as `fmt`; each stratum weighs by its rows."""
+    import pandas as pd
+    cache: dict = {("price", k): v for k, v in (prices or {}).items()}
+    bounds = np.linspace(0, len(groups), min(SAMPLE_GROUPS, len(groups)) + 1).astype(int)
+    listed = sum(g.size for g in groups)
+    s_per_row = bytes_per_row = 0.0
+    sampled = 0
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        stratum = groups[a:b]
+        g = stratum[len(stratum) // 2]
+        limit = SAMPLE_TRAIN if g.phase == "train" else SAMPLE_CONFIGS
+        g = replace(g, seq=g.seq[:limit], context=g.context[:limit])
+        g = replace(g, batch=g.batch[:max(1, limit // (len(g.seq) * len(g.context)))])
+        sweep_group(replace(g, batch=g.batch[:1], seq=g.seq[:1], context=g.context[:1]), cache)  # load its specs
+        t0 = time.perf_counter()
+        df = pd.DataFrame(sweep_group(g, cache), columns=list(RESULT_COLUMNS))
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False) if fmt == "parquet" else df.to_csv(buf, index=False)
+        t = time.perf_counter() - t0
+        weight = sum(x.size for x in stratum) / listed
+        s_per_row += weight * t / g.size
+        bytes_per_row += weight * buf.tell() / g.size
+        sampled += g.size
+    return Estimate(rows, fmt, bytes_per_row, s_per_row, sampled)

@@ -1,61 +1,72 @@
 """`roofplan sweep GRID.yaml`: cartesian sweeps over hardware x model x phase x batch x seq/context
-x tp/pp (x dtype, offload), vectorised per group (simulator/sweep.py), run in shards on a local
-process pool or an existing Dask cluster, written as CSV or Parquet, with a top-N summary.
+x tp/pp (x dtype, offload, plan fields), vectorised per group (simulator/sweep.py), run in shards on
+a local process pool or an existing Dask cluster.
 
-Shards are files in a folder (default: OUTPUT.shards/); `--resume` keeps the shards a previous
-run finished and computes only the missing ones (the folder's manifest must match the grid).
+Rows go to a CSV or Parquet file (-o results.csv: the shards streamed into it) or a partitioned
+Parquet dataset (-o results/: one file per shard, read with pandas.read_parquet("results/")).
+The summary -- the top N (--top), the Pareto front and the best per group (--reduce) -- is reduced
+on each shard where it runs and merged, so no step holds every row.
+
+Shards are files in a folder (default: OUTPUT.shards/, or the dataset folder itself) with a
+manifest of each finished shard's rows and sha256 and the run's fingerprint; `--resume` keeps the
+shards that check out and computes the rest, and refuses a folder whose inputs have changed.
+
+Before a run: the grid is validated (simulator.sweep.GridSchema), its rows counted (--max-rows),
+and a large one's output size and time estimated from a timed sample (--max-output-gb).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
+import re
 import sys
+import tempfile
 import time
+from itertools import islice
 from pathlib import Path
 
-from simulator.core.errors import FieldError, RoofplanError
-from simulator.report.tables import add_format_arg, emit, fmt_of
+from simulator.core.errors import RoofplanError, did_you_mean
+from simulator.report.tables import add_format_arg, emit, fmt_of, table
 from simulator.core.units import GiB, fmt_time
-from simulator.cli.args import plot_path
+from simulator.cli.args import finite_float, plot_path
 
-SORT_KEYS = {  # metric -> ascending?
-    "usd_per_1m_tokens": True, "tokens_per_s": False, "tokens_per_s_per_gpu": False, "time_s": True,
-}
+MAX_ROWS = 50_000_000          # default --max-rows
+MAX_OUTPUT_GB = 20.0           # default --max-output-gb
+ESTIMATE_ROWS = 1_000_000      # from here on a run prints its estimate first
+BYTES_PER_ROW_BOUND = 400      # CSV rows are ~175 bytes, Parquet ~40: below rows x this no estimate is needed
+MAX_TOP = 10_000
 
 
 def register(sub) -> None:
+    from simulator.sweep import SORT_ASCENDING
     p = sub.add_parser("sweep", help="cartesian sweep of predictions over a grid (YAML), locally or on Dask")
     p.add_argument("grid", help="grid YAML (see workloads/sweeps/*.yaml)")
-    p.add_argument("-o", "--output", default="sweep.csv", help="results file: .csv or .parquet (default sweep.csv)")
+    p.add_argument("-o", "--output", default="sweep.csv",
+                   help="results: a .csv or .parquet file, or a folder name ending in / for a partitioned Parquet "
+                        "dataset, one file per shard (default sweep.csv)")
     p.add_argument("--workers", type=int, default=0, help="local processes (default: CPU count; 1 = in this process)")
     p.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",
-                   help="run shards on an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (pip install 'roofplan[dist]')")
+                   help="run shards on an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (pip install 'roofplan[dist]'); "
+                        "its workers must see the shard folder")
     p.add_argument("--shard-size", type=int, default=200_000, help="configurations per shard (default 200000)")
     p.add_argument("--shard-dir", default=None, help="folder for shard files (default: OUTPUT.shards)")
-    p.add_argument("--resume", action="store_true", help="keep finished shards from an earlier run of this grid")
-    p.add_argument("--top", type=int, default=10, help="rows in the summary table (0: none)")
-    p.add_argument("--sort", default=None, choices=sorted(SORT_KEYS),
+    p.add_argument("--resume", action="store_true",
+                   help="keep the shards an earlier run of the same grid and inputs finished (checked by sha256)")
+    p.add_argument("--top", type=int, default=None, help="rows in the summary table (default 10; 0: none)")
+    p.add_argument("--sort", default=None, choices=sorted(SORT_ASCENDING),
                    help="summary order (default: usd_per_1m_tokens when prices exist, else tokens_per_s)")
+    p.add_argument("--reduce", action="append", default=[], metavar="top:N|pareto|group-best:COL,...",
+                   help="a summary computed on each shard and merged (repeatable): top:N (as --top), pareto "
+                        "(throughput vs cost, or vs latency without prices), group-best:hardware,model (the best "
+                        "configuration by --sort per distinct value of the columns)")
+    p.add_argument("--max-rows", type=int, default=MAX_ROWS,
+                   help=f"refuse a grid of more configurations (default {MAX_ROWS:,})")
+    p.add_argument("--max-output-gb", type=finite_float, default=MAX_OUTPUT_GB,
+                   help=f"refuse a run whose estimated output is larger, in GB (default {MAX_OUTPUT_GB:g})")
     p.add_argument("--plot", type=plot_path, default=None, metavar="FILE.png",
                    help="Pareto front of throughput vs cost (or vs latency when no prices)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no estimate")
     add_format_arg(p)
     p.set_defaults(func=cmd_sweep)
-
-
-def load_grids(path: str) -> list[dict]:
-    from simulator.core.specs import read_yaml
-    p = Path(path)
-    if not p.is_file():
-        raise RoofplanError(f"grid file {path} not found; see workloads/sweeps/*.yaml for examples")
-    data = read_yaml(p)
-    if isinstance(data, dict) and "grids" in data:
-        grids = data["grids"]
-        if not isinstance(grids, list) or not grids:
-            raise RoofplanError(f"{path}: 'grids:' must be a non-empty list of grid mappings")
-        return grids
-    return [data]
 
 
 class Progress:
@@ -81,155 +92,238 @@ class Progress:
         self.bar.close()
 
 
-def _write_table(df, path: Path) -> None:
-    if path.suffix == ".parquet":
-        _need_pyarrow()
-        df.to_parquet(path, index=False)
-    else:
-        df.to_csv(path, index=False)
+# ---------------------------------------------------------------------------------------------
+# flags, checked before any work
+
+_DASK_ADDRESS = re.compile(r"(?:(?:tcp|tls|ucx|ws|wss)://)?(?:[A-Za-z0-9][A-Za-z0-9.\-]*|\[[0-9A-Fa-f:.]+\]):(\d{1,5})")
 
 
-def _read_table(path: Path):
-    import pandas as pd
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    return pd.read_csv(path, keep_default_na=False, na_values=[""],
-                       dtype={"error": str, "bound": str})
+def check_dask_address(address: str) -> None:
+    """tcp://HOST:PORT (tls, ucx, ws, wss; the scheme may be left out) or an in-process inproc://."""
+    if address.startswith("inproc://") and len(address) > len("inproc://"):
+        return
+    m = _DASK_ADDRESS.fullmatch(address)
+    if not m or not 1 <= int(m.group(1)) <= 65535:
+        raise RoofplanError(f"--dask-scheduler {address}: not a scheduler address; give tcp://HOST:PORT "
+                            f"(e.g. tcp://10.0.0.5:8786, as `dask scheduler` prints)")
 
 
-def _need_pyarrow() -> None:
+def parse_reductions(args):
+    """--top, --sort and --reduce -> simulator.sweep.Reductions."""
+    from simulator.sweep import CONFIG_COLUMNS, Reductions
+    top, pareto, group_by = None, False, ()
+    for spec in args.reduce:
+        kind, _, arg = spec.partition(":")
+        if kind == "top" and arg.isdigit():
+            top = int(arg)
+        elif kind == "pareto" and not arg:
+            pareto = True
+        elif kind == "group-best" and arg:
+            group_by = tuple(c.strip() for c in arg.split(","))
+            for c in group_by:
+                if c not in CONFIG_COLUMNS:
+                    raise RoofplanError(f"--reduce {spec}: unknown column '{c}'{did_you_mean(c, CONFIG_COLUMNS)}; "
+                                        f"group by any of {', '.join(CONFIG_COLUMNS)}")
+        else:
+            raise RoofplanError(f"--reduce {spec}: use top:N, pareto or group-best:COL[,COL...] "
+                                f"(e.g. group-best:hardware,model)")
+    if top is not None and args.top is not None and top != args.top:
+        raise RoofplanError(f"--top {args.top} and --reduce top:{top} disagree; give one of them")
+    top = top if top is not None else args.top if args.top is not None else 10
+    if not 0 <= top <= MAX_TOP:
+        raise RoofplanError(f"--top {top}: use 0 to {MAX_TOP:,} (for more, read the rows from -o)")
+    return Reductions(top=top, sort=args.sort, pareto=pareto or bool(args.plot), group_by=group_by,
+                      sample=bool(args.plot))
+
+
+def _probe(folder: Path, what: str) -> None:
+    """Create and remove a file in `folder`: the only test that holds for root, /proc and
+    read-only mounts alike."""
     try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        raise RoofplanError("Parquet output needs pyarrow; pip install 'roofplan[dist]' (or pyarrow), or write .csv") from None
+        fd, name = tempfile.mkstemp(prefix=".roofplan-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise RoofplanError(f"{what}: cannot write in {folder} ({e.strerror}); choose a writable folder") from None
 
 
-def run_shard_to_file(groups, path: str, prices: dict | None = None) -> int:
-    """Worker task (process pool or Dask): compute one shard, write it atomically, return rows."""
-    from simulator.sweep import run_shard
-    df = run_shard(groups, prices)
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp" + p.suffix)
-    _write_table(df, tmp)
-    os.replace(tmp, p)
-    return len(df)
-
-
-def run_sweep(groups, shard_size: int, shard_dir: Path, workers: int = 1, dask_scheduler: str | None = None,
-              resume: bool = False, fingerprint: str = "", progress: bool = False, shard_ext: str = ".csv"):
-    """Run every shard (skipping finished ones when resuming) and return all rows, in grid order."""
-    import pandas as pd
-    from simulator.sweep import gpu_prices, shard_groups
-    shards = shard_groups(groups, shard_size)
-    prices = gpu_prices(groups)
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    manifest = shard_dir / "manifest.json"
-    meta = {"grid": fingerprint, "shards": len(shards), "shard_size": shard_size, "ext": shard_ext}
-    if resume and manifest.is_file():
-        old = json.loads(manifest.read_text())
-        if old != meta:
-            raise RoofplanError(f"{shard_dir} holds shards of a different grid or --shard-size; drop --resume or use another --shard-dir")
-    else:
-        for f in shard_dir.glob("shard-*"):
-            f.unlink()
-    manifest.write_text(json.dumps(meta))
-    paths = [shard_dir / f"shard-{i:05d}{shard_ext}" for i in range(len(shards))]
-    todo = [i for i, p in enumerate(paths) if not (resume and p.is_file())]
-    bar = Progress(sum(sum(g.size for g in s) for s in shards), len(shards), progress)
-    try:
-        _run_shards(shards, paths, todo, prices, workers, dask_scheduler, bar)
-    finally:
-        bar.close()     # ends the bar's line before any error message
-    parts = [_read_table(p) for p in paths]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-
-
-def _run_shards(shards, paths, todo, prices, workers, dask_scheduler, bar) -> None:
-    pending = set(todo)
-    for i in range(len(shards)):
-        if i not in pending:
-            bar.update(sum(g.size for g in shards[i]))
-    if dask_scheduler:
+def check_output(text: str) -> tuple[Path, str]:
+    """-o -> (path, "csv" | "parquet" | "dataset"); a place that cannot take it is refused here."""
+    from simulator.sweep import is_shard_file, need_pyarrow
+    p = Path(text)
+    if text.endswith(("/", os.sep)):
+        need_pyarrow()
+        if p.exists() and not p.is_dir():
+            raise RoofplanError(f"-o {text}: exists and is not a folder; name a new folder for the Parquet dataset")
+        if p.is_dir():
+            try:
+                foreign = sorted(f.name for f in p.iterdir() if not is_shard_file(f.name))
+            except OSError as e:
+                raise RoofplanError(f"-o {text}: cannot list the folder ({e.strerror})") from None
+            if foreign:
+                raise RoofplanError(f"-o {text}: the folder holds files that are not this sweep's shards "
+                                    f"({', '.join(foreign[:3])}); name a new or empty folder for the dataset")
+        elif not p.parent.is_dir():
+            raise RoofplanError(f"-o {text}: {p.parent} does not exist; create it or choose another place")
         try:
-            from distributed import Client, as_completed
-        except ImportError:
-            raise RoofplanError("--dask-scheduler needs dask.distributed; pip install 'roofplan[dist]'") from None
-        try:
-            client = Client(dask_scheduler, timeout=10)
-        except (OSError, TimeoutError) as e:
-            raise RoofplanError(f"cannot reach the Dask scheduler at {dask_scheduler} ({e}); check the address") from None
-        try:
-            futs = [client.submit(run_shard_to_file, shards[i], str(paths[i]), prices, pure=False) for i in todo]
-            for f in as_completed(futs):
-                bar.update(f.result())
-        finally:
-            client.close()
-    elif workers > 1 and len(todo) > 1:
-        from concurrent.futures import ProcessPoolExecutor, as_completed as done
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futs = [pool.submit(run_shard_to_file, shards[i], str(paths[i]), prices) for i in todo]
-            for f in done(futs):
-                bar.update(f.result())
-    else:
-        for i in todo:
-            bar.update(run_shard_to_file(shards[i], str(paths[i]), prices))
+            p.mkdir(exist_ok=True)
+        except OSError as e:
+            raise RoofplanError(f"-o {text}: cannot create the folder ({e.strerror}); choose a writable place") from None
+        _probe(p, f"-o {text}")
+        return p, "dataset"
+    if p.suffix not in (".csv", ".parquet"):
+        raise RoofplanError(f"-o {text}: use a .csv or .parquet file name, or a folder name ending in / for a "
+                            f"partitioned Parquet dataset")
+    if p.is_dir():
+        raise RoofplanError(f"-o {text}: is a folder; give a file name (or {text}/ for a Parquet dataset in it)")
+    if p.suffix == ".parquet":
+        need_pyarrow()
+    parent = p.parent
+    if not parent.is_dir():
+        raise RoofplanError(f"-o {text}: {parent} is not a folder; create it or choose another place")
+    _probe(parent, f"-o {text}")
+    return p, p.suffix[1:]
 
 
-def summary(df, top: int, sort: str | None):
-    """The best `top` configurations that fit and have no error, by `sort`."""
-    ok = df[(df["error"].fillna("") == "") & df["fits"].astype(bool)].copy()
-    ok["tokens_per_s_per_gpu"] = ok["tokens_per_s"] / ok["n_gpus"]
-    if sort is None:
-        sort = "usd_per_1m_tokens" if ok["usd_per_1m_tokens"].notna().any() else "tokens_per_s"
-    ok = ok.sort_values(sort, ascending=SORT_KEYS[sort], kind="stable", na_position="last")
-    return ok.head(top), sort
+def _size(n: float) -> str:
+    """Bytes in decimal units, as --max-output-gb counts them."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def _duration(s: float) -> str:
+    if s >= 86400:
+        return f"{s / 86400:.3g} days"
+    if s >= 3600:
+        return f"{s / 3600:.3g} h"
+    if s >= 60:
+        return f"{s / 60:.3g} min"
+    return fmt_time(s)
+
+
+def _estimate_text(est, workers: int | None, kind: str) -> str:
+    """"~110 GB of CSV plus as much in the shard folder, ~41 min on 2 workers (...)"; workers
+    None: a Dask cluster of unknown size, so one core's time."""
+    what = "Parquet files" if kind == "dataset" else kind.upper()
+    copy = "" if kind == "dataset" else " plus as much in the shard folder"
+    on = f"on {workers} worker{'s' if workers > 1 else ''}" if workers else "on one core (less on the cluster)"
+    return (f"~{_size(est.output_bytes)} of {what}{copy}, ~{_duration(est.seconds(workers or 1))} {on}; timed on a "
+            f"{est.sample_rows:,}-row sample, {est.seconds_per_row * 1e6:.2g} us/row on one core")
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
 
 
 def cmd_sweep(args) -> int:
-    from simulator.sweep import parse_grid
-    out = Path(args.output)
-    if out.suffix not in (".csv", ".parquet"):
-        raise RoofplanError(f"-o {args.output}: use a .csv or .parquet file name")
-    if out.suffix == ".parquet":
-        _need_pyarrow()
+    from simulator import sweep as sw
     if args.shard_size < 1:
         raise RoofplanError("--shard-size must be >= 1")
     if args.workers < 0:
         raise RoofplanError("--workers must be >= 0 (0: one per CPU)")
-    grids = load_grids(args.grid)
-    try:
-        groups = [g for grid in grids for g in parse_grid(grid)]
-    except FieldError as e:     # a field of the grid file, not a flag
-        raise RoofplanError(f"{args.grid}: {e.render(f'grid field {e.field!r} =')}") from None
-    fingerprint = hashlib.sha256(json.dumps(grids, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    shard_dir = Path(args.shard_dir) if args.shard_dir else out.with_name(out.name + ".shards")
+    if args.max_rows < 1:
+        raise RoofplanError("--max-rows must be >= 1")
+    if args.max_output_gb <= 0:
+        raise RoofplanError("--max-output-gb must be > 0")
+    if args.dask_scheduler is not None:
+        check_dask_address(args.dask_scheduler)
+    red = parse_reductions(args)
+    if args.shard_dir and args.output.endswith(("/", os.sep)):
+        raise RoofplanError(f"--shard-dir: a dataset (-o {args.output}) keeps its shards in itself; drop --shard-dir")
+    grids = sw.load_grids(args.grid)
+    out, kind = check_output(args.output)
+    if kind == "dataset":
+        shard_dir, fmt = out, "parquet"
+    else:
+        shard_dir, fmt = (Path(args.shard_dir) if args.shard_dir else out.with_name(out.name + ".shards")), kind
+        if shard_dir.is_dir():
+            _probe(shard_dir, f"--shard-dir {shard_dir}")
+        elif not shard_dir.exists() and shard_dir.parent.is_dir():
+            _probe(shard_dir.parent, f"--shard-dir {shard_dir}")
     workers = args.workers or os.cpu_count() or 1
+    shown_workers = None if args.dask_scheduler else workers
+
+    rows = sum(sw.count_rows(g) for g in grids)
+    if rows > args.max_rows:
+        head = list(islice((g for grid in grids for g in sw.iter_groups(grid)), 1000))
+        est = sw.estimate(head, rows, fmt, sw.gpu_prices(head))
+        raise RoofplanError(f"{rows:,} configurations is past --max-rows {args.max_rows:,} "
+                            f"({_estimate_text(est, shown_workers, kind)}); raise --max-rows or narrow the grid")
+    groups = [g for grid in grids for g in sw.iter_groups(grid)]
+    prices = sw.gpu_prices(groups)
+    budget = args.max_output_gb * 1e9
+    if rows >= ESTIMATE_ROWS or rows * BYTES_PER_ROW_BOUND > budget:
+        est = sw.estimate(groups, rows, fmt, prices)
+        if est.output_bytes > budget:
+            raise RoofplanError(f"~{_size(est.output_bytes)} of output is past --max-output-gb {args.max_output_gb:g} "
+                                f"({_estimate_text(est, shown_workers, kind)}); raise --max-output-gb or narrow the grid")
+        if rows >= ESTIMATE_ROWS and not args.quiet:
+            print(f"estimate: {rows:,} rows, {_estimate_text(est, shown_workers, kind)}", file=sys.stderr)
+    shards = sw.shard_groups(groups, args.shard_size)
+    print_ = sw.fingerprint(grids, groups, args.shard_size, fmt)
+
     t0 = time.perf_counter()
-    df = run_sweep(groups, args.shard_size, shard_dir, workers, args.dask_scheduler, args.resume, fingerprint,
-                   progress=not args.quiet and sys.stderr.isatty(), shard_ext=out.suffix)
+    manifest = sw.open_shards(shard_dir, print_, len(shards), args.resume, note=lambda s: print(s, file=sys.stderr))
+    bar = Progress(rows, len(shards), not args.quiet and sys.stderr.isatty())
+    try:
+        paths, res = sw.run_sweep(shards, manifest, red, prices=prices, workers=workers,
+                                  dask_scheduler=args.dask_scheduler, on_shard=bar.update)
+    finally:
+        bar.close()     # ends the bar's line before any error message
+    if kind != "dataset":
+        sw.write_output(paths, out)
     elapsed = time.perf_counter() - t0
-    _write_table(df, out)
-    n_err = int((df["error"].fillna("") != "").sum())
-    n_fit = int(df["fits"].astype(bool).sum())
-    best, sort = summary(df, max(args.top, 0), args.sort)
     if args.plot:
-        _plot(df, args.plot)
+        _plot(res, args.plot)
+    _print(args, res, red, out, kind, len(paths), elapsed)
+    return 0
+
+
+ROW_HEADER = ["hardware", "model", "phase", "parallel", "batch", "size", "step time", "tokens/s", "GiB/GPU",
+              "$/1M tok", "bound"]
+
+
+def _rows(df) -> list[list]:
     rows = []
-    for _, r in best.iterrows():
+    for _, r in ([] if df is None else df.iterrows()):
         size = f"ctx {r['context']}" if r["phase"] == "decode" else f"seq {r['seq']}"
         usd = r["usd_per_1m_tokens"]
         rows.append([r["hardware"], r["model"], r["phase"], _parallel(r), r["batch"], size,
                      fmt_time(r["time_s"]), f"{r['tokens_per_s']:,.0f}", f"{r['peak_memory_bytes'] / GiB:.1f}",
                      f"{usd:.3f}" if usd == usd else "-", r["bound"]])
-    obj = {"output": str(out), "configs": len(df), "fit": n_fit, "errors": n_err, "seconds": elapsed,
-           "sort": sort, "top": [{k: _clean(v) for k, v in r.items()}
-                                for r in best.drop(columns=["tokens_per_s_per_gpu"]).to_dict(orient="records")]}
-    title = (f"{len(df):,} configurations ({n_fit:,} fit, {n_err:,} invalid) in {elapsed:.2f} s -> {out}\n"
-             f"top {len(best)} by {sort}:")
-    emit(fmt_of(args), json_obj=obj, rows=rows, title=title,
-         header=["hardware", "model", "phase", "parallel", "batch", "size", "step time", "tokens/s", "GiB/GPU",
-                 "$/1M tok", "bound"])
-    return 0
+    return rows
+
+
+def _records(df) -> list[dict]:
+    return [] if df is None else [{k: _clean(v) for k, v in r.items()} for r in df.to_dict(orient="records")]
+
+
+def _print(args, res: dict, red, out: Path, kind: str, n_files: int, elapsed: float) -> None:
+    where = f"{out}/ ({n_files} Parquet files)" if kind == "dataset" else str(out)
+    x_name = "$/1M tokens" if res["pareto_x"] == "usd_per_1m_tokens" else "step time"
+    obj = {"output": str(out) + ("/" if kind == "dataset" else ""), "configs": res["rows"], "fit": res["fit"],
+           "errors": res["errors"], "seconds": elapsed, "sort": res["sort"], "top": _records(res["top"])}
+    blocks = [(f"top {len(_rows(res['top']))} by {res['sort']}:", "top", res["top"])] if red.top else []
+    if red.pareto:
+        obj["pareto"] = {"x": res["pareto_x"], "y": "tokens_per_s", "rows": _records(res["pareto"])}
+        blocks.append((f"Pareto front of tokens/s vs {x_name} ({len(res['pareto'])} configurations):", "pareto",
+                       res["pareto"]))
+    if red.group_by:
+        obj["group_best"] = {"by": list(red.group_by), "sort": res["sort"], "rows": _records(res["best"])}
+        blocks.append((f"best by {res['sort']} per {', '.join(red.group_by)}:", "group-best", res["best"]))
+    title = (f"{res['rows']:,} configurations ({res['fit']:,} fit, {res['errors']:,} invalid) in {elapsed:.2f} s "
+             f"-> {where}")
+    fmt = fmt_of(args)
+    if fmt == "table":
+        print(title)
+        for head, _, df in blocks:
+            print(head)
+            print(table(_rows(df), ROW_HEADER))
+        return
+    csv_rows = [[name, *r] for _, name, df in blocks for r in _rows(df)]
+    emit(fmt, json_obj=obj, rows=csv_rows, header=["reduction", *ROW_HEADER], title=title)
 
 
 def _parallel(r) -> str:
@@ -248,21 +342,25 @@ def _clean(v):
     return None if isinstance(v, float) and v != v else v
 
 
-def _plot(df, path: str) -> None:
+def _label(df) -> list[str]:
+    return (df["hardware"] + " " + df["model"] + " " + df["phase"] + " tp" + df["tp"].astype(str)
+            + " b" + df["batch"].astype(str)).tolist()
+
+
+def _plot(res: dict, path: str) -> None:
+    """The merged Pareto front over a fixed sample of the fitting rows (the background)."""
+    import pandas as pd
     from simulator.report.plots import pareto_plot
-    ok = df[(df["error"].fillna("") == "") & df["fits"].astype(bool)]
-    if ok.empty:
+    front, sample = res["pareto"], res["sample"]
+    if front is None or front.empty:
         raise RoofplanError("--plot: no configuration fits in memory; nothing to plot")
-    labels = (ok["hardware"] + " " + ok["model"] + " " + ok["phase"] + " tp" + ok["tp"].astype(str)
-              + " b" + ok["batch"].astype(str)).tolist()
-    if ok["usd_per_1m_tokens"].notna().any():
-        ok = ok[ok["usd_per_1m_tokens"].notna()]
-        labels = (ok["hardware"] + " " + ok["model"] + " " + ok["phase"] + " tp" + ok["tp"].astype(str)
-                  + " b" + ok["batch"].astype(str)).tolist()
-        pareto_plot(ok["usd_per_1m_tokens"].to_numpy(), ok["tokens_per_s"].to_numpy(), labels, path,
+    pts = pd.concat([front, sample], ignore_index=True) if sample is not None else front
+    x = res["pareto_x"]
+    if x == "usd_per_1m_tokens":
+        pareto_plot(pts[x].to_numpy(), pts["tokens_per_s"].to_numpy(), _label(pts), path,
                     xlabel="$ per 1M tokens (lower is better)", ylabel="tokens/s (higher is better)",
                     minimize_x=True, maximize_y=True, title="Sweep: throughput vs cost")
     else:
-        pareto_plot(ok["time_s"].to_numpy(), ok["tokens_per_s"].to_numpy(), labels, path,
+        pareto_plot(pts[x].to_numpy(), pts["tokens_per_s"].to_numpy(), _label(pts), path,
                     xlabel="step latency (s, lower is better)", ylabel="tokens/s (higher is better)",
                     minimize_x=True, maximize_y=True, title="Sweep: throughput vs latency")

@@ -136,13 +136,26 @@ def test_large_scattered_sweep_uses_token_dedup_and_equals_scalar(m, phase, exec
 
 
 @pytest.mark.parametrize("grid, msg", [
-    ({"batch": [1.5]}, "batch = [1.5]: must be an int"),
-    ({"batch": []}, "batch = []: an empty list gives no configurations"),
-    ({"phase": "train", "sp": "yes"}, "sp = 'yes': must be a bool"),
+    ({"batch": [1.5]}, "field 'batch[0]' must be a valid integer (got 1.5)"),
+    ({"batch": []}, "field 'batch' is an empty list, which gives no configurations"),
+    ({"phase": "train", "sp": "yes"}, "field 'sp[0]' must be a valid boolean (got 'yes')"),
+    ({"batch": 10**21}, "field 'batch[0]' must be <= 16777216"),
+    ({"tp": [1, 0]}, "field 'tp[1]' must be >= 1"),
+    ({"recompute": "some"}, "field 'recompute[0]' must be 'none', 'selective' or 'full'"),
+    ({"batchh": 3}, "unknown field 'batchh' (did you mean: batch"),
 ])
 def test_grid_values_are_exact(grid, msg):
-    """A fractional batch used to become 1 and an empty list a sweep of nothing."""
+    """A fractional batch used to become 1, an empty list a sweep of nothing, 10**21 a traceback."""
     from simulator.core.errors import RoofplanError
     from simulator.sweep import parse_grid
     with pytest.raises(RoofplanError, match=re.escape(msg)):
         parse_grid({"hardware": "h100-sxm", "model": "gpt2", **grid})
+
+
+def test_rows_are_counted_without_expanding_the_grid():
+    from simulator.sweep import check_grid, count_rows, parse_grid
+    grid = {"hardware": ["h100-sxm", "a100-sxm-80gb"], "model": "gpt2", "phase": ["decode", "prefill", "train"],
+            "tp": [1, 2], "batch": [1, 2, 3], "seq": [8, 16], "context": [0, 1, 2, 3]}
+    assert count_rows(check_grid(grid)) == sum(g.size for g in parse_grid(grid)) == 2 * 2 * 3 * (4 + 2 + 2)
+    huge = dict(grid, batch=list(range(1, 100_001)), context=list(range(100_000)))
+    assert count_rows(check_grid(huge)) == 2 * 2 * 100_000 * (100_000 + 2 + 2)

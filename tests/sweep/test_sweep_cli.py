@@ -63,14 +63,21 @@ def test_process_pool_equals_in_process(tmp_path):
     pd.testing.assert_frame_equal(a, b)
 
 
-def test_dask_local_cluster_equals_process_pool(tmp_path):
+def test_dask_local_cluster_equals_process_pool(tmp_path, capsys):
+    """Rows and the reductions merged from the workers' per-shard results are the pool's."""
+    import json
     distributed = pytest.importorskip("distributed")
-    a = _sweep(tmp_path, str(QUICK), "pool.csv", "--workers", "2", "--shard-size", "16")
+    red = ["--reduce", "pareto", "--reduce", "group-best:hardware,tp", "--top", "5"]
+    a = _sweep(tmp_path, str(QUICK), "pool.csv", "--workers", "2", "--shard-size", "16", *red)
+    pool = json.loads(capsys.readouterr().out)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                                   dashboard_address=None) as cluster:
         b = _sweep(tmp_path, str(QUICK), "dask.csv", "--dask-scheduler", cluster.scheduler_address,
-                   "--shard-size", "16")
+                   "--shard-size", "16", *red)
+    dask = json.loads(capsys.readouterr().out)
     pd.testing.assert_frame_equal(a, b)
+    for k in ("top", "pareto", "group_best", "configs", "fit", "sort"):
+        assert dask[k] == pool[k]
 
 
 def test_resume_recomputes_only_missing_shards(tmp_path):
@@ -113,10 +120,11 @@ def test_invalid_structure_and_train_phase(tmp_path):
 
 
 @pytest.mark.parametrize("grid,args,msg", [
-    ({"hardware": "h100-sxm", "model": "gpt2", "batchh": 3}, [], "unknown grid field 'batchh'"),
-    ({"hardware": "h100-sxm"}, [], "needs 'model:'"),
-    ({"hardware": "h100-sxm", "model": "gpt2", "phase": "serve"}, [], "grid.yaml: grid field 'phase' = serve: unknown"),
-    ({"hardware": "h100-sxm", "model": "gpt2", "batch": "many"}, [], "must be an int"),
+    ({"hardware": "h100-sxm", "model": "gpt2", "batchh": 3}, [], "grid.yaml: unknown field 'batchh' (did you mean: batch"),
+    ({"hardware": "h100-sxm"}, [], "grid.yaml: field 'model' is missing"),
+    ({"hardware": "h100-sxm", "model": "gpt2", "phase": "serve"}, [], "grid.yaml: field 'phase[0]' must be 'prefill', "
+                                                                        "'decode' or 'train' (got 'serve')"),
+    ({"hardware": "h100-sxm", "model": "gpt2", "batch": "many"}, [], "field 'batch[0]' must be a valid integer"),
     ({"hardware": "h100-sxm", "model": "gpt2"}, ["-o", "x.txt"], "use a .csv or .parquet"),
     ({"hardware": "h100-sxm", "model": "gpt2"}, ["--shard-size", "0"], "--shard-size must be >= 1"),
 ])
