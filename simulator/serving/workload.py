@@ -68,8 +68,11 @@ def workloads_dir() -> Path:
 MAX_TOKENS = 10_000_000     # beyond any context window: a typo, not a request
 
 
+Tokens = Annotated[int, Field(ge=1, le=MAX_TOKENS)]
+
+
 class Histogram(Strict):
-    edges: list[Annotated[int, Field(ge=1, le=MAX_TOKENS)]] = Field(min_length=2)   # bin edges, tokens
+    edges: list[Tokens] = Field(min_length=2)   # bin edges, tokens
     shares: list[NonNegative] = Field(min_length=1)                                # of requests per bin
 
     @model_validator(mode="after")
@@ -94,7 +97,7 @@ class ServingWorkloadFile(Strict):
     request_rate_rps: Positive
     input_tokens: Histogram | None = None
     output_tokens: Histogram | None = None
-    samples: list[tuple[Annotated[int, Field(ge=1, le=MAX_TOKENS)], Annotated[int, Field(ge=1, le=MAX_TOKENS)]]] | None = \
+    samples: list[Annotated[list[Tokens], Field(min_length=2, max_length=2)]] | None = \
         Field(None, min_length=1)                      # [input, output] tokens, each equally likely
 
     @model_validator(mode="after")

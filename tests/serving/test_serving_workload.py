@@ -37,3 +37,15 @@ def test_bad_workload_files(tmp_path, text, msg):
 def test_unknown_workload_suggests():
     with pytest.raises(RoofplanError, match="did you mean: chat"):
         load_serving_workload("chatt")
+
+
+def test_samples_are_pairs_of_token_counts(tmp_path):
+    """YAML gives lists: a [input, output] pair is read as such (a strict tuple refused it), and a
+    triple is one line naming the sample."""
+    p = tmp_path / "w.yaml"
+    p.write_text("source: x\nrequest_rate_rps: 2\nsamples: [[60000, 16], [100, 20]]\n")
+    w = load_serving_workload(str(p))
+    assert [(b.in_tokens, b.out_tokens, b.share) for b in w.buckets] == [(60000, 16, 0.5), (100, 20, 0.5)]
+    p.write_text("source: x\nrequest_rate_rps: 2\nsamples: [[60000, 16, 3]]\n")
+    with pytest.raises(RoofplanError, match=r"field 'samples\[0\]' list should have at most 2 items"):
+        load_serving_workload(str(p))
