@@ -352,10 +352,18 @@ def file_sha256(path: Path | str) -> str:
 
 
 def _shown(path: Path) -> str:
-    """A path as the user knows it: relative to the checkout when inside it."""
+    """An input file by its place in the data folders (hardware_specs/gpus/h100-sxm.yaml,
+    workloads/models/gpt2.json) wherever ROOFPLAN_HW_DIR / ROOFPLAN_MODELS_DIR put them: the
+    fingerprint compares bytes, not folders. Other files: relative to the checkout, else absolute."""
+    from simulator.core.models import models_root
     from simulator.core.paths import REPO_ROOT
+    from simulator.core.specs import specs_root
     p = Path(path).resolve()
-    return str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p)
+    for root, name in ((specs_root(), "hardware_specs"), (models_root(), "workloads/models"), (REPO_ROOT, "")):
+        root = root.resolve()
+        if p.is_relative_to(root):
+            return str(Path(name) / p.relative_to(root)) if name else str(p.relative_to(root))
+    return str(p)
 
 
 def input_files(groups: list[Group]) -> dict[str, Path | None]:
@@ -523,10 +531,11 @@ class Manifest:
         return {"fingerprint": old["fingerprint"], "done": done}
 
 
-def open_shards(folder: Path, print_: dict, n_shards: int, resume: bool, note: Callable[[str], None]) -> Manifest:
+def open_shards(folder: Path, print_: dict, n_shards: int, resume: bool, note: Callable[[str], None],
+                fix: str = "rerun without --resume or with a new --shard-dir") -> Manifest:
     """The manifest of this run. Resuming keeps each recorded shard whose file hashes to its
     sha256 (missing or damaged ones are computed again, said in one `note`); a fingerprint that
-    differs is refused. Not resuming clears the folder's shards."""
+    differs is refused (`fix` says how to start afresh). Not resuming clears the folder's shards."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -540,8 +549,7 @@ def open_shards(folder: Path, print_: dict, n_shards: int, resume: bool, note: C
         if old is not None:
             changed = what_changed(old["fingerprint"], print_)
             if changed:
-                raise RoofplanError(f"{changed} since the shards in {folder} were written; rerun without --resume "
-                                    f"or with a new --shard-dir")
+                raise RoofplanError(f"{changed} since the shards in {folder} were written; {fix}")
     kept: dict[int, dict] = {}
     if old is not None:
         bad = []

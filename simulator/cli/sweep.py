@@ -265,7 +265,10 @@ def cmd_sweep(args) -> int:
     print_ = sw.fingerprint(grids, groups, args.shard_size, fmt)
 
     t0 = time.perf_counter()
-    manifest = sw.open_shards(shard_dir, print_, len(shards), args.resume, note=lambda s: print(s, file=sys.stderr))
+    fix = ("rerun without --resume or with a new -o folder" if kind == "dataset"
+           else "rerun without --resume or with a new --shard-dir")
+    manifest = sw.open_shards(shard_dir, print_, len(shards), args.resume, note=lambda s: print(s, file=sys.stderr),
+                              fix=fix)
     bar = Progress(rows, len(shards), not args.quiet and sys.stderr.isatty())
     try:
         paths, res = sw.run_sweep(shards, manifest, red, prices=prices, workers=workers,
@@ -301,7 +304,7 @@ def _records(df) -> list[dict]:
 
 
 def _print(args, res: dict, red, out: Path, kind: str, n_files: int, elapsed: float) -> None:
-    where = f"{out}/ ({n_files} Parquet files)" if kind == "dataset" else str(out)
+    where = f"{out}/ ({n_files} Parquet file{'s' if n_files > 1 else ''})" if kind == "dataset" else str(out)
     x_name = "$/1M tokens" if res["pareto_x"] == "usd_per_1m_tokens" else "step time"
     obj = {"output": str(out) + ("/" if kind == "dataset" else ""), "configs": res["rows"], "fit": res["fit"],
            "errors": res["errors"], "seconds": elapsed, "sort": res["sort"], "top": _records(res["top"])}

@@ -129,12 +129,12 @@ def own_specs(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("edit, changed", [
-    (lambda hw, m: hw / "gpus" / "h100-sxm.yaml", "gpus/h100-sxm.yaml changed since the shards"),
-    (lambda hw, m: hw / "links" / "nvlink-4.yaml", "links/nvlink-4.yaml changed since the shards"),
-    (lambda hw, m: hw / "systems" / "aws-p5.48xlarge.yaml", "systems/aws-p5.48xlarge.yaml changed"),     # its price
-    (lambda hw, m: hw / "profiles" / "kernels" / "h100-sxm.yaml", "kernels/h100-sxm.yaml changed"),
-    (lambda hw, m: hw / "profiles" / "executors" / "default.yaml", "executors/default.yaml changed"),
-    (lambda hw, m: m / "llama-3.1-70b.json", "models/llama-3.1-70b.json changed"),
+    (lambda hw, m: hw / "gpus" / "h100-sxm.yaml", "hardware_specs/gpus/h100-sxm.yaml changed since the shards"),
+    (lambda hw, m: hw / "links" / "nvlink-4.yaml", "hardware_specs/links/nvlink-4.yaml changed"),
+    (lambda hw, m: hw / "systems" / "aws-p5.48xlarge.yaml", "hardware_specs/systems/aws-p5.48xlarge.yaml changed"),
+    (lambda hw, m: hw / "profiles" / "kernels" / "h100-sxm.yaml", "hardware_specs/profiles/kernels/h100-sxm.yaml changed"),
+    (lambda hw, m: hw / "profiles" / "executors" / "default.yaml", "profiles/executors/default.yaml changed"),
+    (lambda hw, m: m / "llama-3.1-70b.json", "workloads/models/llama-3.1-70b.json changed"),
 ])
 def test_resume_over_a_changed_input_is_refused(tmp_path, capsys, own_specs, edit, changed):
     out = tmp_path / "r.csv"
@@ -150,10 +150,14 @@ def test_resume_over_a_changed_input_is_refused(tmp_path, capsys, own_specs, edi
     assert _run(capsys, *args, "--resume")[::2] == (0, [])
 
 
-def test_resume_over_an_unrelated_spec_edit_is_kept(tmp_path, capsys, own_specs):
+def test_resume_over_a_moved_copy_or_an_unrelated_edit_is_kept(tmp_path, capsys, own_specs, monkeypatch):
+    """The fingerprint is the bytes of what the grid reads, wherever ROOFPLAN_HW_DIR puts them."""
     hw, _ = own_specs
     args = [str(QUICK), "-o", str(tmp_path / "r.csv"), "--workers", "1", "--shard-size", "16", "--quiet"]
+    monkeypatch.delenv("ROOFPLAN_HW_DIR")
     assert _run(capsys, *args)[0] == 0
+    monkeypatch.setenv("ROOFPLAN_HW_DIR", str(hw))
+    assert _run(capsys, *args, "--resume")[::2] == (0, [])
     (hw / "gpus" / "mi300x.yaml").write_text((hw / "gpus" / "mi300x.yaml").read_text() + "# edited\n")
     assert _run(capsys, *args, "--resume")[::2] == (0, [])
 
@@ -302,6 +306,10 @@ def test_dataset_output_is_one_parquet_file_per_shard(tmp_path, capsys):
     rc, _, err = _run(capsys, *args, "--resume")
     assert rc == 0 and len(err) == 1 and "shard-00003.parquet" in err[0]
     pd.testing.assert_frame_equal(pd.read_parquet(folder), rows)
+    # the fix a refused resume names is the dataset's own flag
+    other = _grid(tmp_path, hardware="h100-sxm", model="gpt2")
+    rc, _, err = _run(capsys, other, *args[1:], "--resume")
+    assert rc == 2 and len(err) == 1 and err[0].endswith("rerun without --resume or with a new -o folder")
 
 
 # ---------------------------------------------------------------------------------------------
