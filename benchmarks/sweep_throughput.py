@@ -1,5 +1,6 @@
 """Sweep throughput: configurations per second of the vectorised path (one core) and of an
-end-to-end `roofplan sweep` (grid expansion, process pool, shard files, CSV).
+end-to-end `roofplan sweep` (grid validation, estimate, process pool, shard files with their
+sha256 manifest, per-shard reductions, the output streamed from the shards).
 
     python benchmarks/sweep_throughput.py
 """
@@ -58,32 +59,35 @@ def vectorised():
 
 
 def end_to_end():
-    """`roofplan sweep` on a 524,288-configuration grid, Parquet when pyarrow is installed."""
+    """`roofplan sweep` on a 524,288-configuration grid: one file (CSV, or Parquet when pyarrow is
+    installed: shards streamed into it) and a partitioned Parquet dataset (-o results/)."""
+    import json
     import yaml
     from simulator.cli.main import main
     try:
         import pyarrow  # noqa: F401
-        ext = ".parquet"
+        outputs = ["results.parquet", "results/"]
     except ImportError:
-        ext = ".csv"
+        outputs = ["results.csv"]
     grid = {"hardware": ["h100-sxm", "a100-sxm-80gb", "h200", "l40s"], "model": ["llama-3.1-8b", "llama-3.1-70b"],
             "phase": ["decode", "prefill"], "tp": [1, 2, 4, 8], "batch": list(range(1, 129)),
             "seq": list(range(128, 8193, 128)), "context": list(range(128, 8193, 128))}
     with tempfile.TemporaryDirectory() as d:
         gpath = Path(d) / "grid.yaml"
         gpath.write_text(yaml.safe_dump(grid))
-        out = Path(d) / f"results{ext}"
-        for workers in (1, min(4, os.cpu_count() or 1)):
-            t0 = time.perf_counter()
-            with contextlib.redirect_stdout(io.StringIO()):   # the command's JSON summary
-                rc = main(["sweep", str(gpath), "-o", str(out), "--workers", str(workers), "--top", "0",
-                           "--shard-size", "65536", "--shard-dir", str(Path(d) / f"shards{workers}"),
-                           "--format", "json", "--quiet"])
-            t = time.perf_counter() - t0
-            import pandas as pd
-            n = len(pd.read_parquet(out) if ext == ".parquet" else pd.read_csv(out))
-            print(f"end-to-end roofplan sweep ({ext[1:]}, --workers {workers}): {n:,} configs in {t:.2f} s "
-                  f"= {n / t / 1e3:.0f} k configs/s (rc {rc})")
+        for name in outputs:
+            for workers in (1, min(4, os.cpu_count() or 1)):
+                out = Path(d) / f"w{workers}-{name}"
+                t0 = time.perf_counter()
+                buf = io.StringIO()
+                with contextlib.redirect_stdout(buf):   # the command's JSON summary
+                    rc = main(["sweep", str(gpath), "-o", str(out) + ("/" if name.endswith("/") else ""),
+                               "--workers", str(workers), "--shard-size", "65536", "--reduce", "pareto",
+                               "--format", "json", "--quiet"])
+                t = time.perf_counter() - t0
+                n = json.loads(buf.getvalue())["configs"] if rc == 0 else 0
+                print(f"end-to-end roofplan sweep (-o {name}, --workers {workers}): {n:,} configs in {t:.2f} s "
+                      f"= {n / t / 1e3:.0f} k configs/s (rc {rc})")
 
 
 if __name__ == "__main__":
