@@ -409,14 +409,20 @@ def input_files(groups: list[Group]) -> dict[str, Path | None]:
         p = Path(exe)
         if not (p.suffix in (".yaml", ".yml") and p.is_file()):
             p = specs_root() / "profiles" / "executors" / f"{exe}.yaml"
-        add(p) if p.is_file() else files.setdefault(f"executor '{exe}'", None)
+        if p.is_file():
+            add(p)
+        else:
+            files[f"executor '{exe}'"] = None
     for m in dict.fromkeys(g.model for g in groups):
         p = Path(m)
         if p.suffix == ".json" or os.sep in m:
             p = p / "config.json" if p.is_dir() else p
         else:
             p = models_root() / f"{m}.json"
-        add(p) if p.is_file() else files.setdefault(f"model '{m}'", None)
+        if p.is_file():
+            add(p)
+        else:
+            files[f"model '{m}'"] = None
     return dict(sorted(files.items()))
 
 
@@ -859,7 +865,8 @@ class Estimate:
 
 def estimate(groups: list[Group], rows: int, fmt: str, prices: dict | None = None) -> Estimate:
     """Time SAMPLE_GROUPS groups, one from each stratum of the group list, on slices of about
-    SAMPLE_CONFIGS configurations, and serialise them as `fmt`; each stratum weighs by its rows."""
+    SAMPLE_CONFIGS configurations, through what a shard does (compute, serialise as `fmt`, hash,
+    reduce); each stratum weighs by its rows. Parallel workers are taken as perfectly parallel."""
     import pandas as pd
     cache: dict = {("price", k): v for k, v in (prices or {}).items()}
     bounds = np.linspace(0, len(groups), min(SAMPLE_GROUPS, len(groups)) + 1).astype(int)
@@ -877,6 +884,8 @@ def estimate(groups: list[Group], rows: int, fmt: str, prices: dict | None = Non
         df = pd.DataFrame(sweep_group(g, cache), columns=list(RESULT_COLUMNS))
         buf = io.BytesIO()
         df.to_parquet(buf, index=False) if fmt == "parquet" else df.to_csv(buf, index=False)
+        hashlib.sha256(buf.getbuffer())
+        reduce_shard(df, Reductions(), 0)
         t = time.perf_counter() - t0
         weight = sum(x.size for x in stratum) / listed
         s_per_row += weight * t / g.size
