@@ -93,6 +93,8 @@ def test_shard_written_but_not_recorded_is_recomputed(tmp_path, capsys):
     del m["done"]["3"]
     (shards / "_manifest.json").write_text(json.dumps(m))
     _damage(shards / "shard-00003.csv", "truncated")
+    (shards / ".shard-00003.csv.tmp").write_text("hardware,model\nh100")     # what a kill leaves mid-write
+    (shards / "._manifest.json.tmp").write_text('{"manifest": 1, "fing')
     assert _run(capsys, *args, "--resume")[::2] == (0, [])
     assert out.read_bytes() == before
 
