@@ -31,14 +31,18 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import AfterValidator, Field
 
-from simulator.core.errors import FieldError, RoofplanError
+from simulator.core.errors import FieldError, RoofplanError, did_you_mean
 from simulator.core.models import load_model
 from simulator.core.predict import predict
 from simulator.core.profiles import ExecutorProfile, KernelProfile, executor_fields, load_executor_profile, parse_executor_profile
-from simulator.core.specs import read_yaml, system_from_gpu
+from simulator.core.schema import Finite, Name, PosInt, Strict, Text, check, read_yaml
+from simulator.core.specs import system_from_gpu
+from simulator.core.units import DTYPE_BYTES
 from simulator.core.workload import Job
 
 FITTED = ("gemm_efficiency_scale", "attn_decode_efficiency_scale", "host_overhead_per_step_us",
@@ -57,36 +61,72 @@ class StepPoint:
     role: str           # fit | check
 
 
+def _dtype(v: str) -> str:
+    if v not in DTYPE_BYTES:
+        raise ValueError(f"names dtype '{v}'{did_you_mean(v, DTYPE_BYTES)}; one of {', '.join(DTYPE_BYTES)}")
+    return v
+
+
+Row = list[Finite]      # [tokens, ms] or [batch, context, ms]: shape and ranges checked in read_step_times
+
+
+class StepMeasurements(Strict):
+    """The points of one (model, TP): prefill [tokens, ms], decode [batch, context, ms]."""
+    model: Name
+    tp: PosInt
+    role: Literal["fit", "check"] = "fit"
+    prefill: list[Row] = []
+    decode: list[Row] = []
+
+
+class StepEngine(Strict):
+    description: Text | None = None
+    executor: dict[str, Any] | None = None     # structural ExecutorProfile fields, checked by profiles.executor_fields
+    fit_note: Text | None = None       # a sentence for the fitted profile's source
+    measurements: Annotated[list[StepMeasurements], Field(min_length=1)]
+
+
+class StepTimesFile(Strict):
+    """A step-times file (format in the module docstring)."""
+    hardware: Name
+    dtype: Annotated[str, AfterValidator(_dtype)]
+    source: Text
+    engines: Annotated[dict[Name, dict], Field(min_length=1)]    # each a StepEngine (checked one by one, so
+                                                                 # a typo inside one gets its did-you-mean)
+
+
+def _whole(v: float) -> bool:
+    return v > 0 and float(v).is_integer()
+
+
 def read_step_times(path: str | Path, engine: str) -> tuple[dict, list[StepPoint]]:
-    """(file header + engine entry, points) of one engine in a step-times file."""
+    """(file header + engine entry, points) of one engine in a step-times file, the whole file
+    checked by StepTimesFile first (unknown fields, types, finite numbers, required fields)."""
     p = Path(path)
     if not p.is_file():
         raise RoofplanError(f"step-times file {p} not found")
-    d = read_yaml(p)
+    d = read_yaml(p, "step-times file")
     where = str(p)
-    for key in ("hardware", "dtype", "source", "engines"):
-        if key not in d:
-            raise RoofplanError(f"{where}: field '{key}' is missing (see simulator/calibration/step_fit.py for the format)")
+    fix = "see simulator/calibration/step_fit.py for the format"
+    check(StepTimesFile, d, where, fix=fix)
     engines = d["engines"]
+    for name, e in engines.items():
+        check(StepEngine, e, f"{where} engines.{name}", fix=fix)
     if engine not in engines:
         raise FieldError("engine", engine, f"{where} has no such engine", f"use one of {', '.join(engines)}")
     e = engines[engine]
     pts = []
-    for i, m in enumerate(e.get("measurements") or []):
+    for i, m in enumerate(e["measurements"]):
         w = f"{where} engines.{engine}.measurements[{i}]"
-        for key in ("model", "tp"):
-            if key not in m:
-                raise RoofplanError(f"{w}: field '{key}' is missing")
         role = m.get("role", "fit")
-        if role not in ("fit", "check"):
-            raise RoofplanError(f"{w}.role: '{role}' is not fit or check")
         for row in m.get("prefill") or []:
-            if len(row) != 2 or row[1] <= 0:
-                raise RoofplanError(f"{w}.prefill: {row} is not [tokens, ms > 0]")
+            if len(row) != 2 or not _whole(row[0]) or row[1] <= 0:
+                raise RoofplanError(f"{w}.prefill: {row} is not [tokens, ms > 0] (tokens a whole number > 0)")
             pts.append(StepPoint(m["model"], int(m["tp"]), "prefill", 1, int(row[0]), row[1] / 1e3, role))
         for row in m.get("decode") or []:
-            if len(row) != 3 or row[2] <= 0:
-                raise RoofplanError(f"{w}.decode: {row} is not [batch, context, ms > 0]")
+            if len(row) != 3 or not (_whole(row[0]) and _whole(row[1])) or row[2] <= 0:
+                raise RoofplanError(f"{w}.decode: {row} is not [batch, context, ms > 0] (batch and context whole "
+                                    "numbers > 0)")
             pts.append(StepPoint(m["model"], int(m["tp"]), "decode", int(row[0]), int(row[1]), row[2] / 1e3, role))
     if not any(q.role == "fit" for q in pts):
         raise RoofplanError(f"{where}: engine '{engine}' has no measurements with role: fit")
