@@ -2,19 +2,66 @@
 
 A case names model, phase, sizes and executor; `compare_cases` predicts each with the same
 `predict()` the CLI uses and returns one row per case with the relative errors.
+
+End-to-end file (YAML), checked by EndToEndFile:
+  hardware: h100-sxm            # the spec the cases ran on (else pass --hardware)
+  device: ..., dtype: bf16, measured: '2026-11-22'     # descriptive
+  cases:
+    - {id: decode-llama-3.1-8b-b1-l512, group: graph, model: llama-3.1-8b, phase: decode, batch: 1,
+       context: 512, executor: default, time_s: 0.00802, peak_memory_bytes: 16463836160, source: ...}
+  (a case may also give seq, dtype, recompute, lora_rank, tp, pp, dp, offload: weights:cpu,
+   host_memory: pinned|pageable, overlap, precision)
 """
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
+from typing import Annotated, Literal
 
 import pandas as pd
+from pydantic import Field
 
 from simulator.core.errors import RoofplanError
 from simulator.core.models import load_model
 from simulator.core.predict import predict
 from simulator.core.profiles import load_executor_profile, load_kernel_profile
-from simulator.core.specs import load_hardware, read_yaml
+from simulator.core.schema import Name, NonNegInt, PosInt, Positive, Strict, Text, check, read_yaml
+from simulator.core.specs import load_hardware
 from simulator.core.workload import Job
+
+
+class Case(Strict):
+    """One measured step: the job as `job_from_case` builds it, the executor, what was measured."""
+    id: Name | None = None
+    group: Name | None = None
+    model: Name
+    phase: Literal["prefill", "decode", "train"]
+    batch: PosInt
+    seq: NonNegInt = 0
+    context: NonNegInt = 0
+    dtype: Name = "bf16"
+    recompute: Name = "none"
+    lora_rank: NonNegInt = 0
+    tp: PosInt = 1
+    pp: PosInt = 1
+    dp: PosInt = 1
+    offload: Name | None = None                  # weights:cpu streams the weights from host memory
+    host_memory: Literal["pinned", "pageable"] = "pinned"
+    overlap: bool = True
+    executor: Name = "default"
+    time_s: Positive
+    peak_memory_bytes: Positive | None = None
+    precision: Text | None = None
+    source: Text | None = None
+
+
+class EndToEndFile(Strict):
+    hardware: Name | None = None
+    device: Text | None = None
+    dtype: Name | None = None
+    measured: Text | datetime.date | None = None
+    source: Text | None = None
+    cases: Annotated[list[Case], Field(min_length=1)]
 
 
 def job_from_case(case: dict) -> Job:
@@ -28,14 +75,15 @@ def job_from_case(case: dict) -> Job:
 
 
 def load_cases(path: str | Path) -> tuple[str, list[dict]]:
-    d = read_yaml(Path(path))
-    if not isinstance(d, dict) or not isinstance(d.get("cases"), list) or not d["cases"]:
-        raise RoofplanError(f"{path}: expected 'hardware:' and a non-empty 'cases:' list (the end_to_end.yaml format)")
-    for i, c in enumerate(d["cases"]):
-        for key in ("model", "phase", "batch", "time_s"):
-            if key not in c:
-                raise RoofplanError(f"{path}: case {c.get('id', i)} has no '{key}' field")
-    return str(d.get("hardware", "")), d["cases"]
+    """(hardware, cases) of an end-to-end file, checked by EndToEndFile (unknown fields, types,
+    finite numbers, required fields) and with unique case ids."""
+    d = read_yaml(Path(path), "end-to-end file")
+    f = check(EndToEndFile, d, path, fix="see the end-to-end file format in simulator/calibration/accuracy.py")
+    ids = [c.id for c in f.cases if c.id]
+    dup = next((x for x in ids if ids.count(x) > 1), None)
+    if dup:
+        raise RoofplanError(f"{path}: case id '{dup}' is given twice; each case needs its own id")
+    return f.hardware or "", d["cases"]
 
 
 def compare_cases(hardware: str, cases: list[dict], kernel_profile: str | None = None) -> pd.DataFrame:
@@ -105,7 +153,7 @@ def validation_levels(end_to_end: str | Path, step_times: str | Path | None = No
     if step_times is not None:
         from simulator.calibration.step_fit import fit_step_times
         from simulator.core.specs import load_gpu
-        hw = read_yaml(Path(step_times)).get("hardware", "a100-sxm-80gb")
+        hw = read_yaml(Path(step_times), "step-times file").get("hardware", "a100-sxm-80gb")
         gpu = load_gpu(hw)
         kp = load_kernel_profile(gpu.name)
         for engine in ("distserve", "vllm-v0"):
