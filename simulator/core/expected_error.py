@@ -16,12 +16,52 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Annotated
 
+from pydantic import AfterValidator
+
+from simulator.core.errors import did_you_mean
 from simulator.core.profiles import DATASHEET, ExecutorProfile, KernelProfile, _profiles_dir
-from simulator.core.specs import System, read_yaml
+from simulator.core.schema import NonNegative, PosInt, Strict, Text, check, read_yaml
+from simulator.core.specs import System
 
 KERNEL_LEVELS = ("measured", "carried", "datasheet")
 FRAMEWORK_LEVELS = ("measured", "carried", "code")
+KINDS = ("inference", "train")
+
+
+class Level(Strict):
+    """One row: the error of predictions at a calibration level against measurements."""
+    time_mape: NonNegative
+    time_worst: NonNegative
+    cases: PosInt
+    source: Text
+
+
+def _key_problem(key: str) -> str:
+    """What is wrong with a row key, '' when it is kernels/framework[/executor[/kind]] or kernels/*."""
+    parts = key.split("/")
+    if parts[0] not in KERNEL_LEVELS:
+        return f"names kernels level '{parts[0]}'{did_you_mean(parts[0], KERNEL_LEVELS)}; one of {', '.join(KERNEL_LEVELS)}"
+    if not 2 <= len(parts) <= 4 or not all(parts) or (parts[1] == "*" and len(parts) > 2):
+        return "is not kernels/framework[/executor[/inference|train]] or kernels/* (pooled)"
+    if parts[1] != "*" and parts[1] not in FRAMEWORK_LEVELS:
+        return f"names framework level '{parts[1]}'{did_you_mean(parts[1], FRAMEWORK_LEVELS)}; one of {', '.join(FRAMEWORK_LEVELS)}"
+    if len(parts) == 4 and parts[3] not in KINDS:
+        return f"names kind '{parts[3]}'{did_you_mean(parts[3], KINDS)}; one of {', '.join(KINDS)}"
+    return ""
+
+
+def _level_keys(levels: dict) -> dict:
+    for key in levels:
+        if _key_problem(key):
+            raise ValueError(f"row '{key}' {_key_problem(key)}")
+    return levels
+
+
+class ExpectedErrorTable(Strict):
+    source: Text
+    levels: Annotated[dict[str, dict], AfterValidator(_level_keys)]    # each a Level, checked one by one
 
 
 @dataclass(frozen=True)
@@ -46,9 +86,11 @@ def calibration_level(system: System, kp: KernelProfile, ex: ExecutorProfile) ->
 
 
 @lru_cache(maxsize=4)
-def _table(path: str) -> dict:
-    d = read_yaml(path)
-    return d.get("levels", {}) if isinstance(d, dict) else {}
+def _table(path: str) -> dict[str, Level]:
+    """The rows of the table at `path`, checked by ExpectedErrorTable."""
+    fix = "regenerate it with `python benchmarks/expected_error.py --write`"
+    t = check(ExpectedErrorTable, read_yaml(path, "expected-error table"), path, fix=fix)
+    return {key: check(Level, row, f"{path} levels.{key}", fix=fix) for key, row in t.levels.items()}
 
 
 def table_path():
@@ -73,6 +115,5 @@ def expected_error(system: System, kp: KernelProfile, ex: ExecutorProfile, phase
             r = rows[key]
             exact = key.startswith(f"{kernels}/{framework}")
             note = "" if exact else f"; level {kernels}/{framework} not measured, nearest measured: {key}"
-            return ExpectedError(kernels, framework, float(r["time_mape"]), float(r["time_worst"]), int(r["cases"]),
-                                 str(r["source"]) + note)
+            return ExpectedError(kernels, framework, r.time_mape, r.time_worst, r.cases, r.source + note)
     return None

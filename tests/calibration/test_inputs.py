@@ -54,7 +54,7 @@ def test_kernel_without_a_sound_duration_is_refused(tmp_path, capsys, edit, says
     edit(d["traceEvents"][i])
     t = write_trace(tmp_path / "t.json", d, gz=False)
     out = tmp_path / "prof.yaml"
-    err = run_bad(calibrate_trace(t, out), capsys, t.name, f"event {i} 'nvjet_sm90", says, "export_chrome_trace")
+    run_bad(calibrate_trace(t, out), capsys, t.name, f"event {i} 'nvjet_sm90", says, "export_chrome_trace")
     assert not out.exists()
     run_bad(validate_trace(t), capsys, t.name, f"event {i} ", says)
 
@@ -130,9 +130,9 @@ def test_garbage_fields_are_never_a_traceback(tmp_path):
             p.write_text(json.dumps(d))
             try:
                 t = load_trace(p)
-                for fn in (lambda: layer_structure(t), lambda: check_job(t, t.segments["name"].iloc[-1], m, job)):
+                for fn, fn_args in ((layer_structure, (t,)), (check_job, (t, t.segments["name"].iloc[-1], m, job))):
                     try:
-                        fn()
+                        fn(*fn_args)
                     except RoofplanError as err:
                         assert "\n" not in str(err)
             except RoofplanError as err:
@@ -345,3 +345,139 @@ def test_flags_that_need_a_trace_are_refused_without_one(tmp_path, capsys):
     run_bad(calibrate_mb(mb, out) + ["--step-time", "0.1"], capsys, "--step-time", "pass it with --trace T")
     run_bad(calibrate_mb(mb, out) + ["--end-to-end", str(mb)], capsys, "--end-to-end", "pass it with --trace T")
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# step-times files (calibrate --step-times)
+
+
+def _yaml_file(path, d):
+    import yaml
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    return path
+
+
+STEP_TIMES = {
+    "hardware": "a100-sxm-80gb", "dtype": "fp16", "source": "test",
+    "engines": {"e": {"description": "an engine", "executor": {"fused_qkv": True},
+                      "measurements": [{"model": "opt-13b", "tp": 1, "role": "fit",
+                                        "prefill": [[32, 19.4], [512, 65.6]], "decode": [[8, 256, 21.5]]}]}}}
+
+
+def test_the_real_step_times_file_loads():
+    from simulator.calibration.step_fit import read_step_times
+    from simulator.core.paths import REPO_ROOT
+    for engine in ("distserve", "vllm-v0"):
+        head, pts = read_step_times(REPO_ROOT / "benchmarks/data/distserve/a100-step-times.yaml", engine)
+        assert head["hardware"] == "a100-sxm-80gb" and len(pts) > 30
+
+
+def _step_times(edit):
+    d = copy.deepcopy(STEP_TIMES)
+    edit(d)
+    return d
+
+
+def m0(d):
+    return d["engines"]["e"]["measurements"][0]
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda d: d.update(sorce=d.pop("source")), "unknown field 'sorce' (did you mean: source?)"),
+    (lambda d: d["engines"]["e"].update(measurments=d["engines"]["e"].pop("measurements")),
+     "st.yaml engines.e: unknown field 'measurments' (did you mean: measurements?)"),
+    (lambda d: d.pop("hardware"), "field 'hardware' is missing"),
+    (lambda d: m0(d).pop("model"), "engines.e: field 'measurements[0].model' is missing"),
+    (lambda d: m0(d).update(tp="1"), "engines.e: field 'measurements[0].tp'"),
+    (lambda d: m0(d).update(tp=1.5), "engines.e: field 'measurements[0].tp'"),
+    (lambda d: m0(d).update(role="held-out"), "engines.e: field 'measurements[0].role'"),
+    (lambda d: m0(d)["prefill"][1].__setitem__(1, float("nan")), "engines.e: field 'measurements[0].prefill[1][1]'"),
+    (lambda d: m0(d)["decode"][0].__setitem__(2, float("inf")), "engines.e: field 'measurements[0].decode[0][2]'"),
+    (lambda d: m0(d)["decode"].__setitem__(0, [8.5, 256, 21.5]),
+     "engines.e.measurements[0].decode: [8.5, 256, 21.5] is not [batch, context, ms > 0]"),
+    (lambda d: m0(d)["prefill"].__setitem__(0, [32, -1]), "prefill: [32, -1] is not [tokens, ms > 0]"),
+    (lambda d: d.update(dtype="fp61"), "names dtype 'fp61'"),
+    (lambda d: d["engines"]["e"]["executor"].update(fused_qvk=True), "fused_qvk"),
+])
+def test_bad_step_times_file_is_one_line(tmp_path, capsys, edit, says):
+    f, out = _yaml_file(tmp_path / "st.yaml", _step_times(edit)), tmp_path / "e.yaml"
+    run_bad(["calibrate", "--step-times", f, "--engine", "e", "--hardware", "a100-sxm-80gb", "-o", out],
+            capsys, "st.yaml", says)
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# end-to-end case files (validate --end-to-end, calibrate --end-to-end)
+
+
+CASE = {"id": "decode-b1", "group": "graph", "model": "llama-3.2-1b", "phase": "decode", "batch": 1, "context": 512,
+        "executor": "default", "time_s": 0.002, "peak_memory_bytes": 3e9, "source": "test"}
+
+
+def test_the_real_end_to_end_file_loads(h100_dir):
+    from simulator.calibration.accuracy import load_cases
+    hw, cases = load_cases(h100_dir / "end_to_end.yaml")
+    assert hw == "h100-sxm" and len(cases) == 35
+
+
+def test_a_good_end_to_end_file_is_compared(tmp_path, capsys):
+    f = _yaml_file(tmp_path / "e2e.yaml", {"hardware": "h100-sxm", "measured": "2026-11-22", "cases": [CASE]})
+    assert main(["validate", "--end-to-end", str(f), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["all"]["cases"] == 1
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda d: d["cases"][0].update(time=d["cases"][0].pop("time_s")), "unknown field 'cases[0].time' (did you mean: time_s"),
+    (lambda d: d.update(hardwre=d.pop("hardware")), "unknown field 'hardwre' (did you mean: hardware?)"),
+    (lambda d: d["cases"][0].pop("model"), "field 'cases[0].model' is missing"),
+    (lambda d: d["cases"][0].update(time_s=float("nan")), "cases[0].time_s"),
+    (lambda d: d["cases"][0].update(time_s=-0.1), "cases[0].time_s"),
+    (lambda d: d["cases"][0].update(batch=1.5), "cases[0].batch"),
+    (lambda d: d["cases"][0].update(batch="16"), "cases[0].batch"),
+    (lambda d: d["cases"][0].update(overlap="yes"), "cases[0].overlap"),
+    (lambda d: d["cases"][0].update(phase="decoding"), "cases[0].phase"),
+    (lambda d: d["cases"][0].update(peak_memory_bytes=float("inf")), "cases[0].peak_memory_bytes"),
+    (lambda d: d.update(cases=[]), "cases"),
+    (lambda d: d["cases"].append(dict(d["cases"][0])), "case id 'decode-b1' is given twice"),
+])
+def test_bad_end_to_end_file_is_one_line(tmp_path, capsys, edit, says):
+    d = {"hardware": "h100-sxm", "cases": [dict(CASE)]}
+    edit(d)
+    f = _yaml_file(tmp_path / "e2e.yaml", d)
+    run_bad(["validate", "--end-to-end", f], capsys, "e2e.yaml", says)
+    # calibrate reads the cases before fitting anything: nothing is written
+    t, out = write_trace(tmp_path / "t.json.gz", synthetic_events()), tmp_path / "p.yaml"
+    run_bad(calibrate_trace(t, out) + ["--end-to-end", f], capsys, "e2e.yaml", says)
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# hardware_specs/profiles/expected_error.yaml (read by every prediction)
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda d: d["levels"]["measured/*"].update(time_mape=float("nan")), "levels.measured/*: field 'time_mape'"),
+    (lambda d: d["levels"]["measured/*"].update(time_mape="4%"), "levels.measured/*: field 'time_mape'"),
+    (lambda d: d["levels"]["measured/*"].update(cases=0), "levels.measured/*: field 'cases'"),
+    (lambda d: d["levels"]["measured/*"].update(time_mpe=d["levels"]["measured/*"].pop("time_mape")),
+     "levels.measured/*: unknown field 'time_mpe' (did you mean: time_mape"),
+    (lambda d: d["levels"]["measured/*"].pop("source"), "levels.measured/*: field 'source' is missing"),
+    (lambda d: d["levels"].update({"mesured/measured": d["levels"]["measured/*"]}),
+     "row 'mesured/measured' names kernels level 'mesured' (did you mean: measured"),
+    (lambda d: d["levels"].update({"measured/fitted": d["levels"]["measured/*"]}), "framework level 'fitted'"),
+    (lambda d: d["levels"].update({"measured/measured/default/serving": d["levels"]["measured/*"]}), "kind 'serving'"),
+    (lambda d: d.update(levls=d.pop("levels")), "unknown field 'levls' (did you mean: levels?)"),
+])
+def test_bad_expected_error_table_is_one_line(tmp_path, capsys, monkeypatch, edit, says):
+    import shutil
+    import yaml
+    from simulator.core.paths import REPO_ROOT
+    hw = tmp_path / "hw"
+    shutil.copytree(REPO_ROOT / "hardware_specs", hw)
+    monkeypatch.setenv("ROOFPLAN_HW_DIR", str(hw))
+    table = hw / "profiles" / "expected_error.yaml"
+    d = yaml.safe_load(table.read_text())
+    edit(d)
+    _yaml_file(table, d)
+    run_bad(["predict", "--model", "llama-3.2-1b", "--hardware", "h100-sxm", "--phase", "decode", "--context", "512"],
+            capsys, "expected_error.yaml", says)
