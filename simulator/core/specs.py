@@ -57,6 +57,7 @@ class GPU:
     host_link: str
     gpu_link: str | None
     source: str = ""
+    idle_w: float | None = None      # board power at idle (None: not in the spec; simulator.core.power estimates it)
 
     def peak_flops(self, dtype: str) -> float:
         """Dense peak FLOP/s for `dtype` (tensor cores where the chip has them)."""
@@ -77,6 +78,8 @@ class CPU:
     peak_flops_fp32: float
     source: str = ""
     attention_Bps: float | None = None   # measured KV-cache rate of CPU attention (None: roofline)
+    tdp_w: float | None = None           # per socket (None: not in the spec; host power leaves it out)
+    idle_w: float | None = None          # per socket at OS idle
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ class NVMe:
     read_Bps: float
     write_Bps: float
     source: str = ""
+    idle_w: float | None = None     # per drive
+    active_w: float | None = None   # per drive, reading or writing
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,8 @@ class System:
     price_usd_per_h: float | None = None
     provider: str | None = None
     source: str = ""
+    max_power_w: float | None = None     # the vendor's maximum system power (documents the node; not read)
+    other_power_w: float | None = None   # what the node draws beside GPUs, CPUs and NVMe (fans, NICs, switches, DRAM)
 
     @property
     def peer_link(self) -> Link:
@@ -173,6 +180,13 @@ class GPUFile(_SpecFile):
     peak_dense_TFLOPS: dict[Name, Positive] = Field(min_length=1)   # dtype -> dense peak
     host_link: Name
     gpu_link: Name | None = None
+    idle_W: NonNegative | None = None                  # board power at idle (simulator.core.power)
+
+    @model_validator(mode="after")
+    def _idle_below_tdp(self):
+        if self.idle_W is not None and self.tdp_W and self.idle_W >= self.tdp_W:
+            raise ValueError(f"idle_W {self.idle_W:g} must be below tdp_W {self.tdp_W:g}")
+        return self
 
 
 class CPUFile(_SpecFile):
@@ -183,6 +197,14 @@ class CPUFile(_SpecFile):
     memory_bandwidth_GBps: Positive
     peak_fp32_TFLOPS: Positive
     attention_GBps: Positive | None = None             # measured CPU attention rate over the KV cache
+    tdp_W: Positive | None = None                      # per socket (host power, simulator.core.power)
+    idle_W: NonNegative | None = None                  # per socket at OS idle
+
+    @model_validator(mode="after")
+    def _idle_below_tdp(self):
+        if self.idle_W is not None and self.tdp_W is not None and self.idle_W >= self.tdp_W:
+            raise ValueError(f"idle_W {self.idle_W:g} must be below tdp_W {self.tdp_W:g}")
+        return self
 
 
 class NVMeFile(_SpecFile):
@@ -191,6 +213,8 @@ class NVMeFile(_SpecFile):
     read_GBps: Positive
     write_GBps: Positive
     interface: Name | None = None                      # documents the drive; not read
+    idle_W: NonNegative | None = None                  # per drive (host power, simulator.core.power)
+    active_W: NonNegative | None = None                # per drive, reading or writing
 
 
 class SystemFile(_SpecFile):
@@ -209,6 +233,8 @@ class SystemFile(_SpecFile):
     nvme_count: NonNegInt = 0
     price_usd_per_h: NonNegative | None = None
     provider: Name | None = None
+    max_power_W: Positive | None = None                # vendor's maximum system power
+    other_power_W: NonNegative | None = None           # fans, NICs, switches, DRAM (host power)
 
 
 SCHEMAS: dict[str, type[_SpecFile]] = {"link": LinkFile, "gpu": GPUFile, "cpu": CPUFile, "nvme": NVMeFile,
@@ -223,20 +249,22 @@ def _si(kind: str, f: _SpecFile) -> dict[str, Any]:
         return dict(name=f.name, vendor=f.vendor, full_name=f.full_name, architecture=f.architecture,
                     mem_bytes=f.memory_GiB * GiB, hbm_bw_Bps=f.memory_bandwidth_GBps * GB,
                     l2_bytes=f.l2_cache_MiB * MiB, sm_count=f.sm_count, clock_hz=f.boost_clock_MHz * 1e6,
-                    tdp_w=f.tdp_W, host_link=f.host_link, gpu_link=f.gpu_link,
+                    tdp_w=f.tdp_W, host_link=f.host_link, gpu_link=f.gpu_link, idle_w=f.idle_W,
                     peak_flops_by_dtype=MappingProxyType({k: v * TFLOPS for k, v in f.peak_dense_TFLOPS.items()}))
     if kind == "cpu":
         return dict(name=f.name, vendor=f.vendor, cores=f.cores, mem_bw_Bps=f.memory_bandwidth_GBps * GB,
                     peak_flops_fp32=f.peak_fp32_TFLOPS * TFLOPS,
-                    attention_Bps=None if f.attention_GBps is None else f.attention_GBps * GB)
+                    attention_Bps=None if f.attention_GBps is None else f.attention_GBps * GB,
+                    tdp_w=f.tdp_W, idle_w=f.idle_W)
     if kind == "nvme":
         return dict(name=f.name, capacity_bytes=f.capacity_GB * GB, read_Bps=f.read_GBps * GB,
-                    write_Bps=f.write_GBps * GB)
+                    write_Bps=f.write_GBps * GB, idle_w=f.idle_W, active_w=f.active_W)
     return dict(name=f.name, description=f.description, gpu=f.gpu, gpu_count=f.gpu_count, host_link=f.host_link,
                 gpu_link=f.gpu_link, cpu=f.cpu, cpu_count=f.cpu_count,
                 host_mem_bytes=None if f.host_memory_GiB is None else f.host_memory_GiB * GiB,
                 network=f.network, network_count=f.network_count, nvme=f.nvme, nvme_count=f.nvme_count,
-                price_usd_per_h=f.price_usd_per_h, provider=f.provider)
+                price_usd_per_h=f.price_usd_per_h, provider=f.provider, max_power_w=f.max_power_W,
+                other_power_w=f.other_power_W)
 
 
 def parse_spec(kind: str, data: Any, path: Path) -> dict[str, Any]:
