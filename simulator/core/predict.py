@@ -14,7 +14,9 @@ from simulator.core.models import ModelConfig
 from simulator.core.ops import forward_ops
 from simulator.core.profiles import ExecutorProfile, KernelProfile, load_executor_profile, load_kernel_profile
 from simulator.core.specs import System
-from simulator.core.memory import stage_layers
+from simulator.core.memory import stage_layers, stage_params, trainable_fraction
+from simulator.core.ops import optimizer_ops
+from simulator.core import power
 from simulator.core.step import (ATTENTION_OPS, BOUNDS, TRAIN_TERMS, StepCost, end_ops, inference_cost, stage_ops,
                                  train_cost, train_flops)
 from simulator.core.roofline import time_ops
@@ -49,6 +51,9 @@ class Prediction:
     device_busy_s: float = 0.0       # the device lanes: kernels, copies and collectives
     expected_error: dict | None = None   # validated error at this calibration level (core.expected_error)
     critical_path: tuple = ()        # inference: per op segment, the lane (host / device) that set the pace
+    gpu_flops: float = 0.0           # FLOPs one GPU (of the busiest stage) executes in the step
+    gpu_hbm_bytes: float = 0.0       # bytes it moves to and from its HBM
+    energy: power.StepEnergy | None = None   # power, energy and carbon of the step (core.power)
 
     def by_class(self) -> pd.DataFrame:
         """Time, FLOPs and bytes by op class (host: host time the device could not hide)."""
@@ -90,7 +95,11 @@ class Prediction:
             "critical_path": [{k: (float(np.asarray(v).reshape(-1)[0]) if k.endswith("_s") else v) for k, v in seg.items()}
                               for seg in self.critical_path],
             "notes": list(self.notes),
+            "gpu_flops": self.gpu_flops, "gpu_hbm_bytes": self.gpu_hbm_bytes,
         }
+        if self.energy is not None:
+            d.update(self.energy.as_dict())
+            d["energy_notes"] = list(self.energy.notes)
         if j.phase == "train":
             d.update({"cp": j.cp, "ep": j.ep, "vpp": j.vpp, "sp": j.sp, "zero": j.zero, "recompute": j.recompute,
                       "lora_rank": j.lora_rank, "micro_batch": j.micro_batch, "n_micro": j.n_micro,
@@ -125,17 +134,24 @@ def _scalar(x) -> float:
 
 
 def predict(model: ModelConfig, system: System, job: Job, executor: ExecutorProfile | None = None,
-            kernels: KernelProfile | None = None, check_memory: bool = True, with_ops: bool = True) -> Prediction:
-    """One step of `job` (any phase, any plan) on `system`: time, per-GPU memory, breakdowns.
-    `with_ops=False` skips the per-op display table (the numbers are the same; sweeps use it)."""
+            kernels: KernelProfile | None = None, check_memory: bool = True, with_ops: bool = True,
+            carbon_g_per_kwh: float = power.DEFAULT_CARBON_G_PER_KWH) -> Prediction:
+    """One step of `job` (any phase, any plan) on `system`: time, per-GPU memory, breakdowns, and
+    its power, energy and carbon (`Prediction.energy`, simulator.core.power, at grid intensity
+    `carbon_g_per_kwh`). `job.power_cap_w` caps each GPU's board power: the clock drops until the
+    step fits and compute-bound time stretches with it. `with_ops=False` skips the per-op display
+    table (the numbers are the same; sweeps use it)."""
     job = validate_job(job, model)
     ex = executor or load_executor_profile("default")
     kp = kernels or load_kernel_profile(system.gpu.name)
     system = system_for_job(system, job)
     notes: list[str] = []
+    power.check_carbon(carbon_g_per_kwh)
     if job.phase == "train":
         cost = train_cost(model, system, job, ex, kp)
-        df = _train_table(model, system, job, ex, kp, cost) if with_ops else pd.DataFrame(columns=OP_COLUMNS)
+        stage = _train_stage_ops(model, system, job, ex, kp)
+        df = _train_table(model, system, job, ex, kp, cost, stage) if with_ops else pd.DataFrame(columns=OP_COLUMNS)
+        gpu_flops, gpu_bytes = _train_activity(model, job, ex, stage)
         model_flops, hardware_flops = train_flops(model, job.seq, job.batch * job.dp, job.recompute, job.lora_rank)
         tokens = job.batch * job.seq * job.dp
         if job.pp > 1:
@@ -151,6 +167,7 @@ def predict(model: ModelConfig, system: System, job: Job, executor: ExecutorProf
         if job.pp > 1:
             notes.append(f"pipeline of {job.pp} stages: latency is the sum of the stages")
         tokens = job.batch * (1 if job.phase == "decode" else job.seq) * job.dp
+        gpu_flops, gpu_bytes = float(df["flops"].sum()), float(df["bytes"].sum())
         model_flops = hardware_flops = sum(o.flops * o.count for o in forward_ops(model, job, ex, layers=int(stage_layers(model, job.pp)))
                                            if o.cls in ("gemm", "attention")) * job.pp * job.tp * job.dp
     mem = cost.memory.scalar()
@@ -159,15 +176,49 @@ def predict(model: ModelConfig, system: System, job: Job, executor: ExecutorProf
     fits = peak <= system.gpu.mem_bytes
     if check_memory and not fits:
         raise_out_of_memory(model, system, job, mem)
+    resources = {k: float(v) for k, v in cost.time_by_resource.items()}
+    terms = {k: float(v) for k, v in cost.time_by_term.items()} if job.phase == "train" else {}
+    # one GPU's compute-bound seconds: inference resources hold the whole pipeline (pp stages in turn)
+    stages = job.pp if job.phase != "train" else 1
+    act = power.Activity(time_s=step_time, compute_s=resources.get("compute", 0.0) / stages, flops=gpu_flops,
+                         hbm_bytes=gpu_bytes)
+    clock = (1.0, 1.0)
+    if job.power_cap_w is not None and system.gpu.tdp_w > 0:
+        clock = power.clock_under_cap(act, power.GpuPower.of(system.gpu, job.dtype), job.power_cap_w)
+        step_time, resources, terms, df = _capped(clock, step_time, resources, terms, df)
+        act = power.Activity(time_s=step_time, compute_s=resources.get("compute", 0.0) / stages, flops=gpu_flops,
+                             hbm_bytes=gpu_bytes)
+        notes.append(f"power cap {job.power_cap_w:g} W per GPU: clock x{clock[1] / clock[0]:.2f} of its default, "
+                     f"compute-bound time x{clock[0] / clock[1]:.2f}")
+    energy = power.step_energy(act, system, job.dtype, job.n_gpus, tokens, float(cost.host_time_s), clock,
+                               carbon_g_per_kwh, job.power_cap_w,
+                               samples=job.batch * job.dp if job.phase == "train" else None) \
+        if system.gpu.tdp_w > 0 else None
     return Prediction(
         model=model.name, hardware=system.name, job=job, time_s=step_time, peak_memory_bytes=peak,
         memory=mem, ops=df, bound=str(cost.bound), tokens_per_s=tokens / step_time,
         transfer_time_s=float(cost.transfer_time_s), notes=tuple(notes), model_flops=model_flops,
         hardware_flops=hardware_flops, n_gpus=job.n_gpus, fits=fits, peak_flops=system.gpu.peak_flops(job.dtype),
-        time_by_resource={k: float(v) for k, v in cost.time_by_resource.items()},
-        time_terms={k: float(v) for k, v in cost.time_by_term.items()} if job.phase == "train" else {},
+        time_by_resource=resources, time_terms=terms,
         host_time_s=float(cost.host_time_s), device_busy_s=float(cost.device_busy_s),
-        expected_error=_expected(system, kp, ex, job.phase), critical_path=cost.critical_path)
+        expected_error=_expected(system, kp, ex, job.phase), critical_path=cost.critical_path,
+        gpu_flops=gpu_flops, gpu_hbm_bytes=gpu_bytes, energy=energy)
+
+
+def _capped(clock: tuple[float, float], step_time: float, resources: dict, terms: dict, df: pd.DataFrame):
+    """The step under a power cap: compute-bound time x f0 / f (simulator.core.power), everything
+    else as it was. Training adds the extra time as its own `power_cap` term (the terms still add up
+    to the step); the op table stretches its compute-bound rows."""
+    stretch = clock[0] / clock[1]
+    extra = resources.get("compute", 0.0) * (stretch - 1.0)
+    resources = {**resources, "compute": resources.get("compute", 0.0) * stretch}
+    if terms:
+        terms = {**terms, "power_cap": extra}
+    if len(df):
+        df = df.copy()
+        rows = df["bound"] == "compute"
+        df.loc[rows, ["gpu_time_s", "time_s"]] *= stretch
+    return step_time + extra, resources, terms, df
 
 
 def _expected(system: System, kp: KernelProfile, ex: ExecutorProfile, phase: str) -> dict | None:
@@ -203,11 +254,10 @@ def _check_host_memory(model: ModelConfig, system: System, job: Job) -> None:
             f"{fmt_bytes(system.host_mem_bytes)}; use a system with more host memory or more GPUs")
 
 
-def _train_table(model, system, job, ex, kp, cost: StepCost) -> pd.DataFrame:
-    """Per-op table of a training step for display: the busiest stage's ops for one micro-batch
-    times the micro-batches, then one row per step term that is not an op (communication,
-    bubble, optimizer), so the rows add up to the step time."""
-    m = job.n_micro
+def _train_stage_ops(model, system, job, ex, kp) -> list:
+    """The ops one GPU of the busiest stage runs for one training micro-batch (communication left
+    out): its layers forward, backward and recomputed, and its stage ends. The display table and
+    the energy (FLOPs, bytes) both read this list."""
     layers = int(stage_layers(model, job.pp))
     moe_layers = min(model.n_moe_layers, layers) if model.is_moe else 0
     ops = []
@@ -221,6 +271,30 @@ def _train_table(model, system, job, ex, kp, cost: StepCost) -> pd.DataFrame:
     emb, head = end_ops(model, job, ex)
     ops += emb + head if job.pp == 1 else (emb if emb and time_ops(emb, system, kp, ex, job.tp)["time_s"].sum()
                                           >= time_ops(head, system, kp, ex, job.tp)["time_s"].sum() else head)
+    return ops
+
+
+def _train_activity(model, job, ex, stage_ops_: list) -> tuple[float, float]:
+    """(FLOPs, HBM bytes) one GPU of the busiest stage moves in a training step: the stage's ops
+    times the micro-batches, plus the optimizer over its share of the trainable parameters (the
+    same count train_terms times: stage parameters x trainable fraction, / dp under ZeRO >= 1)."""
+    m = job.n_micro
+    flops = m * sum(float(np.sum(o.flops)) * o.count for o in stage_ops_)
+    nbytes = m * sum(float(np.sum(o.bytes)) * o.count for o in stage_ops_)
+    params = float(stage_params(model, job.tp, job.pp, job.ep)) * trainable_fraction(model, job.lora_rank) \
+        / (job.dp if job.zero >= 1 else 1)
+    for o in optimizer_ops(model, job, params):
+        if not (ex.autocast_weight_casts and o.name == "optimizer.cast_weights"):
+            flops += float(o.flops) * o.count
+            nbytes += float(o.bytes) * o.count
+    return flops, nbytes
+
+
+def _train_table(model, system, job, ex, kp, cost: StepCost, ops: list) -> pd.DataFrame:
+    """Per-op table of a training step for display: the busiest stage's ops for one micro-batch
+    times the micro-batches, then one row per step term that is not an op (communication,
+    bubble, optimizer), so the rows add up to the step time."""
+    m = job.n_micro
     df = time_ops(ops, system, kp, ex, job.tp)
     df[["flops", "bytes", "kernels", "gpu_time_s", "host_time_s", "time_s"]] *= m
     t = cost.time_by_term

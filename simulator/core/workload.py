@@ -1,6 +1,7 @@
 """What to simulate: a `Job` (phase, sizes, precision, parallelism, offload) validated at the edge."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from simulator.core.errors import FieldError
@@ -42,6 +43,7 @@ class Job:
     host_memory: str = "pinned"    # pinned | pageable
     overlap: bool = True      # overlap transfers with compute: offload copies (inference), the
                               # data-parallel gradient reduction with the last backward (train)
+    power_cap_w: float | None = None   # board power limit per GPU (W); None: the GPU's default (its TDP)
 
     @property
     def tokens(self) -> int:
@@ -104,6 +106,9 @@ def validate_job(job: Job, model: ModelConfig) -> Job:
         raise FieldError("offload_weights", job.offload_weights, "unknown", "use gpu or cpu")
     if job.host_memory not in ("pinned", "pageable"):
         raise FieldError("host_memory", job.host_memory, "unknown", "use pinned or pageable")
+    if job.power_cap_w is not None and not (isinstance(job.power_cap_w, (int, float)) and math.isfinite(job.power_cap_w)
+                                            and job.power_cap_w > 0):
+        raise FieldError("power_cap_w", job.power_cap_w, "must be a positive number of watts per GPU")
     if job.zero not in (0, 1, 2, 3):
         raise FieldError("zero", job.zero, "unknown ZeRO stage", "use 0, 1, 2 or 3")
     heads = model.n_heads
