@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 from simulator.core.errors import RoofplanError
+from simulator.core import power
+from simulator.core.errors import FieldError
 from simulator.core.models import load_model
-from simulator.core.predict import predict
+from simulator.core.predict import Prediction, predict
 from simulator.core.profiles import load_executor_profile, load_kernel_profile
-from simulator.report.tables import add_format_arg, emit, fmt_of
+from simulator.report.tables import add_format_arg, emit, fmt_duration, fmt_energy, fmt_mass_g, fmt_of
 from simulator.core.specs import load_hardware
 from simulator.core.units import GiB, fmt_bytes, fmt_rate, fmt_time
 from simulator.core.workload import Job
-from simulator.cli.args import plot_path
+from simulator.cli.args import finite_float, plot_path
 
 
 def add_job_args(p) -> None:
@@ -51,6 +53,43 @@ def add_parallel_train_args(p) -> None:
     p.add_argument("--vpp", type=int, default=1, help="train: virtual pipeline stages per GPU (interleaved 1F1B)")
 
 
+def add_energy_args(p, tokens: bool = True) -> None:
+    """Power and carbon flags (simulator.core.power), shared by predict and whatif."""
+    p.add_argument("--power-cap", type=finite_float, default=None, metavar="W", dest="power_cap_w",
+                   help="board power limit per GPU in watts: the clock drops until the step fits, compute-bound "
+                        "time stretches (default: the GPU's TDP)")
+    p.add_argument("--carbon-g-per-kwh", type=finite_float, default=power.DEFAULT_CARBON_G_PER_KWH, metavar="G",
+                   help=f"grid carbon intensity (default {power.DEFAULT_CARBON_G_PER_KWH:g}: {power.CARBON_SOURCE})")
+    if tokens:
+        p.add_argument("--tokens", type=finite_float, default=None, metavar="N",
+                       help="also report a whole run of N tokens (e.g. a training budget, 1e12): steps, time, energy, CO2")
+
+
+def energy_lines(pred: Prediction, system) -> str:
+    """The table footer's power, energy and carbon lines of one prediction."""
+    e = pred.energy
+    if e is None:
+        return f"\npower: {system.gpu.name} has no TDP in its spec"
+    per = f"{e.energy_j_per_token:.3g} J/token" + (f", {e.energy_j_per_sample:.3g} J/sample"
+                                                    if e.energy_j_per_sample is not None else "")
+    cap = f" (capped at {e.power_cap_w:g} W: clock x{e.clock_fraction:.2f})" if e.power_cap_w is not None else ""
+    return (f"\npower {e.power_w:.0f} W per GPU{cap}, node {e.node_power_w:,.0f} W  |  energy {fmt_energy(e.energy_j)} "
+            f"per step, {per}  |  {e.co2_g_per_1m_tokens:,.3g} g CO2e per 1M tokens at {e.carbon_g_per_kwh:g} g/kWh"
+            + (f"\npower notes: {'; '.join(e.notes)}" if e.notes else ""))
+
+
+def run_of(pred: Prediction, tokens: float | None) -> power.RunEnergy | None:
+    """A run of `tokens` tokens of identical steps (None without --tokens)."""
+    if tokens is None or pred.energy is None:
+        return None
+    return power.run_energy(pred.energy, pred.time_s, pred.tokens_per_s * pred.time_s, tokens)
+
+
+def cap_flag_errors(e: FieldError) -> RoofplanError:
+    """A power-cap FieldError spelled with its flag (the Job field is power_cap_w, the flag --power-cap)."""
+    return RoofplanError(e.render("--power-cap")) if e.field == "power_cap_w" else e
+
+
 def parse_offload(text: str | None) -> str:
     """`--offload weights=cpu` -> "cpu" (where the weights live); no flag -> "gpu"."""
     if not text:
@@ -77,7 +116,8 @@ def job_from_args(args) -> Job:
                kv_dtype=args.kv_dtype, recompute=args.recompute, lora_rank=args.lora_rank, tp=args.tp,
                pp=args.pp, dp=args.dp, micro_batch=args.micro_batch, zero=args.zero, ep=getattr(args, "ep", 1),
                cp=getattr(args, "cp", 1), vpp=getattr(args, "vpp", 1), sp=getattr(args, "sp", False),
-               offload_weights=offload, host_memory=args.host_memory, overlap=not args.no_overlap)
+               offload_weights=offload, host_memory=args.host_memory, overlap=not args.no_overlap,
+               power_cap_w=getattr(args, "power_cap_w", None))
 
 
 def register(sub) -> None:
@@ -85,6 +125,7 @@ def register(sub) -> None:
     add_job_args(p)
     add_parallel_train_args(p)
     p.add_argument("--plot", type=plot_path, default=None, metavar="FILE.png", help="write a roofline + memory figure")
+    add_energy_args(p)
     add_format_arg(p)
     p.set_defaults(func=cmd_predict)
 
@@ -94,7 +135,12 @@ def cmd_predict(args) -> int:
     system = load_hardware(args.hardware)
     ex = load_executor_profile(args.executor)
     kp = load_kernel_profile(system.gpu.name, args.kernel_profile)
-    pred = predict(model, system, job_from_args(args), ex, kp)
+    power.check_carbon(args.carbon_g_per_kwh)
+    try:
+        pred = predict(model, system, job_from_args(args), ex, kp, carbon_g_per_kwh=args.carbon_g_per_kwh)
+        run = run_of(pred, args.tokens)
+    except FieldError as e:
+        raise cap_flag_errors(e) from None
     by = pred.by_class()
     rows = [[cls, fmt_time(r.time_s), f"{100 * r.share:.1f}%", f"{r.flops / 1e12:.3g}", fmt_bytes(r.bytes)]
             for cls, r in by.iterrows()]
@@ -124,9 +170,15 @@ def cmd_predict(args) -> int:
                    f"{e['cases']} measured steps (kernels {e['kernels']}, framework {e['framework']}: {e['source']})")
     if pred.transfer_time_s:
         footer += f"\nhost->GPU weight transfer {fmt_time(pred.transfer_time_s)} per step ({j.host_memory}, overlap {'on' if j.overlap else 'off'})"
+    footer += energy_lines(pred, system)
+    obj = pred.as_dict()
+    if run is not None:
+        footer += (f"\nrun of {run.tokens:.3g} tokens: {run.steps:,.0f} steps, {fmt_duration(run.time_s)}, "
+                   f"{fmt_energy(run.energy_j)}, {fmt_mass_g(run.co2_g)} CO2e")
+        obj["run"] = run.as_dict()
     if getattr(args, "plot", None):
         from simulator.report.plots import prediction_figure
         prediction_figure(pred, system, args.plot)
-    emit(fmt_of(args), json_obj=pred.as_dict(), rows=rows, header=["op class", "time", "share", "TFLOP", "bytes"],
+    emit(fmt_of(args), json_obj=obj, rows=rows, header=["op class", "time", "share", "TFLOP", "bytes"],
          title=title, footer=footer, csv_record=True)
     return 0

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from simulator.core.errors import RoofplanError
+from simulator.core.errors import FieldError, RoofplanError
+from simulator.core import power
 from simulator.core.models import load_model
 from simulator.core.predict import predict
 from simulator.core.pricing import cheapest_price_per_gpu_h
@@ -16,7 +17,7 @@ from simulator.core.profiles import load_executor_profile, load_kernel_profile
 from simulator.report.tables import add_format_arg, emit, fmt_of
 from simulator.core.specs import load_hardware
 from simulator.core.units import GiB, fmt_rate, fmt_time
-from simulator.cli.predict import job_from_args
+from simulator.cli.predict import add_energy_args, cap_flag_errors, job_from_args
 
 
 def register(sub) -> None:
@@ -30,6 +31,7 @@ def register(sub) -> None:
     p.add_argument("--context", type=int, default=0)
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--executor", default="default")
+    add_energy_args(p, tokens=False)
     add_format_arg(p)
     p.set_defaults(func=cmd_whatif)
 
@@ -47,7 +49,12 @@ def _ints(text: str, flag: str) -> list[int]:
 def cmd_whatif(args) -> int:
     model = load_model(args.model)
     ex = load_executor_profile(args.executor)
-    base = job_from_args(_with_defaults(args))
+    power.check_carbon(args.carbon_g_per_kwh)
+    try:
+        base = job_from_args(_with_defaults(args))
+        power.check_cap(base.power_cap_w)
+    except FieldError as e:
+        raise cap_flag_errors(e) from None
     rows, objs = [], []
     for hw in [h.strip() for h in args.hardware.split(",") if h.strip()]:
         system = load_hardware(hw)
@@ -56,27 +63,35 @@ def cmd_whatif(args) -> int:
         for n in _ints(args.gpus, "--gpus"):
             job = replace(base, tp=n)
             try:
-                p = predict(model, system, job, ex, kp, check_memory=False)
+                p = predict(model, system, job, ex, kp, check_memory=False, carbon_g_per_kwh=args.carbon_g_per_kwh)
             except RoofplanError as e:
-                rows.append([hw, n, "-", "-", "-", "-", "-", str(e).split(";")[0]])
+                if isinstance(e, FieldError):
+                    e = cap_flag_errors(e)
+                rows.append([hw, n, "-", "-", "-", "-", "-", "-", "-", str(e).split(";")[0]])
                 objs.append({"hardware": hw, "gpus": n, "error": str(e)})
                 continue
             usd = price * n / 3600 / p.tokens_per_s * 1e6 if price else None
             fits = p.fits
+            e = p.energy
             rows.append([hw, n, fmt_time(p.time_s) if fits else "-", fmt_rate(p.tokens_per_s) if fits else "-",
                          f"{p.peak_memory_bytes / GiB:.1f} / {system.gpu.mem_bytes / GiB:.0f}",
                          f"{usd:.3f}" if usd is not None and fits else "-",
+                         f"{e.power_w:.0f}" if e and fits else "-", f"{e.energy_j_per_token:.3g}" if e and fits else "-",
                          p.bound, "ok" if fits else "does not fit"])
+            energy = {k: (v if fits else None) for k, v in e.as_dict().items()} if e else {}
             objs.append({"hardware": hw, "gpus": n, "time_s": p.time_s, "tokens_per_s": p.tokens_per_s,
                          "peak_memory_bytes": p.peak_memory_bytes, "gpu_memory_bytes": system.gpu.mem_bytes,
                          "fits": fits, "bound": p.bound, "usd_per_gpu_h": price, "price_instance": instance,
-                         "usd_per_1m_tokens": usd if fits else None})
+                         "usd_per_1m_tokens": usd if fits else None, **energy})
     j = base
     what = f"{model.name} {j.phase}, batch {j.batch}" + (f", seq {j.seq}" if j.seq else "") + \
         (f", context {j.context}" if j.phase == "decode" else "") + f", {j.dtype}, tensor parallel over N GPUs"
     emit(fmt_of(args), json_obj={"workload": what, "results": objs}, rows=rows,
-         header=["GPU", "N", "step time", "tokens/s", "memory GiB/GPU", "$/1M tok", "bound", "status"],
-         title=what, footer="\n$/1M tokens at the cheapest on-demand instance price per GPU-hour in hardware_specs/systems.")
+         header=["GPU", "N", "step time", "tokens/s", "memory GiB/GPU", "$/1M tok", "W/GPU", "J/tok", "bound", "status"],
+         title=what, footer="\n$/1M tokens at the cheapest on-demand instance price per GPU-hour in hardware_specs/systems.\n"
+                            "W/GPU: average board power per GPU" + (f" (capped at {base.power_cap_w:g} W)" if base.power_cap_w
+                                                                    is not None else "")
+                            + "; J/tok: energy per token of the GPUs and their share of the host (docs/energy.md).")
     return 0
 
 
