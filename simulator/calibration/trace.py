@@ -311,7 +311,8 @@ def load_trace(path: str | Path) -> Trace:
             first_type = types[0] if types else ""
             f, b = op_flops_bytes(name, {"Input Dims": dims, "Input type": types, "Concrete Inputs": conc}) if dims else (0.0, 0.0)
             cpu_rows.append({"name": name, "ts_s": ts, "dur_s": dur, "tid": tid,
-                             "ext_id": _ident(args.get("External id")), "flops": f, "bytes": b,
+                             "ext_id": _ident(args.get("External id")), "seq": _ident(args.get("Sequence number")),
+                             "flops": f, "bytes": b,
                              "user": cat == "user_annotation", "dims": dims,
                              "dtype": _DTYPE_NAMES.get(first_type, "")})
         elif cat in RUNTIME_CATS:
@@ -323,7 +324,8 @@ def load_trace(path: str | Path) -> Trace:
     if not k_rows and not cpu_rows:
         what = "no events" if not n_events else f"{n_events} events but no GPU kernels or CPU ops"
         raise RoofplanError(f"trace {p}: {what}; record with torch.profiler activities=[CPU, CUDA] around at least one step")
-    cpu = pd.DataFrame(cpu_rows, columns=["name", "ts_s", "dur_s", "tid", "ext_id", "flops", "bytes", "user", "dims", "dtype"])
+    cpu = pd.DataFrame(cpu_rows, columns=["name", "ts_s", "dur_s", "tid", "ext_id", "seq", "flops", "bytes", "user", "dims",
+                                          "dtype"])
     cpu = cpu.sort_values(["ts_s", "dur_s"], ascending=[True, False], kind="stable").reset_index(drop=True)
     depth, parent = _nesting(cpu["ts_s"].to_numpy(), (cpu["ts_s"] + cpu["dur_s"]).to_numpy(), cpu["tid"].to_numpy())
     cpu["depth"], cpu["parent"] = depth, parent
@@ -363,6 +365,7 @@ def load_trace(path: str | Path) -> Trace:
     kern["flop_op"] = [int(owners[i]) if i is not None else -1 for i in op_idx]
     kern["cls"] = ["copy" if m else classify_kernel(n, o) for n, o, m in zip(kern["name"], kern["op"], kern["memcpy"])]
     kern["cls"] = _eager_rmsnorm(kern["op"].tolist(), kern["cls"].tolist())
+    kern["cls"] = _backward_of_norm(kern, cpu)
     kern["cls"] = _in_optimizer_step(kern, cpu)
     segs = _segments(cpu, kern)
     kern["segment"] = _assign_segments(kern, cpu, segs)
@@ -409,6 +412,35 @@ def _in_optimizer_step(kern: pd.DataFrame, cpu: pd.DataFrame) -> list[str]:
         if any(a <= t <= b for a, b in spans):
             cls[j] = "optimizer"
     return cls
+
+
+AUTOGRAD_NODE = "autograd::engine::evaluate_function: "
+
+
+def _backward_of_norm(kern: pd.DataFrame, cpu: pd.DataFrame) -> list[str]:
+    """A backward kernel belongs to the class of the forward op whose autograd node launched it:
+    the profiler gives both the same `Sequence number`. An eager RMSNorm's backward nodes (Pow,
+    Mean, Rsqrt, Mul, ToCopy backward) launch generic elementwise kernels; ops.py counts them as
+    the norm's backward, so they are `norm` here too."""
+    cls = kern["cls"].tolist()
+    if "seq" not in cpu or cpu["seq"].isna().all():
+        return cls
+    names, parent, seqs = cpu["name"].tolist(), cpu["parent"].tolist(), cpu["seq"].tolist()
+
+    def node_seq(i):
+        """(sequence number of the nearest ancestor carrying one, whether the op runs inside an
+        autograd node, i.e. in the backward pass)."""
+        seq, bwd = None, False
+        while i is not None and i >= 0:
+            if seq is None and seqs[i] is not None and not _isnan(seqs[i]):
+                seq = int(seqs[i])
+            bwd = bwd or names[i].startswith(AUTOGRAD_NODE)
+            i = parent[i]
+        return seq, bwd
+    keyed = [node_seq(int(i)) if i is not None and not _isnan(i) else (None, False) for i in kern["op_index"].tolist()]
+    norm_seqs = {s for (s, bwd), c in zip(keyed, cls) if s is not None and not bwd and c == "norm"}
+    return ["norm" if bwd and s in norm_seqs and c in ("elementwise", "copy") else c
+            for (s, bwd), c in zip(keyed, cls)]
 
 
 def _eager_rmsnorm(ops: list[str], cls: list[str]) -> list[str]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -144,6 +145,34 @@ def _kv_cache_concat(trace: Trace) -> bool:
     return False
 
 
+GPU_BOUND_BUSY = 0.85     # a segment whose kernels fill this share of its GPU span has a queue ahead
+MAX_STREAM_GAP_S = 20e-6  # longer gaps wait for the host, not for the stream
+
+
+def fit_stream_gap(traces: list) -> tuple[float, dict] | None:
+    """The gap between back-to-back kernels of this stack's stream: the median idle time between
+    consecutive kernels of the GPU-bound segments (kernels fill >= GPU_BOUND_BUSY of the GPU span,
+    so the next kernel is already queued). None when no trace has such a segment."""
+    gaps, used = [], []
+    for t in traces:
+        for seg in t.segments["name"]:
+            k = t.kernels[t.kernels["segment"] == seg].sort_values("ts_s")
+            if len(k) < 100:
+                continue
+            start, end = k["ts_s"].to_numpy(), (k["ts_s"] + k["dur_s"]).to_numpy()
+            span = float(end.max() - start.min())
+            if span <= 0 or float(k["dur_s"].sum()) / span < GPU_BOUND_BUSY:
+                continue
+            g = start[1:] - np.maximum.accumulate(end)[:-1]
+            g = g[(g >= 0) & (g < MAX_STREAM_GAP_S)]
+            gaps.append(g)
+            used.append({"trace": Path(t.path).name, "segment": seg, "gaps": int(len(g)),
+                         "median_us": float(np.median(g) * 1e6) if len(g) else None})
+    if not gaps or not sum(len(g) for g in gaps):
+        return None
+    return float(np.median(np.concatenate(gaps))), {"segments": used}
+
+
 def fit_executor_profile(traces: list[Trace], system: System, kp: KernelProfile, name: str,
                          step_time_s: float | None = None, base: dict | None = None,
                          end_to_end: tuple[str, list[dict]] | None = None) -> tuple[dict, dict]:
@@ -173,6 +202,10 @@ def fit_executor_profile(traces: list[Trace], system: System, kp: KernelProfile,
         scale = float(np.average([s[0] for s in scales], weights=flops))
         prof["gemm_efficiency_scale"] = round(scale, 4)
         evidence["gemm"] = [s[1] for s in scales]
+    gap = fit_stream_gap([t for t in traces if not t.cpu_only])
+    if gap is not None:
+        prof["stream_gap_us"] = round(gap[0] * 1e6, 2)
+        evidence["stream_gap"] = gap[1]
     host = None
     for t in traces:
         if t.cpu_only:      # no launch queue on a CPU: its per-op cost is kernel_overhead_us below

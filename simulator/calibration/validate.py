@@ -196,11 +196,14 @@ def segment_wall_s(trace: Trace, segment: str) -> float:
     return end - start
 
 
-def compare(trace: Trace, segment: str, pred: Prediction) -> tuple[pd.DataFrame, dict]:
-    """Per class: measured kernel time and count vs predicted GPU time and kernel count; plus the
-    end-to-end summary."""
+def compare(trace: Trace, segment: str, pred: Prediction, stream_gap_s: float = 0.0) -> tuple[pd.DataFrame, dict]:
+    """Per class: measured kernel time and count vs predicted kernel time and count; plus the
+    end-to-end summary. A trace's kernel durations leave out the gaps between back-to-back
+    kernels, which the predicted stream time includes (the executor's `stream_gap_s` per kernel)."""
     meas = trace.by_class(segment)
     p = pred.ops.groupby("cls")[["gpu_time_s", "time_s", "kernels"]].sum()
+    gaps = p["kernels"] * stream_gap_s * (p.index != "communication")
+    p["gpu_time_s"] = p["gpu_time_s"] - gaps
     classes = [c for c in OP_CLASSES if c in meas.index or c in p.index]
     rows = []
     for c in classes:

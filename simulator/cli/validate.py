@@ -78,7 +78,7 @@ def cmd_validate(args) -> int:
     ex = load_executor_profile(args.executor)
     kp = load_kernel_profile(system.gpu.name, args.kernel_profile)
     pred = predict(model, system, job, ex, kp, check_memory=False)
-    df, summary = compare(trace, seg, pred)
+    df, summary = compare(trace, seg, pred, ex.stream_gap_s)
     rows = [[r.cls, fmt_time(r.measured_s) if r.measured_s else "-", fmt_time(r.predicted_s) if r.predicted_s else "-",
              f"{100 * r.error:+.1f}%" if r.error == r.error else "-", r.measured_kernels, r.predicted_kernels]
             for r in df.itertuples()]

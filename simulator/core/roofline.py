@@ -60,9 +60,18 @@ def allreduce_time(byts, n, system: System, ranks_per_node=None):
 
 
 def op_gpu_time_array(op: Op, system: System, kp: KernelProfile, ex: ExecutorProfile, tp: int = 1):
-    """Seconds for one instance of `op` and what bounds it: a label, or a boolean array (True =
-    compute bound, else memory). Works on array-valued ops too (flops/bytes as numpy arrays, as
-    the vectorised sweep builds them): this is the one place an op is dispatched to its formula."""
+    """Seconds for one instance of `op` on its stream and what bounds it: a label, or a boolean
+    array (True = compute bound, else memory). The kernels' time plus the executor's gap between
+    back-to-back kernels (`stream_gap_s`, which a trace's kernel durations do not contain). Works
+    on array-valued ops too (flops/bytes as numpy arrays, as the vectorised sweep builds them):
+    this is the one place an op is dispatched to its formula."""
+    t, bound = _kernel_time(op, system, kp, ex, tp)
+    if ex.stream_gap_s and op.cls != "communication":
+        t = t + op.kernels * ex.stream_gap_s
+    return t, bound
+
+
+def _kernel_time(op: Op, system: System, kp: KernelProfile, ex: ExecutorProfile, tp: int = 1):
     gpu = system.gpu
     bw = gpu.hbm_bw_Bps
     if op.cls == "gemm":

@@ -223,6 +223,35 @@ def test_validate_trace_cli(shared, tmp_path, capsys):
     assert ends == pytest.approx(s["predicted_step_s"] * 1e6, rel=1e-6)
 
 
+def test_training_trace_kernel_classes(shared, capsys):
+    """Per op class on the Llama-3.2-1B training step (batch 4, seq 2048): every class above 1% of
+    the kernel time within 15% of the trace (issue 12's bar). The hf-eager profile's host costs
+    come from this trace's CPU timeline, its kernels from the microbenchmarks and the 8B
+    inference trace: nothing here was fitted to these kernel times."""
+    assert main(["validate", "--trace", str(TRAIN), "--model", "llama-3.2-1b", "--hardware", "h100-sxm",
+                 "--phase", "train", "--batch", "4", "--seq", "2048", "--executor", "hf-eager", "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    total = out["summary"]["measured_kernel_time_s"]
+    big = {c["cls"]: c["error"] for c in out["classes"] if c["measured_s"] > 0.01 * total}
+    assert set(big) == {"gemm", "attention", "norm", "elementwise", "loss", "optimizer"}
+    assert all(abs(e) < 0.15 for e in big.values()), big
+    assert abs(out["summary"]["kernel_time_error"]) < 0.03
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 12: on the host-bound decode#1 step of the 8B trace (2026-11-30) the microbenchmark-fitted "
+    "per-kernel overheads overstate the traced durations of small kernels: gemm +21.6%, attention "
+    "+64.5% (cuDNN's decode kernel vs the flash microbenchmark), norm +76.1%, elementwise +105.7%"))
+def test_decode_trace_kernel_classes(shared, capsys):
+    assert main(["validate", "--trace", str(INFER), "--model", "llama-3.1-8b", "--hardware", "h100-sxm",
+                 "--phase", "decode", "--batch", "16", "--context", "512", "--executor", "hf-eager",
+                 "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    total = out["summary"]["measured_kernel_time_s"]
+    big = {c["cls"]: c["error"] for c in out["classes"] if c["measured_s"] > 0.01 * total}
+    assert all(abs(e) < 0.15 for e in big.values()), big
+
+
 def test_validate_end_to_end(shared, capsys):
     assert main(["validate", "--end-to-end", str(SHARED / "end_to_end.yaml"), "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -234,8 +263,8 @@ def test_validate_end_to_end(shared, capsys):
 
 @pytest.mark.xfail(strict=True, reason=(
     "issue 12 'Model the software, not just the GPU': on 2026-11-30 `validate --end-to-end` gives "
-    "lora time MAPE 28.7% (1 case) and offload-pageable (accelerate) 26.6%; hf-eager inference 3.3% "
-    "and train 6.2% are within the bars"))
+    "lora time MAPE 28.6% (1 case) and offload-pageable (accelerate) 26.6%; hf-eager inference 3.0% "
+    "and train 7.1% are within the bars"))
 def test_validate_end_to_end_framework_groups(shared, capsys):
     assert main(["validate", "--end-to-end", str(SHARED / "end_to_end.yaml"), "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)

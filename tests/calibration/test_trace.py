@@ -1,5 +1,6 @@
 import gzip
 
+import pandas as pd
 import pytest
 
 from simulator.core.errors import RoofplanError
@@ -129,3 +130,36 @@ def test_pick_segment(tmp_path, shared):
     assert pick_segment(hf, "decode") == "decode#1" and pick_segment(hf, "prefill") == "prefill#0"
     with pytest.raises(RoofplanError, match="has no train segment"):
         pick_segment(hf, "train")
+
+
+def test_norm_backward_kernels_are_norm(shared):
+    """The eager RMSNorm's backward (Pow/Mean/Rsqrt/Mul/ToCopy backward nodes, linked to the
+    forward ops by the profiler's sequence numbers) is `norm`, as ops.py counts it. Forward: 33
+    norms (16 layers x 2 + final) of 6 kernels each with the fp32 residual of autocast training
+    (no casts: pow, mean, add, rsqrt, mul, mul); backward: 16 more per norm (Pow 4, Mean 1,
+    Rsqrt 3, Mul 8, read off the trace's autograd nodes)."""
+    t = cached_trace(TRAIN)
+    k = t.kernels
+    names, parent = t.cpu_ops["name"].tolist(), t.cpu_ops["parent"].tolist()
+
+    def in_backward(i):
+        while i is not None and i >= 0:
+            if names[i].startswith("autograd::engine::evaluate_function"):
+                return True
+            i = parent[i]
+        return False
+    bwd = [in_backward(int(i)) for i in k["op_index"]]
+    norm = k["cls"] == "norm"
+    assert int((norm & ~pd.Series(bwd)).sum()) == 33 * 6
+    assert int((norm & pd.Series(bwd)).sum()) == 33 * 16 - 1     # one Rsqrt backward kernel is a fused mul
+
+
+def test_stream_gap_from_gpu_bound_segments(shared):
+    """Back-to-back kernels of HF's eager stream leave ~1.5 us between them in both traces (their
+    GPU-bound segments: prefill 16 x 512 and the training step); the decode step waits for the
+    host and is not used."""
+    from simulator.calibration.trace_fit import fit_stream_gap
+    gap_infer, ev = fit_stream_gap([cached_trace(INFER)])
+    assert [s["segment"] for s in ev["segments"]] == ["prefill#0"]
+    gap_train, _ = fit_stream_gap([cached_trace(TRAIN)])
+    assert gap_infer == pytest.approx(1.50e-6, abs=0.02e-6) and gap_train == pytest.approx(1.54e-6, abs=0.02e-6)

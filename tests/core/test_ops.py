@@ -130,3 +130,27 @@ def test_megatron_layer_forward_flops_24bsh2_plus_4bs2h():
     assert sum(o.flops for o in mega if o.name in attn) == 4 * B * s**2 * h
     flash = layer_forward_ops(m, job, EX, False, 1, **kw)
     assert [o.flops for o in flash if o.cls == "attention"] == [2 * B * s**2 * h]
+
+
+def test_eager_rmsnorm_reads_an_fp32_residual_without_its_casts():
+    """HF's LlamaRMSNorm casts a bf16 input to fp32 and back: 8 kernels, 36 B per element
+    (traced: 520 norm kernels for the 65 norms of the 8B inference trace). Under autocast
+    training the residual is already fp32: 6 kernels (pow, mean, add, rsqrt, mul, mul weight),
+    4 B read + 4 B written by pow, mul and the weight multiply, 4 B read by mean = 28 B (traced:
+    198 forward norm kernels for the 33 norms of the Llama-3.2-1B training trace)."""
+    from simulator.core.models import load_model
+    from simulator.core.ops import forward_ops
+    from simulator.core.profiles import load_executor_profile
+    from simulator.core.workload import Job
+    m, ex = load_model("llama-3.2-1b"), load_executor_profile("hf-eager")
+    def norms(job):
+        return [o for o in forward_ops(m, job, ex) if o.cls == "norm"]
+    infer = norms(Job("prefill", batch=4, seq=2048))
+    train = norms(Job("train", batch=4, seq=2048))
+    elems = 4 * 2048 * m.hidden
+    assert sum(o.kernels * o.count for o in infer) == 33 * 8 and sum(o.kernels * o.count for o in train) == 33 * 6
+    # (inference normalises only the last token before the LM head: logits_to_keep=1)
+    assert all(o.bytes == 36 * elems for o in infer if o.name != "final_norm") and all(o.bytes == 28 * elems for o in train)
+    # a fused norm (Megatron's apex LayerNorm: 1 kernel) has no casts to drop
+    mega = load_executor_profile("megatron")
+    assert {o.kernels for o in forward_ops(m, Job("train", batch=4, seq=2048), mega) if o.cls == "norm"} == {1}
