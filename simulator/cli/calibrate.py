@@ -209,7 +209,7 @@ def cmd_calibrate(args) -> int:
         prof, ev = fit_executor_profile(traces, system, kp, out.stem, args.step_time, base, e2e)
         prof["fitted_on"] = system.gpu.name      # the GPU the traces were recorded on (check_device)
         refitted = {k for k in prof if k not in base or prof[k] != base[k]} | {
-            "fused_qkv", "fused_gate_up", "repeat_kv", "kv_cache_concat", "gemm_efficiency_scale"}
+            "fused_qkv", "fused_gate_up", "repeat_kv", "kv_cache_concat", "gemm_efficiency_scale", "stream_gap_us"}
         if "host" in ev:
             refitted |= {"host_overhead_per_kernel_us", "host_per_op_us", "host_per_layer_us", "host_overhead_per_step_us",
                          "host_new_shape_us"}
@@ -228,6 +228,10 @@ def cmd_calibrate(args) -> int:
             src.append("gemm_efficiency_scale: measured/predicted time of the traces' compute-bound GEMM calls: "
                        + "; ".join(f"{x['measured_s'] * 1e3:.1f} ms vs {x['predicted_unscaled_s'] * 1e3:.1f} ms"
                                    for x in g if x.get("compute_bound_calls")) + ".")
+        if "stream_gap" in ev:
+            src.append("stream_gap_us: median gap between back-to-back kernels in the GPU-bound segments ("
+                       + "; ".join(f"{x['segment']} of {x['trace']}: {x['median_us']:.2f} us over {x['gaps']} gaps"
+                                   for x in ev["stream_gap"]["segments"]) + "), which traced kernel durations leave out.")
         if "layer_structure" in ev:
             s = ev["layer_structure"]
             src.append(f"fused_qkv/fused_gate_up/repeat_kv/kv_cache_concat: from aten::linear weight shapes (hidden {s['hidden']}, "

@@ -97,6 +97,8 @@ class ExecutorProfile:
     name: str
     description: str
     host_overhead_per_kernel_s: float = 0.0   # CPU time to issue one kernel (0: CUDA graph)
+    stream_gap_s: float = 0.0                 # GPU-side time between back-to-back kernels of this
+                                              # executor's stream (not in a kernel's traced duration)
     kernel_overhead_s: float | None = None    # GPU time per small kernel inside this executor's
                                               # stream (graph replay packs kernels tighter than an
                                               # isolated launch); None = the kernel profile's
@@ -302,6 +304,7 @@ class ExecutorFields(Strict):
     host_overhead_per_kernel_us: NonNegative = 0.0
     host_overhead_per_step_us: NonNegative = 0.0
     kernel_overhead_us: NonNegative | None = None
+    stream_gap_us: NonNegative = 0.0
     host_per_op_us: PerClassUs = {}
     host_per_layer_us: NonNegative = 0.0
     host_new_shape_us: NonNegative = 0.0
@@ -342,6 +345,7 @@ _EXEC_UNITS = {
     "host_overhead_per_kernel_us": ("host_overhead_per_kernel_s", US),
     "host_overhead_per_step_us": ("host_overhead_per_step_s", US),
     "kernel_overhead_us": ("kernel_overhead_s", US),
+    "stream_gap_us": ("stream_gap_s", US),
     "host_per_op_us": ("host_per_op_s", US),
     "host_per_layer_us": ("host_per_layer_s", US),
     "host_new_shape_us": ("host_new_shape_s", US),
