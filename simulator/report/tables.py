@@ -36,12 +36,12 @@ def _jsonable(x: Any):
 
 
 def fmt_energy(j: float) -> str:
-    """Joules for a table: J below a kWh, then kWh, MWh, GWh (nan/inf as such)."""
+    """Joules for a table: J, kJ below a kWh, then kWh, MWh, GWh (nan/inf as such)."""
     if not math.isfinite(j):
         return f"{j} J"
     kwh = j / 3.6e6
     if kwh < 1:
-        return f"{j:.3g} J"
+        return f"{j:.3g} J" if abs(j) < 1e3 else f"{j / 1e3:.3g} kJ"
     for unit, size in (("GWh", 1e6), ("MWh", 1e3)):
         if kwh >= size:
             return f"{kwh / size:.3g} {unit}"
