@@ -1,6 +1,8 @@
 """`roofplan calibrate`: fit profiles to measurements.
 
-  --microbench F        -> kernel profile (efficiency curves per op class; calibrate.fit_kernel_profile)
+  --microbench F        -> kernel profile (efficiency curves per op class; calibrate.fit_kernel_profile);
+                           a figure the file cannot give is refused, or taken from --fallback-profile P
+                           and named in the profile's source
   --trace T [--trace]   -> executor profile (layer structure, GEMM scale, host-cost table of the
                            host-bound step deflated by --end-to-end cases or --step-time;
                            trace_fit.fit_executor_profile, host_fit), against the GPU's kernel
@@ -31,6 +33,9 @@ def register(sub) -> None:
     p.add_argument("--microbench", default=None, metavar="F", help="microbenchmark JSONL (measurements/<gpu>/microbench.jsonl format)")
     p.add_argument("--hardware", required=True, help="GPU or system the measurements come from")
     p.add_argument("-o", "--output", required=True, metavar="PROFILE.yaml", help="profile to write")
+    p.add_argument("--fallback-profile", default=None, metavar="P",
+                   help="with --microbench: kernel profile (name or .yaml) to take the figures the file does not "
+                        "measure from, named in the written profile's source (default: refuse them)")
     p.add_argument("--kernels-out", default=None, metavar="K.yaml", help="with both --trace and --microbench: where the kernel profile goes")
     p.add_argument("--kernel-profile", default=None, help="kernel profile for fitting an executor (default: the GPU's own)")
     p.add_argument("--step-time", type=finite_float, default=None, metavar="SECONDS",
@@ -160,6 +165,8 @@ def cmd_calibrate(args) -> int:
         raise RoofplanError("calibrate needs --microbench F (kernel profile), --trace T or --step-times F --engine E (executor profile)")
     if args.trace and args.microbench and not args.kernels_out:
         raise RoofplanError("with both --trace and --microbench, pass --kernels-out K.yaml for the kernel profile (-o gets the executor profile)")
+    if args.fallback_profile and not args.microbench:
+        raise RoofplanError("--fallback-profile fills what a microbenchmark file lacks; pass it with --microbench F")
     if args.step_time is not None and args.step_time <= 0:
         raise RoofplanError(f"--step-time must be > 0 seconds (got {args.step_time})")
     system = load_hardware(args.hardware)
@@ -194,8 +201,10 @@ def cmd_calibrate(args) -> int:
     if mb_rows is not None:
         from simulator.calibration.calibrate import fit_kernel_profile
         mb = Path(args.microbench)
-        prof, errors = fit_kernel_profile(mb_rows, system.gpu, system.host_link,
-                                          source=f"fitted by `roofplan calibrate --microbench {mb.name} --hardware {args.hardware}`")
+        fallback = _fallback_profile(args.fallback_profile) if args.fallback_profile else None
+        prof, errors = fit_kernel_profile(mb_rows, system.gpu, system.host_link, fallback=fallback,
+                                          source=f"fitted by `roofplan calibrate --microbench {mb.name} --hardware {args.hardware}"
+                                                 + (f" --fallback-profile {args.fallback_profile}`" if fallback else "`"))
         kpath = Path(args.kernels_out) if args.trace else out
         writes.append((kpath, prof, {}))
         kp = parse_kernel_profile(prof, kpath)
@@ -250,6 +259,24 @@ def cmd_calibrate(args) -> int:
     emit(fmt_of(args), json_obj=result, rows=rows, header=["profile", "field", "value"],
          title=f"calibrated on {system.gpu.name}", footer=f"\nwrote {out}" + (f" and {args.kernels_out}" if args.trace and args.microbench else ""))
     return 0
+
+
+def _fallback_profile(name: str) -> tuple[str, dict]:
+    """(name, checked YAML mapping) of a kernel profile given by name (profiles/kernels/) or path."""
+    from simulator.core.profiles import list_profiles
+    p = Path(name)
+    if not p.suffix:
+        p = specs_root() / "profiles" / "kernels" / f"{name}.yaml"
+        if not p.is_file():
+            from simulator.core.errors import did_you_mean
+            have = list_profiles("kernels")
+            raise RoofplanError(f"--fallback-profile {name}: no kernel profile of that name{did_you_mean(name, have)}; "
+                                f"one of {', '.join(have)}, or a .yaml path")
+    elif not p.is_file():
+        raise RoofplanError(f"--fallback-profile {name}: file not found; give a kernel profile name or .yaml path")
+    d = read_yaml(p)
+    parse_kernel_profile(d, p)              # a fallback is checked like any profile
+    return p.stem, d
 
 
 def _calibrate_step_times(args) -> int:

@@ -33,19 +33,55 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--trace-steps", type=int, default=2, help="profiled steps (ProfilerStep#N)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch intra-op threads (default: torch's)")
     p.add_argument("--trace", default=None, metavar="OUT.json.gz", help="write the profiler Chrome trace")
     p.add_argument("--result", default=None, metavar="OUT.json", help="write measured times and peak memory")
     add_format_arg(p)
     p.set_defaults(func=cmd_run)
-    m = sub.add_parser("microbench", help="measure kernel microbenchmarks on this machine (torch) for `calibrate --microbench`")
+    m = sub.add_parser("microbench", help="measure kernel microbenchmarks on this machine (torch) for `calibrate --microbench`",
+                       description="Measure everything a kernel profile holds (GEMMs per dtype, attention prefill/decode, "
+                                   "elementwise, launch cost, device copies, host<->device pinned and pageable copies), "
+                                   "the offload folder's read/write rates (--nvme-dir) and the host CPU (copy, fp32 GEMM, "
+                                   "AdamW, attention), in the microbench.jsonl format. On cpu the host<->device copies "
+                                   "are host memcpys (the device is host memory) and say so (stand_in).")
     m.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     m.add_argument("-o", "--output", required=True, metavar="OUT.jsonl")
-    m.add_argument("--scale", type=int, default=1, help="size multiplier (1 for a CPU, 8-16 for a GPU)")
+    budget = m.add_mutually_exclusive_group()
+    budget.add_argument("--quick", dest="budget", action="store_const", const="quick",
+                        help="the quick budget (default): < 3 minutes on a GPU, seconds on a CPU")
+    budget.add_argument("--full", dest="budget", action="store_const", const="full",
+                        help="more shapes, sizes and repetitions")
+    m.set_defaults(budget="quick")
+    m.add_argument("--nvme-dir", default=None, metavar="DIR",
+                   help="the offload folder: its sequential write/read rates are measured (a file written and removed); "
+                        "without it the NVMe rows are skipped with that reason")
+    m.add_argument("--threads", type=int, default=None, metavar="N", help="torch intra-op threads (default: torch's)")
     m.add_argument("--spec-out", default=None, metavar="GPU.yaml",
                    help="also write a GPU-format spec of the device (peaks bounded from the measurements; for a CPU)")
     m.add_argument("--name", default="cpu-host", help="name of the --spec-out device")
     add_format_arg(m)
     m.set_defaults(func=cmd_microbench)
+
+
+def set_threads(n: int | None) -> None:
+    """torch's intra-op threads, when --threads is given (checked; torch imported by the caller)."""
+    if n is None:
+        return
+    if n < 1:
+        raise RoofplanError(f"--threads must be >= 1 (got {n})")
+    import torch
+    torch.set_num_threads(n)
+
+
+def applied_text(res: dict) -> str:
+    """What really ran (run.build_step's `applied`), in words."""
+    parts = [f"{res['dtype']}" + (f" autocast over {res['weights_dtype']} weights" if res.get("autocast") else "")]
+    if res["phase"] == "decode":
+        parts.append("CUDA graph replay" if res.get("cuda_graph") else "eager launches")
+    if res.get("offload_weights") == "cpu":
+        parts.append(f"layer weights in {res['host_memory']} host memory, "
+                     + ("copies overlapped on a side stream" if res.get("overlap") else "copied synchronously"))
+    return ", ".join(parts)
 
 
 def cmd_run(args) -> int:
@@ -69,6 +105,7 @@ def cmd_run(args) -> int:
         import torch  # noqa: F401
     except ImportError:
         raise RoofplanError("roofplan run needs torch: pip install 'roofplan[executor]' (torch==2.13.0)") from None
+    set_threads(args.threads)
     from simulator.executor.run import RunSpec, run
     spec = RunSpec(phase=args.phase, batch=args.batch, seq=args.seq, context=args.context, dtype=args.dtype,
                    device=args.device, recompute=args.recompute, lora_rank=args.lora_rank, offload_weights=offload,
@@ -78,6 +115,7 @@ def cmd_run(args) -> int:
     rows = [["step time (median)", fmt_time(res["time_s"])],
             ["steps", ", ".join(fmt_time(t) for t in res["times_s"])],
             ["device", f"{res['device_name']} ({res['threads']} threads)" if args.device == "cpu" else res["device_name"]],
+            ["ran as", applied_text(res)],
             ["parameters", f"{res['params']:,}"]]
     if "peak_memory_bytes" in res:
         rows.append(["peak memory", fmt_bytes(res["peak_memory_bytes"])])
@@ -89,25 +127,33 @@ def cmd_run(args) -> int:
 
 def cmd_microbench(args) -> int:
     try:
-        import torch
+        import torch  # noqa: F401
     except ImportError:
         raise RoofplanError("roofplan microbench needs torch: pip install 'roofplan[executor]' (torch==2.13.0)") from None
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise RoofplanError("--device cuda: torch sees no CUDA device here; use --device cpu")
-    if args.scale < 1:
-        raise RoofplanError("--scale must be >= 1")
-    import yaml
-    from simulator.executor.microbench import device_spec, run_microbench, write_microbench
-    rows = run_microbench(args.device, args.scale)
+    import time
+    set_threads(args.threads)
+    from simulator.executor.microbench import run_microbench, write_microbench
+    t0 = time.perf_counter()
+    took = {}
+    rows = run_microbench(args.device, args.budget, args.nvme_dir, log=lambda name, s: took.__setitem__(name, s))
     write_microbench(args.output, rows)
-    footer = f"\nwrote {args.output}"
+    footer = f"\n{time.perf_counter() - t0:.1f} s ({args.budget} budget); wrote {args.output}"
     if args.spec_out:
+        import yaml
         from pathlib import Path
-        Path(args.spec_out).write_text(yaml.safe_dump(device_spec(rows, args.name), sort_keys=False))
+        from simulator.executor.measured_specs import device_spec
+        try:
+            Path(args.spec_out).write_text(yaml.safe_dump(device_spec(rows, args.name), sort_keys=False))
+        except OSError as e:
+            raise RoofplanError(f"cannot write {args.spec_out} ({e.strerror}); pass another --spec-out") from None
         footer += f" and {args.spec_out}"
-    kinds = {}
+    kinds: dict[str, int] = {}
     for r in rows:
-        kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
-    emit(fmt_of(args), json_obj={"rows": rows}, rows=[[k, n] for k, n in kinds.items()], header=["kind", "rows"],
-         title=f"microbenchmarks on {args.device}", footer=footer)
+        if r["kind"] != "env":
+            kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
+    skipped = [f"skipped {r['what']}: {r['reason']}" for r in rows if r["kind"] == "skip"]
+    stand_in = sorted({r["stand_in"] for r in rows if r.get("stand_in")})
+    footer += "".join(f"\n{s}" for s in skipped) + "".join(f"\nhost<->device copies: {s}" for s in stand_in)
+    emit(fmt_of(args), json_obj={"rows": rows, "section_s": took}, rows=[[k, n] for k, n in kinds.items()],
+         header=["kind", "rows"], title=f"microbenchmarks on {rows[0]['gpu'] or args.device}", footer=footer)
     return 0

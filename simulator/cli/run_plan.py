@@ -32,6 +32,8 @@ def cmd_run_plan(args) -> int:
         import torch  # noqa: F401
     except ImportError:
         raise RoofplanError("roofplan run needs torch: pip install 'roofplan[executor]' (torch==2.13.0)") from None
+    from simulator.cli.run import set_threads
+    set_threads(args.threads)
     from simulator.executor.plan_run import parse_plan, run_plan
     parse_plan(plan)
     res = run_plan(model, plan, device=args.device, steps=args.steps, warmup=args.warmup, trace_path=args.trace,
@@ -44,6 +46,7 @@ def cmd_run_plan(args) -> int:
             ["runs", ", ".join(fmt_time(t) for t in res["times_s"])],
             ["weights gpu/cpu/nvme % (whole tensors)", eff],
             ["KV cache / activations / attention", f"{pl['kv_cache']} / {pl['activations']} / {pl['attention']}"],
+            ["host tensors / streamed copies", f"{res['host_memory'] or '-'} / " + ("side stream" if res["overlap"] else "synchronous")],
             ["device", res["device_name"] + (f" ({res['threads']} threads)" if args.device == "cpu" else "")]]
     if "peak_memory_bytes" in res:
         rows.append(["peak memory", fmt_bytes(res["peak_memory_bytes"])])

@@ -51,7 +51,7 @@ from simulator.core.errors import RoofplanError
 from simulator.core.models import ModelConfig
 from simulator.executor.fits import check_dense_decoder, check_plan_memory
 from simulator.executor.model import Decoder
-from simulator.executor.run import TORCH_DTYPES, _export, _sync
+from simulator.executor.run import TORCH_DTYPES, _export, _sync, move_ends
 
 SCHEMA = "roofplan.offload-plan/1"
 TIERS = ("gpu", "cpu", "nvme")
@@ -180,6 +180,9 @@ class PlanWeights:
         self.slots = [{n: torch.empty_like(p, device=device) for n, p in shapes.items()} for _ in range(2)]
         self.staging = [{n: torch.empty_like(shapes[n], device="cpu", pin_memory=pinned and cuda)
                          for n in self.nvme_names} for _ in range(2)]
+        # what the host side really is (on cpu nothing is pinned), for the result
+        host = [t for layer in self.host for t in layer.values()] + [t for st in self.staging for t in st.values()]
+        self.host_memory = ("pinned" if all(t.is_pinned() for t in host) else "pageable") if host else None
         self.stream = torch.cuda.Stream(device) if cuda else None
         self.ready = [torch.cuda.Event() for _ in range(2)] if cuda else None
         self.free = [torch.cuda.Event() for _ in range(2)] if cuda else None
@@ -252,11 +255,7 @@ class PlanExecutor:
         self.effective = {t: sum(sizes[n] for n in sizes if self.tiers[n] == t) / total for t in TIERS}
         self.n_params = sum(p.numel() for p in model.parameters())
         self.weights = PlanWeights(model, self.tiers, device, nvme_dir)
-        for name in ("embed", "norm", "lm_head"):
-            getattr(model, name).to(device)
-        if model.pos is not None:
-            model.pos.to(device)
-        model.cos, model.sin = model.cos.to(device), model.sin.to(device)
+        move_ends(model, device)
         model.layers = torch.nn.ModuleList([self.weights.template.to("meta")])
         self.model = model
         g, nb, L = ps.gpu_batch_size, ps.num_gpu_batches, cfg.n_layers
@@ -393,6 +392,7 @@ def run_plan(cfg: ModelConfig, plan: dict, device: str = "cpu", steps: int = 3, 
         "workload": {"prompt_len": ps.prompt_len, "gen_len": ps.gen_len if ps.phase == "decode" else None},
         "tokens": ps.tokens, "time_s": med, "times_s": [r["time_s"] for r in runs],
         "prefill_s": pick["prefill_s"], "decode_s": pick["decode_s"], "tokens_per_s": ps.tokens / med,
+        "host_memory": ex.weights.host_memory, "overlap": ex.weights.stream is not None,
         "torch": torch.__version__,
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "params": ex.n_params, "seed": seed,

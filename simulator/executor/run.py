@@ -11,6 +11,12 @@ same code path copies synchronously).
 Timing: `warmup` untimed steps, then the median wall time of `steps` steps (device synchronised
 after each). Trace: torch.profiler over `trace_steps` more steps with record_shapes=True,
 prof.step() per step and record_function labels per phase, layer and weight transfer.
+
+The result says what really ran, never the request echoed: `cuda_graph` is whether a graph was
+captured and replayed, `host_memory` whether the streamed weights are really pinned, `overlap`
+whether their copies run on a side stream, `dtype` the compute dtype and `weights_dtype` the
+parameters' (a cpu training step runs fp32 whatever was asked), `threads` torch's intra-op
+threads; the request itself is under `requested`.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from simulator.executor.fits import check_dense_decoder, check_device_memory, ch
 from simulator.executor.model import Decoder, apply_lora
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -118,13 +125,25 @@ def forward(model: Decoder, ids, pos0: int, caches, streamer=None, last_only=Tru
     return model.head(x, last_only)
 
 
+def move_ends(model: Decoder, device: torch.device) -> None:
+    """Everything outside the decoder layers to the device: embedding, learned positions
+    (OPT/GPT-2), final norm, LM head and the RoPE tables (weight offload keeps only the layers on
+    the host)."""
+    for name in ("embed", "pos", "norm", "lm_head"):
+        mod = getattr(model, name)
+        if mod is not None:
+            mod.to(device)
+    model.cos, model.sin = model.cos.to(device), model.sin.to(device)
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def build_step(cfg: ModelConfig, spec: RunSpec, device: torch.device):
-    """(step function, model) for the spec; all allocation happens here, not in the step."""
+    """(step function, model, what applied) for the spec; all allocation happens here, not in the
+    step. `applied`: the settings as they really are (module docstring)."""
     torch.manual_seed(spec.seed)
     cuda = device.type == "cuda"
     train = spec.phase == "train"
@@ -142,18 +161,26 @@ def build_step(cfg: ModelConfig, spec: RunSpec, device: torch.device):
     if offload:
         if train:
             raise RoofplanError("--offload weights=cpu applies to prefill and decode in the executor")
-        for name in ("embed", "norm", "lm_head"):
-            getattr(model, name).to(device)
-        model.cos, model.sin = model.cos.to(device), model.sin.to(device)
+        move_ends(model, device)
         streamer = LayerStreamer(model, device, spec.host_memory == "pinned", spec.overlap)
         model.n_params = sum(p.numel() for p in model.parameters())
         model.layers = torch.nn.ModuleList()      # the streamer's host copies are the only ones now
     ids = torch.randint(0, cfg.vocab, (spec.batch, q_len), device=device)
+    amp_dtype = TORCH_DTYPES[spec.dtype] if train and cuda and spec.dtype != "fp32" else None
+    applied = {"device": device.type, "dtype": spec.dtype if amp_dtype else DTYPE_NAMES[dtype],
+               "weights_dtype": DTYPE_NAMES[dtype], "autocast": bool(amp_dtype), "cuda_graph": False,
+               "offload_weights": "cpu" if offload else "gpu", "host_memory": None, "overlap": None,
+               "recompute": spec.recompute if train else "none", "lora_rank": spec.lora_rank if train else 0}
+    if streamer is not None:
+        host = [t for layer in streamer.host for t in layer]
+        applied["host_memory"] = "pinned" if host and all(t.is_pinned() for t in host) else "pageable"
+        # on cpu the same code copies synchronously: nothing overlaps
+        applied["overlap"] = bool(streamer.stream is not None and spec.overlap)
     if train:
         params = apply_lora(model, spec.lora_rank) if spec.lora_rank else [p for p in model.parameters()]
         opt = torch.optim.AdamW(params, lr=1e-4, fused=cuda)
         labels = torch.randint(0, cfg.vocab, (spec.batch, q_len), device=device)
-        amp = torch.autocast("cuda", dtype=TORCH_DTYPES[spec.dtype]) if cuda and spec.dtype != "fp32" else contextlib.nullcontext()
+        amp = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
 
         def step():
             with record_function("train.forward"), amp:
@@ -164,7 +191,7 @@ def build_step(cfg: ModelConfig, spec: RunSpec, device: torch.device):
             with record_function("train.optimizer"):
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-        return step, model
+        return step, model, applied
     caches = None
     if spec.phase == "decode" or spec.context:
         shape = (spec.batch, cfg.n_kv_heads, max_len, cfg.head_dim)
@@ -190,8 +217,8 @@ def build_step(cfg: ModelConfig, spec: RunSpec, device: torch.device):
         def replay():
             with record_function("decode.graph_replay"):
                 graph.replay()
-        return replay, model
-    return eager, model
+        return replay, model, {**applied, "cuda_graph": True}
+    return eager, model, applied
 
 
 def check_fits(cfg: ModelConfig, spec: RunSpec, device: torch.device) -> None:
@@ -214,7 +241,7 @@ def run(cfg: ModelConfig, spec: RunSpec, trace_path: str | None = None, result_p
     check_fits(cfg, spec, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    step, model = build_step(cfg, spec, device)
+    step, model, applied = build_step(cfg, spec, device)
     for _ in range(spec.warmup):
         step()
     _sync(device)
@@ -224,12 +251,15 @@ def run(cfg: ModelConfig, spec: RunSpec, trace_path: str | None = None, result_p
         step()
         _sync(device)
         times.append(time.perf_counter() - t0)
+    job = {k: v for k, v in asdict(spec).items() if k in ("phase", "batch", "seq", "context", "steps", "warmup",
+                                                          "trace_steps", "seed")}
     result = {
-        "model": cfg.name, **asdict(spec), "time_s": statistics.median(times), "times_s": times,
+        "model": cfg.name, **job, **applied, "time_s": statistics.median(times), "times_s": times,
         "torch": torch.__version__,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "params": getattr(model, "n_params", None) or sum(p.numel() for p in model.parameters()),
+        "requested": asdict(spec),
     }
     if device.type == "cuda":
         result["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(device))
