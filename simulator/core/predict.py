@@ -19,7 +19,7 @@ from simulator.core.ops import optimizer_ops
 from simulator.core import power
 from simulator.core.step import (ATTENTION_OPS, BOUNDS, TRAIN_TERMS, StepCost, end_ops, inference_cost, stage_ops,
                                  train_cost, train_flops)
-from simulator.core.roofline import time_ops
+from simulator.core.roofline import op_gpu_time, time_ops
 from simulator.core.units import DTYPE_BYTES, fmt_bytes
 from simulator.core.workload import Job, validate_job
 
@@ -269,8 +269,10 @@ def _train_stage_ops(model, system, job, ex, kp) -> list:
                 ops += [replace(o, name=o.name + ".recompute", pass_="bwd") for o in fwd if o.cls != "communication"
                         and (job.recompute == "full" or o.name.endswith(ATTENTION_OPS))]
     emb, head = end_ops(model, job, ex)
-    ops += emb + head if job.pp == 1 else (emb if emb and time_ops(emb, system, kp, ex, job.tp)["time_s"].sum()
-                                          >= time_ops(head, system, kp, ex, job.tp)["time_s"].sum() else head)
+
+    def gpu_seconds(end):   # = time_ops(end)["time_s"].sum(), without building the table
+        return sum(op_gpu_time(o, system, kp, ex, job.tp)[0] * o.count for o in end)
+    ops += emb + head if job.pp == 1 else (emb if emb and gpu_seconds(emb) >= gpu_seconds(head) else head)
     return ops
 
 
