@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from simulator.core.errors import FieldError
+from simulator.core.errors import FieldError, FixError
 from simulator.core.models import ModelConfig
 from simulator.core.units import DTYPE_BYTES
 
@@ -128,9 +128,19 @@ def validate_job(job: Job, model: ModelConfig) -> Job:
         if job.phase != "train" and (job.tp % job.ep or model.n_experts % job.ep):
             # inference: whole experts per rank inside the tensor-parallel group
             raise FieldError("ep", job.ep, f"must divide tp {job.tp} and {model.name}'s {model.n_experts} experts")
-    if job.phase != "train" and (job.lora_rank or job.zero):
-        name = "lora_rank" if job.lora_rank else "zero"
-        raise FieldError(name, getattr(job, name), f"applies to phase train only (phase is {job.phase})")
+    if job.phase != "train":
+        # training-only fields a prefill or decode would silently ignore
+        for name, unset in (("lora_rank", 0), ("zero", 0), ("recompute", "none"), ("micro_batch", 0)):
+            if getattr(job, name) != unset:
+                raise FieldError(name, getattr(job, name), f"applies to phase train only (phase is {job.phase})")
+        # transfer settings that only an inference offload has
+        if job.offload_weights != "cpu":
+            if job.host_memory != "pinned":
+                raise FixError("{flag}: applies to weights streamed from host memory only; add {offload} or drop it",
+                               flag=("host_memory", job.host_memory), offload=("offload_weights", "cpu"))
+            if not job.overlap:
+                raise FixError("{flag}: applies to weights streamed from host memory only; add {offload} or drop it",
+                               flag="no_overlap", offload=("offload_weights", "cpu"))
     mb = job.micro_batch or job.batch
     if job.phase == "train" and job.batch % mb:
         raise FieldError("micro_batch", mb, f"does not divide batch {job.batch}", "use a divisor of batch")

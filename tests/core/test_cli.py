@@ -186,3 +186,24 @@ def test_a_bad_plot_name_is_refused_before_any_work(capsys, monkeypatch):
     assert main(["plan", "fleet", "--model", "llama-3.1-8b", "--workload", "chat", "--slo-ttft-ms", "1000",
                  "--slo-tpot-ms", "40", "--plot", "f.txt"]) == 2
     assert "--plot: f.txt: use a .png, .svg or .pdf name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--recompute", "full"], "--recompute full: applies to phase train only (phase is decode)"),
+    (["--micro-batch", "2"], "--micro-batch 2: applies to phase train only (phase is decode)"),
+    (["--zero", "1"], "--zero 1: applies to phase train only (phase is decode)"),
+    (["--no-overlap"], "--no-overlap: applies to weights streamed from host memory only; add --offload weights=cpu or drop it"),
+    (["--host-memory", "pageable"], "--host-memory pageable: applies to weights streamed from host memory only; add "
+                                    "--offload weights=cpu or drop it"),
+])
+def test_flags_a_decode_would_ignore_are_refused(extra, says, capsys):
+    """A flag the phase or plan ignores would leave the user believing it was applied."""
+    from simulator.cli.main import main
+    argv = ["predict", "--model", "llama-3.1-8b", "--hardware", "h100-sxm", "--phase", "decode", "--batch", "4",
+            "--context", "512", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"roofplan: error: {says}\n"
+    # with an offload, the transfer flags apply and are taken
+    if "--offload" in says:
+        assert main(argv + ["--offload", "weights=cpu", "--format", "json"]) == 0
