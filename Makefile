@@ -2,12 +2,17 @@
 #   make demo   -> creates .venv, installs roofplan, runs the flagship what-if
 #   make test   -> installs the test extras (and torch's CPU build when it is on local disk), checks the
 #                  import layering (lint-imports, contracts in pyproject.toml), runs pytest
+# On a machine with a GPU (and a CUDA build of torch==2.13.0 in .venv):
+#   make gpu-check -> roofplan selfcheck --device cuda --quick: microbench, calibrate, run, validate,
+#                  report in $(GPU_CHECK_OUT)/ (under 8 minutes on one GPU)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
-.PHONY: demo test install bench clean
+GPU_CHECK_OUT ?= selfcheck-cuda
+
+.PHONY: demo test install bench clean gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +39,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(BIN)/lint-imports
 	MPLBACKEND=Agg $(BIN)/python -m pytest
+
+gpu-check: $(VENV)/.installed
+	@# never installs torch: a CUDA build is the machine's to provide
+	@$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: torch ' + torch.__version__ + ' sees no CUDA device; install a CUDA build of torch==2.13.0 into $(VENV) on a GPU machine')"
+	$(BIN)/roofplan selfcheck --device cuda --quick --out $(GPU_CHECK_OUT) --format table
 
 bench: $(VENV)/.installed-test
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

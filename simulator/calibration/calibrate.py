@@ -73,6 +73,7 @@ class _AttnPrefill(_Record):
     D: PosInt
     Hkv: PosInt | None = None
     causal: bool = True
+    dtype: Dtype = "bf16"      # the peak the fit divides by is this dtype's, as the core times it
     time_s: Positive
     fwd_bwd_time_s: Positive | None = None
 
@@ -261,7 +262,13 @@ def fit_gemm_scaled(rows, peak, bw, out_bytes, base: dict) -> tuple[dict, float]
              "compute": _curve(np.minimum(ec * x[1], 1.0)), "memory": _curve(np.minimum(em * x[2], 1.0))}, err)
 
 
+def attention_peak(gpu: GPU, dtype: str) -> float:
+    """The peak an attention op of `dtype` is timed against, as simulator.core.roofline does."""
+    return gpu.peak_flops(dtype if dtype in gpu.peak_flops_by_dtype else "fp16")
+
+
 def fit_attention_prefill(rows, peak):
+    """`peak`: FLOP/s, one for all rows or an array of one per row (each row's dtype)."""
     B = np.array([r["B"] for r in rows], float)
     H = np.array([r["Hq"] for r in rows], float)
     S = np.array([r["S"] for r in rows], float)
@@ -446,7 +453,8 @@ def fit_kernel_profile(rows: list[dict], gpu: GPU, host_link: Link, source: str,
     prof["gemm"] = {dt: prof["gemm"][dt] for dt in sorted(prof["gemm"], key=lambda d: (d != "bf16", d))}
     ap = [r for r in rows if r["kind"] == "attn_prefill"]
     if ap:
-        prof["attention_prefill"], errors["attention_prefill"] = fit_attention_prefill(ap, gpu.peak_flops("bf16"))
+        peaks = np.array([attention_peak(gpu, r.get("dtype", "bf16")) for r in ap])
+        prof["attention_prefill"], errors["attention_prefill"] = fit_attention_prefill(ap, peaks)
     ad = [r for r in rows if r["kind"] == "attn_decode"]
     if ad:
         t0, eff, errors["attention_decode"] = fit_memory_curve([r["kv_bytes"] for r in ad], [r["time_s"] for r in ad], bw)

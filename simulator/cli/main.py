@@ -26,6 +26,7 @@ COMMANDS = [
     "simulator.cli.calibrate",
     "simulator.cli.validate",
     "simulator.cli.run",
+    "simulator.cli.selfcheck",
 ]
 
 

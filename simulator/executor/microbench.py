@@ -271,15 +271,19 @@ def _attention_rows(dev, timer: Timer, sz: dict) -> list[dict]:
 
 def _elementwise_rows(dev, timer: Timer, sz: dict) -> list[dict]:
     H, dt = sz["ew_hidden"], sz["ew_dtype"]
-    norm = RMSNorm(H).to(dev)
+    norm = RMSNorm(H).to(dev, TORCH_DTYPES[dt])     # the weight in the model's dtype, as the executor casts it
     rows = []
     with torch.no_grad():
         for T in sz["ew_tokens"]:
             a = torch.randn(T, H, dtype=TORCH_DTYPES[dt], device=dev)
             b = torch.randn(T, H, dtype=TORCH_DTYPES[dt], device=dev)
-            for op, fn in (("add", lambda: a + b), ("silu_mul", lambda: F.silu(a) * b), ("rmsnorm_eager", lambda: norm(a))):
+            # outputs written into a buffer: the streaming rate, not the allocator (on cpu a fresh
+            # large tensor is page-faulted in on every call; the GPU's caching allocator hides it)
+            c = torch.empty_like(a)
+            for op, fn in (("add", lambda: torch.add(a, b, out=c)), ("silu_mul", lambda: torch.mul(F.silu(a), b, out=c)),
+                           ("rmsnorm_eager", lambda: norm(a))):
                 rows.append({"kind": "elementwise", "op": op, "T": T, "H": H, "dtype": dt, "time_s": timer(fn)})
-            del a, b
+            del a, b, c
     tiny = torch.ones(1, device=dev)
     rows.append({"kind": "launch", "op": "tiny_add", "time_s": timer(lambda: tiny.add_(1), reps=10 * timer.reps, flush=False)})
 
