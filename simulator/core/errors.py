@@ -7,8 +7,26 @@ renders a FieldError with the flag that sets the field (`--tp`, `--micro-batch`)
 import difflib
 
 
+SHOW_CHARS = 60     # longest value an error quotes: a name or flag value may be kilobytes long
+
+
+def clip(value, n: int = SHOW_CHARS) -> str:
+    """str(value) cut to `n` characters ("..." marks the cut), for quoting a user's value in an error."""
+    s = str(value)
+    return s if len(s) <= n else s[:n - 3] + "..."
+
+
+def one_line(text: str) -> str:
+    """`text` with line breaks and other unprintable characters escaped (a file name or value from
+    the user may hold a newline or a right-to-left mark), so an error prints as one line."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class RoofplanError(Exception):
     """Bad input from the user. The CLI prints the message on one line and exits with code 2."""
+
+    def __init__(self, *args):
+        super().__init__(*(one_line(a) if isinstance(a, str) else a for a in args))
 
 
 class FieldError(RoofplanError):
@@ -23,7 +41,7 @@ class FieldError(RoofplanError):
         super().__init__(self.render(f"{field} ="))
 
     def render(self, name: str) -> str:
-        return f"{name} {self.value}: {self.problem}" + (f"; {self.fix}" if self.fix else "")
+        return one_line(f"{name} {clip(self.value)}: {self.problem}" + (f"; {self.fix}" if self.fix else ""))
 
     def for_flags(self, flag_of) -> str:
         """The message with the field spelled by `flag_of(field)` (e.g. "--micro-batch")."""
@@ -46,7 +64,7 @@ class FixError(RoofplanError):
             if value is None:
                 return name
             return f"{name}{value}" if name.endswith("=") else f"{name}{'=' if name == field else ' '}{value}"
-        return self.template.format(**{k: spell(v) for k, v in self.fields.items()})
+        return one_line(self.template.format(**{k: spell(v) for k, v in self.fields.items()}))
 
     def for_flags(self, flag_of) -> str:
         return self.render(flag_of)

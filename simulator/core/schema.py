@@ -12,6 +12,7 @@ files, end-to-end cases, sweep grids, plans) from the building blocks here.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from pathlib import Path
@@ -20,7 +21,8 @@ from typing import Annotated, Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, AfterValidator
 
-from simulator.core.errors import RoofplanError, did_you_mean
+from simulator.core.errors import RoofplanError, clip, did_you_mean
+from simulator.core.errors import one_line as printable
 
 MAX_FILE_BYTES = 64 * 2**20       # a spec, profile or grid is kilobytes; traces have their own reader
 MAX_NODES = 1_000_000             # YAML nodes after alias expansion (an alias bomb expands to 10^9)
@@ -56,11 +58,30 @@ def short(v: Any) -> str:
     return r if len(r) <= SHOW_CHARS else r[:SHOW_CHARS - 3] + "..."
 
 
+def _key(part: Any) -> str:
+    """A mapping key as it reads in a field path: plain when it is a short printable name, else
+    quoted short (a key from a hostile file may hold a newline or run for kilobytes)."""
+    return clip(printable(str(part)), SHOW_CHARS)
+
+
 def _where(loc: tuple) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        out += f"[{part}]" if isinstance(part, int) else (f".{_key(part)}" if out else _key(part))
     return out
+
+
+MAX_LISTED = 300    # characters of field names an unknown-field error lists in full
+
+
+def _allowed(name: str, allowed: list[str]) -> str:
+    """The fields a schema allows, for an unknown-field error: all of them when they fit on a line,
+    else how many there are and the closest to `name` (an executor profile has over thirty)."""
+    names = ", ".join(sorted(allowed))
+    if len(names) <= MAX_LISTED:
+        return f"every field must be one of: {names}"
+    closest = sorted(allowed, key=lambda a: -difflib.SequenceMatcher(None, name, a).ratio())[:6]
+    return f"every field must be one of its {len(allowed)} fields (closest: {', '.join(closest)})"
 
 
 def _fields_of(schema: type[BaseModel], loc: tuple) -> list[str]:
@@ -86,7 +107,7 @@ def one_line(e: ValidationError, schema: type[BaseModel], path: Path | str, fix:
     if kind == "extra_forbidden":
         allowed = _fields_of(schema, loc)
         return (f"{path}: unknown field '{field}'{did_you_mean(str(loc[-1]), allowed)}; a typo would silently drop a "
-                f"number, so every field must be one of: {', '.join(sorted(allowed))}")
+                f"number, so {_allowed(str(loc[-1]), allowed)}")
     if kind == "missing":
         return f"{path}: field '{field}' is missing; add it" + (f" ({fix})" if fix else "")
     msg = err["msg"]
@@ -102,6 +123,16 @@ def one_line(e: ValidationError, schema: type[BaseModel], path: Path | str, fix:
     got = "" if isinstance(value, (dict, list)) or value is None else f" (got {short(value)})"
     subject = "" if not loc else f"field '{field}': " if isinstance(value, dict) else f"field '{field}' "
     return f"{path}: {subject}{msg}{got}" + (f"; {fix}" if fix else "")
+
+
+def to_si(value: float, scale: float, path: Path | str, field: str) -> float:
+    """value x scale (a unit-suffixed field in SI units); a number the schema took as finite but
+    that overflows once scaled (1e300 GiB) is one line naming the field."""
+    out = value * scale
+    if not math.isfinite(out):
+        raise RoofplanError(f"{path}: field '{field}' is {value:g}, more than a float holds once converted to SI "
+                            f"units (x {scale:g}); check the number and the unit in its name")
+    return out
 
 
 def check(schema: type[S], data: Any, path: Path | str, fix: str = "") -> S:
@@ -120,7 +151,21 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
     """libyaml's C parser when PyYAML was built with it (10x faster, same documents), refusing a
     key given twice in one mapping (YAML would keep the last one silently)."""
 
+    def construct_object(self, node, deep=False):
+        # PyYAML's scalar constructors raise plain Python errors on a value their tag cannot hold
+        # (`!!int foo`, `2024-02-30`, `!!bool maybe`): make each a YAML error at its line
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as e:
+            tag = str(node.tag).rsplit(":", 1)[-1]
+            value = f"{short(node.value)} " if isinstance(node, yaml.ScalarNode) else ""
+            why = f": {str(e)[:SHOW_CHARS]}" if tag == "timestamp" and type(e) is ValueError else ""   # "day is out of range"
+            raise yaml.constructor.ConstructorError(None, None, f"{value}is not a valid {tag}{why}",
+                                                    node.start_mark) from None
+
     def construct_mapping(self, node, deep=False):
+        if not isinstance(node, yaml.MappingNode):      # `!!map [1]`: the base class says what it is
+            return super().construct_mapping(node, deep)
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
@@ -129,7 +174,8 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
             except TypeError:       # a list or mapping as a key: let the constructor say so
                 break
             if not new:
-                raise yaml.constructor.ConstructorError(None, None, f"key '{key}' given twice", key_node.start_mark)
+                raise yaml.constructor.ConstructorError(None, None, f"key {short(str(key))} given twice",
+                                                        key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
 
@@ -152,6 +198,16 @@ def _expanded_nodes(node, memo: dict, limit: int) -> int:
                 break
     memo[id(node)] = n
     return n
+
+
+def is_file(path: Path | str) -> bool:
+    """Path.is_file(), except that a name the system cannot look up at all (too long, a NUL byte)
+    is one line naming it rather than an OSError."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError) as e:
+        raise RoofplanError(f"{short(str(path))}: not a usable file name ({getattr(e, 'strerror', None) or e}); "
+                            f"check the path") from None
 
 
 def read_text(path: Path | str, what: str = "file") -> str:
