@@ -17,8 +17,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from simulator.core.paths import data_dir
-from simulator.core.errors import RoofplanError, did_you_mean
-from simulator.core.schema import Name, NonNegInt, PosInt, check, read_json
+from simulator.core.errors import RoofplanError, clip, did_you_mean
+from simulator.core.schema import Name, NonNegInt, PosInt, check, is_file, read_json
 
 
 def models_root() -> Path:
@@ -370,16 +370,16 @@ def load_model(name_or_path: str) -> ModelConfig:
     """A model by zoo name (workloads/models/<name>.json) or by path to an HF config.json."""
     path = Path(name_or_path)
     if path.suffix == ".json" or os.sep in name_or_path:
-        if path.is_dir():
+        if not is_file(path) and path.is_dir():
             path = path / "config.json"
-        if not path.is_file():
-            raise RoofplanError(f"model config {path} not found; give a zoo name or a path to an HF config.json")
+        if not is_file(path):
+            raise RoofplanError(f"model config {clip(path)} not found; give a zoo name or a path to an HF config.json")
         name = path.parent.name if path.name == "config.json" else path.stem
     else:
         path = models_root() / f"{name_or_path}.json"
-        if not path.is_file():
+        if not is_file(path):
             raise RoofplanError(
-                f"unknown model '{name_or_path}'{did_you_mean(name_or_path, list_models())}; "
+                f"unknown model '{clip(name_or_path)}'{did_you_mean(name_or_path, list_models())}; "
                 "see `roofplan models` or give a path to an HF config.json"
             )
         name = name_or_path

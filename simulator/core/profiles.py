@@ -21,9 +21,9 @@ from typing import Annotated, Literal, Mapping
 import numpy as np
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from simulator.core.errors import RoofplanError, did_you_mean
-from simulator.core.schema import (Fraction, Name, NonNegative, NonNegInt, Positive, Strict, Text, check,
-                                   read_yaml)
+from simulator.core.errors import RoofplanError, clip, did_you_mean
+from simulator.core.schema import (Fraction, Name, NonNegative, NonNegInt, Positive, Strict, Text, check, is_file,
+                                   read_yaml, to_si)
 from simulator.core.specs import specs_root
 from simulator.core.units import US
 
@@ -245,7 +245,8 @@ def parse_kernel_profile(d, path: Path) -> KernelProfile:
         memory=Curve.of(ew), kernel_overhead_s=ew.kernel_overhead_us * US,
         norm_slowdown=ew.norm_slowdown, eager_slowdown=ew.eager_slowdown,
         h2d_pinned_eff=cp.h2d_pinned_efficiency, d2h_pinned_eff=cp.d2h_pinned_efficiency,
-        h2d_pageable_Bps=cp.h2d_pageable_GBps * 1e9, d2h_pageable_Bps=cp.d2h_pageable_GBps * 1e9,
+        h2d_pageable_Bps=to_si(cp.h2d_pageable_GBps, 1e9, path, "copy.h2d_pageable_GBps"),
+        d2h_pageable_Bps=to_si(cp.d2h_pageable_GBps, 1e9, path, "copy.d2h_pageable_GBps"),
         copy_latency_s=cp.latency_us * US, cpu_adam_params_per_s=f.cpu.adam_params_per_s,
         source=f.source, fitted_on=f.hardware,
     )
@@ -274,8 +275,9 @@ def load_kernel_profile(gpu_name: str, path: str | None = None) -> KernelProfile
         return datasheet_kernel_profile(gpu_name)
     if path:
         p = Path(path)
-        if not p.is_file():
-            raise RoofplanError(f"kernel profile {p} not found")
+        if not is_file(p):
+            raise RoofplanError(f"kernel profile {clip(p)} not found; give a profile .yaml, or 'datasheet' for the "
+                                f"uncalibrated roofline")
         return parse_kernel_profile(read_yaml(p), p)
     d = _profiles_dir("kernels")
     p = d / f"{gpu_name}.yaml"
@@ -356,15 +358,15 @@ _EXEC_UNITS = {
 }
 
 
-def _si_fields(f: ExecutorFields, keys) -> dict:
+def _si_fields(f: ExecutorFields, keys, where) -> dict:
     kw = {}
     for key in keys:
         val = getattr(f, key)
         attr, scale = _EXEC_UNITS.get(key, (key, None))
         if isinstance(val, dict):
-            val = MappingProxyType({k: v * scale for k, v in val.items()})
+            val = MappingProxyType({k: to_si(v, scale, where, f"{key}.{k}") for k, v in val.items()})
         elif scale is not None and val is not None:
-            val = val * scale
+            val = to_si(val, scale, where, key)
         kw[attr] = val
     return kw
 
@@ -372,22 +374,22 @@ def _si_fields(f: ExecutorFields, keys) -> dict:
 def executor_fields(d: Mapping, where: str) -> dict:
     """The executor fields given in `d` (unit-suffixed YAML names), checked -> ExecutorProfile attributes (SI)."""
     f = check(ExecutorFields, dict(d), where)
-    return _si_fields(f, f.model_fields_set)
+    return _si_fields(f, f.model_fields_set, where)
 
 
 def parse_executor_profile(d, path: Path) -> ExecutorProfile:
     f = check(ExecutorProfileFile, d, path, fix="see hardware_specs/profiles/executors/default.yaml")
     keys = f.model_fields_set - {"name", "kind", "description", "source"}
-    return ExecutorProfile(name=path.stem, description=f.description, source=f.source, **_si_fields(f, keys))
+    return ExecutorProfile(name=path.stem, description=f.description, source=f.source, **_si_fields(f, keys, path))
 
 
 def load_executor_profile(name_or_path: str = "default") -> ExecutorProfile:
     p = Path(name_or_path)
-    if not (p.suffix in (".yaml", ".yml") and p.is_file()):
+    if not (p.suffix in (".yaml", ".yml") and is_file(p)):
         p = _profiles_dir("executors") / f"{name_or_path}.yaml"
-    if not p.is_file():
+    if not is_file(p):
         raise RoofplanError(
-            f"unknown executor profile '{name_or_path}'{did_you_mean(name_or_path, list_profiles('executors'))}; "
+            f"unknown executor profile '{clip(name_or_path)}'{did_you_mean(name_or_path, list_profiles('executors'))}; "
             f"available: {', '.join(list_profiles('executors'))} (or a path to a profile .yaml)"
         )
     return parse_executor_profile(read_yaml(p), p)

@@ -15,9 +15,9 @@ from typing import Any, Literal, Mapping
 from pydantic import Field, model_validator
 
 from simulator.core.paths import data_dir
-from simulator.core.errors import FieldError, RoofplanError, did_you_mean
-from simulator.core.schema import (Name, NonNegative, NonNegInt, PosInt, Positive, Strict, Text, check,
-                                   read_yaml)
+from simulator.core.errors import FieldError, RoofplanError, clip, did_you_mean
+from simulator.core.schema import (Name, NonNegative, NonNegInt, PosInt, Positive, Strict, Text, check, is_file,
+                                   read_yaml, to_si)
 from simulator.core.units import GB, GiB, MiB, TFLOPS, US
 
 SPEC_DIRS = {"gpu": "gpus", "cpu": "cpus", "link": "links", "nvme": "nvme", "system": "systems"}
@@ -241,27 +241,29 @@ SCHEMAS: dict[str, type[_SpecFile]] = {"link": LinkFile, "gpu": GPUFile, "cpu": 
                                        "system": SystemFile}
 
 
-def _si(kind: str, f: _SpecFile) -> dict[str, Any]:
+def _si(kind: str, f: _SpecFile, path) -> dict[str, Any]:
     """Dataclass kwargs in SI units from a checked file."""
+    def si(field, scale):
+        v = getattr(f, field)
+        return None if v is None else to_si(v, scale, path, field)
     if kind == "link":
-        return dict(name=f.name, type=f.type, bw_Bps=f.bandwidth_GBps * GB, latency_s=f.latency_us * US)
+        return dict(name=f.name, type=f.type, bw_Bps=si("bandwidth_GBps", GB), latency_s=si("latency_us", US))
     if kind == "gpu":
         return dict(name=f.name, vendor=f.vendor, full_name=f.full_name, architecture=f.architecture,
-                    mem_bytes=f.memory_GiB * GiB, hbm_bw_Bps=f.memory_bandwidth_GBps * GB,
-                    l2_bytes=f.l2_cache_MiB * MiB, sm_count=f.sm_count, clock_hz=f.boost_clock_MHz * 1e6,
+                    mem_bytes=si("memory_GiB", GiB), hbm_bw_Bps=si("memory_bandwidth_GBps", GB),
+                    l2_bytes=si("l2_cache_MiB", MiB), sm_count=f.sm_count, clock_hz=si("boost_clock_MHz", 1e6),
                     tdp_w=f.tdp_W, host_link=f.host_link, gpu_link=f.gpu_link, idle_w=f.idle_W,
-                    peak_flops_by_dtype=MappingProxyType({k: v * TFLOPS for k, v in f.peak_dense_TFLOPS.items()}))
+                    peak_flops_by_dtype=MappingProxyType({k: to_si(v, TFLOPS, path, f"peak_dense_TFLOPS.{k}")
+                                                          for k, v in f.peak_dense_TFLOPS.items()}))
     if kind == "cpu":
-        return dict(name=f.name, vendor=f.vendor, cores=f.cores, mem_bw_Bps=f.memory_bandwidth_GBps * GB,
-                    peak_flops_fp32=f.peak_fp32_TFLOPS * TFLOPS,
-                    attention_Bps=None if f.attention_GBps is None else f.attention_GBps * GB,
+        return dict(name=f.name, vendor=f.vendor, cores=f.cores, mem_bw_Bps=si("memory_bandwidth_GBps", GB),
+                    peak_flops_fp32=si("peak_fp32_TFLOPS", TFLOPS), attention_Bps=si("attention_GBps", GB),
                     tdp_w=f.tdp_W, idle_w=f.idle_W)
     if kind == "nvme":
-        return dict(name=f.name, capacity_bytes=f.capacity_GB * GB, read_Bps=f.read_GBps * GB,
-                    write_Bps=f.write_GBps * GB, idle_w=f.idle_W, active_w=f.active_W)
+        return dict(name=f.name, capacity_bytes=si("capacity_GB", GB), read_Bps=si("read_GBps", GB),
+                    write_Bps=si("write_GBps", GB), idle_w=f.idle_W, active_w=f.active_W)
     return dict(name=f.name, description=f.description, gpu=f.gpu, gpu_count=f.gpu_count, host_link=f.host_link,
-                gpu_link=f.gpu_link, cpu=f.cpu, cpu_count=f.cpu_count,
-                host_mem_bytes=None if f.host_memory_GiB is None else f.host_memory_GiB * GiB,
+                gpu_link=f.gpu_link, cpu=f.cpu, cpu_count=f.cpu_count, host_mem_bytes=si("host_memory_GiB", GiB),
                 network=f.network, network_count=f.network_count, nvme=f.nvme, nvme_count=f.nvme_count,
                 price_usd_per_h=f.price_usd_per_h, provider=f.provider, max_power_w=f.max_power_W,
                 other_power_w=f.other_power_W)
@@ -274,16 +276,16 @@ def parse_spec(kind: str, data: Any, path: Path) -> dict[str, Any]:
         raise RoofplanError(f"{path}: field 'kind' is '{f.kind}' but the file is in {SPEC_DIRS[kind]}/; set kind: {kind}")
     if f.name != Path(path).stem:
         raise RoofplanError(f"{path}: field 'name' is '{f.name}' but the file is named {Path(path).stem}.yaml; make them equal")
-    return {"source": f.source, **_si(kind, f)}
+    return {"source": f.source, **_si(kind, f, path)}
 
 
 def spec_path(kind: str, name: str) -> Path:
     folder = specs_root() / SPEC_DIRS[kind]
     path = folder / f"{name}.yaml"
-    if not path.is_file():
+    if not is_file(path):
         raise RoofplanError(
-            f"unknown {kind} '{name}'{did_you_mean(name, list_names(kind))}; "
-            f"see `roofplan hw list` or add {folder.relative_to(specs_root().parent) if folder.is_relative_to(specs_root().parent) else folder}/{name}.yaml"
+            f"unknown {kind} '{clip(name)}'{did_you_mean(name, list_names(kind))}; "
+            f"see `roofplan hw list` or add {folder.relative_to(specs_root().parent) if folder.is_relative_to(specs_root().parent) else folder}/{clip(name)}.yaml"
         )
     return path
 
@@ -369,8 +371,8 @@ def load_hardware(name: str) -> System:
         return system_from_gpu(load_gpu(gpu_name), int(count))
     known = list_names("system") + list_names("gpu")
     raise RoofplanError(
-        f"unknown hardware '{name}'{did_you_mean(name, known)}; see `roofplan hw list` "
-        f"or add hardware_specs/gpus/{name}.yaml"
+        f"unknown hardware '{clip(name)}'{did_you_mean(name, known)}; see `roofplan hw list` "
+        f"or add hardware_specs/gpus/{clip(name)}.yaml"
     )
 
 
@@ -381,7 +383,7 @@ def load_any(name: str):
         if name in list_names(kind):
             return loader(name)
     known = [n for k in SPEC_DIRS for n in list_names(k)]
-    raise RoofplanError(f"unknown hardware '{name}'{did_you_mean(name, known)}; see `roofplan hw list`")
+    raise RoofplanError(f"unknown hardware '{clip(name)}'{did_you_mean(name, known)}; see `roofplan hw list`")
 
 
 def validate_all() -> dict[str, list[str]]:
