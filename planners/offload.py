@@ -87,6 +87,7 @@ REFERENCE_HOST_CORES = 16        # measurements/h100-sxm/README.md: 16 vCPU Inte
 GBS_CHOICES = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 256, 512)
 TRAIN_BATCH_CHOICES = (1, 2, 4, 8, 16, 32, 64, 128)
 MAX_NUM_GPU_BATCHES = 64
+MAX_BATCH = 2**24                # sequences per block or step: a typo beyond this, not a workload
 TIE_BREAK_S = 1e-6               # objective nudge toward GPU-resident tensors when times tie
 
 
@@ -587,8 +588,8 @@ def plan_offload(model: ModelConfig, system: System, req: OffloadRequest, execut
 
 
 def _gbs_choices(req):
-    if req.batch:
-        return [g for g in range(1, req.batch + 1) if req.batch % g == 0 and (g in GBS_CHOICES or g == req.batch)]
+    if req.batch:   # the standard GPU batch sizes that divide the block, and the whole block
+        return sorted({g for g in GBS_CHOICES if req.batch % g == 0} | {req.batch})
     return list(GBS_CHOICES)
 
 
@@ -643,12 +644,12 @@ def _validate(model: ModelConfig, system: System, req: OffloadRequest) -> None:
     for name in ("prompt_len", "gen_len", "seq"):
         if getattr(req, name) < 1:
             raise FieldError(name, getattr(req, name), "must be >= 1")
-    if req.batch is not None and req.batch < 1:
-        raise FieldError("batch", req.batch, "must be >= 1")
+    if req.batch is not None and not 1 <= req.batch <= MAX_BATCH:
+        raise FieldError("batch", req.batch, f"must be 1 to {MAX_BATCH:,} sequences", "check the number")
     for name in ("gpu_mem_bytes", "host_mem_bytes", "nvme_bytes"):
         v = getattr(req, name)
-        if v is not None and v <= 0:
-            raise FieldError(name, f"{v / GiB:g} GiB", "must be > 0")
+        if v is not None and not (0 < v < math.inf):      # the caps are LP bounds: a nan or inf one fails the solver
+            raise FieldError(name, f"{v / GiB:g} GiB", "must be a finite number > 0")
     if req.dtype not in DTYPE_BYTES or req.dtype == "int4":
         raise FieldError("dtype", req.dtype, "not supported", "use fp16, bf16, fp8 or fp32")
     system.gpu.peak_flops(req.dtype)

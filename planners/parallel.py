@@ -38,6 +38,8 @@ MICRO_BATCHES = (1, 2, 4, 8)
 VPPS = (1, 2, 4)
 TERMS = tuple(k for k in TRAIN_TERMS if k != "cp_comm")   # the planner keeps cp = 1
 OBJECTIVES = ("throughput", "cost")
+MAX_GPUS = 2**20            # past any cluster (a sweep grid's bound too)
+MAX_GLOBAL_BATCH = 2**24    # sequences per step: past any published run, and n_micro stays in int64
 
 
 def divisors(n: int) -> list[int]:
@@ -107,6 +109,9 @@ def search(model: ModelConfig, system: System, n_gpus: int, global_batch: int, s
     for name, v in (("gpus", n_gpus), ("global_batch", global_batch), ("seq", seq)):
         if v < 1:
             raise FieldError(name, v, "must be a positive integer")
+    for name, v, top in (("gpus", n_gpus, MAX_GPUS), ("global_batch", global_batch, MAX_GLOBAL_BATCH)):
+        if v > top:
+            raise FieldError(name, v, f"is more than {top:,}, beyond any cluster or training run", "check the number")
     if seq > model.max_positions:
         raise FieldError("seq", seq, f"exceeds {model.name}'s limit of {model.max_positions}", "use a shorter seq")
     if n_gpus > system.gpu_count and (system.network is None or not system.network_count):

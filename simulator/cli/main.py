@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
-from simulator.core.errors import FieldError, FixError, RoofplanError
+from simulator.core.errors import SHOW_CHARS, FieldError, FixError, RoofplanError, clip
 
 # module paths of command groups; each registers its own subcommands
 COMMANDS = [
@@ -68,9 +69,13 @@ def field_error_message(e: FieldError, options: set[str] | None = None) -> str:
     return msg.replace(f"{flag} ", flag, 1) if flag.endswith("=") else msg   # "--offload weights=disk"
 
 
+_LONG_QUOTE = re.compile(r"'([^']{%d,})'" % (SHOW_CHARS + 1))
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line and exit code 2, like every other user error
-        raise RoofplanError(f"{self.prog}: {message}")
+        # argparse quotes the bad value whole ("invalid int value: '...'"): a long one is cut
+        raise RoofplanError(f"{self.prog}: {_LONG_QUOTE.sub(lambda m: repr(clip(m.group(1))), message)}")
 
 
 def _epilog() -> str:
@@ -80,6 +85,19 @@ def _epilog() -> str:
     return ("data: hardware specs and the model zoo come from the folder an environment variable names "
             f"({vars_}), else the checkout roofplan runs from, else the copy an installed wheel carries; "
             "`roofplan hw check` validates them.")
+
+
+def _require_action(parser: argparse.ArgumentParser, args) -> None:
+    """A command group given without its action (`roofplan`, `roofplan hw`, `roofplan plan`) is a
+    one-line error naming the choices, like every other usage error (not a help page and exit 2)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = getattr(args, action.dest, None)
+            if chosen is None:
+                what = (action.metavar or action.dest).lower()
+                raise RoofplanError(f"{parser.prog}: name the {what}: {', '.join(action.choices)} "
+                                    f"(see {parser.prog} --help)")
+            _require_action(action.choices[chosen], args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        if not getattr(args, "func", None):
-            parser.print_help()
-            return 2
+        _require_action(parser, args)
         return int(args.func(args) or 0)
     except FieldError as e:
         func = getattr(args, "func", None)

@@ -1,6 +1,8 @@
 """`roofplan plan offload`: GPU / CPU memory / NVMe placement for inference or fine-tuning."""
 from __future__ import annotations
 
+import math
+
 from simulator.cli.plan import plan_subparsers
 from simulator.core.errors import RoofplanError
 from simulator.report.tables import add_format_arg, emit, fmt_of
@@ -42,6 +44,8 @@ def _gib(v, flag):
         return None
     if v <= 0:
         raise RoofplanError(f"{flag} must be > 0 GiB (got {v:g})")
+    if not math.isfinite(v * GiB):
+        raise RoofplanError(f"{flag} {v:g} GiB is more bytes than a float holds; give the capacity in GiB")
     return v * GiB
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from simulator.cli.plan import plan_subparsers
-from simulator.core.errors import RoofplanError
+from simulator.core.errors import RoofplanError, clip
 from simulator.core.profiles import load_executor_profile
 from simulator.report.tables import add_format_arg
 
@@ -36,7 +36,7 @@ def cmd_plan_parallel(args) -> int:
     try:
         zeros = tuple(int(z) for z in args.zero.split(","))
     except ValueError:
-        raise RoofplanError(f"--zero {args.zero} is not understood; use a comma list of 0, 1, 2, 3") from None
+        raise RoofplanError(f"--zero {clip(args.zero)} is not understood; use a comma list of 0, 1, 2, 3") from None
     model = load_model(args.model)
     system = load_hardware(args.hardware)
     res = search(model, system, args.gpus, args.global_batch, args.seq, args.objective,

@@ -1,7 +1,7 @@
 """`roofplan predict`: one step of a workload on some hardware."""
 from __future__ import annotations
 
-from simulator.core.errors import RoofplanError
+from simulator.core.errors import RoofplanError, clip
 from simulator.core import power
 from simulator.core.errors import FieldError
 from simulator.core.models import load_model
@@ -96,7 +96,7 @@ def parse_offload(text: str | None) -> str:
         return "gpu"
     key, _, val = text.partition("=")
     if key != "weights" or val not in ("cpu", "gpu"):
-        raise RoofplanError(f"--offload {text} is not understood; use --offload weights=cpu")
+        raise RoofplanError(f"--offload {clip(text)} is not understood; use --offload weights=cpu")
     return val
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from simulator.core.errors import FieldError, RoofplanError
+from simulator.core.errors import FieldError, RoofplanError, clip
 from simulator.core import power
 from simulator.core.models import load_model
 from simulator.core.predict import predict
@@ -40,9 +40,9 @@ def _ints(text: str, flag: str) -> list[int]:
     try:
         vals = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise RoofplanError(f"{flag} '{text}' must be comma-separated integers, e.g. 1,2,4,8") from None
+        raise RoofplanError(f"{flag} '{clip(text)}' must be comma-separated integers, e.g. 1,2,4,8") from None
     if not vals or min(vals) < 1:
-        raise RoofplanError(f"{flag} '{text}' must list positive integers")
+        raise RoofplanError(f"{flag} '{clip(text)}' must list positive integers")
     return vals
 
 
