@@ -208,8 +208,11 @@ def cmd_calibrate(args) -> int:
         kpath = Path(args.kernels_out) if args.trace else out
         writes.append((kpath, prof, {}))
         kp = parse_kernel_profile(prof, kpath)
-        result["kernel_profile"] = {"path": str(kpath), "fit_mape": errors}
+        from simulator.calibration.calibrate import missing_figures
+        taken = [fig for fig, _, _ in missing_figures(mb_rows)] if fallback else []
+        result["kernel_profile"] = {"path": str(kpath), "fit_mape": errors, "from_fallback": taken}
         rows += [["kernel profile", part, f"fit error {100 * e:.1f}%"] for part, e in errors.items()]
+        rows += [["kernel profile", fig, f"from {fallback[0]} (--fallback-profile; named in source)"] for fig in taken]
     if traces is not None:
         from simulator.calibration.trace_fit import fit_executor_profile
         if kp is None:

@@ -164,6 +164,7 @@ def selfcheck(args, out: Path) -> dict:
     """Every stage; returns the report (also written as report.json / report.md)."""
     import torch
     from simulator.executor import selfcheck as sc
+    from simulator.executor.measured_specs import host_mem_GiB
     from simulator.executor.microbench import run_microbench, write_microbench
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -188,7 +189,8 @@ def selfcheck(args, out: Path) -> dict:
               "threads": torch.get_num_threads(), "levels": list(LEVELS), "stages": stages.rows,
               "environment": {"device_name": env["gpu"] or f"cpu ({env.get('cpu') or 'host'})", "torch": env["torch"],
                               "cuda": env.get("cuda"), "cpu": env.get("cpu", ""), "nproc": env.get("nproc"),
-                              "meminfo": env.get("meminfo", ""), "measured": env.get("measured") or datetime.date.today().isoformat()},
+                              "meminfo": env.get("meminfo", ""), "host_memory_GiB": host_mem_GiB(rows),
+                              "measured": env.get("measured") or datetime.date.today().isoformat()},
               "skipped": [f"{r['what']}: {r['reason']}" for r in rows if r["kind"] == "skip"]}
     with _hw_dir(machine.hw_dir):
         report |= _calibrate_run_validate(args, out, meas, rows, machine, stages)
@@ -266,7 +268,7 @@ def _calibrate_run_validate(args, out: Path, meas: Path, rows: list[dict], machi
                 entry |= _validate_run(job, r, system, executor, kps)
                 cases.append(sc.end_to_end_case(job, r, executor.name))
             report_jobs.append(entry)
-        device_text = f"{rows[0]['gpu'] or 'cpu'}; torch {rows[0]['torch']}, {rows[0]['threads']} threads"
+        device_text = f"{rows[0]['gpu'] or 'cpu'}; torch {rows[0]['torch']}, {sc.threads_text(rows[0]['threads'])}"
         if cases:
             sc.write_end_to_end(meas / "end_to_end.yaml", machine.system, device_text, cases,
                                 rows[0].get("measured") or datetime.date.today().isoformat())
@@ -326,7 +328,8 @@ def _core_job(job, result: dict):
 
 def _applied_text(r: dict) -> str:
     from simulator.cli.run import applied_text
-    return applied_text(r) + f", {r['threads']} thread{'s' if r['threads'] != 1 else ''}"
+    from simulator.executor.selfcheck import threads_text
+    return applied_text(r) + f", {threads_text(r['threads'])}"
 
 
 def _validate_run(job, r: dict, system, executor, kps: dict) -> dict:
@@ -369,6 +372,7 @@ def _validate_plan(job, r: dict, plan: dict, system, executor, kps: dict) -> dic
     from planners.offload_check import compare
     from simulator.core.models import load_model
     from simulator.core.units import fmt_time
+    from simulator.executor.selfcheck import threads_text
     model = load_model(job.model_arg())
     p = job.plan
     req = OffloadRequest(phase=job.phase, prompt_len=p.prompt_len, gen_len=p.gen_len, batch=p.batch, dtype=job.dtype,
@@ -400,7 +404,7 @@ def _validate_plan(job, r: dict, plan: dict, system, executor, kps: dict) -> dic
     return {"applied": {"device": r["device"], "dtype": r["dtype"], "host_memory": r["host_memory"], "overlap": r["overlap"],
                         "threads": r["threads"]},
             "applied_text": f"{r['dtype']}, weights {executed} % gpu/cpu/nvme, {r['host_memory'] or 'no'} host tensors, "
-                            f"{r['threads']} thread{'s' if r['threads'] != 1 else ''}",
+                            f"{threads_text(r['threads'])}",
             "measured_s": total["measured"], "times_s": r["times_s"], "predicted_s": total["predicted"],
             "time_error": total["error"], "trace": r.get("trace"), "plan_rows": rows, "plan_text": text}
 

@@ -190,7 +190,7 @@ def end_to_end_case(job: CheckJob, result: dict, executor: str) -> dict:
         case["peak_memory_bytes"] = result["peak_memory_bytes"]
     how = "CUDA graph replay" if result.get("cuda_graph") else "eager"
     case["source"] = (f"roofplan selfcheck: roofplan run ({job.what}; ran as {result['dtype']}, {how}, "
-                      f"{result['threads']} threads), {'median' if result['device'] == 'cuda' else 'minimum'} of "
+                      f"{threads_text(result['threads'])}), {'median' if result['device'] == 'cuda' else 'minimum'} of "
                       f"{len(result['times_s'])} steps")
     return case
 
@@ -207,8 +207,9 @@ def measurements_readme(report: dict) -> str:
     lines = [f"# {report['hardware']} measurements ({env['measured']}, roofplan selfcheck --device {report['device']} "
              f"--{report['budget']})", "",
              f"Device: {env['device_name']}; host: {env['cpu'] or 'CPU model not reported'}, {env['nproc']} logical CPUs, "
-             f"{env['meminfo'].split(':')[-1].strip() if env.get('meminfo') else 'RAM not reported'}; torch {env['torch']}"
-             + (f", CUDA {env['cuda']}" if env.get("cuda") else "") + f", {report['threads']} torch threads.", "",
+             + (f"{env['host_memory_GiB']:.1f} GiB RAM" if env.get("host_memory_GiB") else "RAM not reported")
+             + f"; torch {env['torch']}" + (f", CUDA {env['cuda']}" if env.get("cuda") else "")
+             + f", {threads_text(report['threads'])}.", "",
              "## microbench.jsonl (one JSON object per line, `kind` says which)",
              "Written by `roofplan microbench` (simulator/executor/microbench.py: each kind and how it is timed is in its "
              "docstring). " + ("On cuda: CUDA events, L2 flushed before each repetition, median." if report["device"] == "cuda"
@@ -227,6 +228,9 @@ def measurements_readme(report: dict) -> str:
               + (f"the median of {STEPS} steps after 3 warm-up steps." if report["device"] == "cuda"
                  else f"the minimum of {STEPS} steps after 2 warm-up steps.")
               + " Each case names the executor profile its prediction uses.", "",
+              "## result_<job>.json",
+              "Each run's result as `roofplan run --result` writes it: every timed step, what really applied (dtype, CUDA "
+              "graph, pinned host memory, overlap, threads) and the request under `requested`.", "",
               "## plan_offload.json, result_offload-plan.json",
               "The offload plan (`roofplan plan offload --format json`, GPU memory capped so part of the weights lives on "
               f"the host) and its run (`roofplan run --plan`, {PLAN_RUNS} generations after one warm-up, the "
@@ -237,6 +241,10 @@ def measurements_readme(report: dict) -> str:
 
 # --------------------------------------------------------------------------------------------
 # the report
+
+
+def threads_text(n: int) -> str:
+    return f"{n} torch thread{'s' if n != 1 else ''}"
 
 
 def _pct(x) -> str:
@@ -253,7 +261,7 @@ def render_markdown(report: dict) -> str:
     levels = report["levels"]
     out = [f"# roofplan selfcheck: {report['hardware']} ({report['device']}, {report['budget']})", "",
            f"Device {report['environment']['device_name']}, torch {report['environment']['torch']}, "
-           f"{report['threads']} thread{'s' if report['threads'] != 1 else ''}; {report['total_s']:.1f} s in all. "
+           f"{threads_text(report['threads'])}; {report['total_s']:.1f} s in all. "
            "Error = predicted / measured - 1.", "", "## Stages", "", "| stage | status | seconds | detail |", "|---|---|---:|---|"]
     out += [f"| {s['stage']} | {s['status']} | {s['seconds']:.1f} | {s['detail']} |" for s in report["stages"]]
     out += ["", "## Kernel profiles compared", ""]

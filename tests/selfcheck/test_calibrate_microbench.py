@@ -117,3 +117,23 @@ def test_elementwise_traffic_follows_the_dtype():
     assert _elementwise_bytes({"op": "add", "T": 2, "H": 3, "dtype": "fp32"}) == 12 * 6
     assert _elementwise_bytes({"op": "silu_mul", "T": 2, "H": 3}) == 10 * 6
     assert _norm_bytes({"T": 2, "H": 3, "dtype": "fp32"}) == 28 * 6 and _norm_bytes({"T": 2, "H": 3}) == 36 * 6
+
+
+def test_a_file_without_host_copies_names_them_and_a_fallback_fills_them(tmp_path, capsys):
+    """tests/selfcheck/data/microbench-no-host-copies.jsonl: the kinds roofplan microbench wrote
+    before it measured host copies and the host CPU (rows of the shared H100 file). Refused, then
+    fitted with --fallback-profile h100-sxm, which the JSON lists and the source names."""
+    mb = REPO_ROOT / "tests" / "selfcheck" / "data" / "microbench-no-host-copies.jsonl"
+    out = tmp_path / "k.yaml"
+    code, io = _calibrate(capsys, mb, out)
+    assert code == 2 and not out.exists()
+    assert io.err.startswith("roofplan: error: the microbenchmarks cannot give copy.h2d_pinned_efficiency (needs copy "
+                             "cpu_pinned->gpu rows), ")
+    code, io = _calibrate(capsys, mb, out, "--fallback-profile", "h100-sxm")
+    assert code == 0
+    taken = json.loads(io.out)["kernel_profile"]["from_fallback"]
+    assert taken == ["copy.h2d_pinned_efficiency", "copy.d2h_pinned_efficiency", "copy.h2d_pageable_GBps",
+                     "copy.d2h_pageable_GBps", "copy.latency_us", "cpu.adam_params_per_s"]
+    prof, shipped = yaml.safe_load(out.read_text()), yaml.safe_load(SHIPPED.read_text())
+    assert prof["copy"] == shipped["copy"] and prof["cpu"] == {"adam_params_per_s": shipped["cpu"]["adam_params_per_s"]}
+    assert all(fig in prof["source"] for fig in taken)
