@@ -69,6 +69,11 @@ CARBON_SOURCE = ("world average of electricity generation in 2023, 481 gCO2e/kWh
 # not represent, so a cap that needs a lower clock is refused. Splitwise's 70% cap needs 0.54-0.67.
 MIN_CLOCK_FRACTION = 0.5
 
+# the clock root finders: halvings of the bracket (2^-52 of it: the last bit of a clock fraction),
+# and the lowest default clock the model represents for a step far over its TDP
+BISECTIONS = 52
+DEFAULT_CLOCK_FLOOR = 0.05
+
 # joules per byte spent in the HBM stacks themselves (array, TSVs, PHY): ~3.9 pJ/bit for HBM2, the
 # baseline O'Connor et al. ("Fine-Grained DRAM", MICRO 2017, NVIDIA) halve; an ESTIMATE applied to
 # every GPU's memory (GDDR costs more per bit): it only splits e_byte into clock-independent and
@@ -156,17 +161,33 @@ def gpu_power_w(act: Activity, gp: GpuPower, clock: float = 1.0, default_clock: 
     return gpu_energy_j(act, gp, clock, default_clock) / step_time_at(act, clock, default_clock)
 
 
-def default_clock(act: Activity, gp: GpuPower) -> float:
+def _bisect_rising(excess, lo, hi):
+    """The largest f in [lo, hi] with excess(f) <= 0 for an excess rising in f, elementwise over
+    arrays (excess(lo) <= 0 < excess(hi) assumed): BISECTIONS halvings, to the last bit of f. One
+    root finder for predict() and the vectorised sweeps, so both give the same clock."""
+    lo, hi = np.array(lo, float), np.array(hi, float)
+    for _ in range(BISECTIONS):
+        mid = 0.5 * (lo + hi)
+        over = excess(mid) > 0
+        hi = np.where(over, mid, hi)
+        lo = np.where(over, lo, mid)
+    return lo
+
+
+def default_clock(act: Activity, gp: GpuPower):
     """f0: the clock (fraction of boost) the GPU holds under its TDP: 1 when the step draws less,
     else the clock at which it draws exactly the TDP (the times are calibrated there: measured
-    GPUs already ran under their default limit)."""
+    GPUs already ran under their default limit). Arrays in `act` give an array."""
     def excess(f):   # the calibrated time is the time at f, whatever f is
-        return float(gpu_energy_j(act, gp, f, f) / act.time_s) - gp.tdp_w
-    if excess(1.0) <= 0:
-        return 1.0
-    from scipy.optimize import brentq
-    lo = 0.05       # a step the model puts this far over its TDP: pinned at the floor
-    return lo if excess(lo) > 0 else brentq(excess, lo, 1.0, xtol=1e-9)
+        return gpu_energy_j(act, gp, f, f) / act.time_s - gp.tdp_w
+    shape = np.shape(excess(1.0))
+    f0 = np.ones(shape)
+    over = excess(np.ones(shape)) > 0
+    if np.any(over):
+        lo = DEFAULT_CLOCK_FLOOR   # a step the model puts this far over its TDP: pinned at the floor
+        pinned = over & (excess(np.full(shape, lo)) > 0)
+        f0 = np.where(pinned, lo, np.where(over, _bisect_rising(excess, np.full(shape, lo), np.ones(shape)), 1.0))
+    return float(f0) if not shape else f0
 
 
 def check_cap(cap_w: float | None) -> float | None:
@@ -176,26 +197,50 @@ def check_cap(cap_w: float | None) -> float | None:
     return cap_w
 
 
-def clock_under_cap(act: Activity, gp: GpuPower, cap_w: float) -> tuple[float, float]:
-    """(f0, f): the default clock and the highest clock whose power fits `cap_w` (<= f0). Raises a
-    FieldError naming `power_cap_w` for a cap below idle or below the step's floor."""
+def cap_floor_error(cap_w: float, floor_w: float) -> FieldError:
+    """The refusal of a cap a step still exceeds at its lowest modelled clock (`floor_w` watts)."""
+    return FieldError("power_cap_w", f"{cap_w:g}", f"this step still draws {floor_w:.0f} W per GPU at half its "
+                      f"default clock, the lowest the power model goes (a memory-bound step sheds little power "
+                      f"with the clock)", f"use at least {math.ceil(floor_w)} W")
+
+
+def check_cap_above_idle(gp: GpuPower, cap_w: float) -> None:
+    """A cap below the board's idle power is refused whatever the step (one FieldError)."""
     check_cap(cap_w)
     if cap_w < gp.idle_w:
         raise FieldError("power_cap_w", f"{cap_w:g}", f"is below the GPU's {gp.idle_w:.0f} W idle power",
                          f"use at least {math.ceil(gp.idle_w)} W (TDP {gp.tdp_w:.0f} W)")
-    f0 = default_clock(act, gp)
+
+
+def clocks_under_cap(act: Activity, gp: GpuPower, cap_w: float):
+    """(f0, f, floor_w), elementwise over the arrays of `act`: the default clock, the highest clock
+    f <= f0 whose power fits `cap_w`, and where no clock down to MIN_CLOCK_FRACTION x f0 fits, f =
+    nan and floor_w the power at that lowest clock (else nan). A cap below idle raises."""
+    check_cap_above_idle(gp, cap_w)
+    f0 = np.asarray(default_clock(act, gp), float)
     def excess(f):
-        return float(gpu_power_w(act, gp, f, f0)) - cap_w
-    if excess(f0) <= 0:
-        return f0, f0
-    lo = MIN_CLOCK_FRACTION * f0
-    if excess(lo) > 0:
-        floor = float(gpu_power_w(act, gp, lo, f0))
-        raise FieldError("power_cap_w", f"{cap_w:g}", f"this step still draws {floor:.0f} W per GPU at half its "
-                         f"default clock, the lowest the power model goes (a memory-bound step sheds little power "
-                         f"with the clock)", f"use at least {math.ceil(floor)} W")
-    from scipy.optimize import brentq
-    return f0, brentq(excess, lo, f0, xtol=1e-9)
+        return gpu_power_w(act, gp, f, f0) - cap_w
+    shape = np.shape(excess(f0))
+    f0 = np.broadcast_to(f0, shape)
+    f, floor = np.array(f0, float), np.full(shape, np.nan)
+    over = excess(f0) > 0
+    if np.any(over):
+        lo = MIN_CLOCK_FRACTION * f0
+        at_lo = gpu_power_w(act, gp, lo, f0)
+        refused = over & (at_lo - cap_w > 0)
+        floor = np.where(refused, at_lo, np.nan)
+        solved = _bisect_rising(excess, lo, f0)
+        f = np.where(refused, np.nan, np.where(over, solved, f0))
+    return f0, f, floor
+
+
+def clock_under_cap(act: Activity, gp: GpuPower, cap_w: float) -> tuple[float, float]:
+    """(f0, f) of one step: the default clock and the highest clock whose power fits `cap_w` (<= f0).
+    Raises a FieldError naming `power_cap_w` for a cap below idle or below the step's floor."""
+    f0, f, floor = clocks_under_cap(act, gp, cap_w)
+    if np.isnan(f):
+        raise cap_floor_error(cap_w, float(floor))
+    return float(f0), float(f)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,9 +260,10 @@ class HostPower:
         return self.cpu_w + self.nvme_w + self.other_w
 
 
-def host_power(system: System, busy_cores: float = 0.0) -> HostPower:
+def host_power(system: System, busy_cores=0.0) -> HostPower:
     """One node's host: each CPU at idle + (TDP - idle) x its busy share of cores; NVMe drives at
-    idle; the system's other_power_W. Missing figures are left out and named in `notes`."""
+    idle; the system's other_power_W. Missing figures are left out and named in `notes`. An array
+    of `busy_cores` gives arrays of watts."""
     notes = []
     cpu_w = 0.0
     if system.cpu is not None and system.cpu_count:
@@ -228,8 +274,9 @@ def host_power(system: System, busy_cores: float = 0.0) -> HostPower:
             idle = cpu.idle_w if cpu.idle_w is not None else CPU_IDLE_SHARE_ESTIMATE * cpu.tdp_w
             if cpu.idle_w is None:
                 notes.append(f"{cpu.name} idle power estimated at {CPU_IDLE_SHARE_ESTIMATE:.0%} of its TDP")
-            load = min(1.0, busy_cores / (cpu.cores * system.cpu_count))
+            load = np.minimum(1.0, np.asarray(busy_cores, float) / (cpu.cores * system.cpu_count))
             cpu_w = system.cpu_count * (idle + (cpu.tdp_w - idle) * load)
+            cpu_w = float(cpu_w) if not np.ndim(cpu_w) else cpu_w
     else:
         notes.append(f"no host CPU in the {system.name} spec: GPUs only")
     nvme_w = 0.0
@@ -285,37 +332,61 @@ def check_carbon(carbon_g_per_kwh: float) -> float:
     return carbon_g_per_kwh
 
 
+def step_energy_arrays(act: Activity, system: System, dtype: str, n_gpus: int, tokens, host_time_s,
+                       clock=(1.0, 1.0), carbon_g_per_kwh: float = DEFAULT_CARBON_G_PER_KWH,
+                       power_cap_w: float | None = None, samples=None) -> tuple[dict, tuple[str, ...]]:
+    """step_energy over arrays (one element per configuration; `act`, `tokens`, `host_time_s` and
+    the clocks (f0, f) broadcast): ({StepEnergy field: array}, notes). predict() and
+    predict_many() both come through here, so a sweep row's energy is predict()'s."""
+    check_carbon(carbon_g_per_kwh)
+    gp = GpuPower.of(system.gpu, dtype)
+    f0, f = (np.asarray(c, float) for c in clock)
+    notes = [f"{system.gpu.name} idle power estimated at {IDLE_SHARE_ESTIMATE:.0%} of TDP"] if gp.idle_estimated else []
+    T = np.asarray(act.time_s, float)
+    # act.time_s holds at clock f; the model's E at clock f given the times at f0 -> rebase: the
+    # compute-bound time at f0 is act.compute_s f / f0
+    at_f0 = Activity(time_s=T - act.compute_s + act.compute_s * f / f0, compute_s=act.compute_s * f / f0,
+                     flops=act.flops, hbm_bytes=act.hbm_bytes)
+    power = np.minimum(gpu_power_w(at_f0, gp, f, f0), gp.tdp_w)
+    if power_cap_w is not None:
+        power = np.minimum(power, power_cap_w)
+    per_node = min(n_gpus, system.gpu_count)
+    nodes = n_gpus / per_node
+    with np.errstate(invalid="ignore", divide="ignore"):
+        busy = np.where(T > 0, per_node * np.minimum(1.0, np.asarray(host_time_s, float) / T), 0.0)
+    host = host_power(system, busy_cores=busy)
+    notes += list(host.notes)
+    host_share = host.total_w * per_node / system.gpu_count
+    gpu_j = power * T * n_gpus
+    host_j = host_share * T * nodes
+    energy = gpu_j + host_j
+    tokens = np.asarray(tokens, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_token = np.where(tokens != 0, energy / np.where(tokens != 0, tokens, 1.0), np.nan)
+        per_sample = None if samples is None else np.where(np.asarray(samples) != 0, energy / samples, np.nan)
+    out = {"power_w": power, "node_power_w": power * per_node + host_share, "energy_j": energy,
+           "energy_j_per_token": per_token, "co2_g_per_1m_tokens": co2_g(per_token * 1e6, carbon_g_per_kwh),
+           "gpu_energy_j": gpu_j, "host_energy_j": host_j, "clock_fraction": f / f0}
+    if per_sample is not None:
+        out["energy_j_per_sample"] = per_sample
+    shape = np.broadcast_shapes(*(np.shape(v) for v in out.values()))
+    return {k: np.broadcast_to(v, shape) for k, v in out.items()}, tuple(notes)
+
+
 def step_energy(act: Activity, system: System, dtype: str, n_gpus: int, tokens: float, host_time_s: float,
                 clock: tuple[float, float] = (1.0, 1.0), carbon_g_per_kwh: float = DEFAULT_CARBON_G_PER_KWH,
                 power_cap_w: float | None = None, samples: float | None = None) -> StepEnergy:
     """Energy of one step of `n_gpus` GPUs doing `act` each (the busiest GPU's activity stands
     for all) on `system` nodes. `clock` is (f0, f) from `clock_under_cap` (the times in `act`
     already hold at f); `host_time_s` is one GPU's host lane (CPU seconds issuing its ops)."""
-    check_carbon(carbon_g_per_kwh)
-    gp = GpuPower.of(system.gpu, dtype)
-    f0, f = clock
-    notes = [f"{system.gpu.name} idle power estimated at {IDLE_SHARE_ESTIMATE:.0%} of TDP"] if gp.idle_estimated else []
-    T = float(act.time_s)
-    # act.time_s holds at clock f; the model's E at clock f given the times at f0 -> rebase: the
-    # compute-bound time at f0 is act.compute_s f / f0
-    at_f0 = Activity(time_s=T - act.compute_s + act.compute_s * f / f0, compute_s=act.compute_s * f / f0,
-                     flops=act.flops, hbm_bytes=act.hbm_bytes)
-    power = float(gpu_power_w(at_f0, gp, f, f0))
-    power = min(power, gp.tdp_w, power_cap_w if power_cap_w is not None else math.inf)
-    per_node = min(n_gpus, system.gpu_count)
-    nodes = n_gpus / per_node
-    host = host_power(system, busy_cores=per_node * min(1.0, host_time_s / T) if T > 0 else 0.0)
-    notes += list(host.notes)
-    host_share = host.total_w * per_node / system.gpu_count
-    gpu_j = power * T * n_gpus
-    host_j = host_share * T * nodes
-    energy = gpu_j + host_j
-    per_token = energy / tokens if tokens else math.nan
-    return StepEnergy(power_w=power, node_power_w=power * per_node + host_share, energy_j=energy,
-                      energy_j_per_token=per_token, co2_g_per_1m_tokens=float(co2_g(per_token * 1e6, carbon_g_per_kwh)),
-                      carbon_g_per_kwh=carbon_g_per_kwh, gpu_energy_j=gpu_j, host_energy_j=host_j,
-                      clock_fraction=f / f0, power_cap_w=power_cap_w,
-                      energy_j_per_sample=energy / samples if samples else None, notes=tuple(notes))
+    a, notes = step_energy_arrays(act, system, dtype, n_gpus, tokens, host_time_s, clock, carbon_g_per_kwh,
+                                  power_cap_w, samples if samples else None)
+    v = {k: float(x) for k, x in a.items()}
+    return StepEnergy(power_w=v["power_w"], node_power_w=v["node_power_w"], energy_j=v["energy_j"],
+                      energy_j_per_token=v["energy_j_per_token"], co2_g_per_1m_tokens=v["co2_g_per_1m_tokens"],
+                      carbon_g_per_kwh=carbon_g_per_kwh, gpu_energy_j=v["gpu_energy_j"],
+                      host_energy_j=v["host_energy_j"], clock_fraction=v["clock_fraction"], power_cap_w=power_cap_w,
+                      energy_j_per_sample=v.get("energy_j_per_sample"), notes=notes)
 
 
 @dataclass(frozen=True)
@@ -389,5 +460,6 @@ def fit_gamma(points: list[tuple[Activity, GPU, str, float, float]], k: tuple[fl
 
 __all__ = ["PowerFit", "H100_FIT", "GpuPower", "Activity", "HostPower", "StepEnergy", "RunEnergy",
            "DEFAULT_CARBON_G_PER_KWH", "CARBON_SOURCE", "gpu_energy_j", "gpu_power_w", "step_time_at",
-           "default_clock", "check_cap", "clock_under_cap", "host_power", "step_energy", "run_energy", "co2_g", "check_carbon",
+           "default_clock", "check_cap", "check_cap_above_idle", "clock_under_cap", "clocks_under_cap", "cap_floor_error",
+           "host_power", "step_energy", "step_energy_arrays", "run_energy", "co2_g", "check_carbon",
            "fit_constants", "fit_gamma", "capped_time_ratio"]

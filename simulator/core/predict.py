@@ -328,6 +328,18 @@ class ManyPredictions:
     transfer_time_s: np.ndarray
     memory: dict                      # MEMORY_PARTS -> array
     n_gpus: int
+    energy: dict = field(default_factory=dict)   # power.StepEnergy fields -> array (power_w, energy_j, ...)
+    energy_notes: tuple[str, ...] = ()
+    cap_floor_w: np.ndarray | None = None   # under a power cap: nan, or the watts of a step the cap cannot
+                                            # bring down (predict() refuses it; time and energy are nan)
+
+    def cap_errors(self, cap_w: float | None) -> np.ndarray:
+        """predict()'s refusal message per configuration ("" where the cap holds or there is none)."""
+        out = np.full(np.shape(self.time_s), "", object)
+        if self.cap_floor_w is not None and cap_w is not None:
+            for i in zip(*np.nonzero(~np.isnan(self.cap_floor_w))):
+                out[i] = str(power.cap_floor_error(cap_w, float(self.cap_floor_w[i])))
+        return out
 
 
 def check_sizes(model: ModelConfig, phase: str, batch, seq, context) -> np.ndarray:
@@ -341,11 +353,13 @@ def check_sizes(model: ModelConfig, phase: str, batch, seq, context) -> np.ndarr
 
 
 def predict_many(model: ModelConfig, system: System, job: Job, batch, seq=0, context=0,
-                 executor: ExecutorProfile | None = None, kernels: KernelProfile | None = None) -> ManyPredictions:
+                 executor: ExecutorProfile | None = None, kernels: KernelProfile | None = None,
+                 carbon_g_per_kwh: float = power.DEFAULT_CARBON_G_PER_KWH) -> ManyPredictions:
     """predict() for every (batch, seq, context) in the broadcast of the three arrays; the other
     fields come from `job` (phase prefill or decode: the same `inference_cost` predict() calls,
-    on arrays). Sizes outside the model's limits raise RoofplanError: filter them first
-    (`check_sizes`)."""
+    on arrays), energy and a power cap (`job.power_cap_w`) through the same simulator.core.power
+    functions. Sizes outside the model's limits raise RoofplanError: filter them first
+    (`check_sizes`); configurations a cap cannot hold get nan (see ManyPredictions.cap_floor_w)."""
     if job.phase not in ("prefill", "decode"):
         raise FieldError("phase", job.phase, "the vectorised path covers prefill and decode",
                          "call predict() per training configuration")
@@ -359,6 +373,7 @@ def predict_many(model: ModelConfig, system: System, job: Job, batch, seq=0, con
     ex = executor or load_executor_profile("default")
     kp = kernels or load_kernel_profile(system.gpu.name)
     system = system_for_job(system, job)
+    power.check_carbon(carbon_g_per_kwh)
     vjob = replace(job, batch=B, seq=S, context=C)
     if job.offload_weights == "cpu":
         _check_host_memory(model, system, job)
@@ -366,11 +381,29 @@ def predict_many(model: ModelConfig, system: System, job: Job, batch, seq=0, con
     shape = np.shape(cost.time_s)
     tokens = B * (1 if job.phase == "decode" else S) * job.dp
     peak = np.broadcast_to(cost.memory.total, shape)
+    time_s = np.asarray(cost.time_s, float)
+    energy, notes, floor = {}, (), None
+    if system.gpu.tdp_w > 0:
+        # what predict() reads off its op table: one GPU's FLOPs and HBM bytes over the step's ops
+        fwd = forward_ops(model, vjob, ex, layers=int(stage_layers(model, job.pp)))
+        gpu_flops = np.broadcast_to(sum(o.flops * o.count for o in fwd), shape)
+        gpu_bytes = np.broadcast_to(sum(o.bytes * o.count for o in fwd), shape)
+        compute = np.broadcast_to(cost.time_by_resource.get("compute", 0.0), shape)
+        act = power.Activity(time_s=time_s, compute_s=compute / job.pp, flops=gpu_flops, hbm_bytes=gpu_bytes)
+        clock = (1.0, 1.0)
+        if job.power_cap_w is not None:
+            f0, f, floor = power.clocks_under_cap(act, power.GpuPower.of(system.gpu, job.dtype), job.power_cap_w)
+            time_s = time_s + compute * (f0 / f - 1.0)      # predict()'s _capped: compute-bound time x f0 / f
+            act = power.Activity(time_s=time_s, compute_s=compute * f0 / f / job.pp, flops=gpu_flops,
+                                 hbm_bytes=gpu_bytes)
+            clock = (f0, f)
+        energy, notes = power.step_energy_arrays(act, system, job.dtype, job.n_gpus, tokens, cost.host_time_s, clock,
+                                                 carbon_g_per_kwh, job.power_cap_w)
     return ManyPredictions(
-        time_s=cost.time_s, tokens_per_s=np.broadcast_to(tokens / cost.time_s, shape), peak_memory_bytes=peak,
+        time_s=time_s, tokens_per_s=np.broadcast_to(tokens / time_s, shape), peak_memory_bytes=peak,
         fits=peak <= system.gpu.mem_bytes, bound=cost.bound, transfer_time_s=cost.transfer_time_s,
         memory={k: v for k, v in cost.memory.as_dict().items() if k in ("weights", "kv_cache", "activations", "workspace")},
-        n_gpus=job.n_gpus)
+        n_gpus=job.n_gpus, energy=energy, energy_notes=notes, cap_floor_w=floor)
 
 
 __all__ = ["Prediction", "ManyPredictions", "predict", "predict_many", "check_sizes", "system_for_job",
