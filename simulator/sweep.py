@@ -13,8 +13,9 @@ and sha256. A resumed run keeps a shard only when its bytes still hash to the re
 (anything else is computed again) and refuses a folder whose fingerprint differs, naming what
 changed: two versions of an input never meet in one result.
 
-Reductions (the top N by a metric, the Pareto front of throughput vs cost or latency, the best
-configuration per group of columns) run on each shard where it is computed and are merged from
+Reductions (the top N by a metric, the Pareto front of throughput vs cost or latency, the front
+of energy per token vs cost (or vs throughput without prices), the best configuration per group
+of columns) run on each shard where it is computed and are merged from
 the small per-shard results: every one of them is exact under merging (a row in the global top
 N is in its shard's top N; a point on the global front is on its shard's front), ties go to the
 first row in grid order, and the client never holds every row.
@@ -32,11 +33,12 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
 import numpy as np
-from pydantic import BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from simulator.core.errors import RoofplanError
 from simulator.core.predict import check_sizes, predict, predict_many
-from simulator.core.schema import Name, Strict, check, read_yaml
+from simulator.core.power import DEFAULT_CARBON_G_PER_KWH
+from simulator.core.schema import Name, Strict, _finite, check, read_yaml
 from simulator.core.workload import Job
 
 
@@ -47,9 +49,13 @@ from simulator.core.workload import Job
 PLAN_FIELDS = {"ep": (int, 1), "micro_batch": (int, 0), "zero": (int, 0), "recompute": (str, "none"),
                "lora_rank": (int, 0), "sp": (bool, False), "cp": (int, 1), "vpp": (int, 1)}
 
-RESULT_COLUMNS = ("hardware", "model", "phase", "dtype", "tp", "pp", "dp", *PLAN_FIELDS, "offload", "batch", "seq",
-                  "context", "n_gpus", "time_s", "tokens_per_s", "peak_memory_bytes", "fits", "bound", "transfer_time_s",
-                  "usd_per_gpu_h", "usd_per_1m_tokens", "error")
+# energy of a row (simulator.core.power, as predict() reports it): W per GPU, J per step (all GPUs
+# and hosts), J per token, g CO2e per 1M tokens at the row's grid intensity
+ENERGY_COLUMNS = ("power_w", "energy_j", "energy_j_per_token", "co2_g_per_1m_tokens")
+
+RESULT_COLUMNS = ("hardware", "model", "phase", "dtype", "tp", "pp", "dp", *PLAN_FIELDS, "offload", "power_cap_w",
+                  "carbon_g_per_kwh", "batch", "seq", "context", "n_gpus", "time_s", "tokens_per_s", "peak_memory_bytes",
+                  "fits", "bound", "transfer_time_s", *ENERGY_COLUMNS, "usd_per_gpu_h", "usd_per_1m_tokens", "error")
 
 # columns that describe a configuration (what a group-best reduction may group by)
 CONFIG_COLUMNS = RESULT_COLUMNS[:RESULT_COLUMNS.index("n_gpus") + 1]
@@ -72,6 +78,8 @@ def _values(item):
 
 
 Size = Annotated[int, Field(ge=1, le=MAX_SIZE)]
+Watts = Annotated[float, Field(gt=0), AfterValidator(_finite)]
+Intensity = Annotated[float, Field(ge=0), AfterValidator(_finite)]
 Tokens = Annotated[int, Field(ge=0, le=MAX_SIZE)]
 Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
 
@@ -101,6 +109,8 @@ class GridSchema(Strict):
     recompute: _values(Literal["none", "selective", "full"]) = ["none"]
     lora_rank: _values(Annotated[int, Field(ge=0, le=MAX_COUNT)]) = [0]
     sp: _values(bool) = [False]
+    power_cap_w: _values(Watts | None) = [None]     # board power limit per GPU (null: the default, its TDP)
+    carbon_g_per_kwh: _values(Intensity) = [DEFAULT_CARBON_G_PER_KWH]   # grid intensity for co2_g_per_1m_tokens
 
 
 class GridFile(Strict):
@@ -144,12 +154,14 @@ class Group:
     seq: tuple[int, ...]
     context: tuple[int, ...]
     plan: tuple = ()          # (field, value) pairs of PLAN_FIELDS that differ from Job's defaults
+    power_cap_w: float | None = None
+    carbon_g_per_kwh: float = DEFAULT_CARBON_G_PER_KWH
 
     @property
     def job(self) -> Job:
         """The Job every configuration of the group shares (sizes filled in per configuration)."""
         return Job(phase=self.phase, dtype=self.dtype, tp=self.tp, pp=self.pp, dp=self.dp,
-                   offload_weights=self.offload, **dict(self.plan))
+                   offload_weights=self.offload, power_cap_w=self.power_cap_w, **dict(self.plan))
 
     @property
     def size(self) -> int:
@@ -161,7 +173,8 @@ def count_rows(grid: GridSchema) -> int:
     prefill and training groups batch x seq."""
     per_phase = sum(len(grid.batch) * len(grid.context if ph == "decode" else grid.seq) for ph in grid.phase)
     groups_per_phase = 1
-    for k in ("hardware", "model", "dtype", "tp", "pp", "dp", "offload", "executor", *PLAN_FIELDS):
+    for k in ("hardware", "model", "dtype", "tp", "pp", "dp", "offload", "executor", *PLAN_FIELDS, "power_cap_w",
+              "carbon_g_per_kwh"):
         groups_per_phase *= len(getattr(grid, k))
     return per_phase * groups_per_phase
 
@@ -169,18 +182,19 @@ def count_rows(grid: GridSchema) -> int:
 def iter_groups(grid: GridSchema):
     """The groups of a validated grid, in grid order."""
     plan_lists = [[(k, v) for v in getattr(grid, k)] for k in PLAN_FIELDS]
-    for hw, m, ph, dt, tp, pp, dp, off, exe, *plan in itertools.product(
+    for hw, m, ph, dt, tp, pp, dp, off, exe, cap, carbon, *plan in itertools.product(
             grid.hardware, grid.model, grid.phase, grid.dtype, grid.tp, grid.pp, grid.dp, grid.offload,
-            grid.executor, *plan_lists):
+            grid.executor, grid.power_cap_w, grid.carbon_g_per_kwh, *plan_lists):
         plan = tuple((k, v) for k, v in plan if v != PLAN_FIELDS[k][1])
         yield Group(hw, m, ph, dt, tp, pp, dp, off, exe, tuple(grid.batch),
-                    tuple(grid.seq) if ph != "decode" else (0,), tuple(grid.context) if ph == "decode" else (0,), plan)
+                    tuple(grid.seq) if ph != "decode" else (0,), tuple(grid.context) if ph == "decode" else (0,), plan,
+                    cap, carbon)
 
 
 def parse_grid(grid, where: str | Path = "grid") -> list[Group]:
     """Expand a grid mapping into groups. Fields (scalar or list): hardware, model, phase,
     batch, seq (prefill, train), context (decode), tp, pp, dp, dtype, offload (gpu|cpu), executor,
-    and the plan fields of PLAN_FIELDS."""
+    the plan fields of PLAN_FIELDS, power_cap_w (W per GPU, null: none) and carbon_g_per_kwh."""
     return list(iter_groups(check_grid(grid, where)))
 
 
@@ -239,10 +253,13 @@ def sweep_group(g: Group, cache: dict | None = None) -> dict[str, np.ndarray]:
         "tp": np.full(n, g.tp), "pp": np.full(n, g.pp), "dp": np.full(n, g.dp),
         "offload": np.full(n, g.offload, object), "batch": B, "seq": S, "context": C,
         "n_gpus": np.full(n, g.job.n_gpus),
+        "power_cap_w": np.full(n, np.nan if g.power_cap_w is None else g.power_cap_w),
+        "carbon_g_per_kwh": np.full(n, g.carbon_g_per_kwh),
     }
     for k, (kind, default) in PLAN_FIELDS.items():
         cols[k] = np.full(n, dict(g.plan).get(k, default), object if kind is str else None)
-    for k in ("time_s", "tokens_per_s", "peak_memory_bytes", "transfer_time_s", "usd_per_gpu_h", "usd_per_1m_tokens"):
+    for k in ("time_s", "tokens_per_s", "peak_memory_bytes", "transfer_time_s", *ENERGY_COLUMNS, "usd_per_gpu_h",
+              "usd_per_1m_tokens"):
         cols[k] = np.full(n, np.nan)
     cols["fits"] = np.zeros(n, bool)
     cols["bound"] = np.full(n, "", object)
@@ -258,17 +275,23 @@ def sweep_group(g: Group, cache: dict | None = None) -> dict[str, np.ndarray]:
         cols["error"][~ok] = f"sizes out of range for {model.name} (max {model.max_positions} tokens)"
         idx = np.flatnonzero(ok)
         if g.phase == "train":
-            res = predict_rows(model, system, [replace(job, batch=int(B[i]), seq=int(S[i])) for i in idx], ex, kp)
-            for k in ("time_s", "tokens_per_s", "peak_memory_bytes", "transfer_time_s", "fits", "bound", "error"):
+            res = predict_rows(model, system, [replace(job, batch=int(B[i]), seq=int(S[i])) for i in idx], ex, kp,
+                               g.carbon_g_per_kwh)
+            for k in ("time_s", "tokens_per_s", "peak_memory_bytes", "transfer_time_s", *ENERGY_COLUMNS, "fits",
+                      "bound", "error"):
                 cols[k][idx] = res[k]
         elif idx.size:
-            p = predict_many(model, system, job, B[idx], S[idx], C[idx], ex, kp)
+            p = predict_many(model, system, job, B[idx], S[idx], C[idx], ex, kp, g.carbon_g_per_kwh)
             cols["time_s"][idx] = p.time_s
             cols["tokens_per_s"][idx] = p.tokens_per_s
             cols["peak_memory_bytes"][idx] = p.peak_memory_bytes
             cols["transfer_time_s"][idx] = p.transfer_time_s
+            for k in ENERGY_COLUMNS:
+                if k in p.energy:
+                    cols[k][idx] = p.energy[k]
             cols["fits"][idx] = p.fits
             cols["bound"][idx] = p.bound
+            cols["error"][idx] = p.cap_errors(g.power_cap_w)     # a cap the model cannot hold: predict()'s refusal
         if price:
             cols["usd_per_gpu_h"][:] = price
             cols["usd_per_1m_tokens"] = price * cols["n_gpus"] / 3600 / cols["tokens_per_s"] * 1e6
@@ -277,19 +300,25 @@ def sweep_group(g: Group, cache: dict | None = None) -> dict[str, np.ndarray]:
     return cols
 
 
-def predict_rows(model, system, jobs: list[Job], ex, kp) -> dict[str, np.ndarray]:
+def predict_rows(model, system, jobs: list[Job], ex, kp,
+                 carbon_g_per_kwh: float = DEFAULT_CARBON_G_PER_KWH) -> dict[str, np.ndarray]:
     """Scalar predict() per job (training steps, or anything outside the vectorised scope)."""
     n = len(jobs)
-    out = {k: np.full(n, np.nan) for k in ("time_s", "tokens_per_s", "peak_memory_bytes", "transfer_time_s")}
+    out = {k: np.full(n, np.nan) for k in ("time_s", "tokens_per_s", "peak_memory_bytes", "transfer_time_s",
+                                           *ENERGY_COLUMNS)}
     out["fits"] = np.zeros(n, bool)
     out["bound"] = np.full(n, "", object)
     out["error"] = np.full(n, "", object)
     for i, job in enumerate(jobs):
         try:
-            p = predict(model, system, job, ex, kp, check_memory=False, with_ops=False)
+            p = predict(model, system, job, ex, kp, check_memory=False, with_ops=False,
+                        carbon_g_per_kwh=carbon_g_per_kwh)
         except RoofplanError as e:
             out["error"][i] = str(e)
             continue
+        if p.energy is not None:
+            for k in ENERGY_COLUMNS:
+                out[k][i] = getattr(p.energy, k)
         out["time_s"][i], out["tokens_per_s"][i] = p.time_s, p.tokens_per_s
         out["peak_memory_bytes"][i], out["transfer_time_s"][i] = p.peak_memory_bytes, p.transfer_time_s
         out["fits"][i], out["bound"][i] = p.fits, p.bound
@@ -587,7 +616,14 @@ def open_shards(folder: Path, print_: dict, n_shards: int, resume: bool, note: C
 
 SORT_ASCENDING = {  # metric -> smaller is better?
     "usd_per_1m_tokens": True, "tokens_per_s": False, "tokens_per_s_per_gpu": False, "time_s": True,
+    "energy_j_per_token": True, "co2_g_per_1m_tokens": True,
 }
+# Pareto fronts a shard keeps: key -> (x, smaller x is better?, y, larger y is better?); which of a
+# pair is shown is decided after the merge (with prices or without)
+FRONTS = {"usd_per_1m_tokens": ("usd_per_1m_tokens", True, "tokens_per_s", True),
+          "time_s": ("time_s", True, "tokens_per_s", True),
+          "energy:usd_per_1m_tokens": ("usd_per_1m_tokens", True, "energy_j_per_token", False),
+          "energy:tokens_per_s": ("tokens_per_s", False, "energy_j_per_token", False)}
 ORDER = ["_shard", "_row"]      # a row's place in the grid: ties go to the first
 SAMPLE_ROWS = 2000              # background points of a Pareto plot (a bottom-k sample by row hash)
 
@@ -601,22 +637,29 @@ class Reductions:
     pareto: bool = False
     group_by: tuple[str, ...] = ()
     sample: bool = False
+    energy_pareto: bool = False      # the front of J/token vs $/1M tokens (vs tokens/s without prices)
 
     @property
     def sorts(self) -> tuple[str, ...]:
         return (self.sort,) if self.sort else ("usd_per_1m_tokens", "tokens_per_s")
+
+    @property
+    def fronts(self) -> tuple[str, ...]:
+        return (("usd_per_1m_tokens", "time_s") if self.pareto else ()) + \
+            (("energy:usd_per_1m_tokens", "energy:tokens_per_s") if self.energy_pareto else ())
 
 
 def _ranked(df, metric: str):
     return df.sort_values([metric, *ORDER], ascending=[SORT_ASCENDING[metric], True, True], na_position="last")
 
 
-def _front(df, x: str):
-    """Rows of `df` on the Pareto front of `x` (smaller is better) vs tokens/s, ordered by x;
-    of equal points the first in grid order."""
+def _front(df, key: str):
+    """Rows of `df` on the Pareto front FRONTS[key] (e.g. $/1M tokens, smaller is better, vs
+    tokens/s), ordered by x; of equal points the first in grid order."""
     from simulator.report.plots import pareto_front
-    df = df[df[x].notna()].sort_values(ORDER)
-    return df.iloc[pareto_front(df[x].to_numpy(), df["tokens_per_s"].to_numpy(), True, True)]
+    x, min_x, y, max_y = FRONTS[key]
+    df = df[df[x].notna() & df[y].notna()].sort_values(ORDER)
+    return df.iloc[pareto_front(df[x].to_numpy(), df[y].to_numpy(), min_x, max_y)]
 
 
 def _sample_priority(df):
@@ -649,9 +692,8 @@ class Partial:
                 out.top[m] = _ranked(both(self.top.get(m), other.top.get(m)), m).head(red.top)
             if red.group_by:
                 out.best[m] = _group_best(both(self.best.get(m), other.best.get(m)), m, red.group_by)
-        if red.pareto:
-            for x in ("usd_per_1m_tokens", "time_s"):
-                out.front[x] = _front(both(self.front.get(x), other.front.get(x)), x)
+        for x in red.fronts:
+            out.front[x] = _front(both(self.front.get(x), other.front.get(x)), x)
         if red.sample:
             s = both(self.sample, other.sample)
             out.sample = None if s is None else _bottom(s)
@@ -678,9 +720,8 @@ def reduce_shard(df, red: Reductions, index: int) -> Partial:
             part.top[m] = _ranked(ok, m).head(red.top)
         if red.group_by:
             part.best[m] = _group_best(ok, m, red.group_by)
-    if red.pareto:
-        for x in ("usd_per_1m_tokens", "time_s"):
-            part.front[x] = _front(ok, x)
+    for x in red.fronts:
+        part.front[x] = _front(ok, x)
     if red.sample:
         part.sample = _bottom(ok)
     return part
@@ -688,10 +729,12 @@ def reduce_shard(df, red: Reductions, index: int) -> Partial:
 
 def summarise(part: Partial, red: Reductions) -> dict:
     """The merged reductions as plain frames (helper columns dropped): `sort` (the metric used),
-    `top`, `best` (per group_by), `pareto` (with `pareto_x`, the cost or latency column) and
-    `sample` (the plot's background)."""
+    `top`, `best` (per group_by), `pareto` (with `pareto_x`, the cost or latency column),
+    `energy_pareto` (J/token vs `energy_pareto_x`, $/1M tokens or tokens/s) and `sample` (the
+    plot's background)."""
     sort = red.sort or ("usd_per_1m_tokens" if part.priced else "tokens_per_s")
     x = "usd_per_1m_tokens" if part.priced else "time_s"
+    ex = "usd_per_1m_tokens" if part.priced else "tokens_per_s"
 
     def clean(df):
         return None if df is None else df.drop(columns=[*ORDER, "tokens_per_s_per_gpu"]).reset_index(drop=True)
@@ -700,7 +743,8 @@ def summarise(part: Partial, red: Reductions) -> dict:
         sample = sample[sample[x].notna()]
     return {"sort": sort, "rows": part.rows, "fit": part.fit, "errors": part.errors,
             "top": clean(part.top.get(sort)), "best": clean(part.best.get(sort)),
-            "pareto": clean(part.front.get(x)), "pareto_x": x, "sample": clean(sample)}
+            "pareto": clean(part.front.get(x)), "pareto_x": x, "energy_pareto": clean(part.front.get("energy:" + ex)),
+            "energy_pareto_x": ex, "sample": clean(sample)}
 
 
 # ---------------------------------------------------------------------------------------------

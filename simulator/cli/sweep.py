@@ -4,7 +4,8 @@ a local process pool or an existing Dask cluster.
 
 Rows go to a CSV or Parquet file (-o results.csv: the shards streamed into it) or a partitioned
 Parquet dataset (-o results/: one file per shard, read with pandas.read_parquet("results/")).
-The summary -- the top N (--top), the Pareto front and the best per group (--reduce) -- is reduced
+The summary -- the top N (--top), the Pareto fronts (throughput vs cost; energy vs cost) and the
+best per group (--reduce) -- is reduced
 on each shard where it runs and merged, so no step holds every row.
 
 Shards are files in a folder (default: OUTPUT.shards/, or the dataset folder itself) with a
@@ -23,6 +24,8 @@ import tempfile
 import time
 from itertools import islice
 from pathlib import Path
+
+import numpy as np
 
 from simulator.core.errors import RoofplanError, did_you_mean
 from simulator.report.tables import add_format_arg, emit, fmt_of, table
@@ -54,16 +57,18 @@ def register(sub) -> None:
     p.add_argument("--top", type=int, default=None, help="rows in the summary table (default 10; 0: none)")
     p.add_argument("--sort", default=None, choices=sorted(SORT_ASCENDING),
                    help="summary order (default: usd_per_1m_tokens when prices exist, else tokens_per_s)")
-    p.add_argument("--reduce", action="append", default=[], metavar="top:N|pareto|group-best:COL,...",
+    p.add_argument("--reduce", action="append", default=[], metavar="top:N|pareto|pareto:energy|group-best:COL,...",
                    help="a summary computed on each shard and merged (repeatable): top:N (as --top), pareto "
-                        "(throughput vs cost, or vs latency without prices), group-best:hardware,model (the best "
-                        "configuration by --sort per distinct value of the columns)")
+                        "(throughput vs cost, or vs latency without prices), pareto:energy (J/token vs cost, or vs "
+                        "throughput without prices), group-best:hardware,model (the best configuration by --sort "
+                        "per distinct value of the columns)")
     p.add_argument("--max-rows", type=int, default=MAX_ROWS,
                    help=f"refuse a grid of more configurations (default {MAX_ROWS:,})")
     p.add_argument("--max-output-gb", type=finite_float, default=MAX_OUTPUT_GB,
                    help=f"refuse a run whose estimated output is larger, in GB (default {MAX_OUTPUT_GB:g})")
     p.add_argument("--plot", type=plot_path, default=None, metavar="FILE.png",
-                   help="Pareto front of throughput vs cost (or vs latency when no prices)")
+                   help="Pareto front of throughput vs cost (or vs latency when no prices); with --reduce "
+                        "pareto:energy the front of energy per token vs cost")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no estimate")
     add_format_arg(p)
     p.set_defaults(func=cmd_sweep)
@@ -111,13 +116,15 @@ def check_dask_address(address: str) -> None:
 def parse_reductions(args):
     """--top, --sort and --reduce -> simulator.sweep.Reductions."""
     from simulator.sweep import CONFIG_COLUMNS, Reductions
-    top, pareto, group_by = None, False, ()
+    top, pareto, energy_pareto, group_by = None, False, False, ()
     for spec in args.reduce:
         kind, _, arg = spec.partition(":")
         if kind == "top" and arg.isdigit():
             top = int(arg)
         elif kind == "pareto" and not arg:
             pareto = True
+        elif kind == "pareto" and arg == "energy":
+            energy_pareto = True
         elif kind == "group-best" and arg:
             group_by = tuple(c.strip() for c in arg.split(","))
             for c in group_by:
@@ -126,14 +133,14 @@ def parse_reductions(args):
                                         f"group by any of {', '.join(CONFIG_COLUMNS)}")
         else:
             raise RoofplanError(f"--reduce {spec}: use top:N, pareto or group-best:COL[,COL...] "
-                                f"(e.g. group-best:hardware,model)")
+                                f"(e.g. group-best:hardware,model), or pareto:energy")
     if top is not None and args.top is not None and top != args.top:
         raise RoofplanError(f"--top {args.top} and --reduce top:{top} disagree; give one of them")
     top = top if top is not None else args.top if args.top is not None else 10
     if not 0 <= top <= MAX_TOP:
         raise RoofplanError(f"--top {top}: use 0 to {MAX_TOP:,} (for more, read the rows from -o)")
-    return Reductions(top=top, sort=args.sort, pareto=pareto or bool(args.plot), group_by=group_by,
-                      sample=bool(args.plot))
+    return Reductions(top=top, sort=args.sort, pareto=pareto or (bool(args.plot) and not energy_pareto),
+                      group_by=group_by, sample=bool(args.plot), energy_pareto=energy_pareto)
 
 
 def _probe(folder: Path, what: str) -> None:
@@ -285,17 +292,18 @@ def cmd_sweep(args) -> int:
 
 
 ROW_HEADER = ["hardware", "model", "phase", "parallel", "batch", "size", "step time", "tokens/s", "GiB/GPU",
-              "$/1M tok", "bound"]
+              "$/1M tok", "W/GPU", "J/tok", "bound"]
 
 
 def _rows(df) -> list[list]:
     rows = []
     for _, r in ([] if df is None else df.iterrows()):
         size = f"ctx {r['context']}" if r["phase"] == "decode" else f"seq {r['seq']}"
-        usd = r["usd_per_1m_tokens"]
+        usd, watts, jtok = r["usd_per_1m_tokens"], r.get("power_w", np.nan), r.get("energy_j_per_token", np.nan)
         rows.append([r["hardware"], r["model"], r["phase"], _parallel(r), r["batch"], size,
                      fmt_time(r["time_s"]), f"{r['tokens_per_s']:,.0f}", f"{r['peak_memory_bytes'] / GiB:.1f}",
-                     f"{usd:.3f}" if usd == usd else "-", r["bound"]])
+                     f"{usd:.3f}" if usd == usd else "-", f"{watts:.0f}" if watts == watts else "-",
+                     f"{jtok:.3g}" if jtok == jtok else "-", r["bound"]])
     return rows
 
 
@@ -313,6 +321,11 @@ def _print(args, res: dict, red, out: Path, kind: str, n_files: int, elapsed: fl
         obj["pareto"] = {"x": res["pareto_x"], "y": "tokens_per_s", "rows": _records(res["pareto"])}
         blocks.append((f"Pareto front of tokens/s vs {x_name} ({len(res['pareto'])} configurations):", "pareto",
                        res["pareto"]))
+    if red.energy_pareto:
+        ex = res["energy_pareto_x"]
+        obj["energy_pareto"] = {"x": ex, "y": "energy_j_per_token", "rows": _records(res["energy_pareto"])}
+        blocks.append((f"Pareto front of J/token vs {'$/1M tokens' if ex == 'usd_per_1m_tokens' else 'tokens/s'} "
+                       f"({len(res['energy_pareto'])} configurations):", "pareto-energy", res["energy_pareto"]))
     if red.group_by:
         obj["group_best"] = {"by": list(red.group_by), "sort": res["sort"], "rows": _records(res["best"])}
         blocks.append((f"best by {res['sort']} per {', '.join(red.group_by)}:", "group-best", res["best"]))
@@ -351,13 +364,27 @@ def _label(df) -> list[str]:
 
 
 def _plot(res: dict, path: str) -> None:
-    """The merged Pareto front over a fixed sample of the fitting rows (the background)."""
+    """The merged Pareto front over a fixed sample of the fitting rows (the background): the
+    energy front when it was asked for (--reduce pareto:energy), else throughput vs cost."""
     import pandas as pd
-    from simulator.report.plots import pareto_plot
-    front, sample = res["pareto"], res["sample"]
+    from simulator.report.plots import dollars_energy_plot, pareto_plot
+    energy = res.get("energy_pareto") is not None
+    front, sample = (res["energy_pareto"], res["sample"]) if energy else (res["pareto"], res["sample"])
     if front is None or front.empty:
         raise RoofplanError("--plot: no configuration fits in memory; nothing to plot")
     pts = pd.concat([front, sample], ignore_index=True) if sample is not None else front
+    if energy:
+        ex = res["energy_pareto_x"]
+        pts = pts[pts[ex].notna() & pts["energy_j_per_token"].notna()]
+        if ex == "usd_per_1m_tokens":
+            dollars_energy_plot(pts[ex].to_numpy(), pts["energy_j_per_token"].to_numpy(), _label(pts), path,
+                                xlabel="$ per 1M tokens (lower is better)", ylabel="J per token (lower is better)",
+                                title="Sweep: energy vs cost")
+        else:
+            pareto_plot(pts[ex].to_numpy(), pts["energy_j_per_token"].to_numpy(), _label(pts), path,
+                        xlabel="tokens/s (higher is better)", ylabel="J per token (lower is better)",
+                        minimize_x=False, maximize_y=False, title="Sweep: energy vs throughput")
+        return
     x = res["pareto_x"]
     if x == "usd_per_1m_tokens":
         pareto_plot(pts[x].to_numpy(), pts["tokens_per_s"].to_numpy(), _label(pts), path,

@@ -271,6 +271,28 @@ def pareto_plot(x, y, labels: Sequence[str], path, xlabel: str = "", ylabel: str
     return front
 
 
+def dollars_energy_plot(usd, energy, labels: Sequence[str], path, xlabel: str = "$ (lower is better)",
+                        ylabel: str = "energy (lower is better)", title: str = "", marks: dict | None = None,
+                        annotate: int = 8, ax=None) -> np.ndarray:
+    """The dollars-energy Pareto front (both smaller is better; simulator.core.power): every point
+    in grey, the non-dominated ones joined, and `marks` (name -> index, e.g. {"cheapest": 0,
+    "least energy": 5}) ringed and named. Returns the front's indices, ordered by dollars."""
+    plt = _plt()
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+    front = pareto_plot(usd, energy, labels, None, xlabel=xlabel, ylabel=ylabel, minimize_x=True, maximize_y=False,
+                        title=title, annotate=annotate, ax=ax)
+    x, y = np.asarray(usd, float), np.asarray(energy, float)
+    for k, (name, i) in enumerate((marks or {}).items()):
+        ax.scatter([x[i]], [y[i]], s=90, facecolors="none", edgecolors=f"C{k}", linewidths=1.5, label=name)
+    if marks:
+        ax.legend(fontsize=7)
+    if own:
+        save_figure(fig, path)
+    return front
+
+
 def prediction_figure(pred, system, path) -> dict:
     """`roofplan predict --plot`: roofline (left) and memory breakdown (right) in one PNG."""
     plt = _plt()
