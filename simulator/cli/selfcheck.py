@@ -302,7 +302,12 @@ def _plan(job, system, executor, kp) -> dict:
 
 
 def _run_job(job, device: str, meas: Path, plan: dict | None, nvme_dir: str) -> dict:
+    import gc
+    import torch
     from simulator.core.models import load_model
+    if device == "cuda":          # the previous job's cached blocks would count as used by the fit check
+        gc.collect()
+        torch.cuda.empty_cache()
     model = load_model(job.model_arg())
     trace = meas / f"trace_{job.id}.json.gz"
     result = meas / f"result_{job.id}.json"
