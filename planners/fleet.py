@@ -6,17 +6,31 @@ decode) or `prefill` / `decode` (a DistServe-style disaggregated pool). For ever
 b (input x output length) and option o the serving model gives T[b, o], the largest request rate
 one instance sustains while meeting the SLOs at the chosen percentile (`simulator.serving.simulate.max_rate`).
 
-    minimise    sum_o price_o n_o                                   ($/h)
+    minimise    sum_o price_o n_o                                   ($/h; objective usd)
+             or P = sum_o P_floor,o n_o + sum_{b,o} x[b,o] lam_b E[b,o]    (W; objective energy)
+             or sum_o g_o (P_floor,o n_o + sum_b x[b,o] lam_b E[b,o])     (gCO2/h; objective carbon)
     subject to  sum_{o agg} x[b,o] + sum_{o prefill} x[b,o] = 1       every bucket's prefill served
                 sum_{o agg} x[b,o] + sum_{o decode}  x[b,o] = 1       every bucket's decode served
                 sum_b x[b,o] lam_b / T[b,o] <= n_o                    instance capacity
                 sum_{o on gpu g} tp_o n_o <= cap_g                    inventory
+                P <= power budget                                     (--power-budget-kw)
                 n_o integer >= 0, 0 <= x[b,o] <= 1
 Fractions x are continuous (Melange's slices with an unbounded slice factor: a load balancer can
 split any bucket's traffic), so the plan is never dearer than Melange's slice assignment. Like
 Melange, a bucket's throughput on an instance is assumed independent of what else it serves; the
 plan is then checked with the serving model at the mix and rate each option really gets, and an
 option that misses its SLOs there keeps 97% of its throughput in a re-solve (at most 8 times).
+
+Energy (simulator.core.power through predict(), simulator.serving.simulate.request_energy_j): the
+power of an instance is linear in its load between its floor P_floor,o at no load (idle for a
+prefill instance, which idles between prompts; for one that decodes, a batch-1 decode step's power,
+since continuous batching keeps stepping while any sequence is held) and what the serving model
+predicts at its SLO-limited rate T[b,o], where it spends E[b,o] joules per request beyond the floor
+(`energy_matrix`); g_o is the grid intensity where GPU type o runs (gCO2/kWh). With one intensity
+for every type, carbon ranks fleets as energy does. The check above predicts each used option's
+power at the rate it really gets; a fleet whose checked power exceeds the budget is re-solved under
+a budget lowered by the excess (within the same 8 re-solves). GPUs only: the priced instances'
+hosts are not counted.
 """
 from __future__ import annotations
 
@@ -27,15 +41,17 @@ import numpy as np
 
 from simulator.core.errors import FieldError, RoofplanError
 from simulator.core.models import ModelConfig
+from simulator.core.power import DEFAULT_CARBON_G_PER_KWH, check_carbon
 from simulator.core.pricing import cheapest_price_per_gpu_h
 from simulator.serving.simulate import (RequestMix, StepTables, aggregated, decode_pool, max_rate, prefill_pool,
-                               step_tables)
+                               request_energy_j, step_tables)
 from simulator.serving.workload import ServingWorkload
 from simulator.core.specs import load_gpu, system_from_gpu
 
 from .solver import SolveReport, solve
 
 ROLES = ("aggregated", "prefill", "decode")
+OBJECTIVES = ("usd", "energy", "carbon")
 # Beyond this many GPUs a fleet for one model is no plausible deployment: the CLI warns that the
 # inputs (the request rate above all) are likely off by orders of magnitude.
 PLAUSIBLE_FLEET_GPUS = 10_000
@@ -48,6 +64,9 @@ class FleetOption:
     role: str
     price_usd_per_gpu_h: float
     instance: str = ""            # the priced instance the GPU-hour price comes from
+    floor_w: float = 0.0          # one provisioned instance at (almost) no load: idle for a prefill
+                                  # instance; one that decodes runs a batch-1 step whenever it holds a sequence
+    carbon_g_per_kwh: float = DEFAULT_CARBON_G_PER_KWH   # grid intensity where this GPU type runs
 
     @property
     def price_usd_per_h(self) -> float:
@@ -67,6 +86,9 @@ class FleetPlan:
     cost_usd_per_h: float
     report: SolveReport
     bucket_rates_rps: np.ndarray
+    power_w: float = math.nan     # the ILP's linear power model (W; nan without energy figures)
+    objective: str = "usd"
+    energy_j: np.ndarray | None = None   # E[b, o] it was solved with (energy_matrix)
 
     @property
     def utilisation(self) -> np.ndarray:
@@ -98,26 +120,49 @@ def option_prices(gpus: list[str]) -> dict[str, tuple[float, str]]:
 
 
 def candidate_options(model: ModelConfig, gpus: list[str], tps=(1, 2, 4, 8), roles=ROLES,
-                      dtype: str = "bf16", executor=None) -> list[tuple[FleetOption, StepTables]]:
+                      dtype: str = "bf16", executor=None, power_cap_w: dict[str, float] | None = None,
+                      carbon_g_per_kwh: dict[str, float] | None = None) -> list[tuple[FleetOption, StepTables]]:
     """Every (GPU, TP, role) that holds the model, with its step tables (built once per GPU x TP;
-    `executor`: the serving engine's ExecutorProfile, default kernel time only)."""
+    `executor`: the serving engine's ExecutorProfile, default kernel time only). `power_cap_w`:
+    board power limit per GPU type (W); `carbon_g_per_kwh`: grid intensity per GPU type (default
+    DEFAULT_CARBON_G_PER_KWH)."""
     prices = option_prices(gpus)
+    power_cap_w, carbon_g_per_kwh = power_cap_w or {}, carbon_g_per_kwh or {}
+    for g, v in carbon_g_per_kwh.items():
+        check_carbon(v)
     out = []
     for g in gpus:
         system = system_from_gpu(load_gpu(g), 1)
+        cap = power_cap_w.get(g)
         for tp in tps:
             if model.n_heads % tp or (model.n_kv_heads % tp and tp % model.n_kv_heads):
                 continue
             try:
-                tables = step_tables(model, system, tp, dtype, executor=executor)
-            except RoofplanError:
+                tables = step_tables(model, system, tp, dtype, executor=executor, power_cap_w=cap)
+            except FieldError as e:
+                if e.field == "power_cap_w":    # below this GPU's idle power: every step refused
+                    raise FieldError("power_cap_w", f"{g}={cap:g}", e.problem.replace("the GPU's", f"{g}'s"),
+                                     e.fix) from None
                 continue          # does not fit at this TP
+            except RoofplanError:
+                continue
             for role in roles:
-                out.append((FleetOption(g, tp, role, prices[g][0], prices[g][1]), tables))
+                out.append((FleetOption(g, tp, role, prices[g][0], prices[g][1], _floor_w(tables, role),
+                                        carbon_g_per_kwh.get(g, DEFAULT_CARBON_G_PER_KWH)), tables))
     if not out:
         raise RoofplanError(f"{model.name} fits on none of {', '.join(gpus)} at TP {', '.join(map(str, tps))}; "
                             f"add larger GPUs (gpus) or larger TP degrees (tps)")
     return out
+
+
+def _floor_w(tables: StepTables, role: str) -> float:
+    """The power of a provisioned instance at (almost) no load (module doc): a prefill instance
+    idles between prompts; one that decodes keeps stepping while it holds any sequence, so its
+    floor is a batch-1 decode step's power at the shortest context of the tables."""
+    if role == "prefill":
+        return tables.idle_w
+    c = tables.decode_context[0]
+    return tables.idle_w + float(tables.decode_energy(1.0, c) / tables.decode_time(1.0, c))
 
 
 def _estimator(role: str, tables: StepTables, mix: RequestMix):
@@ -145,6 +190,24 @@ def throughput_matrix(candidates, workload: ServingWorkload, slo_ttft_s: float, 
             st, sp = _slos(opt.role, slo_ttft_s, slo_tpot_s)
             T[i, j] = max_rate(_estimator(opt.role, tables, mix), st, sp, percentile, rel_tol=2e-3)
     return T
+
+
+def energy_matrix(candidates, workload: ServingWorkload, tput: np.ndarray) -> np.ndarray:
+    """E[b, o]: joules per request of bucket b on option o beyond the instance's floor, such that
+    one instance serving b at its SLO-limited rate T = tput[b, o] draws what the serving model
+    predicts there: floor_w + T E = idle + T x request_energy_j at the decode batch T sustains
+    (the chord of the instance's power from no load to full load; 0 where o never serves b)."""
+    E = np.zeros_like(tput)
+    for j, (opt, tables) in enumerate(candidates):
+        for i, b in enumerate(workload.buckets):
+            if tput[i, j] <= 0:
+                continue
+            mix = RequestMix.of([b.in_tokens], [b.out_tokens])
+            est = _estimator(opt.role, tables, mix)(tput[i, j])
+            full = tables.idle_w + tput[i, j] * float(
+                request_energy_j(tables, mix, opt.role, est.decode_batch if est.stable else 1.0)[0])
+            E[i, j] = max(full - opt.floor_w, 0.0) / tput[i, j]
+    return E
 
 
 def unservable_buckets(tput: np.ndarray, bucket_rates_rps: np.ndarray, roles: list[str]) -> list[int]:
@@ -226,10 +289,37 @@ def slo_shortfall(candidates, workload: ServingWorkload, buckets: list[int], slo
     return f"{head}, not even for a lone request: {'; '.join(said)}; {fix}"
 
 
+def _power_terms(options, energy_j: np.ndarray, rates: np.ndarray, objective: str):
+    """Coefficients of n_o and x[b, o] in the fleet's power (W; objective energy or usd) or carbon
+    (gCO2/h) -- the module doc's P."""
+    idle = np.array([o.floor_w for o in options])
+    per_x = energy_j * rates[:, None]
+    if objective == "carbon":
+        g = np.array([o.carbon_g_per_kwh for o in options]) / 1e3     # g per Wh
+        return idle * g, per_x * g[None, :]
+    return idle, per_x
+
+
+def plan_power_w(options, count: np.ndarray, share: np.ndarray, rates: np.ndarray, energy_j: np.ndarray) -> float:
+    """The fleet's power under the ILP's linear model (W)."""
+    n_w, x_w = _power_terms(options, energy_j, rates, "energy")
+    return float(np.sum(n_w * count) + np.sum(x_w * share))
+
+
 def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: np.ndarray,
                 max_gpus: dict[str, int] | None = None, time_limit_s: float = 10,
-                gap: float = 5e-3, labels: list[str] | None = None) -> FleetPlan:
-    """The ILP in the module docstring. `tput[b, o]` in requests/s per instance."""
+                gap: float = 5e-3, labels: list[str] | None = None, objective: str = "usd",
+                energy_j: np.ndarray | None = None, power_budget_w: float | None = None,
+                _carbon_budget: float | None = None) -> FleetPlan:
+    """The ILP in the module docstring. `tput[b, o]` in requests/s per instance; `energy_j[b, o]`
+    joules per request beyond the instance's floor (energy_matrix), needed by the energy and carbon
+    objectives and the power budget (W). Energy and carbon are solved to `gap`, then the cheapest
+    fleet within that gap of the optimum is taken (fleets of near-equal power can differ a lot in
+    dollars, and the solver would otherwise stop at any of them)."""
+    if objective not in OBJECTIVES:
+        raise FieldError("objective", objective, "unknown", f"use {', '.join(OBJECTIVES)}")
+    if (objective != "usd" or power_budget_w is not None) and energy_j is None:
+        raise RoofplanError("the energy objective and the power budget need the options' energy (energy_matrix)")
     import pulp
     nb, no = tput.shape
     roles = [o.role for o in options]
@@ -242,13 +332,27 @@ def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: 
     with np.errstate(divide="ignore"):
         n_max = [int(math.ceil(np.sum(np.where(tput[:, o] > 0, bucket_rates_rps / np.where(tput[:, o] > 0, tput[:, o], 1), 0)) - 1e-9))
                  for o in range(no)]
-    if not max_gpus:   # no instance of an optimal plan costs more than a feasible plan does
+    if not max_gpus and objective == "usd" and power_budget_w is None:
+        # no instance of an optimal plan costs more than a feasible plan does
         ub = _greedy_cost(options, tput, bucket_rates_rps)
         n_max = [min(m, int(math.floor(ub / options[o].price_usd_per_h + 1e-9))) for o, m in enumerate(n_max)]
     n = [var(f"n_{o}", 0, n_max[o], pulp.LpInteger) for o in range(no)]
     x = {(b, o): var(f"x_{b}_{o}", 0, 1, pulp.LpContinuous)
          for b in range(nb) for o in range(no) if tput[b, o] > 0 and bucket_rates_rps[b] > 0}
-    prob += pulp.lpSum(options[o].price_usd_per_h * n[o] for o in range(no))
+    if energy_j is not None:
+        n_w, x_w = _power_terms(options, energy_j, bucket_rates_rps, "energy")
+    if objective == "usd":
+        prob += pulp.lpSum(options[o].price_usd_per_h * n[o] for o in range(no))
+    else:
+        n_c, x_c = _power_terms(options, energy_j, bucket_rates_rps, objective)
+        prob += pulp.lpSum([n_c[o] * n[o] for o in range(no)] + [x_c[b, o] * v for (b, o), v in x.items()])
+    if power_budget_w is not None:
+        prob += pulp.lpSum([n_w[o] * n[o] for o in range(no)] + [x_w[b, o] * v for (b, o), v in x.items()]) \
+            <= power_budget_w
+    if _carbon_budget is not None:
+        n_g, x_g = _power_terms(options, energy_j, bucket_rates_rps, "carbon")
+        prob += pulp.lpSum([n_g[o] * n[o] for o in range(no)] + [x_g[b, o] * v for (b, o), v in x.items()]) \
+            <= _carbon_budget
     for b in range(nb):
         if bucket_rates_rps[b] <= 0:
             continue
@@ -277,6 +381,9 @@ def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: 
         least = float(sum(lam / t for lam, t in zip(bucket_rates_rps, best) if lam > 0 and t > 0))
         raise RoofplanError(f"no fleet found for a load of at least {least:,.0f} instances (solver {rep.solver}: "
                             f"{rep.status}), a size beyond the solver's numerical range; check the request rate")
+    if not rep.has_solution and power_budget_w is not None:
+        raise FieldError("power_budget_kw", f"{power_budget_w / 1e3:g}", f"no fleet meets the load within it "
+                         f"(solver {rep.solver}: {rep.status})", "raise the budget or loosen the SLOs")
     if not rep.has_solution:
         caps = ", ".join(f"{g}={c}" for g, c in (max_gpus or {}).items())
         raise FieldError("max_gpus", caps or "no caps", f"no fleet meets the load within the inventory "
@@ -288,7 +395,22 @@ def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: 
     load = np.array([sum(share[b, o] * bucket_rates_rps[b] / tput[b, o] for b in range(nb) if (b, o) in x)
                      for o in range(no)])
     cost = float(sum(options[o].price_usd_per_h * count[o] for o in range(no)))
-    return FleetPlan(tuple(options), count, share, load, cost, rep, np.asarray(bucket_rates_rps, dtype=float))
+    rates = np.asarray(bucket_rates_rps, dtype=float)
+    power = plan_power_w(options, count, share, rates, energy_j) if energy_j is not None else math.nan
+    plan = FleetPlan(tuple(options), count, share, load, cost, rep, rates, power, objective, energy_j)
+    if objective == "usd":
+        return plan
+    # the cheapest fleet within the gap of the least power (carbon), under the same constraints
+    bound = _objective_value(plan, objective) * (1 + gap)
+    budget = min(bound, power_budget_w) if objective == "energy" and power_budget_w is not None else \
+        bound if objective == "energy" else power_budget_w
+    try:
+        cheap = solve_fleet(options, tput, rates, max_gpus, time_limit_s, gap, labels, "usd", energy_j, budget,
+                            bound if objective == "carbon" else None)
+    except RoofplanError:
+        return plan
+    return FleetPlan(tuple(options), cheap.count, cheap.share, cheap.load, cheap.cost_usd_per_h, rep, rates,
+                     cheap.power_w, objective, energy_j)
 
 
 def _greedy_cost(options, tput: np.ndarray, rates: np.ndarray) -> float:
@@ -326,32 +448,53 @@ def restrict(options: list[FleetOption], tput: np.ndarray, keep) -> tuple[list[F
 @dataclass(frozen=True)
 class FleetResult:
     plan: FleetPlan
-    single_type_cost_usd_per_h: dict[str, float]     # best fleet of one GPU type (inf: none)
-    predicted: list[dict] = field(default_factory=list)   # per used option: rate, P90 TTFT/TPOT
+    single_type_cost_usd_per_h: dict[str, float]     # $/h of the best fleet of one GPU type by the objective (inf: none)
+    predicted: list[dict] = field(default_factory=list)   # per used option: rate, P90 TTFT/TPOT, power
     slo_attainment: float = 1.0
+    power_w: float = math.nan                        # the serving model's check of the fleet's power (W)
+    co2_g_per_h: float = math.nan                    # that power at each GPU type's grid intensity
+    output_tokens_per_s: float = math.nan            # the workload's generated tokens per second
+    single_type_power_w: dict[str, float] = field(default_factory=dict)   # those fleets' power, checked (inf: none)
+    objective: str = "usd"
+    energy_j: np.ndarray | None = None               # E[b, o] the ILP used (energy_matrix)
+    tput: np.ndarray | None = None                   # T[b, o] of the last solve (derated by the SLO re-solves)
+
+    @property
+    def energy_j_per_token(self) -> float:
+        """Joules per generated token: the fleet's power over its output token rate."""
+        return self.power_w / self.output_tokens_per_s
+
+    @property
+    def co2_g_per_1m_tokens(self) -> float:
+        return self.co2_g_per_h / 3600 / self.output_tokens_per_s * 1e6
 
 
 def evaluate_plan(plan: FleetPlan, candidates, workload: ServingWorkload, slo_ttft_s: float,
                   slo_tpot_s: float, percentile: int = 90) -> tuple[list[dict], float]:
     """Serving-model check of each used option at its assigned mix and per-instance rate; SLO
-    attainment = share of the request rate on options whose predicted percentiles meet the SLOs."""
+    attainment = share of the request rate on options whose predicted percentiles meet the SLOs.
+    Each row's `power_w` is its instances' draw: idle_w each, plus the rate times the energy per
+    request at the decode batch the check predicts (simulator.serving.simulate.request_energy_j)."""
     rows, missed, total = [], 0.0, 0.0
     for o, (opt, tables) in enumerate(candidates):
         if plan.count[o] == 0:
             continue
         lam = plan.share[:, o] * plan.bucket_rates_rps
+        idle = tables.idle_w * int(plan.count[o])
         if lam.sum() <= 0:
             rows.append(dict(option=opt.label, instances=int(plan.count[o]), rate_rps=0.0, meets=True,
-                             ttft_p_ms=0.0, tpot_p_ms=0.0))
+                             ttft_p_ms=0.0, tpot_p_ms=0.0, power_w=idle))
             continue
         mix = RequestMix.of([b.in_tokens for b in workload.buckets], [b.out_tokens for b in workload.buckets], lam + 1e-300)
         rate = lam.sum() / plan.count[o]
         est = _estimator(opt.role, tables, mix)(rate)
         st, sp = _slos(opt.role, slo_ttft_s, slo_tpot_s)
         meets = est.meets(st, sp, percentile)
+        per_request = mix.mean(request_energy_j(tables, mix, opt.role, est.decode_batch if est.stable else 1.0))
         rows.append(dict(option=opt.label, instances=int(plan.count[o]), rate_rps=float(lam.sum()), meets=bool(meets),
                          ttft_p_ms=getattr(est, f"ttft_p{percentile}_s") * 1e3,
-                         tpot_p_ms=getattr(est, f"tpot_p{percentile}_s") * 1e3))
+                         tpot_p_ms=getattr(est, f"tpot_p{percentile}_s") * 1e3,
+                         power_w=idle + float(lam.sum()) * per_request))
         if opt.role != "decode":      # count each request once (at its prefill / aggregated option)
             total += lam.sum()
         missed += 0.0 if meets else lam.sum()    # a decode miss fails the requests it decodes
@@ -360,19 +503,27 @@ def evaluate_plan(plan: FleetPlan, candidates, workload: ServingWorkload, slo_tt
 
 def plan_fleet(model: ModelConfig, workload: ServingWorkload, slo_ttft_s: float, slo_tpot_s: float,
                gpus: list[str], max_gpus: dict[str, int] | None = None, tps=(1, 2, 4, 8), roles=ROLES,
-               percentile: int = 90, candidates=None, executor=None) -> tuple[FleetResult, list, np.ndarray]:
+               percentile: int = 90, candidates=None, executor=None, objective: str = "usd",
+               power_budget_w: float | None = None, power_cap_w: dict[str, float] | None = None,
+               carbon_g_per_kwh: dict[str, float] | None = None) -> tuple[FleetResult, list, np.ndarray]:
     """Profile every option with the serving model, solve the ILP for the mix and for each single
-    GPU type, and check the plan. Returns (result, candidates, throughput matrix)."""
+    GPU type (minimising `objective`: usd, energy or carbon, under `power_budget_w` if given), and
+    check the plan. Returns (result, candidates, throughput matrix)."""
     if slo_ttft_s <= 0 or slo_tpot_s <= 0:
         name = "slo_ttft_s" if slo_ttft_s <= 0 else "slo_tpot_s"
         raise FieldError(name, slo_ttft_s if slo_ttft_s <= 0 else slo_tpot_s, "must be > 0")
+    if objective not in OBJECTIVES:
+        raise FieldError("objective", objective, "unknown", f"use {', '.join(OBJECTIVES)}")
+    if power_budget_w is not None and not (math.isfinite(power_budget_w) and power_budget_w > 0):
+        raise FieldError("power_budget_kw", f"{power_budget_w / 1e3:g}", "must be a positive number of kilowatts")
     long = [b for b, r in zip(workload.buckets, workload.bucket_rates_rps())
             if r > 0 and b.in_tokens + b.out_tokens > model.max_positions]
     if long:
         raise RoofplanError(
             f"workload {workload.name} has requests of {long[0].label} tokens ({len(long)} bucket(s)), beyond "
             f"{model.name}'s context of {model.max_positions} tokens; use a model with a longer context or a workload without them")
-    cands = candidates or candidate_options(model, gpus, tps, roles, executor=executor)
+    cands = candidates or candidate_options(model, gpus, tps, roles, executor=executor, power_cap_w=power_cap_w,
+                                            carbon_g_per_kwh=carbon_g_per_kwh)
     options = [c[0] for c in cands]
     tput = throughput_matrix(cands, workload, slo_ttft_s, slo_tpot_s, percentile)
     rates = workload.bucket_rates_rps()
@@ -380,50 +531,149 @@ def plan_fleet(model: ModelConfig, workload: ServingWorkload, slo_ttft_s: float,
     unserved = unservable_buckets(tput, rates, [o.role for o in options])
     if unserved:
         raise RoofplanError(slo_shortfall(cands, workload, unserved, slo_ttft_s, slo_tpot_s, percentile))
-    plan, single = _cheapest(options, tput, rates, max_gpus, labels)
+    energy = energy_matrix(cands, workload, tput)
+    least = None
+    if power_budget_w is not None:
+        least = _least_power(cands, workload, slo_ttft_s, slo_tpot_s, percentile, tput, rates, max_gpus, labels, energy)
+        if least[0] > power_budget_w:
+            raise _budget_error(power_budget_w, *least, workload)
+    obj = dict(objective=objective, energy_j=energy)
+    budget = power_budget_w
+    plan, single = _cheapest(options, tput, rates, max_gpus, labels, power_budget_w=budget, **obj)
     # Melange's ILP adds per-bucket rates linearly; the serving model checks the mix each option
-    # really gets. An option that misses its SLOs there is derated and the fleet re-solved.
+    # really gets. An option that misses its SLOs there is derated and the fleet re-solved; a fleet
+    # whose checked power exceeds the budget is re-solved under a budget lowered by the excess.
     derated = tput.copy()
     for _ in range(MAX_REPAIRS):
         rows, att = evaluate_plan(plan, cands, workload, slo_ttft_s, slo_tpot_s, percentile)
         missing = [o for o, (opt, _) in enumerate(cands) if plan.count[o] and
                    any(r["option"] == opt.label and not r["meets"] for r in rows)]
-        if not missing:
+        over = sum(r["power_w"] for r in rows) - power_budget_w if power_budget_w is not None else 0.0
+        if not missing and over <= 0:
             break
         derated[:, missing] *= REPAIR_DERATE
-        plan, single = _cheapest(options, derated, rates, max_gpus, labels)
+        if over > 0:
+            budget -= over
+        try:
+            plan, single = _cheapest(options, derated, rates, max_gpus, labels, power_budget_w=budget, **obj)
+        except FieldError as e:
+            if e.field != "power_budget_kw":
+                raise
+            raise _budget_error(power_budget_w, *least, workload) from None
     rows, att = evaluate_plan(plan, cands, workload, slo_ttft_s, slo_tpot_s, percentile)
-    return FleetResult(plan, single, rows, att), cands, tput
+    single_power = {g: (sum(r["power_w"] for r in evaluate_plan(p, cands, workload, slo_ttft_s, slo_tpot_s,
+                                                                 percentile)[0]) if p is not None else math.inf)
+                    for g, p in single.items()}
+    single_cost = {g: (p.cost_usd_per_h if p is not None else math.inf) for g, p in single.items()}
+    by_label = {o.label: o for o in options}
+    power = sum(r["power_w"] for r in rows)
+    co2 = sum(r["power_w"] / 1e3 * by_label[r["option"]].carbon_g_per_kwh for r in rows)
+    out_tps = float(sum(r * b.out_tokens for r, b in zip(rates, workload.buckets)))
+    return FleetResult(plan, single_cost, rows, att, power, co2, out_tps, single_power, objective, energy,
+                       derated), cands, tput
+
+
+def _least_power(cands, workload, slo_ttft_s, slo_tpot_s, percentile, tput, rates, max_gpus, labels,
+                 energy) -> tuple[float, FleetPlan]:
+    """(checked power, plan) of the least-power fleet (the ILP's energy objective, under the inventory)."""
+    options = [c[0] for c in cands]
+    least = solve_fleet(options, tput, rates, max_gpus, labels=labels, objective="energy", energy_j=energy)
+    rows, _ = evaluate_plan(least, cands, workload, slo_ttft_s, slo_tpot_s, percentile)
+    return max(sum(r["power_w"] for r in rows), least.power_w), least
+
+
+def _budget_error(power_budget_w: float, least_w: float, least: FleetPlan, workload) -> FieldError:
+    """A power budget no fleet meets: one line saying by how much (the least-power fleet's draw)."""
+    return FieldError("power_budget_kw", f"{power_budget_w / 1e3:g}",
+                      f"no fleet serves {workload.rate_rps:g} req/s within the SLOs under it: the least-power fleet "
+                      f"draws {least_w / 1e3:.3g} kW ({_describe(least)}), over by "
+                      f"{(least_w - power_budget_w) / 1e3:.3g} kW",
+                      f"raise the budget to >= {math.ceil(least_w / 10) / 100:g} kW, loosen the SLOs or lower the rate")
+
+
+def _describe(plan: FleetPlan) -> str:
+    """'3 x h100-sxm tp1 aggregated, 1 x l4 tp1 prefill'."""
+    return ", ".join(f"{int(n)} x {o.label}" for o, n in zip(plan.options, plan.count) if n)
+
+
+def _objective_value(plan: FleetPlan, objective: str) -> float:
+    """$/h, W or gCO2/h of a plan under the ILP's model."""
+    if objective == "usd":
+        return plan.cost_usd_per_h
+    if objective == "energy":
+        return plan.power_w
+    n_c, x_c = _power_terms(plan.options, plan.energy_j, plan.bucket_rates_rps, "carbon")
+    return float(np.sum(n_c * plan.count) + np.sum(x_c * plan.share))
 
 
 MAX_REPAIRS = 8          # re-solves when the serving model finds an option missing its SLOs
 REPAIR_DERATE = 0.97     # throughput kept by such an option at each re-solve
 
 
-def _cheapest(options, tput, rates, max_gpus, labels):
-    """The mixed fleet, and the best single-type fleet per GPU (the mixed plan when it is cheaper:
-    the mixed ILP stops within its gap)."""
-    plan = solve_fleet(options, tput, rates, max_gpus, labels=labels)
-    single, single_plans = {}, {}
+def _cheapest(options, tput, rates, max_gpus, labels, objective: str = "usd", energy_j=None, power_budget_w=None):
+    """The mixed fleet, and the best single-type fleet per GPU by the objective (the mixed plan is
+    replaced by the best single-type one when that is better: the mixed ILP stops within its gap)."""
+    kw = dict(objective=objective, power_budget_w=power_budget_w)
+    plan = solve_fleet(options, tput, rates, max_gpus, labels=labels, energy_j=energy_j, **kw)
+    single: dict[str, FleetPlan | None] = {}
     for g in dict.fromkeys(o.gpu for o in options):
         keep = np.array([o.gpu == g for o in options])
         opts_g, t_g = restrict(options, tput, lambda o: o.gpu == g)
         try:
-            p_g = solve_fleet(opts_g, t_g, rates, max_gpus, labels=labels)
+            p_g = solve_fleet(opts_g, t_g, rates, max_gpus, labels=labels,
+                              energy_j=energy_j[:, keep] if energy_j is not None else None, **kw)
         except RoofplanError:
-            single[g] = math.inf
+            single[g] = None
             continue
-        single[g] = p_g.cost_usd_per_h
-        single_plans[g] = (p_g, keep)
-    best = min(single_plans, key=lambda g: single[g], default=None)
-    if best is not None and single[best] < plan.cost_usd_per_h:
-        p_g, keep = single_plans[best]
         count = np.zeros(len(options), dtype=int)
         share = np.zeros((len(rates), len(options)))
         load = np.zeros(len(options))
         count[keep], share[:, keep], load[keep] = p_g.count, p_g.share, p_g.load
-        plan = FleetPlan(tuple(options), count, share, load, p_g.cost_usd_per_h, p_g.report, plan.bucket_rates_rps)
+        single[g] = FleetPlan(tuple(options), count, share, load, p_g.cost_usd_per_h, p_g.report,
+                              plan.bucket_rates_rps, p_g.power_w, objective, energy_j)
+    best = min((g for g in single if single[g] is not None),
+               key=lambda g: _objective_value(single[g], objective), default=None)
+    if best is not None and _objective_value(single[best], objective) < _objective_value(plan, objective):
+        plan = single[best]
     return plan, single
+
+
+def dollars_energy_front(candidates, workload: ServingWorkload, slo_ttft_s: float, slo_tpot_s: float,
+                         result: FleetResult, max_gpus=None, points: int = 8,
+                         percentile: int = 90) -> list[dict]:
+    """The dollars-energy Pareto front of fleets meeting the SLOs: the cheapest fleet, the
+    least-power fleet, and between them the cheapest fleet under power budgets evenly spaced from
+    one's power to the other's (epsilon-constraint; the ILP's linear power, each plan then checked
+    by the serving model: `power_w` is the check's, `model_power_w` the ILP's). Dominated points
+    are dropped. The throughput matrix is the result's last (after its SLO re-solves)."""
+    options = [c[0] for c in candidates]
+    rates = workload.bucket_rates_rps()
+    labels = [b.label for b in workload.buckets]
+    energy, tput = result.energy_j, result.tput
+    cheap = solve_fleet(options, tput, rates, max_gpus, labels=labels, objective="usd", energy_j=energy)
+    green = solve_fleet(options, tput, rates, max_gpus, labels=labels, objective="energy", energy_j=energy)
+    plans = [cheap, green]
+    if cheap.power_w > green.power_w:
+        for budget in np.linspace(green.power_w, cheap.power_w, points)[1:-1]:
+            try:
+                plans.append(solve_fleet(options, tput, rates, max_gpus, labels=labels, objective="usd",
+                                         energy_j=energy, power_budget_w=float(budget)))
+            except RoofplanError:
+                continue
+    pts = []
+    for p in plans:
+        rows, att = evaluate_plan(p, candidates, workload, slo_ttft_s, slo_tpot_s, percentile)
+        power = sum(r["power_w"] for r in rows)
+        pts.append(dict(cost_usd_per_h=p.cost_usd_per_h, power_w=power, model_power_w=p.power_w,
+                        energy_j_per_token=power / result.output_tokens_per_s, slo_attainment=att,
+                        fleet=_describe(p), gpus=p.gpus_by_type()))
+    pts.sort(key=lambda d: (d["cost_usd_per_h"], d["power_w"]))
+    front, best = [], math.inf
+    for d in pts:
+        if d["power_w"] < best - 1e-9 and not any(f["fleet"] == d["fleet"] for f in front):
+            front.append(d)
+            best = d["power_w"]
+    return front
 
 
 def pareto_front(candidates, workload: ServingWorkload, slo_ttft_s: float, slo_tpot_s: float,

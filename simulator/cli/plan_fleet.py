@@ -1,10 +1,13 @@
-"""`roofplan plan fleet`: the cheapest SLO-meeting serving fleet across GPU types (planners.fleet)."""
+"""`roofplan plan fleet`: the cheapest (or least-energy, least-carbon) SLO-meeting serving fleet across
+GPU types (planners.fleet), with its power, energy per token and carbon; --energy-front: the
+dollars-energy Pareto front of such fleets."""
 from __future__ import annotations
 
 import math
 import sys
 
-from simulator.core.errors import RoofplanError
+from simulator.core.errors import FieldError, RoofplanError
+from simulator.core.power import DEFAULT_CARBON_G_PER_KWH
 from simulator.core.profiles import load_executor_profile
 from simulator.report.tables import add_format_arg, emit, fmt_of
 
@@ -12,6 +15,7 @@ from simulator.cli.plan import plan_subparsers
 from simulator.cli.args import finite_float, plot_path
 
 DEFAULT_GPUS = "h100-sxm,a100-sxm-80gb,l4,a10g"
+OBJECTIVES = ("usd", "energy", "carbon")     # planners.fleet.OBJECTIVES (the parser is built without planners)
 
 
 def register(subparsers) -> None:
@@ -30,7 +34,21 @@ def register(subparsers) -> None:
     p.add_argument("--percentile", type=int, default=90, choices=(50, 90, 99))
     p.add_argument("--executor", default="default",
                    help="serving engine's executor profile (e.g. vllm-v0, distserve; default: kernel time only)")
-    p.add_argument("--plot", type=plot_path, default=None, metavar="PATH.png", help="write the cost-vs-SLO Pareto front plot")
+    p.add_argument("--objective", default="usd", choices=OBJECTIVES,
+                   help="minimise dollars per hour (usd, default), the fleet's power (energy) or its CO2 (carbon; "
+                        "differs from energy when GPU types sit on grids of different --carbon-g-per-kwh)")
+    p.add_argument("--power-budget-kw", type=finite_float, default=None, metavar="KW",
+                   help="the fleet's GPUs may draw at most this much power in all (kW)")
+    p.add_argument("--power-cap", default="", metavar="W|GPU=W,...",
+                   help="board power limit per GPU (W), one number for every type or gpu=W pairs, e.g. h100-sxm=500")
+    p.add_argument("--carbon-g-per-kwh", default="", metavar="G|GPU=G,...",
+                   help=f"grid carbon intensity (gCO2e/kWh), one number or gpu=G pairs (others: "
+                        f"{DEFAULT_CARBON_G_PER_KWH:g}, Ember's 2023 world average)")
+    p.add_argument("--energy-front", action="store_true",
+                   help="also list the dollars-energy Pareto front: the cheapest fleet under power budgets from the "
+                        "least-power fleet's draw to the cheapest fleet's (with --plot: plot that front)")
+    p.add_argument("--plot", type=plot_path, default=None, metavar="PATH.png",
+                   help="write the cost-vs-SLO Pareto front plot (with --energy-front: the dollars-energy front)")
     add_format_arg(p)
     p.set_defaults(func=cmd_plan_fleet)
 
@@ -71,13 +89,37 @@ def parse_caps(text: str, gpus: list[str]) -> dict[str, int]:
     return caps
 
 
+def parse_per_gpu(text: str, gpus: list[str], flag: str, unit: str, example: str, low: float,
+                  low_ok: bool = False) -> dict[str, float]:
+    """One number for every GPU type or gpu=value pairs (--power-cap, --carbon-g-per-kwh)."""
+    import math
+    if not text:
+        return {}
+    pairs = [("", text)] if "=" not in text else [p.partition("=")[::2] for p in text.split(",")]
+    out = {}
+    for g, v in pairs:
+        g = g.strip()
+        if g and g not in gpus:
+            raise RoofplanError(f"{flag} names '{g}' which is not in --gpus ({', '.join(gpus)}); add it to --gpus or drop it")
+        try:
+            x = float(v)
+        except ValueError:
+            raise RoofplanError(f"{flag} '{text}' must be one number ({unit}) or gpu=N pairs, e.g. {example}") from None
+        if not math.isfinite(x) or x < low or (x == low and not low_ok):
+            raise RoofplanError(f"{flag} {(g + '=') if g else ''}{v.strip()}: must be a finite number "
+                                f"{'>=' if low_ok else '>'} {low:g} {unit}")
+        out.update({g: x} if g else {k: x for k in gpus})
+    return out
+
+
 def cmd_plan_fleet(args) -> int:
     from dataclasses import replace
 
     from simulator.core.models import load_model
     from simulator.serving.workload import load_serving_workload
 
-    from planners.fleet import PLAUSIBLE_FLEET_GPUS, ROLES, pareto_front, plan_fleet, plot_pareto
+    from planners.fleet import (PLAUSIBLE_FLEET_GPUS, ROLES, dollars_energy_front, pareto_front, plan_fleet,
+                                plot_pareto)
 
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
     if not gpus:
@@ -96,49 +138,119 @@ def cmd_plan_fleet(args) -> int:
             raise RoofplanError(f"--rate must be > 0 (got {args.rate})")
         wl = replace(wl, rate_rps=args.rate)
     caps = parse_caps(args.max_per_type, gpus)
+    power_caps = parse_per_gpu(args.power_cap, gpus, "--power-cap", "W", "300 or h100-sxm=500,a10g=200", 0.0)
+    carbon = parse_per_gpu(args.carbon_g_per_kwh, gpus, "--carbon-g-per-kwh", "gCO2e/kWh", "481 or h100-sxm=30",
+                           0.0, low_ok=True)
+    if args.power_budget_kw is not None and args.power_budget_kw <= 0:
+        raise RoofplanError(f"--power-budget-kw {args.power_budget_kw:g}: must be a positive number of kilowatts")
+    budget_w = args.power_budget_kw * 1e3 if args.power_budget_kw is not None else None
     slo_ttft, slo_tpot = args.slo_ttft_ms / 1e3, args.slo_tpot_ms / 1e3
-    res, cands, _ = plan_fleet(model, wl, slo_ttft, slo_tpot, gpus, caps, _ints(args.tp, "--tp"), roles,
-                               args.percentile, executor=load_executor_profile(args.executor))
+    try:
+        res, cands, _ = plan_fleet(model, wl, slo_ttft, slo_tpot, gpus, caps, _ints(args.tp, "--tp"), roles,
+                                   args.percentile, executor=load_executor_profile(args.executor),
+                                   objective=args.objective, power_budget_w=budget_w, power_cap_w=power_caps,
+                                   carbon_g_per_kwh=carbon)
+    except FieldError as e:     # the library's power_cap_w is the flag --power-cap
+        raise (RoofplanError(e.render("--power-cap")) if e.field == "power_cap_w" else e) from None
     plan = res.plan
     if plan.gpus > PLAUSIBLE_FLEET_GPUS:
         said = f"--rate {args.rate:g} req/s (the workload file says {file_rate:g})" if args.rate is not None \
             else f"the request rate of {wl.name} ({wl.rate_rps:g} req/s)"
         print(f"roofplan: warning: this fleet needs {plan.gpus:,} GPUs, beyond any plausible deployment "
               f"(> {PLAUSIBLE_FLEET_GPUS:,} GPUs); check {said}", file=sys.stderr)
-    front = None
-    if args.plot:
+    front = energy_front = None
+    if args.energy_front:
+        energy_front = dollars_energy_front(cands, wl, slo_ttft, slo_tpot, res, caps, percentile=args.percentile)
+    if args.plot and energy_front:
+        _plot_energy_front(energy_front, res, args.plot, f"{model.name} on {wl.name} ({wl.rate_rps:g} req/s)")
+    elif args.plot:
         front = pareto_front(cands, wl, slo_ttft, slo_tpot, caps, percentile=args.percentile)
         plot_pareto(front, args.plot, f"{model.name} on {wl.name} ({wl.rate_rps:g} req/s)")
     used = [(o, int(n), u) for o, n, u in zip(plan.options, plan.count, plan.utilisation) if n]
     pred = {r["option"]: r for r in res.predicted}
     pct = args.percentile
-    rows = [[o.gpu, o.tp, o.role, n, f"{o.price_usd_per_h * n:.2f}", f"{u:.0%}",
-             f"{pred[o.label]['ttft_p_ms']:.0f}" if o.role != "decode" else "-",
+    rows = [[o.gpu, o.tp, o.role, n, f"{o.price_usd_per_h * n:.2f}", f"{pred[o.label]['power_w'] / 1e3:.3f}",
+             f"{u:.0%}", f"{pred[o.label]['ttft_p_ms']:.0f}" if o.role != "decode" else "-",
              f"{pred[o.label]['tpot_p_ms']:.1f}" if o.role != "prefill" else "-", o.instance] for o, n, u in used]
-    header = ["gpu", "tp", "role", "instances", "usd_per_h", "utilisation", f"ttft_p{pct}_ms", f"tpot_p{pct}_ms",
+    header = ["gpu", "tp", "role", "instances", "usd_per_h", "kw", "utilisation", f"ttft_p{pct}_ms", f"tpot_p{pct}_ms",
               "priced_as"]
-    best_single = min(res.single_type_cost_usd_per_h.items(), key=lambda kv: kv[1])
-    saving = 1 - plan.cost_usd_per_h / best_single[1] if math.isfinite(best_single[1]) and best_single[1] > 0 else 0.0
-    singles = ", ".join(f"{g} {c:.2f}" if math.isfinite(c) else f"{g} infeasible"
-                        for g, c in res.single_type_cost_usd_per_h.items())
-    footer = (f"total ${plan.cost_usd_per_h:.2f}/h for {wl.rate_rps:g} req/s; SLO attainment (predicted) "
-              f"{res.slo_attainment:.0%}; best single type {best_single[0]} ${best_single[1]:.2f}/h "
-              f"(mix saves {saving:.0%}); single-type $/h: {singles}\n"
-              f"solver {plan.report.solver} {plan.report.status}, gap {plan.report.gap:.2g}, {plan.report.time_s:.2f} s")
+    footer = "\n".join([_totals(res, wl.rate_rps, carbon), _energy_line(res, carbon, args.power_budget_kw),
+                        f"solver {plan.report.solver} {plan.report.status}, gap {plan.report.gap:.2g}, "
+                        f"{plan.report.time_s:.2f} s"])
+    if energy_front:
+        footer += "\ndollars-energy front (cheapest fleet under each power budget):\n" + _front_table(energy_front)
     if front:
         footer += "\npareto (slo scale: ttft/tpot ms -> $/h): " + ", ".join(
             f"{p['slo_ttft_ms']:.0f}/{p['slo_tpot_ms']:.0f} -> " + (f"{p['cost_usd_per_h']:.2f}" if math.isfinite(p['cost_usd_per_h']) else "infeasible")
             for p in front)
     js = dict(model=model.name, workload=wl.name, rate_rps=wl.rate_rps, slo_ttft_ms=args.slo_ttft_ms,
-              slo_tpot_ms=args.slo_tpot_ms, percentile=pct, cost_usd_per_h=plan.cost_usd_per_h,
+              slo_tpot_ms=args.slo_tpot_ms, percentile=pct, objective=args.objective,
+              power_budget_kw=args.power_budget_kw, cost_usd_per_h=plan.cost_usd_per_h,
+              power_w=res.power_w, energy_j_per_token=res.energy_j_per_token,
+              co2_g_per_1m_tokens=res.co2_g_per_1m_tokens, output_tokens_per_s=res.output_tokens_per_s,
               allocation=[dict(gpu=o.gpu, tp=o.tp, role=o.role, instances=n, usd_per_h=o.price_usd_per_h * n,
+                               power_w=pred[o.label]["power_w"], carbon_g_per_kwh=o.carbon_g_per_kwh,
+                               power_cap_w=power_caps.get(o.gpu),
                                utilisation=float(u), priced_as=o.instance, usd_per_gpu_h=o.price_usd_per_gpu_h,
                                predicted=pred[o.label]) for o, n, u in used],
               slo_attainment=res.slo_attainment,
               single_type_cost_usd_per_h={g: (c if math.isfinite(c) else None) for g, c in res.single_type_cost_usd_per_h.items()},
+              single_type_power_w={g: (c if math.isfinite(c) else None) for g, c in res.single_type_power_w.items()},
+              energy_front=energy_front or [],
               solver=plan.report.__dict__, pareto=[{k: (v if not (isinstance(v, float) and math.isinf(v)) else None)
                                                     for k, v in p.items()} for p in (front or [])])
     emit(fmt_of(args), json_obj=js, rows=rows, header=header,
          title=f"fleet for {model.name}, workload {wl.name} ({wl.rate_rps:g} req/s), SLO p{pct} TTFT {args.slo_ttft_ms:g} ms, TPOT {args.slo_tpot_ms:g} ms",
          footer=footer)
     return 0
+
+
+def _totals(res, rate: float, carbon: dict) -> str:
+    """The plan's total and how it compares with the best fleet of one GPU type, by the objective."""
+    import math
+    plan = res.plan
+    obj = res.objective
+    if obj == "usd":
+        single, unit, fmt = res.single_type_cost_usd_per_h, "$/h", (lambda v: f"${v:.2f}/h")
+        mine = plan.cost_usd_per_h
+    elif obj == "energy":
+        single, unit, fmt = res.single_type_power_w, "kW", (lambda v: f"{v / 1e3:.3f} kW")
+        mine = res.power_w
+    else:
+        g = {o.gpu: o.carbon_g_per_kwh for o in plan.options}
+        single = {k: v / 1e3 * g[k] for k, v in res.single_type_power_w.items()}
+        unit, fmt, mine = "g CO2e/h", (lambda v: f"{v:.0f} g CO2e/h"), res.co2_g_per_h
+    best = min(single.items(), key=lambda kv: kv[1])
+    saving = 1 - mine / best[1] if math.isfinite(best[1]) and best[1] > 0 else 0.0
+    shown = {"usd": lambda c: f"{c:.2f}", "energy": lambda c: f"{c / 1e3:.3f}", "carbon": lambda c: f"{c:.0f}"}[obj]
+    singles = ", ".join(f"{g} {shown(c)}" if math.isfinite(c) else f"{g} infeasible" for g, c in single.items())
+    what = {"usd": "", "energy": " (least power)", "carbon": " (least CO2)"}[obj]
+    return (f"total ${plan.cost_usd_per_h:.2f}/h{what} for {rate:g} req/s; SLO attainment (predicted) "
+            f"{res.slo_attainment:.0%}; best single type {best[0]} {fmt(best[1])} (mix saves {saving:.0%}); "
+            f"single-type {unit}: {singles}")
+
+
+def _energy_line(res, carbon: dict, budget_kw) -> str:
+    intensities = sorted(set(o.carbon_g_per_kwh for o, n in zip(res.plan.options, res.plan.count) if n))
+    grid = f"{intensities[0]:g} g/kWh" if len(intensities) == 1 else "per-GPU grid intensities"
+    line = (f"power {res.power_w / 1e3:.3f} kW (GPUs), {res.energy_j_per_token:.3g} J per output token, "
+            f"{res.co2_g_per_1m_tokens:.3g} g CO2e per 1M output tokens at {grid}")
+    if budget_kw is not None:
+        line += f"; budget {budget_kw:g} kW"
+    return line
+
+
+def _front_table(front: list[dict]) -> str:
+    from simulator.report.tables import table
+    rows = [[f"{p['cost_usd_per_h']:.2f}", f"{p['power_w'] / 1e3:.3f}", f"{p['energy_j_per_token']:.3g}",
+             f"{p['slo_attainment']:.0%}", p["fleet"]] for p in front]
+    return table(rows, ["usd_per_h", "kw", "j_per_token", "slo", "fleet"])
+
+
+def _plot_energy_front(front: list[dict], res, path: str, title: str) -> None:
+    from simulator.report.plots import dollars_energy_plot
+    usd = [p["cost_usd_per_h"] for p in front]
+    kw = [p["power_w"] / 1e3 for p in front]
+    marks = {"cheapest": 0, "least power": len(front) - 1}
+    dollars_energy_plot(usd, kw, [p["fleet"] for p in front], path, xlabel="fleet cost ($/h, lower is better)",
+                        ylabel="fleet power (kW, lower is better)", title=title + ": dollars vs energy", marks=marks)

@@ -7,7 +7,12 @@ deployments.
 Step times come from `simulator.core.predict.predict` (one source of truth): `step_tables` evaluates the
 core once per grid point (prefill over prompt length; decode over batch x context) and the serving
 model interpolates (prefill log-log in tokens; decode bilinear in batch x context). Tables are
-built per call, never cached globally.
+built per call, never cached globally. The same predict() calls give each step's energy
+(simulator.core.power): the tables keep the energy above the instance's idle floor, so an instance
+draws  P = P_idle + rate x E_dyn per request  (`request_energy_j`), with a request's E_dyn its
+prefill's plus out_tokens x decode(B, ctx) / B at the decode batch B the load sustains. Under a
+power cap (`power_cap_w`) a step the power model cannot bring under the cap (a memory-bound step
+that still exceeds it at half clock) takes REFUSED_STEP_S: the instance cannot serve it.
 
 Closed forms (`aggregated`, `disaggregated`), Poisson arrivals at rate lam:
   prefill service  S_i = prefill(in_i)  (+ ceil(in_i / chunk) x decode(B) when the decode batch
@@ -28,7 +33,7 @@ closed forms and where they fail (bursty long prompts, KV preemption pressure).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -45,6 +50,9 @@ GPU_MEMORY_UTILIZATION = 0.9   # vLLM's default share of device memory it manage
 PREFILL_GRID = (16, 128, 512, 2048, 8192, 32768)
 DECODE_BATCH_GRID = (1, 4, 16, 64, 256, 1024)
 DECODE_CONTEXT_GRID = (64, 512, 2048, 8192, 32768)
+# a step the power model cannot run under the instance's power cap (predict() refuses it): a time
+# no SLO accepts, so interpolation keeps working and the option is simply not used there
+REFUSED_STEP_S = 1e6
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,10 @@ class StepTables:
     max_context: int
     iteration_overhead_s: float = 0.0   # engine host time per iteration, included in both tables
     prefill_attn_s: np.ndarray | None = None   # attention share of prefill_s (per prompt: quadratic)
+    idle_w: float = 0.0                        # the instance (tp GPUs) at idle
+    prefill_dyn_j: np.ndarray | None = None    # energy of one prefill above the idle floor (all tp GPUs)
+    decode_dyn_j: np.ndarray | None = None     # [batch, context] energy of one decode step above idle
+    power_cap_w: float | None = None           # board power limit per GPU the tables were built under
 
     def prefill_time(self, tokens) -> np.ndarray:
         """Prefill of `tokens` prompt tokens (log-log interpolation; linear extrapolation above)."""
@@ -93,10 +105,13 @@ class StepTables:
         batch x context: step time is close to affine in both; context clamped to the grid; batch
         at least 1, linear extrapolation from the first cell below the grid, above it the last
         row scaled linearly in batch). Inputs broadcast against each other."""
+        return self._decode_lookup(self._decode_interp, batch, context)
+
+    def _decode_lookup(self, interp, batch, context) -> np.ndarray:
         b = np.maximum(np.asarray(batch, dtype=float), 1.0)
         c = np.clip(np.asarray(context, dtype=float), self.decode_context[0], self.decode_context[-1])
         bb, cc = np.broadcast_arrays(np.minimum(b, self.decode_batch[-1]), c)
-        t = self._decode_interp(np.stack([bb, cc], axis=-1)).reshape(bb.shape)
+        t = interp(np.stack([bb, cc], axis=-1)).reshape(bb.shape)
         return t * np.where(b > self.decode_batch[-1], b / self.decode_batch[-1], 1.0)
 
     @cached_property
@@ -104,21 +119,47 @@ class StepTables:
         """scipy's bilinear interpolator over decode_s, built once per table (cached on the
         instance). fill_value=None extrapolates linearly; callers clamp everything but a batch
         below the first grid point, which is extrapolated as before."""
+        return self._grid_interp(self.decode_s)
+
+    def _grid_interp(self, table: np.ndarray):
         from scipy.interpolate import RegularGridInterpolator
-        return RegularGridInterpolator((self.decode_batch, self.decode_context), self.decode_s,
+        return RegularGridInterpolator((self.decode_batch, self.decode_context), table,
                                        method="linear", bounds_error=False, fill_value=None)
+
+    @cached_property
+    def _decode_energy_interp(self):
+        return self._grid_interp(self.decode_dyn_j)
+
+    def prefill_energy(self, tokens) -> np.ndarray:
+        """Energy above the idle floor of one prefill of `tokens` prompt tokens (J, all tp GPUs;
+        interpolated as prefill_time: log-log, linear above the grid)."""
+        t = np.maximum(np.asarray(tokens, dtype=float), 1.0)
+        if self.prefill_dyn_j is None:
+            return np.zeros_like(t)
+        e = np.maximum(self.prefill_dyn_j, 1e-30)
+        out = np.exp(np.interp(np.log(t), np.log(self.prefill_tokens), np.log(e)))
+        return np.where(t > self.prefill_tokens[-1], t * e[-1] / self.prefill_tokens[-1], out)
+
+    def decode_energy(self, batch, context) -> np.ndarray:
+        """Energy above the idle floor of one decode step (J, all tp GPUs; interpolated as decode_time)."""
+        if self.decode_dyn_j is None:
+            return np.zeros(np.broadcast_shapes(np.shape(batch), np.shape(context)))
+        return self._decode_lookup(self._decode_energy_interp, batch, context)
 
 
 def step_tables(model: ModelConfig, system: System, tp: int = 1, dtype: str = "bf16",
                 executor: ExecutorProfile | None = None, kernels: KernelProfile | None = None,
-                iteration_overhead_s: float = 0.0) -> StepTables:
+                iteration_overhead_s: float = 0.0, power_cap_w: float | None = None) -> StepTables:
     """Evaluate the core `predict` on the prefill and decode grids for one (model, GPU, TP).
 
     KV budget (vLLM): GPU_MEMORY_UTILIZATION x device memory - weights - workspace - activations
     of a decode step, divided by the KV bytes of one token on this GPU.
     `iteration_overhead_s`: host time the serving engine adds to every iteration and does not
     overlap with the GPU (scheduler, sampler, detokenizer of vLLM V0; 0 for an engine that keeps
-    the GPU fed); added to every prefill and decode step."""
+    the GPU fed); added to every prefill and decode step (the GPUs idle through it).
+    Energy: each step's predict().energy less the instance's idle floor over the step.
+    `power_cap_w`: each GPU's board power limit (predict()'s Job.power_cap_w); a step the cap
+    cannot hold takes REFUSED_STEP_S (a cap below the GPU's idle power is refused outright)."""
     gpu = system.gpu
     L = model.max_positions
     from simulator.core.profiles import load_executor_profile, load_kernel_profile
@@ -133,25 +174,49 @@ def step_tables(model: ModelConfig, system: System, tp: int = 1, dtype: str = "b
             "tp", tp, f"{model.name} does not fit on {tp} x {gpu.name} for serving: weights need "
             f"{base.weights / 2**30:.1f} GiB per GPU of {gpu.mem_bytes / 2**30:.0f} GiB", "use a larger tp or another GPU")
     system = system if system.gpu_count >= tp else system_from_gpu(system.gpu, tp)
+    if power_cap_w is not None:   # a cap below idle refuses every step: say so once
+        from simulator.core.power import GpuPower, check_cap_above_idle
+        check_cap_above_idle(GpuPower.of(gpu, dtype), power_cap_w)
+    idle_w = tp * _idle_w(gpu)
+
+    def step(job: Job, with_ops: bool = False) -> tuple[float, float, object]:
+        """(time, energy above idle, prediction) of one step; a step the cap cannot hold: REFUSED_STEP_S."""
+        try:
+            p = predict(model, system, replace(job, power_cap_w=power_cap_w), with_ops=with_ops, **kw)
+        except FieldError as e:
+            if e.field != "power_cap_w":
+                raise
+            return REFUSED_STEP_S, 0.0, None
+        dyn = (p.energy.energy_j - idle_w * p.time_s) if p.energy is not None else 0.0
+        return p.time_s, max(dyn, 0.0), p
+
     ptoks = np.array([t for t in PREFILL_GRID if t <= L] or [L], dtype=float)
-    pre, attn = [], []
+    pre, pre_j, attn = [], [], []
     for t in ptoks:
-        p = predict(model, system, Job("prefill", batch=1, seq=int(t), dtype=dtype, tp=tp), **kw)
-        pre.append(p.time_s)
-        attn.append(float(p.ops.loc[p.ops["cls"] == "attention", "time_s"].sum()))
+        ts, ej, p = step(Job("prefill", batch=1, seq=int(t), dtype=dtype, tp=tp), with_ops=True)
+        pre.append(ts)
+        pre_j.append(ej)
+        attn.append(float(p.ops.loc[p.ops["cls"] == "attention", "time_s"].sum()) if p is not None else 0.0)
     ctx = np.array([c for c in DECODE_CONTEXT_GRID if c < L] + [L - 1], dtype=float)
     ctx = np.unique(ctx)
     bat = np.array(DECODE_BATCH_GRID, dtype=float)
-    dec = np.array([[predict(model, system, Job("decode", batch=int(b), context=int(c), dtype=dtype, tp=tp), **kw).time_s
-                     for c in ctx] for b in bat])
+    dec = np.array([[step(Job("decode", batch=int(b), context=int(c), dtype=dtype, tp=tp))[:2] for c in ctx]
+                    for b in bat])
     if iteration_overhead_s < 0:
         raise RoofplanError(f"iteration overhead must be >= 0 s (got {iteration_overhead_s})")
     per_step = iteration_overhead_s + executor.host_overhead_per_step_s   # the latter is inside predict's times
     return StepTables(model=model.name, gpu=gpu.name, tp=tp, prefill_tokens=ptoks,
                       prefill_s=np.array(pre) + iteration_overhead_s, decode_batch=bat, decode_context=ctx,
-                      decode_s=dec + iteration_overhead_s, kv_bytes_per_token=kv_tok,
+                      decode_s=dec[..., 0] + iteration_overhead_s, kv_bytes_per_token=kv_tok,
                       kv_budget_tokens=budget / kv_tok, max_context=L, iteration_overhead_s=per_step,
-                      prefill_attn_s=np.array(attn))
+                      prefill_attn_s=np.array(attn), idle_w=idle_w, prefill_dyn_j=np.array(pre_j),
+                      decode_dyn_j=dec[..., 1], power_cap_w=power_cap_w)
+
+
+def _idle_w(gpu) -> float:
+    """A GPU's idle board power as the power model takes it (simulator.core.power.GpuPower)."""
+    from simulator.core.power import GpuPower
+    return GpuPower.of(gpu).idle_w if gpu.tdp_w > 0 else 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,6 +437,24 @@ def decode_pool(tables: StepTables, mix: RequestMix, rate: float) -> ServingEsti
     if why:
         return _unstable(rate, why)
     return _estimate(tables, mix, rate, np.zeros_like(mix.in_tokens), 0.0, 1.0, batch, 1.0)
+
+
+def request_energy_j(tables: StepTables, mix: RequestMix, role: str, decode_batch: float) -> np.ndarray:
+    """Energy above the instance's idle floor per request of each point of `mix` (J, all tp GPUs)
+    on an instance of `role` whose decode batch is `decode_batch` (ServingEstimate.decode_batch):
+    its prefill (aggregated, prefill) and its out_tokens decode steps' share, out x decode(B, ctx) /
+    B, with a step holding the mix's sequences at the mean context the decode batch is solved at
+    (`_decode_fixed_point`: a decoding instance is then busy exactly as that fixed point says, so
+    it never draws more than its TDP). Below one running sequence a step still holds one (B >= 1).
+    The instance draws idle_w + rate x E[request_energy_j]."""
+    e = np.zeros_like(mix.in_tokens)
+    if role in ("aggregated", "prefill"):
+        e = e + tables.prefill_energy(mix.in_tokens)
+    if role in ("aggregated", "decode"):
+        b = max(float(decode_batch), 1.0)
+        ctx = mix.mean(mix.in_tokens + mix.out_tokens / 2)
+        e = e + mix.out_tokens * float(tables.decode_energy(b, ctx)) / b
+    return e
 
 
 def _slack(x: float, slo: float) -> float:
