@@ -331,6 +331,10 @@ def _decode_fixed_point(tables: StepTables, mix: RequestMix, rate: float, slow: 
     grid = np.geomspace(1e-4, b_max, 400)
     g = rate * e_out * tables.decode_time(grid, ctx) / slow - grid
     if g[-1] > 0:
+        if tables.power_cap_w is not None and np.any(tables.decode_s >= REFUSED_STEP_S):
+            return math.inf, (f"the decode steps this load needs either exceed the KV-cache limit of {b_max:.0f} "
+                              f"sequences or cannot be held under the {tables.power_cap_w:g} W power cap per GPU "
+                              f"(the power model refuses them even at half clock)")
         return math.inf, f"decode batch would exceed the KV-cache limit of {b_max:.0f} sequences"
     k = int(np.argmax(g <= 0))
     if k == 0:

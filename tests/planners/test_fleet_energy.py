@@ -149,3 +149,15 @@ def test_cli_bad_energy_input_is_one_line(capsys, extra, msg):
         over = float(err.split("over by ")[1].split(" kW")[0])
         least = float(err.split("fleet draws ")[1].split(" kW")[0])
         assert over == pytest.approx(least - 0.01, abs=2e-3) and math.isfinite(least)
+
+
+def test_a_power_cap_holds_every_board_and_never_makes_a_fleet_cheaper(case):
+    """Under 560 W per H100, a one-GPU instance cannot hold the larger decode batches (the power
+    model refuses those steps even at half clock), so the fleet spreads over more GPUs."""
+    model, wl, _, res = case
+    cands = candidate_options(model, ["h100-sxm"], tps=(1, 2, 4), power_cap_w={"h100-sxm": 560.0})
+    r, _, _ = plan_fleet(model, wl, *SLO, ["h100-sxm"], candidates=cands)
+    assert r.plan.cost_usd_per_h >= res["usd"].single_type_cost_usd_per_h["h100-sxm"]
+    by = {o.label: o for o in r.plan.options}
+    for row in r.predicted:
+        assert row["power_w"] <= row["instances"] * by[row["option"]].tp * 560 * (1 + 1e-9)
