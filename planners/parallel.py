@@ -11,6 +11,16 @@ the same functions `predict` and `train_step` use for one plan). Plans that do n
 ranked by step time (throughput) or by GPU-hours per token over N and its halvings (cost); each
 plan is explained against the best by the time terms that differ most.
 
+Energy (issue 15): each plan's power, energy per step and carbon are predict()'s
+(simulator.core.power), computed for the plans that can matter (`with_energy`): the best `top` by
+the objective (throughput, cost, energy, carbon) under power caps and a power budget, or the
+time-energy Pareto front over GPU counts and caps (`energy_front`, Zeus's trade-off with the GPU
+count in place of the batch size). A plan's energy is bounded below without predict(): its GPUs
+idle all step and spend the compute-bound power on its compute-bound time (the search's own
+compute and recompute terms), clipped at the TDP or the cap, and its hosts idle; a cap never makes
+a step shorter. Plans are predicted in the order of that bound and the search stops when no bound
+left can beat what was found, so the answer is exact and only a few plans go through predict().
+
 ZeRO-3 parameter gathers run on the communication stream beside compute (perfect prefetch, as
 DeepSpeed and FSDP intend; each micro-batch takes the longer of the two): an upper bound. Narayanan et al. 2021 (Fig. 10) measured
 DeepSpeed ZeRO-3 70% slower than PTD-P for GPT-3 175B at 1536 GPUs; `--zero 0,1` keeps the search
@@ -37,7 +47,7 @@ from simulator.core.specs import System
 MICRO_BATCHES = (1, 2, 4, 8)
 VPPS = (1, 2, 4)
 TERMS = tuple(k for k in TRAIN_TERMS if k != "cp_comm")   # the planner keeps cp = 1
-OBJECTIVES = ("throughput", "cost")
+OBJECTIVES = ("throughput", "cost", "energy", "carbon")
 MAX_GPUS = 2**20            # past any cluster (a sweep grid's bound too)
 MAX_GLOBAL_BATCH = 2**24    # sequences per step: past any published run, and n_micro stays in int64
 
@@ -105,7 +115,7 @@ def search(model: ModelConfig, system: System, n_gpus: int, global_batch: int, s
     if not zeros or any(z not in (0, 1, 2, 3) for z in zeros):
         raise FieldError("zero", ",".join(map(str, zeros)), "not understood", "use a comma list of 0, 1, 2, 3")
     if objective not in OBJECTIVES:
-        raise FieldError("objective", objective, "unknown", "use throughput or cost")
+        raise FieldError("objective", objective, "unknown", f"use {', '.join(OBJECTIVES)}")
     for name, v in (("gpus", n_gpus), ("global_batch", global_batch), ("seq", seq)):
         if v < 1:
             raise FieldError(name, v, "must be a positive integer")
@@ -121,7 +131,7 @@ def search(model: ModelConfig, system: System, n_gpus: int, global_batch: int, s
     ex = executor or load_executor_profile("default")
     kp = kernels or load_kernel_profile(system.gpu.name)
     opt = optimizer_seconds_per_param(model, system, ex, kp)
-    if gpu_counts is None:
+    if gpu_counts is None:   # cost, energy and carbon: fewer GPUs may do better per token
         gpu_counts = [n_gpus] if objective == "throughput" else \
             sorted({n_gpus // 2**i for i in range(0, 12) if n_gpus // 2**i >= 1 and n_gpus % 2**i == 0})
     tps = [t for t in divisors(system.gpu_count)
@@ -160,7 +170,7 @@ def search(model: ModelConfig, system: System, n_gpus: int, global_batch: int, s
     fit["model_flops_per_gpu_s"] = mf / fit["gpus"] / fit["time_s"]
     fit["mfu"] = fit["model_flops_per_gpu_s"] / system.gpu.peak_flops("bf16")
     fit["gpu_h_per_Mtok"] = fit["gpus"] * fit["time_s"] / 3600 / (global_batch * seq / 1e6)
-    key = "time_s" if objective == "throughput" else "gpu_h_per_Mtok"
+    key = "time_s" if objective == "throughput" else "gpu_h_per_Mtok"   # energy, carbon: ranked by with_energy
     fit = fit.sort_values([key, "memory_bytes"], kind="stable").reset_index(drop=True)
     fit["vs_best"] = fit[key] / fit[key].iloc[0] - 1
     fit["why"] = explain(fit)
@@ -206,3 +216,190 @@ def compare_with(search_result: PlanSearch, model: ModelConfig, system: System, 
     return (f"reference tp{plan.tp} pp{plan.pp} dp{plan.dp} mb{plan.micro_batch} v{plan.vpp} zero{plan.zero} "
             f"{plan.recompute}{' sp' if plan.sp else ''}: {ref.time_s:.2f} s/step; best {best['time_s']:.2f} s/step "
             f"({ref.time_s / best['time_s'] - 1:+.1%} for the reference; it spends more on: {gain or 'nothing'})")
+
+
+# ---------------------------------------------------------------------------------------------
+# energy: predict() on the plans that can matter
+
+FRONT_REL_TOL = 1e-9   # energies this close are one point of the front (the faster one)
+KEYS = {"throughput": "time_s", "cost": "gpu_h_per_Mtok", "energy": "energy_j", "carbon": "energy_j"}
+
+
+@dataclass(frozen=True)
+class EnergyPlans:
+    plans: pd.DataFrame        # predicted plans, best first (or the front, fastest first), energy columns added
+    predicted: int             # plans (x caps) that went through predict()
+    candidates: int            # plans x caps the bound had to consider
+
+
+def _layer_activity(model: ModelConfig, job: Job, ex: ExecutorProfile) -> dict:
+    """recompute -> (FLOPs, HBM bytes) of one decoder layer for one micro-batch of `job`, forward,
+    backward and recomputed forward (communication left out; the lesser of a dense and an MoE
+    layer): the layers' part of what predict() counts for a training step's energy."""
+    from simulator.core.step import ATTENTION_OPS, stage_ops
+    out = {}
+    for rc in RECOMPUTE:
+        kinds = []
+        for moe in ((False, True) if model.is_moe and model.n_moe_layers < model.n_layers else (model.is_moe,)):
+            fwd, bwd = stage_ops(model, job, ex, moe)
+            ops = [o for o in fwd + bwd if o.cls != "communication"]
+            if rc != "none":
+                ops += [o for o in fwd if o.cls != "communication" and (rc == "full" or o.name.endswith(ATTENTION_OPS))]
+            kinds.append((sum(float(np.sum(o.flops)) * o.count for o in ops), sum(float(np.sum(o.bytes)) * o.count for o in ops)))
+        out[rc] = (min(k[0] for k in kinds), min(k[1] for k in kinds))
+    return out
+
+
+def _energy_bounds(plans: pd.DataFrame, model, system: System, cap_w: float | None, stage: dict) -> np.ndarray:
+    """A lower bound on each plan's energy per step (J) under cap `cap_w` (module doc): each GPU at
+    idle all step plus the compute-bound power on the compute-bound time and the FLOPs and HBM bytes
+    of its stage's layers (not its ends or optimizer), at most the TDP (or the cap) all step; hosts
+    at idle. The time is the uncapped one, which a cap only lengthens."""
+    from simulator.core.memory import stage_layers
+    from simulator.core.power import GpuPower, host_power
+    gp = GpuPower.of(system.gpu, "bf16")
+    keys = list(zip(plans["tp"].astype(int), plans["micro_batch"].astype(int), plans["sp"].astype(bool)))
+    share = np.array([stage[k][0] for k in keys])
+    layer = np.array([stage[k][1][rc] for k, rc in zip(keys, plans["recompute"])])     # [plan, (flops, bytes)]
+    T = plans["time_s"].to_numpy(float)
+    t_c = (plans["compute_s"].to_numpy(float) + plans["recompute_s"].to_numpy(float)) * share
+    per_step = plans["n_micro"].to_numpy(float) * stage_layers(model, plans["pp"].to_numpy())
+    top = min(gp.tdp_w, cap_w) if cap_w is not None else gp.tdp_w
+    dynamic = gp.compute_w * t_c + per_step * (gp.j_per_flop * layer[:, 0] + gp.j_per_byte * layer[:, 1])
+    per_gpu = np.minimum(gp.idle_w * T + dynamic, top * T) * (1 - 1e-9)   # bisection's last bits under a cap
+    n = plans["gpus"].to_numpy(float)
+    per_node = np.minimum(n, system.gpu_count)
+    host = host_power(system, 0.0).total_w * per_node / system.gpu_count * T * (n / per_node)
+    return n * per_gpu + host
+
+
+def with_energy(res: PlanSearch, model: ModelConfig, system: System, seq: int, global_batch: int,
+                executor: ExecutorProfile | None = None, kernels: KernelProfile | None = None,
+                objective: str | None = None, caps: tuple = (None,), top: int = 10,
+                power_budget_w: float | None = None, tokens: float | None = None,
+                carbon_g_per_kwh: float | None = None, front: bool = False) -> EnergyPlans:
+    """The search's plans with predict()'s time, power, energy and carbon under each power cap in
+    `caps` (None: the default limit): the best `top` by `objective` (default the search's) among
+    plans drawing at most `power_budget_w` in all, or with `front` the Pareto front of step time vs
+    energy (every GPU count and cap the search covered). `tokens`: a run of that many tokens (steps,
+    time, energy, CO2 per plan). Exact: plans are predicted in the order of a lower bound on their
+    key (module doc) until none left can do better. A cap a plan cannot hold drops that plan."""
+    from simulator.core import power
+    from simulator.core.predict import predict
+    from simulator.core.step import stage_times
+    objective = objective or res.objective
+    if objective not in OBJECTIVES:
+        raise FieldError("objective", objective, "unknown", f"use {', '.join(OBJECTIVES)}")
+    carbon = power.check_carbon(carbon_g_per_kwh if carbon_g_per_kwh is not None else power.DEFAULT_CARBON_G_PER_KWH)
+    for c in caps:
+        if c is not None:
+            power.check_cap_above_idle(power.GpuPower.of(system.gpu, "bf16"), c)
+    if power_budget_w is not None and not (np.isfinite(power_budget_w) and power_budget_w > 0):
+        raise FieldError("power_budget_kw", f"{power_budget_w / 1e3:g}", "must be a positive number of kilowatts")
+    if tokens is not None and not (np.isfinite(tokens) and tokens > 0):
+        raise FieldError("tokens", tokens, "must be a positive number of tokens", "e.g. 1e12")
+    ex = executor or load_executor_profile("default")
+    kp = kernels or load_kernel_profile(system.gpu.name)
+    plans = res.plans.reset_index(drop=True)
+    stage = {}       # (tp, micro-batch, sp) -> (compute-bound share of kernel time, layer activity)
+    for t, mb, sp in set(zip(plans["tp"].astype(int), plans["micro_batch"].astype(int), plans["sp"].astype(bool))):
+        job = Job(phase="train", batch=mb, seq=seq, tp=t, micro_batch=mb, sp=sp)
+        st = stage_times(model, system, job, ex, kp)
+        stage[(t, mb, sp)] = (dict(st.bound_shares).get("compute", 0.0), _layer_activity(model, job, ex))
+    tokens_per_step = global_batch * seq
+    # candidates: (plan row, cap) with lower bounds on time and energy
+    rows = np.repeat(np.arange(len(plans)), len(caps))
+    cap_of = np.tile(np.array(caps, dtype=object), len(plans))
+    e_lb = np.concatenate([_energy_bounds(plans, model, system, c, stage)[:, None] for c in caps], axis=1).ravel()
+    t_lb = plans["time_s"].to_numpy(float)[rows]
+    n = plans["gpus"].to_numpy(float)[rows]
+    key = KEYS[objective]
+    lb = {"time_s": t_lb, "gpu_h_per_Mtok": n * t_lb / 3600 / (tokens_per_step / 1e6), "energy_j": e_lb}[key]
+    done: list[dict] = []
+    refused: list[FieldError] = []
+
+    def evaluate(i: int) -> dict | None:
+        r = plans.iloc[rows[i]]
+        cap = cap_of[i]
+        job = Job(phase="train", batch=int(r["n_micro"] * r["micro_batch"]), seq=seq, tp=int(r["tp"]), pp=int(r["pp"]),
+                  dp=int(r["dp"]), vpp=int(r["vpp"]), micro_batch=int(r["micro_batch"]), zero=int(r["zero"]),
+                  recompute=str(r["recompute"]), sp=bool(r["sp"]), power_cap_w=cap)
+        try:
+            p = predict(model, system, job, ex, kp, check_memory=False, with_ops=False, carbon_g_per_kwh=carbon)
+        except FieldError as e:
+            if e.field != "power_cap_w":
+                raise
+            refused.append(e)
+            return None
+        out = {**r.to_dict(), "power_cap_w": np.nan if cap is None else float(cap), "time_s": p.time_s,
+               "tokens_per_s": p.tokens_per_s, "model_flops_per_gpu_s": p.model_flops_per_gpu_s, "mfu": p.mfu,
+               "gpu_h_per_Mtok": p.n_gpus * p.time_s / 3600 / (tokens_per_step / 1e6),
+               **{k: v for k, v in p.energy.as_dict().items() if k not in ("power_cap_w",)},
+               "plan_power_w": p.energy.energy_j / p.time_s, "clock_fraction": p.energy.clock_fraction}
+        if tokens is not None:
+            run = power.run_energy(p.energy, p.time_s, tokens_per_step, tokens)
+            out.update(run_steps=run.steps, run_time_s=run.time_s, run_energy_j=run.energy_j, run_co2_g=run.co2_g)
+        return out
+
+    within = (lambda d: d["plan_power_w"] <= power_budget_w) if power_budget_w is not None else (lambda d: True)
+    predicted = 0
+    if front:
+        pts: list[tuple[float, float]] = []     # (time, energy) of the front so far
+        for i in np.argsort(t_lb, kind="stable"):
+            if any(t <= t_lb[i] and e <= e_lb[i] for t, e in pts):
+                continue                        # a predicted plan already beats its bound
+            d = evaluate(i)
+            predicted += 1
+            if d is None or not within(d):
+                continue
+            done.append(d)
+            pts = [(t, e) for t, e in pts if not (d["time_s"] <= t and d["energy_j"] <= e)] + [(d["time_s"], d["energy_j"])]
+        if not done:
+            raise _none_left(plans, rows, cap_of, e_lb, evaluate, refused, power_budget_w)
+        df = pd.DataFrame(done).sort_values(["time_s", "energy_j"], kind="stable")
+        e = df["energy_j"].to_numpy()
+        before = np.concatenate([[np.inf], np.minimum.accumulate(e)[:-1]])
+        df = df[e < before * (1 - FRONT_REL_TOL)]      # each point spends less than every faster one
+        return EnergyPlans(df.reset_index(drop=True), predicted, len(rows))
+    best: list[float] = []
+    for i in np.argsort(lb, kind="stable"):
+        if len(best) >= top and lb[i] >= best[top - 1]:
+            break
+        d = evaluate(i)
+        predicted += 1
+        if d is None or not within(d):
+            continue
+        done.append(d)
+        best = sorted(best + [d[key]])
+    if not done:
+        raise _none_left(plans, rows, cap_of, e_lb, evaluate, refused, power_budget_w)
+    df = pd.DataFrame(done).sort_values([key, "memory_bytes"], kind="stable").head(top).reset_index(drop=True)
+    df["vs_best"] = df[key] / df[key].iloc[0] - 1
+    df["why"] = explain(df)
+    return EnergyPlans(df, predicted, len(rows))
+
+
+def _none_left(plans, rows, cap_of, e_lb, evaluate, refused: list[FieldError], power_budget_w) -> RoofplanError:
+    """Why no plan is left: every cap refused (the first refusal), or the budget binds (by how much:
+    the least-power plan, found exactly by its power bound)."""
+    if power_budget_w is None:
+        return refused[0] if refused else RoofplanError("no plan can be predicted")
+    t = plans["time_s"].to_numpy(float)[rows]
+    p_lb = e_lb / t                       # energy bound over the uncapped time: a bound on power
+    least = None
+    for i in np.argsort(p_lb, kind="stable"):
+        if least is not None and p_lb[i] >= least["plan_power_w"]:
+            break
+        d = evaluate(i)
+        if d is not None and (least is None or d["plan_power_w"] < least["plan_power_w"]):
+            least = d
+    if least is None:
+        return refused[0] if refused else RoofplanError("no plan can be predicted")
+    what = (f"{int(least['gpus'])} GPUs tp{int(least['tp'])} pp{int(least['pp'])} dp{int(least['dp'])}"
+            + (f" capped at {least['power_cap_w']:g} W" if least["power_cap_w"] == least["power_cap_w"] else ""))
+    over = least["plan_power_w"] - power_budget_w
+    return FieldError("power_budget_kw", f"{power_budget_w / 1e3:g}",
+                      f"no plan draws that little: the least-power plan ({what}) draws "
+                      f"{least['plan_power_w'] / 1e3:.3g} kW, over by {over / 1e3:.3g} kW",
+                      "raise the budget, use fewer GPUs (--gpus; --objective cost, energy or carbon try halvings) "
+                      "or cap each GPU's power (--power-cap)")
