@@ -19,6 +19,7 @@ through their public functions too; a failure there is reported, not fixed here.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import dataclasses
@@ -27,6 +28,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import tempfile
 import traceback
@@ -492,6 +494,7 @@ class Workdir:
     def path(cls, *parts: str) -> Path:
         if cls._dir is None:
             cls._dir = Path(tempfile.mkdtemp(prefix="roofplan-fuzz-"))
+            atexit.register(shutil.rmtree, cls._dir, ignore_errors=True)
         p = cls._dir.joinpath(*parts)
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
