@@ -25,6 +25,7 @@ EXPECTED_FIGURES = {
     "03": {"03_placement.png", "03_layer_step_gantt.png", "03_flexgen_comparison.png", "03_host_memory_sweep.png"},
     "04": {"04_weak_scaling.png", "04_plan_breakdown.png", "04_pipeline_1f1b.png", "04_memory_zero_recompute.png"},
     "05": {"05_latency_vs_rate.png", "05_fleet_cost.png", "05_pareto.png"},
+    "06": {"06_energy_per_token.png", "06_fleet_dollars_energy.png", "06_training_time_energy.png"},
 }
 
 
@@ -199,3 +200,53 @@ def test_05_fleet_numbers(notebook):
     assert cross == pytest.approx(6.0625, abs=1e-9)
     assert g["res"]["goodput_per_gpu"]["distserve-c21d11"][0] == pytest.approx(cross / 3, rel=1e-9)
 
+
+
+# ---- 06: energy, power and carbon ----------------------------------------------------------------------
+
+def test_06_energy_numbers(notebook):
+    import math
+
+    from simulator.core.models import load_model
+    from simulator.core.predict import predict
+    from simulator.core.specs import load_hardware
+    from simulator.core.workload import Job
+
+    g, _ = notebook("06")
+    # the vectorised curve is predict()'s, point for point
+    assert g["check_jtok"][0] == pytest.approx(g["check_jtok"][1], rel=1e-12)
+    # J/token falls steeply with the batch, then flattens (ML.ENERGY's shape): batch 1 -> 8 by
+    # about 8x (the weights are read once per step either way), 64 -> 256 by under 2.5x
+    for gpu, df in g["curves"].items():
+        j = df.set_index("batch")["j_per_token"]
+        assert np.all(np.diff(j.to_numpy()) < 0), gpu
+        assert j[1] / j[8] > 6 and j[64] / j[256] < 2.5, gpu
+    # the A10G (300 W, 600 GB/s) spends about twice the H100's and the L4's joules per token
+    c = {gpu: df.set_index("batch")["j_per_token"] for gpu, df in g["curves"].items()}
+    assert 2.0 < c["a10g"][8] / c["h100-sxm"][8] < 2.6 and 2.0 < c["a10g"][8] / c["l4"][8] < 2.6
+    # a 560 W cap: the compute-bound prefill slows by x1.2, the memory-bound decode not at all
+    caps = g["caps"].set_index(["step", "cap_w"])
+    assert caps.loc[("prefill 4096", 560), "slowdown"] == pytest.approx(1.21, abs=0.01)
+    assert caps.loc[("decode b64", 560), "slowdown"] == pytest.approx(1.0, abs=1e-12)
+    assert caps.loc[("decode b64", 560), "j_per_token"] < caps.loc[("decode b64", 700), "j_per_token"]
+    assert math.isnan(caps.loc[("decode b64", 490), "time_ms"])      # refused: 509 W at half clock
+    # the documented fleet case: the least-energy fleet is not the cheapest
+    usd, energy = g["fleets"]["usd"], g["fleets"]["energy"]
+    assert g["describe"](usd) == "1 x l4 tp1 prefill, 1 x a10g tp2 decode"
+    assert g["describe"](energy) == "1 x l4 tp1 prefill, 1 x l4 tp4 decode"
+    assert energy.power_w < 0.55 * usd.power_w and 1.2 < energy.plan.cost_usd_per_h / usd.plan.cost_usd_per_h < 1.4
+    front = g["front"]
+    assert np.all(np.diff(front["cost_usd_per_h"]) > 0) and np.all(np.diff(front["power_w"]) < 0)
+    assert front["power_w"].iloc[-1] == pytest.approx(energy.power_w, rel=1e-9)
+    # the training front: GPU counts and caps both trade time for energy; its first point is
+    # predict() of that plan, times the steps of a trillion tokens
+    tf = g["tf"]
+    assert tf["gpus"].nunique() >= 3 and tf["power_cap_w"].isna().any() and (tf["power_cap_w"] == 560).any()
+    assert np.all(np.diff(tf["run_time_s"]) > 0) and np.all(np.diff(tf["run_energy_j"]) < 0)
+    r = tf.iloc[0]
+    job = Job("train", batch=int(r["n_micro"] * r["micro_batch"]), seq=4096, tp=int(r["tp"]), pp=int(r["pp"]),
+              dp=int(r["dp"]), vpp=int(r["vpp"]), micro_batch=int(r["micro_batch"]), zero=int(r["zero"]),
+              recompute=r["recompute"], sp=bool(r["sp"]))
+    p = predict(load_model("llama-3.1-70b"), load_hardware("dgx-h100"), job, g["megatron"], with_ops=False)
+    steps = math.ceil(1e12 / (1024 * 4096))
+    assert r["run_energy_j"] == pytest.approx(steps * p.energy.energy_j, rel=1e-12)
