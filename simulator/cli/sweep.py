@@ -350,7 +350,8 @@ def _parallel(r) -> str:
         v = r.get(k, default)
         if k in r and v != default and v == v:
             text += f" {k} {v}" if k in ("recompute", "micro_batch", "lora_rank") else f" {k}{int(v) if k != 'sp' else ''}"
-    return text + (" offload" if r["offload"] == "cpu" else "")
+    cap = r.get("power_cap_w", np.nan)
+    return text + (" offload" if r["offload"] == "cpu" else "") + (f" cap {cap:g} W" if cap == cap else "")
 
 
 def _clean(v):
