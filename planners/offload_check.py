@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from simulator.core.errors import RoofplanError
-from simulator.core.schema import Finite, Name, NonNegative, NonNegInt, PosInt, Positive, Strict, check, read_json
+from simulator.core.schema import Finite, Name, NonNegative, NonNegInt, PosInt, Positive, Strict, check, read_json, short
 
 PLAN_SCHEMA = "roofplan.offload-plan/1"
 RUN_SCHEMA = "roofplan.plan-run/1"
@@ -127,8 +127,8 @@ def load_json(path: str, what: str, schema: str) -> dict:
         raise RoofplanError(f"{what} {path} does not exist; give the file written by {writer}")
     d = read_json(p, what=f"{what} file")
     if not isinstance(d, dict) or d.get("schema") != schema:
-        got = d.get("schema") if isinstance(d, dict) else type(d).__name__
-        raise RoofplanError(f"{what} {path} has schema {got!r}, not {schema}; write it with {writer}")
+        got = short(d.get("schema")) if isinstance(d, dict) else type(d).__name__
+        raise RoofplanError(f"{what} {path} has schema {got}, not {schema}; write it with {writer}")
     check(OffloadPlanFile if schema == PLAN_SCHEMA else PlanRunFile, d, f"{what} {path}", fix=f"regenerate it with {writer}")
     return d
 
