@@ -310,7 +310,7 @@ def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: 
                 max_gpus: dict[str, int] | None = None, time_limit_s: float = 10,
                 gap: float = 5e-3, labels: list[str] | None = None, objective: str = "usd",
                 energy_j: np.ndarray | None = None, power_budget_w: float | None = None,
-                _carbon_budget: float | None = None) -> FleetPlan:
+                _carbon_budget: float | None = None, _tie_break: bool = False) -> FleetPlan:
     """The ILP in the module docstring. `tput[b, o]` in requests/s per instance; `energy_j[b, o]`
     joules per request beyond the instance's floor (energy_matrix), needed by the energy and carbon
     objectives and the power budget (W). Energy and carbon are solved to `gap`, then the cheapest
@@ -398,7 +398,7 @@ def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: 
     rates = np.asarray(bucket_rates_rps, dtype=float)
     power = plan_power_w(options, count, share, rates, energy_j) if energy_j is not None else math.nan
     plan = FleetPlan(tuple(options), count, share, load, cost, rep, rates, power, objective, energy_j)
-    if objective == "usd":
+    if objective == "usd" or _tie_break:
         return plan
     # the cheapest fleet within the gap of the least power (carbon), under the same constraints
     bound = _objective_value(plan, objective) * (1 + gap)
@@ -406,7 +406,7 @@ def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: 
         bound if objective == "energy" else power_budget_w
     try:
         cheap = solve_fleet(options, tput, rates, max_gpus, time_limit_s, gap, labels, "usd", energy_j, budget,
-                            bound if objective == "carbon" else None)
+                            bound if objective == "carbon" else None, _tie_break=True)
     except RoofplanError:
         return plan
     return FleetPlan(tuple(options), cheap.count, cheap.share, cheap.load, cheap.cost_usd_per_h, rep, rates,
@@ -645,12 +645,14 @@ def dollars_energy_front(candidates, workload: ServingWorkload, slo_ttft_s: floa
     least-power fleet, and between them the cheapest fleet under power budgets evenly spaced from
     one's power to the other's (epsilon-constraint; the ILP's linear power, each plan then checked
     by the serving model: `power_w` is the check's, `model_power_w` the ILP's). Dominated points
-    are dropped. The throughput matrix is the result's last (after its SLO re-solves)."""
+    are dropped, and a fleet appears once. The throughput matrix is the result's last (after its SLO
+    re-solves); the cheapest point is the result's own plan when it minimised dollars."""
     options = [c[0] for c in candidates]
     rates = workload.bucket_rates_rps()
     labels = [b.label for b in workload.buckets]
     energy, tput = result.energy_j, result.tput
-    cheap = solve_fleet(options, tput, rates, max_gpus, labels=labels, objective="usd", energy_j=energy)
+    cheap = result.plan if result.objective == "usd" else \
+        solve_fleet(options, tput, rates, max_gpus, labels=labels, objective="usd", energy_j=energy)
     green = solve_fleet(options, tput, rates, max_gpus, labels=labels, objective="energy", energy_j=energy)
     plans = [cheap, green]
     if cheap.power_w > green.power_w:
@@ -660,8 +662,11 @@ def dollars_energy_front(candidates, workload: ServingWorkload, slo_ttft_s: floa
                                          energy_j=energy, power_budget_w=float(budget)))
             except RoofplanError:
                 continue
-    pts = []
-    for p in plans:
+    pts, seen = [], set()
+    for p in plans:                  # a fleet once: as first solved (a budget may re-split its load)
+        if _describe(p) in seen:
+            continue
+        seen.add(_describe(p))
         rows, att = evaluate_plan(p, candidates, workload, slo_ttft_s, slo_tpot_s, percentile)
         power = sum(r["power_w"] for r in rows)
         pts.append(dict(cost_usd_per_h=p.cost_usd_per_h, power_w=power, model_power_w=p.power_w,
@@ -670,7 +675,7 @@ def dollars_energy_front(candidates, workload: ServingWorkload, slo_ttft_s: floa
     pts.sort(key=lambda d: (d["cost_usd_per_h"], d["power_w"]))
     front, best = [], math.inf
     for d in pts:
-        if d["power_w"] < best - 1e-9 and not any(f["fleet"] == d["fleet"] for f in front):
+        if d["power_w"] < best - 1e-9:
             front.append(d)
             best = d["power_w"]
     return front
