@@ -35,7 +35,8 @@ benchmarks/data/energy.yaml: ML.ENERGY v3.0 measured H100 power of Llama-3.1-8B 
 (4 GPUs) decode under vLLM at every other batch size (the rest held out), Splitwise's prefill at
 the 700 W TDP, and Splitwise's 70%-power-capped DGX-H100 (prefill x1.30) for gamma.
 
-Power cap C (`clock_under_cap`): the highest clock f <= f0 with E(f)/T(f) <= C (scipy brentq).
+Power cap C (`clock_under_cap`, `clocks_under_cap` on arrays): the highest clock f <= f0 with
+E(f)/T(f) <= C (a bisection to the last bit of f, the same for one step and for arrays).
 A compute-bound prefill slows by f0/f; a memory-bound decode keeps its time and sheds the
 SM-domain energy (FLOPs, on-chip data movement), and a cap it already draws less than costs
 nothing (Splitwise: token phase x1.00 at 70% power). A cap below idle, or one the step still
