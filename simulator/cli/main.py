@@ -39,6 +39,8 @@ FLAG_OF_FIELD = {
     "nvme_bytes": "--nvme",
     "max_gpus": "--max-per-type",              # plan_fleet inventory caps
     "step_time_s": "--step-time",              # calibrate: wall time of a host-bound step
+    "power_cap_w": "--power-cap",              # Job.power_cap_w (W per GPU)
+    "power_budget_w": "--power-budget-kw",     # planners' power budget (the flag takes kW)
 }
 
 

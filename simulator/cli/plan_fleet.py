@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import sys
 
-from simulator.core.errors import FieldError, RoofplanError
+from simulator.core.errors import RoofplanError
 from simulator.core.power import DEFAULT_CARBON_G_PER_KWH
 from simulator.core.profiles import load_executor_profile
 from simulator.report.tables import add_format_arg, emit, fmt_of
@@ -145,13 +145,10 @@ def cmd_plan_fleet(args) -> int:
         raise RoofplanError(f"--power-budget-kw {args.power_budget_kw:g}: must be a positive number of kilowatts")
     budget_w = args.power_budget_kw * 1e3 if args.power_budget_kw is not None else None
     slo_ttft, slo_tpot = args.slo_ttft_ms / 1e3, args.slo_tpot_ms / 1e3
-    try:
-        res, cands, _ = plan_fleet(model, wl, slo_ttft, slo_tpot, gpus, caps, _ints(args.tp, "--tp"), roles,
-                                   args.percentile, executor=load_executor_profile(args.executor),
-                                   objective=args.objective, power_budget_w=budget_w, power_cap_w=power_caps,
-                                   carbon_g_per_kwh=carbon)
-    except FieldError as e:     # the library's power_cap_w is the flag --power-cap
-        raise (RoofplanError(e.render("--power-cap")) if e.field == "power_cap_w" else e) from None
+    res, cands, _ = plan_fleet(model, wl, slo_ttft, slo_tpot, gpus, caps, _ints(args.tp, "--tp"), roles,
+                               args.percentile, executor=load_executor_profile(args.executor),
+                               objective=args.objective, power_budget_w=budget_w, power_cap_w=power_caps,
+                               carbon_g_per_kwh=carbon)
     plan = res.plan
     if plan.gpus > PLAUSIBLE_FLEET_GPUS:
         said = f"--rate {args.rate:g} req/s (the workload file says {file_rate:g})" if args.rate is not None \

@@ -7,7 +7,7 @@ import math
 
 from simulator.cli.args import finite_float, plot_path
 from simulator.cli.plan import plan_subparsers
-from simulator.core.errors import FieldError, RoofplanError, clip
+from simulator.core.errors import RoofplanError, clip
 from simulator.core.profiles import load_executor_profile
 from simulator.report.tables import add_format_arg
 
@@ -92,12 +92,9 @@ def cmd_plan_parallel(args) -> int:
     # the front spans GPU counts: search --gpus and its halvings (as cost, energy and carbon do)
     res = search(model, system, args.gpus, args.global_batch, args.seq,
                  "cost" if args.energy_front and args.objective == "throughput" else args.objective, ex, zeros=zeros)
-    try:
-        en = with_energy(res, model, system, args.seq, args.global_batch, ex, objective=args.objective, caps=caps,
-                         top=args.top, power_budget_w=args.power_budget_kw * 1e3 if args.power_budget_kw else None,
-                         tokens=args.tokens, carbon_g_per_kwh=args.carbon_g_per_kwh, front=args.energy_front)
-    except FieldError as e:     # the library's power_cap_w is the flag --power-cap
-        raise (RoofplanError(e.render("--power-cap")) if e.field == "power_cap_w" else e) from None
+    en = with_energy(res, model, system, args.seq, args.global_batch, ex, objective=args.objective, caps=caps,
+                     top=args.top, power_budget_w=args.power_budget_kw * 1e3 if args.power_budget_kw else None,
+                     tokens=args.tokens, carbon_g_per_kwh=args.carbon_g_per_kwh, front=args.energy_front)
     top = en.plans
     capped = caps != (None,)
     run = args.tokens is not None

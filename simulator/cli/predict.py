@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from simulator.core.errors import RoofplanError, clip
 from simulator.core import power
-from simulator.core.errors import FieldError
 from simulator.core.models import load_model
 from simulator.core.predict import Prediction, predict
 from simulator.core.profiles import load_executor_profile, load_kernel_profile
@@ -85,11 +84,6 @@ def run_of(pred: Prediction, tokens: float | None) -> power.RunEnergy | None:
     return power.run_energy(pred.energy, pred.time_s, pred.tokens_per_s * pred.time_s, tokens)
 
 
-def cap_flag_errors(e: FieldError) -> RoofplanError:
-    """A power-cap FieldError spelled with its flag (the Job field is power_cap_w, the flag --power-cap)."""
-    return RoofplanError(e.render("--power-cap")) if e.field == "power_cap_w" else e
-
-
 def parse_offload(text: str | None) -> str:
     """`--offload weights=cpu` -> "cpu" (where the weights live); no flag -> "gpu"."""
     if not text:
@@ -136,11 +130,8 @@ def cmd_predict(args) -> int:
     ex = load_executor_profile(args.executor)
     kp = load_kernel_profile(system.gpu.name, args.kernel_profile)
     power.check_carbon(args.carbon_g_per_kwh)
-    try:
-        pred = predict(model, system, job_from_args(args), ex, kp, carbon_g_per_kwh=args.carbon_g_per_kwh)
-        run = run_of(pred, args.tokens)
-    except FieldError as e:
-        raise cap_flag_errors(e) from None
+    pred = predict(model, system, job_from_args(args), ex, kp, carbon_g_per_kwh=args.carbon_g_per_kwh)
+    run = run_of(pred, args.tokens)
     by = pred.by_class()
     rows = [[cls, fmt_time(r.time_s), f"{100 * r.share:.1f}%", f"{r.flops / 1e12:.3g}", fmt_bytes(r.bytes)]
             for cls, r in by.iterrows()]

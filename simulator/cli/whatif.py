@@ -17,7 +17,7 @@ from simulator.core.profiles import load_executor_profile, load_kernel_profile
 from simulator.report.tables import add_format_arg, emit, fmt_of
 from simulator.core.specs import load_hardware
 from simulator.core.units import GiB, fmt_rate, fmt_time
-from simulator.cli.predict import add_energy_args, cap_flag_errors, job_from_args
+from simulator.cli.predict import add_energy_args, job_from_args
 
 
 def register(sub) -> None:
@@ -50,11 +50,8 @@ def cmd_whatif(args) -> int:
     model = load_model(args.model)
     ex = load_executor_profile(args.executor)
     power.check_carbon(args.carbon_g_per_kwh)
-    try:
-        base = job_from_args(_with_defaults(args))
-        power.check_cap(base.power_cap_w)
-    except FieldError as e:
-        raise cap_flag_errors(e) from None
+    base = job_from_args(_with_defaults(args))
+    power.check_cap(base.power_cap_w)
     rows, objs = [], []
     for hw in [h.strip() for h in args.hardware.split(",") if h.strip()]:
         system = load_hardware(hw)
@@ -65,8 +62,9 @@ def cmd_whatif(args) -> int:
             try:
                 p = predict(model, system, job, ex, kp, check_memory=False, carbon_g_per_kwh=args.carbon_g_per_kwh)
             except RoofplanError as e:
-                if isinstance(e, FieldError):
-                    e = cap_flag_errors(e)
+                if isinstance(e, FieldError):     # a row's message spells the field as its flag
+                    from simulator.cli.main import flag_of
+                    e = RoofplanError(e.for_flags(flag_of))
                 rows.append([hw, n, "-", "-", "-", "-", "-", "-", "-", str(e).split(";")[0]])
                 objs.append({"hardware": hw, "gpus": n, "error": str(e)})
                 continue
