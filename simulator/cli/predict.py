@@ -11,6 +11,7 @@ from simulator.core.specs import load_hardware
 from simulator.core.units import GiB, fmt_bytes, fmt_rate, fmt_time
 from simulator.core.workload import Job
 from simulator.cli.args import finite_float, plot_path
+from simulator.cli.speculative import add_spec_args, predict_spec, spec_fields, spec_job, spec_lines
 
 
 def add_job_args(p) -> None:
@@ -120,6 +121,7 @@ def register(sub) -> None:
     add_parallel_train_args(p)
     p.add_argument("--plot", type=plot_path, default=None, metavar="FILE.png", help="write a roofline + memory figure")
     add_energy_args(p)
+    add_spec_args(p)   # --spec-tokens, --spec-acceptance, --draft-model, --prefix-hit
     add_format_arg(p)
     p.set_defaults(func=cmd_predict)
 
@@ -130,7 +132,9 @@ def cmd_predict(args) -> int:
     ex = load_executor_profile(args.executor)
     kp = load_kernel_profile(system.gpu.name, args.kernel_profile)
     power.check_carbon(args.carbon_g_per_kwh)
-    pred = predict(model, system, job_from_args(args), ex, kp, carbon_g_per_kwh=args.carbon_g_per_kwh)
+    job = spec_job(args, job_from_args(args))   # speculative decoding, prefix caching
+    spec = predict_spec(args, model, system, job, ex, kp, args.carbon_g_per_kwh)
+    pred = spec.verify if spec else predict(model, system, job, ex, kp, carbon_g_per_kwh=args.carbon_g_per_kwh)
     run = run_of(pred, args.tokens)
     by = pred.by_class()
     rows = [[cls, fmt_time(r.time_s), f"{100 * r.share:.1f}%", f"{r.flops / 1e12:.3g}", fmt_bytes(r.bytes)]
@@ -163,6 +167,8 @@ def cmd_predict(args) -> int:
         footer += f"\nhost->GPU weight transfer {fmt_time(pred.transfer_time_s)} per step ({j.host_memory}, overlap {'on' if j.overlap else 'off'})"
     footer += energy_lines(pred, system)
     obj = pred.as_dict()
+    footer += spec_lines(spec, model, j, pred)   # the speculative step, or the prefix cache
+    obj.update(spec_fields(spec, model, j))
     if run is not None:
         footer += (f"\nrun of {run.tokens:.3g} tokens: {run.steps:,.0f} steps, {fmt_duration(run.time_s)}, "
                    f"{fmt_energy(run.energy_j)}, {fmt_mass_g(run.co2_g)} CO2e")

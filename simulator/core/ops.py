@@ -421,14 +421,16 @@ def _attention_head_dims(model: ModelConfig, phase: str) -> tuple[int, int]:
 
 
 def decode_attention_ops(c: LayerCall) -> list[Op]:
-    """Decode attention, one query per sequence over L = kv_len + 1 keys: FLOPs = 2 B h L
-    (d_qk + d_v) (QK^T and AV); bytes = the KV cache read once, B L e_kv in the cache dtype, plus
-    the query read and the output written (2 T h d_v)."""
+    """Decode attention, q = q_len queries per sequence (1; 1 + K when a speculative step verifies
+    K drafted tokens) over L = kv_len + q keys: FLOPs = 2 B q h L (d_qk + d_v) (QK^T and AV; the
+    causal mask among the q new tokens is ignored, q << L); bytes = the KV cache read once, B L
+    e_kv in the cache dtype, plus the queries read and the outputs written (2 T h d_v)."""
     d_qk, d_v = _attention_head_dims(c.model, c.job.phase)
-    keys = c.kv_len + 1   # L: the cached tokens and the new one
+    keys = c.kv_len + c.q_len   # L: the cached tokens and the new ones
     flops = (
         2.0  # FLOPs per multiply-add
         * c.batch  # B: sequences
+        * c.q_len  # q: queries per sequence
         * c.heads  # h: query heads on this rank
         * keys  # L: keys per query
         * (d_qk + d_v)  # QK^T, then AV
@@ -472,14 +474,16 @@ def repeat_kv_ops(c: LayerCall) -> list[Op]:
 def flash_attention_ops(c: LayerCall) -> list[Op]:
     """Fused causal attention over S = q_len tokens per sequence (FlashAttention-2, Dao 2023):
     FLOPs = B h S^2 (d_qk + d_v), half of the full square's 2 B h S^2 (d_qk + d_v); bytes = Q, K,
-    V read and O written once, T (h (d_qk + d_v) + 2 h_kv d_qk), the scores stay on chip."""
+    V read and O written once, T (h (d_qk + d_v) + 2 h_kv d_qk), the scores stay on chip.
+    With P = kv_len cached prefix tokens (prefix caching) the S new queries also attend to all P:
+    FLOPs = B h S (S + 2P) (d_qk + d_v), and the P cached K, V are read from the cache."""
     d_qk, d_v = _attention_head_dims(c.model, c.job.phase)
     S = c.q_len
     flops = (
         c.batch  # B: sequences
         * c.heads  # h: query heads on this rank
         * S  # S: tokens per sequence
-        * S  # S: tokens per sequence
+        * (S + 2 * c.kv_len)  # S: keys of the causal half, 2P: the cached prefix seen by every query
         * (d_qk + d_v)  # QK^T and AV; the causal half of 2 (d_qk + d_v)
         * 1.0  # as a float
     )
@@ -491,6 +495,11 @@ def flash_attention_ops(c: LayerCall) -> list[Op]:
         c.tokens  # T: tokens through the layer
         * per_token  # elements read and written per token
         * c.act_bytes  # bytes per activation element
+    ) + (
+        c.batch  # B: sequences
+        * c.kv_len  # P: cached prefix tokens (0 without prefix caching)
+        * 2 * c.kv_heads * d_qk  # their K and V
+        * c.job.kv_bytes_per_elem  # bytes per cache element
     )
     return [Op(f"{c.prefix}attention", "attention", flops, bytes_, c.count, kind="attn_prefill",
                dtype=c.job.dtype, seq=S)]
@@ -501,15 +510,17 @@ def unfused_attention_ops(c: LayerCall) -> list[Op]:
     batched GEMMs over the full S x S square, attn_qk FLOPs = 2 B h S^2 d_qk and attn_av FLOPs =
     2 B h S^2 d_v, and the B h S^2 scores materialised in HBM for scale-mask-softmax and dropout
     (attn_scores: 3 kernels, the profile's bytes per score element, the s^2 term of Korthikanti
-    et al. 2022)."""
+    et al. 2022). A cached prefix of P = kv_len tokens (prefix caching) widens the square to
+    S x (S + P) and its K, V are read from the cache."""
     d_qk, d_v = _attention_head_dims(c.model, c.job.phase)
     S = c.q_len
+    keys = S + c.kv_len   # the new tokens and the cached prefix
     qk_flops = (
         2.0  # FLOPs per multiply-add
         * c.batch  # B: sequences
         * c.heads  # h: query heads on this rank
         * S  # queries
-        * S  # keys (the full square)
+        * keys  # keys (the full square)
         * d_qk  # d_qk: query/key dimensions per head
     )
     qk_bytes = (
@@ -517,19 +528,19 @@ def unfused_attention_ops(c: LayerCall) -> list[Op]:
         * (c.heads + c.kv_heads)  # read Q and K
         * d_qk  # d_qk: query/key dimensions per head
         * c.act_bytes  # bytes per activation element
-    )
+    ) + c.batch * c.kv_len * c.kv_heads * d_qk * c.job.kv_bytes_per_elem   # the cached prefix's K
     scores = (
         c.batch  # B: sequences
         * c.heads  # h: query heads on this rank
         * S  # S: tokens per sequence
-        * S  # S: tokens per sequence
+        * keys  # keys per query
     )
     av_flops = (
         2.0  # FLOPs per multiply-add
         * c.batch  # B: sequences
         * c.heads  # h: query heads on this rank
         * S  # queries
-        * S  # keys (the full square)
+        * keys  # keys (the full square)
         * d_v  # d_v: value dimensions per head
     )
     av_bytes = (
@@ -537,7 +548,7 @@ def unfused_attention_ops(c: LayerCall) -> list[Op]:
         * (c.heads + c.kv_heads)  # read V, write O
         * d_v  # d_v: value dimensions per head
         * c.act_bytes  # bytes per activation element
-    )
+    ) + c.batch * c.kv_len * c.kv_heads * d_v * c.job.kv_bytes_per_elem   # the cached prefix's V
     return [
         Op(f"{c.prefix}attn_qk", "gemm", qk_flops, qk_bytes, c.count, dtype=c.job.dtype),
         _elementwise_op(c, "attn_scores", scores, c.ex.attn_score_bytes_per_elem, 3),
@@ -729,7 +740,7 @@ def forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, layers: int |
                 batch: int | None = None, embed: bool = True, head: bool = True) -> list[Op]:
     """Forward ops on one GPU: embedding, `layers` decoder layers, final norm and LM head."""
     B = job.batch if batch is None else batch
-    q_len = 1 if job.phase == "decode" else job.seq
+    q_len = job.query_tokens   # decode 1 (+ speculative tokens), prefill the uncached prompt
     T = B * q_len
     n_layers = model.n_layers if layers is None else layers
     ops: list[Op] = []
@@ -737,14 +748,15 @@ def forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, layers: int |
         ops += embedding_ops(model, job, T)
     n_moe = min(model.n_moe_layers, n_layers) if model.is_moe else 0
     n_dense = n_layers - n_moe
-    kw = dict(tokens=T, batch=B, q_len=q_len, kv_len=job.context)
+    kw = dict(tokens=T, batch=B, q_len=q_len, kv_len=job.context if job.phase == "decode" else job.cached_tokens)
     if n_dense:
         ops += layer_forward_ops(model, job, ex, False, n_dense, prefix="layer.", **kw)
     if n_moe:
         ops += layer_forward_ops(model, job, ex, True, n_moe, prefix="moe_layer.", **kw)
     if head:
-        # prefill/decode: logits of the last position only; training: every position
-        ops += lm_head_ops(model, job, ex, T if job.phase == "train" else B)
+        # prefill: logits of the last position only; decode: every query (1, or 1 + K to verify
+        # K speculative tokens); training: every position
+        ops += lm_head_ops(model, job, ex, B if job.phase == "prefill" else T)
     return ops
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from simulator.core.errors import FieldError, FixError
 from simulator.core.models import ModelConfig
 from simulator.core.units import DTYPE_BYTES
@@ -44,6 +46,9 @@ class Job:
     overlap: bool = True      # overlap transfers with compute: offload copies (inference), the
                               # data-parallel gradient reduction with the last backward (train)
     power_cap_w: float | None = None   # board power limit per GPU (W); None: the GPU's default (its TDP)
+    spec_tokens: int = 0      # decode: speculative tokens verified per sequence (the step is the target's
+                              # verification of 1 + spec_tokens query tokens; simulator.core.speculative)
+    prefix_hit: float = 0.0   # prefill: share of each prompt already in the KV cache (prefix caching)
 
     @property
     def tokens(self) -> int:
@@ -62,6 +67,40 @@ class Job:
     @property
     def kv_bytes_per_elem(self) -> float:
         return DTYPE_BYTES[self.kv_dtype or self.dtype]
+
+    @property
+    def cached_tokens(self):
+        """Prefill: prompt tokens per sequence already in the KV cache, floor(prefix_hit x seq)
+        (prefix caching: they skip the forward, attention still reads their K and V)."""
+        return np.floor(self.prefix_hit * np.asarray(self.seq)).astype(np.int64) if self.prefix_hit else 0
+
+    @property
+    def query_tokens(self):
+        """Query tokens per sequence through the step: decode 1 (+ the speculative tokens it
+        verifies), prefill the prompt less its cached prefix, train the sequence."""
+        if self.phase == "decode":
+            return 1 + self.spec_tokens
+        return self.seq - self.cached_tokens if self.prefix_hit else self.seq
+
+
+MAX_SPEC_TOKENS = 64   # more speculative tokens than any engine proposes (vLLM, SGLang, EAGLE use <= 16)
+
+
+def _check_spec_and_prefix(job: Job) -> None:
+    """spec_tokens (decode) and prefix_hit (prefill): in range, and only where they apply."""
+    if job.spec_tokens:
+        if not isinstance(job.spec_tokens, (int, np.integer)) or not 1 <= job.spec_tokens <= MAX_SPEC_TOKENS:
+            raise FieldError("spec_tokens", job.spec_tokens, f"must be an integer from 1 to {MAX_SPEC_TOKENS}")
+        if job.phase != "decode":
+            raise FieldError("spec_tokens", job.spec_tokens, f"applies to phase decode only (phase is {job.phase})",
+                             "drop it, or use phase decode")
+    if job.prefix_hit:
+        if not (isinstance(job.prefix_hit, (int, float)) and 0.0 <= job.prefix_hit < 1.0):
+            raise FieldError("prefix_hit", job.prefix_hit, "must be a share in [0, 1) (the last prompt token "
+                             "is always computed)")
+        if job.phase != "prefill":
+            raise FieldError("prefix_hit", job.prefix_hit, f"applies to phase prefill only (phase is {job.phase})",
+                             "drop it, or use phase prefill")
 
 
 def validate_job(job: Job, model: ModelConfig) -> Job:
@@ -141,6 +180,7 @@ def validate_job(job: Job, model: ModelConfig) -> Job:
             if not job.overlap:
                 raise FixError("{flag}: applies to weights streamed from host memory only; add {offload} or drop it",
                                flag="no_overlap", offload=("offload_weights", "cpu"))
+    _check_spec_and_prefix(job)   # speculative decoding and prefix caching
     mb = job.micro_batch or job.batch
     if job.phase == "train" and job.batch % mb:
         raise FieldError("micro_batch", mb, f"does not divide batch {job.batch}", "use a divisor of batch")

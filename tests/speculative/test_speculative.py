@@ -1,0 +1,103 @@
+"""Speculative decoding (simulator.core.speculative): the expected-tokens formula, the step's
+parts, where it stops paying, and the EAGLE paper's speedups (benchmarks/data/speculative.yaml)."""
+from __future__ import annotations
+
+import runpy
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from simulator.core.errors import RoofplanError
+from simulator.core.models import load_model
+from simulator.core.paths import REPO_ROOT
+from simulator.core.predict import predict
+from simulator.core.specs import load_hardware
+from simulator.core.speculative import (acceptance_for_tokens, crossover_batch, eagle_head, expected_tokens_per_step,
+                                        predict_speculative)
+from simulator.core.workload import Job
+
+H100 = load_hardware("h100-sxm")
+
+
+@pytest.fixture(scope="module")
+def llama8b():
+    return load_model("llama-3.1-8b")
+
+
+def test_expected_tokens_formula():
+    # Leviathan et al. 2023 eq. 1: E = (1 - A^(K+1)) / (1 - A) = 1 + A + ... + A^K
+    for a in (0.1, 0.5, 0.8, 0.95):
+        for k in (1, 3, 5, 8):
+            assert expected_tokens_per_step(a, k) == pytest.approx(sum(a ** i for i in range(k + 1)))
+    assert expected_tokens_per_step(1.0, 4) == 5.0                  # every draft accepted: K + 1
+    assert expected_tokens_per_step(0.8, 4) == pytest.approx(3.3616)
+    assert np.allclose(expected_tokens_per_step(np.array([0.5, 1.0]), 2), [1.75, 3.0])
+    assert acceptance_for_tokens(3.3616, 4) == pytest.approx(0.8, abs=1e-9)
+
+
+def test_verification_is_a_decode_step_with_k_plus_1_queries(llama8b):
+    """The verification goes through the decode op list: K + 1 query tokens per sequence; at
+    K = 0 it is the plain decode step bit for bit."""
+    job = Job("decode", batch=4, context=1000)
+    plain, verify = predict(llama8b, H100, job), predict(llama8b, H100, replace(job, spec_tokens=4))
+    assert predict(llama8b, H100, replace(job, spec_tokens=0)).time_s == plain.time_s
+    gemm = lambda p: p.ops.loc[p.ops["cls"] == "gemm", "flops"].sum()
+    assert gemm(verify) == pytest.approx(5 * gemm(plain))           # every linear sees 5x the tokens
+    att = lambda p: p.ops.loc[p.ops["name"] == "layer.attention"].iloc[0]
+    # FLOPs: 5 queries over 1005 keys vs 1 over 1001; bytes: the cache is read once for all of them
+    assert att(verify)["flops"] / att(plain)["flops"] == pytest.approx(5 * 1005 / 1001)
+    assert att(verify)["bytes"] / att(plain)["bytes"] < 1.05
+    assert verify.time_s < 1.2 * plain.time_s                       # memory-bound at batch 4
+
+
+def test_step_parts_and_json_fields(llama8b):
+    job = Job("decode", batch=1, context=1000, spec_tokens=4)
+    s = predict_speculative(llama8b, H100, job, 0.8, load_model("llama-3.2-1b"))
+    assert s.time_s == pytest.approx(4 * s.draft.time_s + s.verify.time_s)
+    assert s.tokens_per_s == pytest.approx(s.tokens_per_step / s.time_s)
+    assert s.draft.model == "llama-3.2-1b" and s.draft.job.spec_tokens == 0
+    d = s.as_dict()
+    for key in ("spec_tokens_per_step", "tokens_per_s", "spec_speedup", "spec_draft_step_s", "spec_verify_step_s",
+                "spec_acceptance", "spec_tokens"):
+        assert key in d
+    assert d["tokens_per_s"] == s.tokens_per_s and d["time_s"] == s.time_s
+    assert s.peak_memory_bytes > s.verify.peak_memory_bytes       # the draft's weights and cache
+    with pytest.raises(RoofplanError, match="does not fit"):
+        predict_speculative(llama8b, H100, replace(job, batch=512), 0.8, load_model("llama-3.2-1b"))
+
+
+def test_eagle_head_is_one_target_layer(llama8b):
+    head = eagle_head(llama8b)
+    assert head.n_layers == 1 and head.vocab == llama8b.vocab and head.hidden == llama8b.hidden
+    s = predict_speculative(llama8b, H100, Job("decode", batch=1, context=1000, spec_tokens=4), 0.8)
+    assert s.draft.time_s < 0.1 * s.verify.time_s
+
+
+def test_pays_at_batch_1_hurts_at_large_batch(llama8b):
+    """Memory-bound at batch 1 (verification ~ one step, E tokens); compute-bound at a large batch
+    (K + 1 times the FLOPs for E kept tokens)."""
+    job = Job("decode", batch=1, context=512, spec_tokens=4)
+    draft = load_model("llama-3.2-1b")
+    assert predict_speculative(llama8b, H100, job, 0.7, draft).speedup > 1.2
+    assert predict_speculative(llama8b, H100, replace(job, batch=512), 0.7, draft).speedup < 1.0
+    b = crossover_batch(llama8b, H100, job, 0.7, draft)
+    assert 8 < b < 512
+    assert predict_speculative(llama8b, H100, replace(job, batch=b - 1), 0.7, draft).speedup > 1.0
+    assert predict_speculative(llama8b, H100, replace(job, batch=b), 0.7, draft).speedup <= 1.0
+    # a better acceptance keeps paying to a larger batch
+    assert crossover_batch(llama8b, H100, job, 0.9, draft) > b
+
+
+def test_eagle_published_speedups():
+    """EAGLE (Li et al., ICML 2024) Figure 1, batch 1 on A100: one acceptance fitted to LLaMA2-Chat
+    7B, the other points held out, each within 20% (they are within 6%)."""
+    bench = runpy.run_path(str(REPO_ROOT / "benchmarks" / "speculative.py"))
+    a, rows = bench["rows"]()
+    assert 0.6 < a < 0.9
+    held_out = [r for r in rows if r.role == "check"]
+    assert len(held_out) == 3
+    for r in rows:
+        assert abs(r.error) < 0.20, r
+    for r in held_out:
+        assert abs(r.error) < 0.08, r
