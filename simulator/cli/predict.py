@@ -41,6 +41,22 @@ def add_job_args(p) -> None:
     p.add_argument("--zero", type=int, default=0)
 
 
+def add_quant_args(p, kv: bool = False) -> None:
+    """Quantization flags (Job.weight_dtype, Job.kv_dtype; simulator.core.quant), for predict and whatif."""
+    p.add_argument("--weight-dtype", default="", choices=("bf16", "fp16", "fp8", "int8", "int4"),
+                   help="layer weights: fp8 W8A8 (GPUs with fp8), int8/int4 weight-only with group-128 scales "
+                        "(Marlin/AWQ/GPTQ kernels); default: --dtype")
+    if kv:
+        p.add_argument("--kv-dtype", default="", help="KV cache dtype, e.g. fp8 (default: --dtype)")
+
+
+def quant_note(job: Job) -> str:
+    """', weights int4, KV fp8' when a job quantizes its weights or KV cache, else ''."""
+    parts = ([f"weights {job.weight_dtype}"] if job.weight_dtype and job.weight_dtype != job.dtype else []) + \
+        ([f"KV {job.kv_dtype}"] if job.kv_dtype and job.kv_dtype != job.dtype else [])
+    return "".join(", " + x for x in parts)
+
+
 def add_parallel_train_args(p) -> None:
     """Parallelism flags beyond --tp/--pp/--dp (Job fields; one GPU is the plan tp = pp = dp = 1, so
     every training job goes through the same model)."""
@@ -112,13 +128,15 @@ def job_from_args(args) -> Job:
                pp=args.pp, dp=args.dp, micro_batch=args.micro_batch, zero=args.zero, ep=getattr(args, "ep", 1),
                cp=getattr(args, "cp", 1), vpp=getattr(args, "vpp", 1), sp=getattr(args, "sp", False),
                offload_weights=offload, host_memory=args.host_memory, overlap=not args.no_overlap,
-               power_cap_w=getattr(args, "power_cap_w", None))
+               power_cap_w=getattr(args, "power_cap_w", None),
+               weight_dtype=getattr(args, "weight_dtype", ""))
 
 
 def register(sub) -> None:
     p = sub.add_parser("predict", help="predict time and memory of one step")
     add_job_args(p)
     add_parallel_train_args(p)
+    add_quant_args(p)   # --weight-dtype
     p.add_argument("--plot", type=plot_path, default=None, metavar="FILE.png", help="write a roofline + memory figure")
     add_energy_args(p)
     add_spec_args(p)   # --spec-tokens, --spec-acceptance, --draft-model, --prefix-hit
@@ -148,6 +166,7 @@ def cmd_predict(args) -> int:
         par += (f" mb{j.micro_batch} x {j.n_micro}" + (f" v{j.vpp}" if j.vpp > 1 else "") + f" zero{j.zero}"
                 + f" recompute {j.recompute}" + (" sp" if j.sp else "") + (f" lora r{j.lora_rank}" if j.lora_rank else ""))
     mem = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in pred.memory.as_dict().items() if v)
+    what += quant_note(j)   # quantized weights / KV cache (--weight-dtype, --kv-dtype)
     title = f"{what} on {system.name}{par} ({ex.name} executor, kernel profile {kp.fitted_on})"
     footer = (f"\nstep time {fmt_time(pred.time_s)}  |  {fmt_rate(pred.tokens_per_s)} tokens/s  |  bound: {pred.bound}\n"
               f"peak memory {pred.peak_memory_bytes / GiB:.2f} GiB per GPU of {system.gpu.mem_bytes / GiB:.0f} GiB ({mem})")

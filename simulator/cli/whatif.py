@@ -17,7 +17,7 @@ from simulator.core.profiles import load_executor_profile, load_kernel_profile
 from simulator.report.tables import add_format_arg, emit, fmt_of
 from simulator.core.specs import load_hardware
 from simulator.core.units import GiB, fmt_rate, fmt_time
-from simulator.cli.predict import add_energy_args, job_from_args
+from simulator.cli.predict import add_energy_args, add_quant_args, job_from_args, quant_note
 
 
 def register(sub) -> None:
@@ -30,6 +30,7 @@ def register(sub) -> None:
     p.add_argument("--seq", type=int, default=0)
     p.add_argument("--context", type=int, default=0)
     p.add_argument("--dtype", default="bf16")
+    add_quant_args(p, kv=True)   # --weight-dtype, --kv-dtype
     p.add_argument("--executor", default="default")
     add_energy_args(p, tokens=False)
     add_format_arg(p)
@@ -83,7 +84,7 @@ def cmd_whatif(args) -> int:
                          "usd_per_1m_tokens": usd if fits else None, **energy})
     j = base
     what = f"{model.name} {j.phase}, batch {j.batch}" + (f", seq {j.seq}" if j.seq else "") + \
-        (f", context {j.context}" if j.phase == "decode" else "") + f", {j.dtype}, tensor parallel over N GPUs"
+        (f", context {j.context}" if j.phase == "decode" else "") + f", {j.dtype}{quant_note(j)}, tensor parallel over N GPUs"
     emit(fmt_of(args), json_obj={"workload": what, "results": objs}, rows=rows,
          header=["GPU", "N", "step time", "tokens/s", "memory GiB/GPU", "$/1M tok", "W/GPU", "J/tok", "bound", "status"],
          title=what, footer="\n$/1M tokens at the cheapest on-demand instance price per GPU-hour in hardware_specs/systems.\n"

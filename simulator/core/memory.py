@@ -38,6 +38,7 @@ from simulator.core.constants import (ADAM_STATE_BYTES, GRAD_BYTES, LOSS_BYTES_P
 from simulator.core.models import ModelConfig
 from simulator.core.ops import trainable_params
 from simulator.core.profiles import ExecutorProfile
+from simulator.core.quant import is_quantized, weight_bytes_per_param
 from simulator.core.units import DTYPE_BYTES
 from simulator.core.workload import Job
 
@@ -76,6 +77,20 @@ def weight_params_per_gpu(model: ModelConfig, job: Job) -> float:
     stage_layers = -(-model.n_layers // job.pp)
     ends = model.embedding_params + model.head_params if job.pp == 1 else max(model.embedding_params, model.head_params)
     return (stage_layers * per_layer_avg + ends) / job.tp
+
+
+def quantized_weight_bytes_per_gpu(model: ModelConfig, job: Job) -> float:
+    """Weights on one GPU with quantized layers (simulator.core.quant): the layer weights at
+    weight_bytes_per_param (int8/int4 with their group scales), the embedding and LM head (and
+    the norms, a rounding error) in the compute dtype, as AWQ, GPTQ and vLLM's fp8 keep them."""
+    P = weight_params_per_gpu(model, job)
+    ends = model.embedding_params + model.head_params if job.pp == 1 else max(model.embedding_params,
+                                                                               model.head_params)
+    ends = ends / job.tp
+    return (
+        (P - ends) * weight_bytes_per_param(job)  # layer weights on this GPU
+        + ends * DTYPE_BYTES[job.dtype]  # embedding and head in the compute dtype
+    )
 
 
 def kv_cache_bytes(model: ModelConfig, job: Job) -> float:
@@ -133,6 +148,8 @@ def inference_memory(model: ModelConfig, job: Job, ex: ExecutorProfile, weights_
                      offload_buffers: float = 0.0) -> MemoryBreakdown:
     P = weight_params_per_gpu(model, job)
     w = P * DTYPE_BYTES[job.dtype] if weights_on_gpu else offload_buffers
+    if weights_on_gpu and is_quantized(job):
+        w = quantized_weight_bytes_per_gpu(model, job)
     return MemoryBreakdown(weights=w, kv_cache=kv_cache_bytes(model, job),
                            activations=inference_activation_bytes(model, job, ex.fused_gate_up),
                            workspace=ex.workspace_bytes)

@@ -23,6 +23,7 @@ from functools import cached_property
 from simulator.core.constants import ADAM_FLOPS, ADAM_TRAFFIC_BYTES, LOSS_BYTES_PER_LOGIT, RECAST_TRAFFIC_BYTES
 from simulator.core.models import Linear, ModelConfig
 from simulator.core.profiles import ExecutorProfile
+from simulator.core.quant import gemm_dtype, gemm_kind, is_quantized, weight_bytes_per_param
 from simulator.core.units import DTYPE_BYTES
 from simulator.core.workload import Job
 
@@ -132,8 +133,9 @@ class LayerCall:
 
     @property
     def weight_bytes(self) -> float:
-        """Bytes per weight element (weights are stored in the compute dtype)."""
-        return DTYPE_BYTES[self.job.dtype]
+        """Bytes per layer weight element: the compute dtype's, or the job's weight_dtype with
+        its group scales (simulator.core.quant.weight_bytes_per_param)."""
+        return weight_bytes_per_param(self.job) if is_quantized(self.job) else DTYPE_BYTES[self.job.dtype]
 
     @property
     def residual_bytes(self) -> float:
@@ -332,6 +334,8 @@ def _gemm_op(c: LayerCall, lin: Linear) -> Op:
         flops, bytes_ = _expert_gemm_cost(c, lin, k_in, n_out)
     else:
         flops, bytes_ = _dense_gemm_cost(c, k_in, n_out)
+    if is_quantized(c.job):   # fp8 W8A8 on fp8 tensor cores; int8/int4 dequantised (simulator.core.quant)
+        return Op(f"{c.prefix}{lin.name}", "gemm", flops, bytes_, c.count, kind=gemm_kind(c.job), dtype=gemm_dtype(c.job))
     return Op(f"{c.prefix}{lin.name}", "gemm", flops, bytes_, c.count, dtype=c.job.dtype)
 
 

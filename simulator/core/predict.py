@@ -80,7 +80,8 @@ class Prediction:
         d = {
             "model": self.model, "hardware": self.hardware, "phase": j.phase,
             "batch": j.batch, "seq": j.seq, "context": j.context,
-            "dtype": j.dtype, "tp": j.tp, "pp": j.pp, "dp": j.dp, "n_gpus": self.n_gpus,
+            "dtype": j.dtype, "weight_dtype": j.weight_dtype or j.dtype, "kv_dtype": j.kv_dtype or j.dtype,
+            "tp": j.tp, "pp": j.pp, "dp": j.dp, "n_gpus": self.n_gpus,
             "time_s": self.time_s, "peak_memory_bytes": self.peak_memory_bytes,
             "tokens_per_s": self.tokens_per_s, "bound": self.bound, "fits": self.fits,
             "transfer_time_s": self.transfer_time_s,
@@ -112,6 +113,7 @@ def system_for_job(system: System, job: Job) -> System:
     a named system must have them. Also checks that the GPU has the job's dtype."""
     from simulator.core.specs import system_from_gpu
     system.gpu.peak_flops(job.dtype)  # clear error if the GPU lacks the dtype
+    check_weight_dtype_on(system.gpu, job)  # weight_dtype fp8 needs fp8 tensor cores
     from simulator.core.specs import MAX_BARE_NODE_GPUS
     n = job.n_gpus
     if n > system.gpu_count and system.name == system.gpu.name:
@@ -127,6 +129,15 @@ def system_for_job(system: System, job: Job) -> System:
         raise FieldError("n_gpus", n, f"the plan needs {n} GPUs (tp x pp x dp x cp) but {system.name} has "
                          f"{system.gpu_count} and no network to reach more", "use a larger system or smaller degrees")
     return system
+
+
+def check_weight_dtype_on(gpu, job: Job) -> None:
+    """weight_dtype fp8 (W8A8) runs its GEMMs on fp8 tensor cores: the GPU's spec must list an
+    fp8 peak (Hopper, Ada, Blackwell do; A100, T4, V100 do not)."""
+    from simulator.core.quant import gemm_dtype
+    if gemm_dtype(job) not in gpu.peak_flops_by_dtype:
+        raise FieldError("weight_dtype", job.weight_dtype, f"{gpu.name} has no fp8 tensor cores (W8A8 needs them)",
+                         "use int8 or int4 (weight-only), or a GPU with fp8 such as h100-sxm or l40s")
 
 
 def _scalar(x) -> float:

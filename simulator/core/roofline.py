@@ -1,6 +1,7 @@
 """Time per op: roofline with calibrated efficiency curves (see profiles.py).
 
   GEMM       t = overhead + (t_c^p + t_m^p)^(1/p)      t_c = F / (peak_dtype eff_c), t_m = B / (bw eff_m)
+             (weight-only int8/int4: t_c x (1 + DEQUANT_COMPUTE_OVERHEAD), simulator.core.quant)
   attention  prefill: t = overhead + F (1 + diag/S) / (peak_bf16 eff);  backward = ratio x forward
              decode:  t = overhead + max(B / (bw eff_m), F / (peak eff_c))
   memory ops t = kernels x kernel_overhead + B / (bw eff_m)
@@ -16,6 +17,7 @@ import pandas as pd
 
 from simulator.core.ops import Op
 from simulator.core.profiles import ExecutorProfile, KernelProfile
+from simulator.core.quant import DEQUANT_COMPUTE_OVERHEAD
 from simulator.core.specs import System
 
 
@@ -76,6 +78,8 @@ def _kernel_time(op: Op, system: System, kp: KernelProfile, ex: ExecutorProfile,
     bw = gpu.hbm_bw_Bps
     if op.cls == "gemm":
         peak = gpu.peak_flops(op.dtype) * ex.gemm_efficiency_scale
+        if op.kind == "dequant":   # weight-only int8/int4: in-register dequantisation (simulator.core.quant)
+            peak = peak / (1.0 + DEQUANT_COMPUTE_OVERHEAD)
         return gemm_time(op.flops, op.bytes, peak, bw, kp.gemm_for(op.dtype))
     if op.cls == "attention":
         peak = gpu.peak_flops(op.dtype if op.dtype in gpu.peak_flops_by_dtype else "fp16")

@@ -29,6 +29,7 @@ class Job:
     context: int = 0          # decode: tokens already in the KV cache
     dtype: str = "bf16"       # compute and weight dtype
     kv_dtype: str = ""        # KV cache dtype ("" = dtype)
+    weight_dtype: str = ""    # layer weights: bf16 | fp16 | fp8 (W8A8) | int8 | int4 (weight-only); "" = dtype
     recompute: str = "none"   # none | selective | full
     lora_rank: int = 0
     tp: int = 1
@@ -119,6 +120,8 @@ def validate_job(job: Job, model: ModelConfig) -> Job:
         raise FieldError("dtype", job.dtype, "not supported", "use bf16, fp16, fp8 or fp32")
     if job.kv_dtype and job.kv_dtype not in DTYPE_BYTES:
         raise FieldError("kv_dtype", job.kv_dtype, "unknown", f"use one of {', '.join(DTYPE_BYTES)}")
+    if job.weight_dtype:   # weight_dtype: quantized layer weights (simulator.core.quant)
+        _check_weight_dtype(job)
     if job.phase in ("prefill", "train") and job.seq < 1:
         raise FieldError("seq", job.seq, f"phase {job.phase} needs tokens per sequence >= 1")
     if job.phase == "decode" and job.seq:
@@ -199,3 +202,15 @@ def validate_job(job: Job, model: ModelConfig) -> Job:
                          f"{model.n_layers} layers into pp x vpp chunks, and micro-batches ({job.batch // mb}) "
                          f"divisible by pp ({job.pp})", "use vpp 1 or change pp or the batch")
     return replace(job, micro_batch=mb)
+
+def _check_weight_dtype(job: Job) -> None:
+    """weight_dtype: a known format, for inference with weights on the GPU (simulator.core.quant)."""
+    from simulator.core.quant import WEIGHT_DTYPES, is_quantized
+    if job.weight_dtype not in WEIGHT_DTYPES:
+        raise FieldError("weight_dtype", job.weight_dtype, "unknown", f"use one of {', '.join(WEIGHT_DTYPES)}")
+    if is_quantized(job) and job.phase == "train":
+        raise FieldError("weight_dtype", job.weight_dtype, "quantized weights are modelled for prefill and decode",
+                         "drop it, or use phase prefill or decode")
+    if is_quantized(job) and job.offload_weights != "gpu":
+        raise FieldError("weight_dtype", job.weight_dtype, "streaming quantized weights from host memory is not "
+                         "modelled", "drop it, or keep the weights on the GPU")
