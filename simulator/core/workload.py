@@ -203,6 +203,7 @@ def validate_job(job: Job, model: ModelConfig) -> Job:
                          f"divisible by pp ({job.pp})", "use vpp 1 or change pp or the batch")
     return replace(job, micro_batch=mb)
 
+
 def _check_weight_dtype(job: Job) -> None:
     """weight_dtype: a known format, for inference with weights on the GPU (simulator.core.quant)."""
     from simulator.core.quant import WEIGHT_DTYPES, is_quantized
