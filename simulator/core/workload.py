@@ -136,6 +136,7 @@ def validate_job(job: Job, model: ModelConfig) -> Job:
     if job.phase == "decode" and job.context < 0:
         raise FieldError("context", job.context, "must be >= 0")
     total = job.seq + (job.context if job.phase == "decode" else 0) + (1 if job.phase == "decode" else 0)
+    total += job.spec_tokens if job.phase == "decode" else 0   # the speculative tokens verified beside the new one
     if total > model.max_positions:
         name = "context" if job.phase == "decode" else "seq"
         raise FieldError(name, getattr(job, name),

@@ -48,6 +48,8 @@ def test_prefix_json(capsys):
      "--draft-model llama-3.1-70b: has 70.6B parameters, not fewer"),
     (["--phase", "decode", "--spec-tokens", "4", "--spec-acceptance", "0.5", "--draft-model", "llama-2-7b"],
      "--draft-model llama-2-7b: has a vocabulary of 32,000 tokens"),
+    (["--phase", "decode", "--context", "131070", "--spec-tokens", "4", "--spec-acceptance", "0.5"],
+     "--context 131070: a sequence of 131075 tokens exceeds"),
     (["--phase", "prefill", "--seq", "64", "--prefix-hit", "1"], "--prefix-hit 1.0: must be a share in [0, 1)"),
     (["--phase", "prefill", "--seq", "64", "--prefix-hit", "-0.5"], "--prefix-hit -0.5: must be"),
     (["--phase", "decode", "--prefix-hit", "0.5"], "--prefix-hit 0.5: applies to phase prefill only"),
