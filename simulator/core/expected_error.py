@@ -97,15 +97,23 @@ def table_path():
     return _profiles_dir("") / "expected_error.yaml"
 
 
-def expected_error(system: System, kp: KernelProfile, ex: ExecutorProfile, phase: str = "decode") -> ExpectedError | None:
+UNMEASURED_WEIGHT_DTYPES = ("int8", "int4")   # weight-only GEMMs: no profile has microbenchmarks of them
+
+
+def expected_error(system: System, kp: KernelProfile, ex: ExecutorProfile, phase: str = "decode",
+                   weight_dtype: str = "") -> ExpectedError | None:
     """The validated error of the calibration level of (system, kernel profile, executor): the
     row for this executor at this level, else any executor at this level, else the nearest less
-    calibrated kernels level measured (None when the table is missing)."""
+    calibrated kernels level measured (None when the table is missing). Weight-only int8/int4
+    GEMMs are at best `carried`: their time is the compute dtype's measured curves applied to the
+    quantized bytes (simulator.core.quant), not a measurement of those kernels."""
     path = table_path()
     if not path.is_file():
         return None
     rows = _table(str(path))
     kernels, framework = calibration_level(system, kp, ex)
+    if weight_dtype in UNMEASURED_WEIGHT_DTYPES and kernels == "measured":
+        kernels = "carried"
     kind = "train" if phase == "train" else "inference"
     keys = [f"{kernels}/{framework}/{ex.name}/{kind}", f"{kernels}/{framework}/{ex.name}", f"{kernels}/{framework}"]
     # then everything measured at this kernels level (pooled), then less calibrated kernels

@@ -212,7 +212,7 @@ def predict(model: ModelConfig, system: System, job: Job, executor: ExecutorProf
         hardware_flops=hardware_flops, n_gpus=job.n_gpus, fits=fits, peak_flops=system.gpu.peak_flops(job.dtype),
         time_by_resource=resources, time_terms=terms,
         host_time_s=float(cost.host_time_s), device_busy_s=float(cost.device_busy_s),
-        expected_error=_expected(system, kp, ex, job.phase), critical_path=cost.critical_path,
+        expected_error=_expected(system, kp, ex, job.phase, job.weight_dtype), critical_path=cost.critical_path,
         gpu_flops=gpu_flops, gpu_hbm_bytes=gpu_bytes, energy=energy)
 
 
@@ -232,9 +232,9 @@ def _capped(clock: tuple[float, float], step_time: float, resources: dict, terms
     return step_time + extra, resources, terms, df
 
 
-def _expected(system: System, kp: KernelProfile, ex: ExecutorProfile, phase: str) -> dict | None:
+def _expected(system: System, kp: KernelProfile, ex: ExecutorProfile, phase: str, weight_dtype: str = "") -> dict | None:
     from simulator.core.expected_error import expected_error
-    e = expected_error(system, kp, ex, phase)
+    e = expected_error(system, kp, ex, phase, weight_dtype)
     return e.as_dict() if e else None
 
 
