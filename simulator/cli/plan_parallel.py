@@ -8,6 +8,7 @@ import math
 from simulator.cli.args import finite_float, plot_path
 from simulator.cli.plan import plan_subparsers
 from simulator.core.errors import RoofplanError, clip
+from simulator.core.units import fmt_duration, fmt_energy, fmt_mass_g
 from simulator.core.profiles import load_executor_profile
 from simulator.report.tables import add_format_arg
 
@@ -105,7 +106,7 @@ def cmd_plan_parallel(args) -> int:
              *([f"{r.power_cap_w:g}" if r.power_cap_w == r.power_cap_w else "-"] if capped else []),
              f"{r.time_s:.3f} s", f"{r.model_flops_per_gpu_s / 1e12:.0f}", f"{100 * r.mfu:.1f}%",
              f"{r.memory_bytes / 2**30:.1f}", f"{r.plan_power_w / 1e3:,.1f}", f"{r.energy_j_per_token:.3g}",
-             *([_duration(r.run_time_s), _energy(r.run_energy_j)] if run else []),
+             *([fmt_duration(r.run_time_s), fmt_energy(r.run_energy_j)] if run else []),
              *([] if args.energy_front else [f"{100 * r.vs_best:+.1f}%", r.why])] for i, r in enumerate(top.itertuples())]
     price = system.price_usd_per_gpu_h
     footer = (f"\n{res.evaluated:,} plans scored, {len(res.plans):,} fit in {system.gpu.mem_bytes / 2**30:.0f} GiB, "
@@ -122,7 +123,7 @@ def cmd_plan_parallel(args) -> int:
     if run and not args.energy_front:
         b = top.iloc[0]
         footer += (f"\nrun of {args.tokens:.3g} tokens with plan 1: {int(b.run_steps):,} steps, "
-                   f"{_duration(b.run_time_s)}, {_energy(b.run_energy_j)}, {_mass(b.run_co2_g)} CO2e")
+                   f"{fmt_duration(b.run_time_s)}, {fmt_energy(b.run_energy_j)}, {fmt_mass_g(b.run_co2_g)} CO2e")
     if args.plot:
         _plot_front(top, res.plans, args.plot, run, f"{model.name} on {system.name}: time vs energy")
     emit(fmt_of(args), json_obj={"objective": args.objective, "evaluated": res.evaluated,
@@ -139,21 +140,6 @@ def cmd_plan_parallel(args) -> int:
 def _counts(res) -> str:
     counts = sorted(int(g) for g in res.plans["gpus"].unique())
     return "GPU counts " + ", ".join(map(str, counts))
-
-
-def _duration(t: float) -> str:
-    from simulator.report.tables import fmt_duration
-    return fmt_duration(t)
-
-
-def _energy(j: float) -> str:
-    from simulator.report.tables import fmt_energy
-    return fmt_energy(j)
-
-
-def _mass(g: float) -> str:
-    from simulator.report.tables import fmt_mass_g
-    return fmt_mass_g(g)
 
 
 def _plot_front(front, plans, path: str, run: bool, title: str) -> None:

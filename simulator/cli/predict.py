@@ -6,9 +6,9 @@ from simulator.core import power
 from simulator.core.models import load_model
 from simulator.core.predict import Prediction, predict
 from simulator.core.profiles import load_executor_profile, load_kernel_profile
-from simulator.report.tables import add_format_arg, emit, fmt_duration, fmt_energy, fmt_mass_g, fmt_of
+from simulator.report.tables import add_format_arg, emit, fmt_of
 from simulator.core.specs import load_hardware
-from simulator.core.units import GiB, fmt_bytes, fmt_rate, fmt_time
+from simulator.core.units import GiB, fmt_bytes, fmt_duration, fmt_energy, fmt_mass_g, fmt_rate, fmt_time
 from simulator.core.workload import Job
 from simulator.cli.args import finite_float, plot_path
 from simulator.cli.speculative import add_spec_args, predict_spec, spec_fields, spec_job, spec_lines

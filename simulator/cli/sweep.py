@@ -29,7 +29,7 @@ import numpy as np
 
 from simulator.core.errors import RoofplanError, did_you_mean
 from simulator.report.tables import add_format_arg, emit, fmt_of, table
-from simulator.core.units import GiB, fmt_time
+from simulator.core.units import GiB, fmt_duration, fmt_time
 from simulator.cli.args import finite_float, plot_path
 
 MAX_ROWS = 50_000_000          # default --max-rows
@@ -200,23 +200,13 @@ def _size(n: float) -> str:
     return f"{n:.0f} B"
 
 
-def _duration(s: float) -> str:
-    if s >= 86400:
-        return f"{s / 86400:.3g} days"
-    if s >= 3600:
-        return f"{s / 3600:.3g} h"
-    if s >= 60:
-        return f"{s / 60:.3g} min"
-    return fmt_time(s)
-
-
 def _estimate_text(est, workers: int | None, kind: str) -> str:
     """"~110 GB of CSV plus as much in the shard folder, ~41 min on 2 workers (...)"; workers
     None: a Dask cluster of unknown size, so one core's time."""
     what = "Parquet files" if kind == "dataset" else kind.upper()
     copy = "" if kind == "dataset" else " plus as much in the shard folder"
     on = f"on {workers} worker{'s' if workers > 1 else ''}" if workers else "on one core (less on the cluster)"
-    return (f"~{_size(est.output_bytes)} of {what}{copy}, ~{_duration(est.seconds(workers or 1))} {on}; timed on a "
+    return (f"~{_size(est.output_bytes)} of {what}{copy}, ~{fmt_duration(est.seconds(workers or 1))} {on}; timed on a "
             f"{est.sample_rows:,}-row sample, {est.seconds_per_row * 1e6:.2g} us/row on one core")
 
 

@@ -54,3 +54,36 @@ def fmt_time(t: float) -> str:
 def fmt_rate(x: float) -> str:
     """A rate for a table: thousands separated, two significant digits below 10 (0.46, not 0)."""
     return f"{x:,.0f}" if x >= 10 else f"{x:.2g}"
+
+
+def fmt_energy(j: float) -> str:
+    """Joules for a table: J, kJ below a kWh, then kWh, MWh, GWh (nan/inf as such)."""
+    if not math.isfinite(j):
+        return f"{j} J"
+    kwh = j / 3.6e6
+    if kwh < 1:
+        return f"{j:.3g} J" if abs(j) < 1e3 else f"{j / 1e3:.3g} kJ"
+    for unit, size in (("GWh", 1e6), ("MWh", 1e3)):
+        if kwh >= size:
+            return f"{kwh / size:.3g} {unit}"
+    return f"{kwh:.3g} kWh"
+
+
+def fmt_mass_g(g: float) -> str:
+    """Grams of CO2e for a table: g, kg, t."""
+    if not math.isfinite(g):
+        return f"{g} g"
+    for unit, size in (("t", 1e6), ("kg", 1e3)):
+        if abs(g) >= size:
+            return f"{g / size:.3g} {unit}"
+    return f"{g:.3g} g"
+
+
+def fmt_duration(t: float) -> str:
+    """A run's length: milliseconds to years."""
+    if not math.isfinite(t):
+        return f"{t} s"
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("h", 3600), ("min", 60)):
+        if t >= size:
+            return f"{t / size:.3g} {unit}"
+    return fmt_time(t)
