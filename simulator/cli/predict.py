@@ -12,6 +12,7 @@ from simulator.core.units import GiB, fmt_bytes, fmt_duration, fmt_energy, fmt_m
 from simulator.core.workload import Job
 from simulator.cli.args import finite_float, plot_path
 from simulator.cli.speculative import add_spec_args, predict_spec, spec_fields, spec_job, spec_lines
+from simulator.cli.chunked import add_chunk_args, chunk_fields, chunk_job, chunk_lines, chunk_note, decode_alone
 
 
 def add_job_args(p) -> None:
@@ -140,6 +141,7 @@ def register(sub) -> None:
     p.add_argument("--plot", type=plot_path, default=None, metavar="FILE.png", help="write a roofline + memory figure")
     add_energy_args(p)
     add_spec_args(p)   # --spec-tokens, --spec-acceptance, --draft-model, --prefix-hit
+    add_chunk_args(p)  # --chunk-tokens, --chunk-context
     add_format_arg(p)
     p.set_defaults(func=cmd_predict)
 
@@ -150,7 +152,7 @@ def cmd_predict(args) -> int:
     ex = load_executor_profile(args.executor)
     kp = load_kernel_profile(system.gpu.name, args.kernel_profile)
     power.check_carbon(args.carbon_g_per_kwh)
-    job = spec_job(args, job_from_args(args))   # speculative decoding, prefix caching
+    job = chunk_job(args, spec_job(args, job_from_args(args)))   # speculative decoding, prefix caching, chunks
     spec = predict_spec(args, model, system, job, ex, kp, args.carbon_g_per_kwh)
     pred = spec.verify if spec else predict(model, system, job, ex, kp, carbon_g_per_kwh=args.carbon_g_per_kwh)
     run = run_of(pred, args.tokens)
@@ -166,7 +168,7 @@ def cmd_predict(args) -> int:
         par += (f" mb{j.micro_batch} x {j.n_micro}" + (f" v{j.vpp}" if j.vpp > 1 else "") + f" zero{j.zero}"
                 + f" recompute {j.recompute}" + (" sp" if j.sp else "") + (f" lora r{j.lora_rank}" if j.lora_rank else ""))
     mem = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in pred.memory.as_dict().items() if v)
-    what += quant_note(j)   # quantized weights / KV cache (--weight-dtype, --kv-dtype)
+    what += chunk_note(j) + quant_note(j)   # a prefill chunk; quantized weights / KV cache
     title = f"{what} on {system.name}{par} ({ex.name} executor, kernel profile {kp.fitted_on})"
     footer = (f"\nstep time {fmt_time(pred.time_s)}  |  {fmt_rate(pred.tokens_per_s)} tokens/s  |  bound: {pred.bound}\n"
               f"peak memory {pred.peak_memory_bytes / GiB:.2f} GiB per GPU of {system.gpu.mem_bytes / GiB:.0f} GiB ({mem})")
@@ -188,6 +190,9 @@ def cmd_predict(args) -> int:
     obj = pred.as_dict()
     footer += spec_lines(spec, model, j, pred)   # the speculative step, or the prefix cache
     obj.update(spec_fields(spec, model, j))
+    alone = decode_alone(model, system, job, ex, kp)   # a chunked step: the decode without its chunk
+    footer += chunk_lines(j, pred, alone)
+    obj.update(chunk_fields(j, pred, alone))
     if run is not None:
         footer += (f"\nrun of {run.tokens:.3g} tokens: {run.steps:,.0f} steps, {fmt_duration(run.time_s)}, "
                    f"{fmt_energy(run.energy_j)}, {fmt_mass_g(run.co2_g)} CO2e")

@@ -94,11 +94,13 @@ def quantized_weight_bytes_per_gpu(model: ModelConfig, job: Job) -> float:
 
 
 def kv_cache_bytes(model: ModelConfig, job: Job) -> float:
-    """K and V (or MLA latent) for every cached token of every sequence, this GPU's share."""
+    """K and V (or MLA latent) for every cached token of every sequence, this GPU's share; a
+    decode step's prefill chunk adds its request's chunk_context + chunk_tokens tokens."""
     tokens = job.context + 1 if job.phase == "decode" else job.seq
     layers = -(-model.n_layers // job.pp)
     per_tok_layer = model.kv_cache_elems_per_token_layer_per_gpu(job.tp)
-    return job.batch * tokens * layers * per_tok_layer * job.kv_bytes_per_elem
+    cached = job.batch * tokens + job.chunk_context + job.chunk_tokens   # every sequence's tokens, the chunk's request
+    return cached * layers * per_tok_layer * job.kv_bytes_per_elem
 
 
 def inference_activation_bytes(model: ModelConfig, job: Job, fused_gate_up: bool = True) -> float:
@@ -107,11 +109,11 @@ def inference_activation_bytes(model: ModelConfig, job: Job, fused_gate_up: bool
     separate gate and up projections the gate output is freed once activated (silu(gate), up and
     their product: 3f, as HF's LlamaMLP runs it)."""
     a = DTYPE_BYTES[job.dtype]
-    T = job.batch * (1 if job.phase == "decode" else job.seq)
+    T = job.batch * (1 if job.phase == "decode" else job.seq) + job.chunk_tokens   # a prefill chunk's tokens too
     f = (model.top_k * model.expert_ffn_dim + model.n_shared_experts * model.shared_ffn_dim) if model.is_moe else model.ffn_dim
     mlp = ((4 if fused_gate_up else 3) if model.gated_mlp else 2) * f / job.tp
     per_token = a * (2 * model.hidden + mlp) + INFER_FP32_TEMPS * 4 * model.hidden
-    logits = job.batch * model.vocab / job.tp * 4
+    logits = (job.batch + (1 if job.chunk_tokens else 0)) * model.vocab / job.tp * 4   # a chunk: its last token
     return T * per_token + logits
 
 

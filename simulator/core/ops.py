@@ -17,7 +17,7 @@ the formulas only multiply and add them, never branch on them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 from simulator.core.constants import ADAM_FLOPS, ADAM_TRAFFIC_BYTES, LOSS_BYTES_PER_LOGIT, RECAST_TRAFFIC_BYTES
@@ -111,7 +111,7 @@ class LayerCall:
     ex: ExecutorProfile
     moe: bool
     count: int       # layers of this kind on this GPU
-    tokens: int      # tokens through the layer: batch x q_len
+    tokens: int      # tokens through the layer: batch x q_len (+ a decode step's prefill chunk)
     batch: int       # sequences
     q_len: int       # query tokens per sequence (1 in decode)
     kv_len: int      # decode: tokens already in the KV cache
@@ -428,7 +428,7 @@ def decode_attention_ops(c: LayerCall) -> list[Op]:
     """Decode attention, q = q_len queries per sequence (1; 1 + K when a speculative step verifies
     K drafted tokens) over L = kv_len + q keys: FLOPs = 2 B q h L (d_qk + d_v) (QK^T and AV; the
     causal mask among the q new tokens is ignored, q << L); bytes = the KV cache read once, B L
-    e_kv in the cache dtype, plus the queries read and the outputs written (2 T h d_v)."""
+    e_kv in the cache dtype, plus the queries read and the outputs written (2 B q h d_v)."""
     d_qk, d_v = _attention_head_dims(c.model, c.job.phase)
     keys = c.kv_len + c.q_len   # L: the cached tokens and the new ones
     flops = (
@@ -447,7 +447,7 @@ def decode_attention_ops(c: LayerCall) -> list[Op]:
     )
     query_out = (
         2  # read the query, write the output
-        * c.tokens  # T: tokens through the layer
+        * c.batch * c.q_len  # B q: the sequences' queries (not a prefill chunk's tokens beside them)
         * c.heads  # h: query heads on this rank
         * d_v  # d_v: value dimensions per head
         * c.act_bytes  # bytes per activation element
@@ -561,12 +561,29 @@ def unfused_attention_ops(c: LayerCall) -> list[Op]:
 
 
 def attention_core_ops(c: LayerCall) -> list[Op]:
-    """Attention itself: decode over the KV cache, or (prefill, training) repeat_kv where the
-    executor materialises it, then flash or unfused attention."""
+    """Attention itself: decode over the KV cache (and a prefill chunk's attention beside it,
+    `chunk_attention_ops`), or (prefill, training) repeat_kv where the executor materialises it,
+    then flash or unfused attention."""
     if c.job.phase == "decode":
-        return decode_attention_ops(c)
+        return decode_attention_ops(c) + chunk_attention_ops(c)
     core = unfused_attention_ops(c) if c.ex.attn_score_bytes_per_elem else flash_attention_ops(c)
     return repeat_kv_ops(c) + core
+
+
+def chunk_attention_ops(c: LayerCall) -> list[Op]:
+    """Chunked prefill (Agrawal et al. 2024, Sarathi-Serve; vLLM V1, SGLang): the N =
+    job.chunk_tokens prompt tokens of one more request go through the decode step's linears with
+    its B tokens (`forward_ops`: T = B + N), and their attention is that of a prefill of N tokens
+    with the M = job.chunk_context tokens of earlier chunks cached: N queries against M + N keys,
+    causal within the chunk, FLOPs = h N (N + 2M) (d_qk + d_v), the M cached K, V read from the
+    cache (the prefill path: `flash_attention_ops` or the executor's unfused attention, MLA
+    expanded per head). Ops named chunk_*; none without a chunk."""
+    if not c.job.chunk_tokens:
+        return []
+    N = c.job.chunk_tokens
+    chunk = replace(c, job=replace(c.job, phase="prefill"), tokens=N, batch=1, q_len=N, kv_len=c.job.chunk_context,
+                    prefix=f"{c.prefix}chunk_")
+    return attention_core_ops(chunk)
 
 
 def tensor_parallel_allreduce_ops(c: LayerCall, block: str) -> list[Op]:
@@ -745,7 +762,7 @@ def forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, layers: int |
     """Forward ops on one GPU: embedding, `layers` decoder layers, final norm and LM head."""
     B = job.batch if batch is None else batch
     q_len = job.query_tokens   # decode 1 (+ speculative tokens), prefill the uncached prompt
-    T = B * q_len
+    T = B * q_len + job.chunk_tokens   # decode: and a prefill chunk's tokens (chunked prefill)
     n_layers = model.n_layers if layers is None else layers
     ops: list[Op] = []
     if embed:
@@ -759,8 +776,9 @@ def forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, layers: int |
         ops += layer_forward_ops(model, job, ex, True, n_moe, prefix="moe_layer.", **kw)
     if head:
         # prefill: logits of the last position only; decode: every query (1, or 1 + K to verify
-        # K speculative tokens); training: every position
-        ops += lm_head_ops(model, job, ex, B if job.phase == "prefill" else T)
+        # K speculative tokens) and a prefill chunk's last token; training: every position
+        rows = {"prefill": B, "decode": B * q_len + (1 if job.chunk_tokens else 0)}.get(job.phase, T)
+        ops += lm_head_ops(model, job, ex, rows)
     return ops
 
 

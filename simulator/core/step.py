@@ -289,7 +289,7 @@ def inference_cost(model: ModelConfig, system: System, job: Job, ex: ExecutorPro
     step = stage
     if job.pp > 1:
         # one request traverses all stages in turn; activations hop between GPUs
-        hop = job.batch * (1 if job.phase == "decode" else job.seq) * model.hidden * a
+        hop = (job.batch * (1 if job.phase == "decode" else job.seq) + job.chunk_tokens) * model.hidden * a
         pp_hops = (job.pp - 1) * collective_time("p2p", hop, 2, system, 2)
         step = stage * job.pp + pp_hops
     transfer_exposed = (stage - np.maximum(end_device, end_host)) if job.offload_weights == "cpu" else 0.0

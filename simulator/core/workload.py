@@ -18,7 +18,9 @@ class Job:
     """One step of a workload.
 
     prefill: one forward over batch x seq tokens, logits for the last position only.
-    decode:  one step, one new token per sequence, `context` tokens already cached.
+    decode:  one step, one new token per sequence, `context` tokens already cached; with
+             `chunk_tokens` N > 0 a prefill chunk of one more request rides in the same forward
+             (chunked prefill, vLLM V1 / SGLang): N prompt tokens after its `chunk_context` M.
     train:   forward + backward + optimizer step over batch x seq tokens (bf16 mixed precision:
              fp32 master weights and Adam states, bf16 compute); `lora_rank` > 0 freezes the base
              and trains adapters on every linear layer.
@@ -50,6 +52,9 @@ class Job:
     spec_tokens: int = 0      # decode: speculative tokens verified per sequence (the step is the target's
                               # verification of 1 + spec_tokens query tokens; simulator.core.speculative)
     prefix_hit: float = 0.0   # prefill: share of each prompt already in the KV cache (prefix caching)
+    chunk_tokens: int = 0     # decode: prompt tokens of one more request prefilled in the same step (chunked
+                              # prefill: one forward over batch + chunk_tokens tokens; ops.chunk_attention_ops)
+    chunk_context: int = 0    # decode: that request's tokens already prefilled by earlier chunks
 
     @property
     def tokens(self) -> int:
@@ -102,6 +107,33 @@ def _check_spec_and_prefix(job: Job) -> None:
         if job.phase != "prefill":
             raise FieldError("prefix_hit", job.prefix_hit, f"applies to phase prefill only (phase is {job.phase})",
                              "drop it, or use phase prefill")
+
+
+def _check_chunk(job: Job, model: ModelConfig) -> None:
+    """chunk_tokens / chunk_context (chunked prefill): non-negative integers, in a decode step
+    without speculative tokens, the chunk's request (M + N tokens) within the position limit."""
+    for name in ("chunk_tokens", "chunk_context"):
+        v = getattr(job, name)
+        if not isinstance(v, (int, np.integer)) or v < 0:
+            raise FieldError(name, v, "must be an integer >= 0")
+    if not (job.chunk_tokens or job.chunk_context):
+        return
+    if job.phase != "decode":
+        name = "chunk_tokens" if job.chunk_tokens else "chunk_context"
+        raise FieldError(name, getattr(job, name), f"applies to phase decode only (a prefill chunk rides in a decode "
+                         f"step; phase is {job.phase})", "drop it, or use phase decode")
+    if not job.chunk_tokens:
+        raise FieldError("chunk_context", job.chunk_context, "is the context of a prefill chunk, and the step has none",
+                         "add the chunk's tokens, or drop it")
+    if job.spec_tokens:
+        raise FieldError("chunk_tokens", job.chunk_tokens, "a speculative step with a prefill chunk is not modelled",
+                         "drop the chunk or the speculative tokens")
+    total = job.chunk_context + job.chunk_tokens
+    if total > model.max_positions:
+        raise FieldError("chunk_tokens", job.chunk_tokens,
+                         f"the chunk's request of {total} tokens ({job.chunk_context} prefilled before + "
+                         f"{job.chunk_tokens} in the chunk) exceeds {model.name}'s limit of {model.max_positions} "
+                         f"(max_position_embeddings)", "use a smaller chunk or chunk context")
 
 
 def validate_job(job: Job, model: ModelConfig) -> Job:
@@ -185,6 +217,7 @@ def validate_job(job: Job, model: ModelConfig) -> Job:
                 raise FixError("{flag}: applies to weights streamed from host memory only; add {offload} or drop it",
                                flag="no_overlap", offload=("offload_weights", "cpu"))
     _check_spec_and_prefix(job)   # speculative decoding and prefix caching
+    _check_chunk(job, model)      # chunked prefill
     mb = job.micro_batch or job.batch
     if job.phase == "train" and job.batch % mb:
         raise FieldError("micro_batch", mb, f"does not divide batch {job.batch}", "use a divisor of batch")
