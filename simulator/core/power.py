@@ -56,7 +56,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.core.errors import FieldError
+from simulator.core.errors import FieldError, RoofplanError
 from simulator.core.specs import GPU, System
 
 J_PER_KWH = 3.6e6
@@ -125,6 +125,9 @@ class GpuPower:
 
     @classmethod
     def of(cls, gpu: GPU, dtype: str = "bf16", fit: PowerFit = H100_FIT) -> "GpuPower":
+        if gpu.tdp_w <= 0:      # tdp_W 0: not in the spec; every power figure scales with it
+            raise RoofplanError(f"{gpu.name} has no TDP in its spec, so its power (and a cap on it) cannot be modelled; "
+                                f"add tdp_W with its source to hardware_specs/gpus/{gpu.name}.yaml")
         idle = gpu.idle_w if gpu.idle_w is not None else IDLE_SHARE_ESTIMATE * gpu.tdp_w
         dynamic = gpu.tdp_w - idle
         return cls(idle_w=idle, tdp_w=gpu.tdp_w, compute_w=fit.k_compute * dynamic,

@@ -194,7 +194,7 @@ def predict(model: ModelConfig, system: System, job: Job, executor: ExecutorProf
     act = power.Activity(time_s=step_time, compute_s=resources.get("compute", 0.0) / stages, flops=gpu_flops,
                          hbm_bytes=gpu_bytes)
     clock = (1.0, 1.0)
-    if job.power_cap_w is not None and system.gpu.tdp_w > 0:
+    if job.power_cap_w is not None:
         clock = power.clock_under_cap(act, power.GpuPower.of(system.gpu, job.dtype), job.power_cap_w)
         step_time, resources, terms, df = _capped(clock, step_time, resources, terms, df)
         act = power.Activity(time_s=step_time, compute_s=resources.get("compute", 0.0) / stages, flops=gpu_flops,
@@ -394,6 +394,8 @@ def predict_many(model: ModelConfig, system: System, job: Job, batch, seq=0, con
     peak = np.broadcast_to(cost.memory.total, shape)
     time_s = np.asarray(cost.time_s, float)
     energy, notes, floor = {}, (), None
+    if job.power_cap_w is not None and system.gpu.tdp_w <= 0:
+        power.GpuPower.of(system.gpu)       # refuses: a cap on a GPU with no TDP would be ignored
     if system.gpu.tdp_w > 0:
         # what predict() reads off its op table: one GPU's FLOPs and HBM bytes over the step's ops
         fwd = forward_ops(model, vjob, ex, layers=int(stage_layers(model, job.pp)))

@@ -63,14 +63,24 @@ def device_spec(rows: list[dict], name: str = "cpu-host", host_link: str = "pcie
     copies = [2 * x["bytes"] / x["time_s"] / GB for x in rows if x["kind"] == "copy" and x["src"] == x["dst"] == "gpu"]
     if not copies:
         raise ValueError("no device copy rows (copy gpu->gpu) to bound the device's bandwidth")
+    env = next((r for r in rows if r["kind"] == "env"), {})
+    read = {"memory_GiB": host_mem_GiB(rows), "cores": env.get("nproc"), "boost_clock_MHz": env.get("cpu_mhz"),
+            "l2": env.get("l2_bytes")}
+    missing = [k for k, v in read.items() if not v]
+    if missing:
+        raise ValueError(f"the env record has no {', '.join(missing)} of this machine (/proc/meminfo, /proc/cpuinfo, "
+                         f"/sys/devices/system/cpu/cpu0/cache); re-run roofplan microbench on it")
     return {
-        "name": name, "kind": "gpu", "vendor": "host", "full_name": f"host CPU ({os.cpu_count()} cores) via torch",
-        "architecture": "cpu", "memory_GiB": host_mem_GiB(rows) or 16, "memory_bandwidth_GBps": round(2 * max(copies), 1),
-        "l2_cache_MiB": 1, "sm_count": 1, "boost_clock_MHz": 1000, "tdp_W": 100, "peak_dense_TFLOPS": peaks,
+        "name": name, "kind": "gpu", "vendor": "host", "full_name": f"host CPU ({read['cores']} cores) via torch",
+        "architecture": "cpu", "memory_GiB": read["memory_GiB"], "memory_bandwidth_GBps": round(2 * max(copies), 1),
+        "l2_cache_MiB": round(read["l2"] / 2**20, 3), "sm_count": int(read["cores"]),
+        "boost_clock_MHz": round(float(read["boost_clock_MHz"]), 1), "tdp_W": 0, "peak_dense_TFLOPS": peaks,
         "host_link": host_link, "gpu_link": None,
         "source": "roofplan microbench on this machine: peaks = 2 x best measured GEMM rate, bandwidth = 2 x best "
-                  "measured device copy, memory = the host's MemTotal (clock, SMs, L2 and TDP are placeholders, not read "
-                  "by the time model)",
+                  "measured device copy, memory = the host's MemTotal, cores as SMs, the fastest core clock of "
+                  "/proc/cpuinfo, CPU 0's L2 from sysfs",
+        "sources": {"tdp_W": "unknown: the OS does not report a CPU's board power; 0 is the specs' 'not in the spec', "
+                             "so predictions on this device report no power or energy"},
     }
 
 

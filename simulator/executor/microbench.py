@@ -195,7 +195,31 @@ def env_record(dev: torch.device, budget: str) -> dict:
     else:
         # the fp32 GEMMs (what the executor runs on cpu) get the full curve fit, bf16 is scaled from them
         r["gemm_base_dtype"] = "fp32"
+        r.update(cpu_mhz=_cpu_mhz(), l2_bytes=_l2_bytes())
     return r
+
+
+def _cpu_mhz() -> float | None:
+    """The fastest core clock /proc/cpuinfo reports ("cpu MHz : 2596.120"), MHz; None when absent."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            mhz = [float(line.partition(":")[2]) for line in f if line.startswith("cpu MHz")]
+    except (OSError, ValueError):
+        return None
+    return max(mhz) if mhz else None
+
+
+def _l2_bytes() -> int | None:
+    """CPU 0's level-2 cache from sysfs (/sys/devices/system/cpu/cpu0/cache/index*/{level,size}: "1024K"), bytes."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    for d in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (d / "level").read_text().strip() == "2":
+                size = (d / "size").read_text().strip()
+                return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _gemm_rows(dev, timer: Timer, sz: dict) -> list[dict]:

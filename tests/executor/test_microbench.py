@@ -12,7 +12,7 @@ from simulator.executor import measured_specs as ms
 
 ROWS = [
     {"kind": "env", "gpu": "", "device": "cpu", "threads": 1, "nproc": 2, "cpu": "AMD EPYC 7B13",
-     "meminfo": "MemTotal:       24684092 kB"},
+     "meminfo": "MemTotal:       24684092 kB", "cpu_mhz": 2596.12, "l2_bytes": 2**20},
     {"kind": "gemm", "M": 256, "N": 256, "K": 256, "dtype": "fp32", "time_s": 1e-4, "tflops": 0.3355},
     {"kind": "gemm", "M": 64, "N": 64, "K": 64, "dtype": "bf16", "time_s": 1e-4, "tflops": 0.0052},
     {"kind": "copy", "src": "gpu", "dst": "gpu", "bytes": 2**26, "time_s": 3e-3},
@@ -33,6 +33,9 @@ def test_specs_of_this_machine_are_valid_spec_files():
     assert kw["peak_flops_by_dtype"]["fp32"] == pytest.approx(2 * 0.3355e12)
     assert kw["hbm_bw_Bps"] == pytest.approx(round(2 * 2 * 2**26 / 3e-3 / 1e9, 1) * 1e9)
     assert kw["mem_bytes"] == pytest.approx(24684092 * 1024, rel=1e-3)         # MemTotal
+    assert (kw["sm_count"], kw["clock_hz"], kw["l2_bytes"], kw["tdp_w"]) == (2, 2596.1e6, 2**20, 0)   # read, not invented
+    with pytest.raises(ValueError, match="the env record has no boost_clock_MHz, l2 of this machine"):
+        ms.device_spec([{**ROWS[0], "cpu_mhz": None, "l2_bytes": None}, *ROWS[1:]], "cpu-host")
     link = parse_spec("link", ms.memcpy_link(ROWS, "cpu-host-memcpy"), Path("cpu-host-memcpy.yaml"))
     assert link["bw_Bps"] == pytest.approx(2 * 2**26 / 3e-3, rel=1e-3)
     cpu = parse_spec("cpu", ms.host_cpu_spec(ROWS, "host-cpu"), Path("host-cpu.yaml"))
