@@ -75,6 +75,18 @@ class StepTables:
     prefill_dyn_j: np.ndarray | None = None    # energy of one prefill above the idle floor (all tp GPUs)
     decode_dyn_j: np.ndarray | None = None     # [batch, context] energy of one decode step above idle
     power_cap_w: float | None = None           # board power limit per GPU the tables were built under
+    options: EngineOptions | None = None       # quantization, prefix caching, speculation (None: plain)
+
+    def kv_tokens(self, in_tokens, out_tokens) -> np.ndarray:
+        """KV-cache tokens one request holds: its prompt and output, less the prefix a prefix
+        cache shares with every other request (`shared_prefix_tokens` holds it once)."""
+        hit = self.options.prefix_hit if self.options is not None else 0.0
+        return np.floor((1.0 - hit) * np.asarray(in_tokens, float) + 0.5) + np.asarray(out_tokens, float)
+
+    def shared_prefix_tokens(self, in_tokens) -> float:
+        """The cached prefix every request shares, held once (the mean prompt's hit share)."""
+        hit = self.options.prefix_hit if self.options is not None else 0.0
+        return float(np.mean(np.asarray(in_tokens, float))) * hit
 
     def prefill_time(self, tokens) -> np.ndarray:
         """Prefill of `tokens` prompt tokens (log-log interpolation; linear extrapolation above)."""
@@ -147,9 +159,57 @@ class StepTables:
         return self._decode_lookup(self._decode_energy_interp, batch, context)
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """What an instance runs beside its model and plan: weight and KV-cache quantization
+    (Job.weight_dtype / Job.kv_dtype, simulator.core.quant), prefix caching (the share of every
+    prompt already cached, Job.prefix_hit) and speculative decoding (K drafted tokens per step
+    with per-token acceptance A, proposed by `draft` or, None, an EAGLE-style head;
+    simulator.core.speculative). The defaults are a plain bf16 engine."""
+    weight_dtype: str = ""
+    kv_dtype: str = ""
+    prefix_hit: float = 0.0
+    spec_tokens: int = 0
+    spec_acceptance: float | None = None
+    draft: ModelConfig | None = None
+
+    def check(self) -> "EngineOptions":
+        from simulator.core.speculative import check_acceptance
+        if not 0.0 <= self.prefix_hit < 1.0:
+            raise FieldError("prefix_hit", self.prefix_hit, "must be a share of the prompt in [0, 1)",
+                             "give e.g. 0.5 for half of every prompt cached")
+        if self.spec_tokens < 0:
+            raise FieldError("spec_tokens", self.spec_tokens, "must be >= 0 (0: no speculation)")
+        if self.spec_tokens and self.spec_acceptance is None:
+            raise FieldError("spec_acceptance", None, "speculative decoding needs a per-token acceptance rate",
+                             "give one in (0, 1]")
+        if self.spec_tokens:
+            check_acceptance(self.spec_acceptance)
+        elif self.spec_acceptance is not None or self.draft is not None:
+            raise FieldError("spec_tokens", 0, "an acceptance rate or draft model needs spec_tokens K >= 1",
+                             "give spec_tokens or drop them")
+        return self
+
+    @property
+    def label(self) -> str:
+        """A short name of the non-default options ('' for a plain engine), for tables."""
+        parts = []
+        if self.weight_dtype:
+            parts.append(f"w{self.weight_dtype}")
+        if self.kv_dtype:
+            parts.append(f"kv{self.kv_dtype}")
+        if self.prefix_hit:
+            parts.append(f"prefix{self.prefix_hit:g}")
+        if self.spec_tokens:
+            parts.append(f"spec{self.spec_tokens}@{self.spec_acceptance:g}"
+                         + (f"+{self.draft.name}" if self.draft is not None else ""))
+        return ",".join(parts)
+
+
 def step_tables(model: ModelConfig, system: System, tp: int = 1, dtype: str = "bf16",
                 executor: ExecutorProfile | None = None, kernels: KernelProfile | None = None,
-                iteration_overhead_s: float = 0.0, power_cap_w: float | None = None) -> StepTables:
+                iteration_overhead_s: float = 0.0, power_cap_w: float | None = None,
+                options: EngineOptions = EngineOptions()) -> StepTables:
     """Evaluate the core `predict` on the prefill and decode grids for one (model, GPU, TP).
 
     KV budget (vLLM): GPU_MEMORY_UTILIZATION x device memory - weights - workspace - activations
@@ -159,16 +219,37 @@ def step_tables(model: ModelConfig, system: System, tp: int = 1, dtype: str = "b
     the GPU fed); added to every prefill and decode step (the GPUs idle through it).
     Energy: each step's predict().energy less the instance's idle floor over the step.
     `power_cap_w`: each GPU's board power limit (predict()'s Job.power_cap_w); a step the cap
-    cannot hold takes REFUSED_STEP_S (a cap below the GPU's idle power is refused outright)."""
+    cannot hold takes REFUSED_STEP_S (a cap below the GPU's idle power is refused outright).
+    `options` (EngineOptions): quantized weights shrink the weights and speed their reads, an fp8
+    KV cache doubles the tokens the budget holds; a prefix hit R prefills only the uncached
+    (1 - R) of each prompt (prefill_s over the prompt length, the attention still reading the
+    cached prefix) and keeps one shared copy of the prefix (`kv_tokens`); speculative decoding
+    stores decode_s per generated token, the step K t_draft + t_verify over the E tokens it yields
+    per sequence (the draft's weights and cache leave the KV budget), so Little's law and the
+    iteration-level simulation keep counting one token per sequence per 'step'."""
+    options = options.check()
     gpu = system.gpu
     L = model.max_positions
     from simulator.core.profiles import load_executor_profile, load_kernel_profile
     executor = executor or load_executor_profile("default")
     kernels = kernels or load_kernel_profile(gpu.name)   # parsed once, not per predict() call
     kw = dict(executor=executor, kernels=kernels, check_memory=False)
-    base = inference_memory(model, Job("decode", batch=1, context=0, dtype=dtype, tp=tp), executor)
-    kv_tok = kv_cache_bytes(model, Job("decode", batch=1, context=0, dtype=dtype, tp=tp))
+    quant = dict(weight_dtype=options.weight_dtype, kv_dtype=options.kv_dtype)
+    base_job = Job("decode", batch=1, context=0, dtype=dtype, tp=tp, **quant)
+    base = inference_memory(model, base_job, executor)
+    kv_tok = kv_cache_bytes(model, base_job)
     budget = GPU_MEMORY_UTILIZATION * gpu.mem_bytes - base.weights - base.workspace - base.activations
+    draft_w = 0.0
+    if options.spec_tokens:   # the proposer's weights sit beside the target's; its cache per token too
+        from simulator.core.speculative import check_draft, eagle_head
+        if options.draft is not None:
+            check_draft(options.draft, model)
+        proposer = options.draft if options.draft is not None else eagle_head(model)
+        dj = replace(base_job, tp=tp if options.draft is None else 1)
+        draft_w = (inference_memory(proposer, dj, executor).weights if options.draft is not None
+                   else base.weights / model.n_layers)
+        kv_tok += kv_cache_bytes(proposer, dj) * (dj.tp / tp if options.draft is not None else 1.0)
+        budget -= draft_w
     if budget <= 0:
         raise FieldError(
             "tp", tp, f"{model.name} does not fit on {tp} x {gpu.name} for serving: weights need "
@@ -180,9 +261,13 @@ def step_tables(model: ModelConfig, system: System, tp: int = 1, dtype: str = "b
     idle_w = tp * _idle_w(gpu)
 
     def step(job: Job, with_ops: bool = False) -> tuple[float, float, object]:
-        """(time, energy above idle, prediction) of one step; a step the cap cannot hold: REFUSED_STEP_S."""
+        """(time, energy above idle, prediction) of one step -- per generated token and sequence
+        when speculating; a step the cap cannot hold: REFUSED_STEP_S."""
+        job = replace(job, power_cap_w=power_cap_w, **quant)
         try:
-            p = predict(model, system, replace(job, power_cap_w=power_cap_w), with_ops=with_ops, **kw)
+            if job.phase == "decode" and options.spec_tokens:
+                return _spec_step(model, system, replace(job, spec_tokens=options.spec_tokens), options, idle_w, kw)
+            p = predict(model, system, job, with_ops=with_ops, **kw)
         except FieldError as e:
             if e.field != "power_cap_w":
                 raise
@@ -193,11 +278,13 @@ def step_tables(model: ModelConfig, system: System, tp: int = 1, dtype: str = "b
     ptoks = np.array([t for t in PREFILL_GRID if t <= L] or [L], dtype=float)
     pre, pre_j, attn = [], [], []
     for t in ptoks:
-        ts, ej, p = step(Job("prefill", batch=1, seq=int(t), dtype=dtype, tp=tp), with_ops=True)
+        ts, ej, p = step(Job("prefill", batch=1, seq=int(t), dtype=dtype, tp=tp, prefix_hit=options.prefix_hit),
+                         with_ops=True)
         pre.append(ts)
         pre_j.append(ej)
         attn.append(float(p.ops.loc[p.ops["cls"] == "attention", "time_s"].sum()) if p is not None else 0.0)
-    ctx = np.array([c for c in DECODE_CONTEXT_GRID if c < L] + [L - 1], dtype=float)
+    top = L - 1 - options.spec_tokens       # the verification's K + 1 queries stay inside the model's positions
+    ctx = np.array([c for c in DECODE_CONTEXT_GRID if c < top] + [top], dtype=float)
     ctx = np.unique(ctx)
     bat = np.array(DECODE_BATCH_GRID, dtype=float)
     dec = np.array([[step(Job("decode", batch=int(b), context=int(c), dtype=dtype, tp=tp))[:2] for c in ctx]
@@ -210,7 +297,23 @@ def step_tables(model: ModelConfig, system: System, tp: int = 1, dtype: str = "b
                       decode_s=dec[..., 0] + iteration_overhead_s, kv_bytes_per_token=kv_tok,
                       kv_budget_tokens=budget / kv_tok, max_context=L, iteration_overhead_s=per_step,
                       prefill_attn_s=np.array(attn), idle_w=idle_w, prefill_dyn_j=np.array(pre_j),
-                      decode_dyn_j=dec[..., 1], power_cap_w=power_cap_w)
+                      decode_dyn_j=dec[..., 1], power_cap_w=power_cap_w, options=options)
+
+
+def _spec_step(model: ModelConfig, system: System, job: Job, options: EngineOptions, idle_w: float,
+               kw: dict) -> tuple[float, float, object]:
+    """A speculative decode step over the E tokens it yields per sequence: (time per token, energy
+    above idle per token, the verification's prediction). The energy is the verification's plus K
+    draft steps' (predict() each), less the idle floor over the whole step."""
+    from simulator.core.speculative import predict_speculative
+    sp = predict_speculative(model, system, job, options.spec_acceptance, options.draft, kw["executor"],
+                             kw["kernels"], check_memory=False)
+    if sp.verify.energy is not None:
+        draft_j = sp.draft.energy.energy_j if sp.draft.energy is not None else 0.0
+        dyn = max(sp.verify.energy.energy_j + options.spec_tokens * draft_j - idle_w * sp.time_s, 0.0)
+    else:
+        dyn = 0.0
+    return sp.time_s / sp.tokens_per_step, dyn / sp.tokens_per_step, sp.verify
 
 
 def _idle_w(gpu) -> float:
@@ -322,9 +425,11 @@ def _decode_fixed_point(tables: StepTables, mix: RequestMix, rate: float, slow: 
     1 - prefill share of the instance. Returns (B, '') or (inf, reason)."""
     e_out = mix.mean(mix.out_tokens)
     ctx = mix.mean(mix.in_tokens + mix.out_tokens / 2)
-    b_max = tables.kv_budget_tokens / max(mix.mean(mix.in_tokens + mix.out_tokens), 1.0)
+    per_request = mix.mean(tables.kv_tokens(mix.in_tokens, mix.out_tokens))
+    budget = tables.kv_budget_tokens - tables.shared_prefix_tokens(mix.in_tokens)
+    b_max = budget / max(per_request, 1.0)
     if b_max < 1:
-        return math.inf, f"one request ({mix.mean(mix.in_tokens + mix.out_tokens):.0f} tokens) exceeds the KV cache ({tables.kv_budget_tokens:.0f} tokens)"
+        return math.inf, f"one request ({per_request:.0f} tokens) exceeds the KV cache ({budget:.0f} tokens)"
 
     # g(B) = rate E[out] decode(B) / slow - B is > 0 near 0 and decreasing past its root (decode
     # time grows sublinearly in B); evaluate on a log grid at once, then interpolate the sign change
@@ -363,7 +468,7 @@ def _estimate(tables_d: StepTables, mix: RequestMix, rate: float, service: np.nd
         tpot_mean_s=float(np.sum(w * tpot_i)), tpot_p90_s=_normal_mix_quantile(tpot_i, tpot_sd, w, 0.9),
         tpot_p99_s=_normal_mix_quantile(tpot_i, tpot_sd, w, 0.99), decode_batch=batch,
         utilisation=max(rho, rho_decode_share),
-        kv_tokens=batch * mix.mean(mix.in_tokens + mix.out_tokens / 2))
+        kv_tokens=batch * mix.mean(tables_d.kv_tokens(mix.in_tokens, mix.out_tokens / 2)))
 
 
 def aggregated(tables: StepTables, mix: RequestMix, rate: float, chunk_tokens: int = 512,
@@ -554,10 +659,11 @@ def _run_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, n_ou
     gen = [0] * n if not prefilled else [1] * n
     if prefilled:
         first[:] = arrive
-    budget = tables.kv_budget_tokens
+    budget = tables.kv_budget_tokens - tables.shared_prefix_tokens(n_in)
+    need = tables.kv_tokens(n_in, n_out).tolist()      # KV tokens each request reserves
     # dense lookups so one iteration costs no numpy call: decode over batch 1..max x 64 contexts,
     # prefill over 0..chunk tokens
-    b_cap = int(min(max(budget / max(min(i + o for i, o in zip(n_in, n_out)), 1), 1), 4096)) + 1
+    b_cap = int(min(max(budget / max(min(need), 1), 1), 4096)) + 1
     ctx_step = max(tables.max_context / 63, 1.0)
     dec_tab = tables.decode_time(np.arange(b_cap + 1)[:, None], (np.arange(64) * ctx_step)[None, :]).tolist()
     longest = chunk_tokens if chunked_prefill else max(chunk_tokens, max(n_in))
@@ -569,13 +675,13 @@ def _run_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, n_ou
     while finished < n:
         if it >= max_iterations or t > deadline_s:
             return first, finish, it, True
-        while nxt < n and arrive[nxt] <= t and used + n_in[nxt] + n_out[nxt] <= budget:
+        while nxt < n and arrive[nxt] <= t and used + need[nxt] <= budget:
             running.append(nxt)
-            used += n_in[nxt] + n_out[nxt]
+            used += need[nxt]
             nxt += 1
         if not running:
-            if nxt < n and n_in[nxt] + n_out[nxt] > budget:
-                raise FieldError("tp", tables.tp, f"a request of {n_in[nxt] + n_out[nxt]} tokens exceeds the KV cache of "
+            if nxt < n and need[nxt] > budget:
+                raise FieldError("tp", tables.tp, f"a request of {need[nxt]:.0f} tokens exceeds the KV cache of "
                                  f"{budget:.0f} tokens on {tables.tp} x {tables.gpu}", "use a larger tp or GPU")
             t = max(t, arrive[nxt])
             continue
@@ -621,7 +727,7 @@ def _run_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, n_ou
         for r in running:
             if done_pre[r] >= n_in[r] and gen[r] >= n_out[r]:
                 finish[r] = t
-                used -= n_in[r] + n_out[r]
+                used -= need[r]
                 finished += 1
             else:
                 still.append(r)
