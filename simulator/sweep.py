@@ -3,8 +3,12 @@
 A group shares everything but batch / seq / context, so its prefill and decode configurations go
 through one call of `simulator.core.predict.predict_many` -- the same step assembler `predict()`
 uses, on numpy arrays (millions of configurations per second). Training configurations go
-through `predict()` one by one (`predict_rows`). Either way a sweep row equals `predict()` on
-the same configuration (tests/core/test_one_cost_model.py checks that to 1e-9).
+through `predict()` one by one (`predict_rows`). Serving options (OPTION_FIELDS: quantized
+weights and KV cache, prefix caching, chunked prefill) are Job fields a group shares, so they ride
+in the same call; a speculative group (spec_tokens K >= 1) is three predict_many calls combined as
+`predict_speculative` combines its three predict() steps (`speculative_many`). Either way a sweep
+row equals `predict()` / `predict_speculative()` on the same configuration
+(tests/core/test_one_cost_model.py and tests/sweep/test_sweep_options.py check that to 1e-9).
 
 Shards are files in a folder (shard-00000.csv or .parquet) beside `_manifest.json`, which holds
 the run's fingerprint -- the grid, the bytes of every spec file, profile and model config the
@@ -35,11 +39,17 @@ from typing import Annotated, Any, Callable, Literal
 import numpy as np
 from pydantic import AfterValidator, BeforeValidator, Field
 
+from pydantic import model_validator
+
 from simulator.core.errors import RoofplanError
+from simulator.core.memory import MemoryBreakdown
 from simulator.core.predict import check_sizes, predict, predict_many
 from simulator.core.power import DEFAULT_CARBON_G_PER_KWH
+from simulator.core.quant import WEIGHT_DTYPES
 from simulator.core.schema import Name, Strict, _finite, check, read_yaml
-from simulator.core.workload import Job
+from simulator.core.speculative import check_acceptance, check_draft, eagle_head, expected_tokens_per_step
+from simulator.core.units import DTYPE_BYTES
+from simulator.core.workload import MAX_SPEC_TOKENS, Job
 
 
 # ---------------------------------------------------------------------------------------------
@@ -49,13 +59,35 @@ from simulator.core.workload import Job
 PLAN_FIELDS = {"ep": (int, 1), "micro_batch": (int, 0), "zero": (int, 0), "recompute": (str, "none"),
                "lora_rank": (int, 0), "sp": (bool, False), "cp": (int, 1), "vpp": (int, 1)}
 
+# serving options a grid may list: field -> (default, the phases it applies to). Job fields but for
+# spec_acceptance and draft_model (predict_speculative's arguments). In a grid of several phases a
+# field is ignored by the phases it does not apply to, as seq is by decode and context by prefill
+# (their groups take the default: one row, not one per value); the proposer's acceptance and model
+# are ignored by rows without speculative tokens. A grid none of whose phases a listed value applies
+# to is refused (GridSchema).
+OPTION_FIELDS = {
+    "weight_dtype": (None, ("prefill", "decode")),    # quantized layer weights (simulator.core.quant); null: dtype
+    "kv_dtype": (None, ("prefill", "decode")),        # KV cache dtype; null: dtype
+    "prefix_hit": (0.0, ("prefill",)),                # share of each prompt already cached (prefix caching)
+    "chunk_tokens": (0, ("decode",)),                 # chunked prefill: prompt tokens of one more request
+    "chunk_context": (0, ("decode",)),                # that request's tokens prefilled before the chunk
+    "spec_tokens": (0, ("decode",)),                  # speculative decoding: tokens drafted per step
+    "spec_acceptance": (None, ("decode",)),           # per-token acceptance rate in (0, 1]
+    "draft_model": (None, ("decode",)),               # the proposer (null: an EAGLE-style head)
+}
+JOB_OPTIONS = ("weight_dtype", "kv_dtype", "prefix_hit", "chunk_tokens", "chunk_context", "spec_tokens")
+
 # energy of a row (simulator.core.power, as predict() reports it): W per GPU, J per step (all GPUs
 # and hosts), J per token, g CO2e per 1M tokens at the row's grid intensity
 ENERGY_COLUMNS = ("power_w", "energy_j", "energy_j_per_token", "co2_g_per_1m_tokens")
 
-RESULT_COLUMNS = ("hardware", "model", "phase", "dtype", "tp", "pp", "dp", *PLAN_FIELDS, "offload", "power_cap_w",
-                  "carbon_g_per_kwh", "batch", "seq", "context", "n_gpus", "time_s", "tokens_per_s", "peak_memory_bytes",
-                  "fits", "bound", "transfer_time_s", *ENERGY_COLUMNS, "usd_per_gpu_h", "usd_per_1m_tokens", "error")
+# a speculative row (predict_speculative): E tokens per sequence per step, tokens/s over plain decode's
+SPEC_COLUMNS = ("spec_tokens_per_step", "spec_speedup")
+
+RESULT_COLUMNS = ("hardware", "model", "phase", "dtype", "tp", "pp", "dp", *PLAN_FIELDS, "offload", *OPTION_FIELDS,
+                  "power_cap_w", "carbon_g_per_kwh", "batch", "seq", "context", "n_gpus", "time_s", "tokens_per_s",
+                  *SPEC_COLUMNS, "peak_memory_bytes", "fits", "bound", "transfer_time_s", *ENERGY_COLUMNS,
+                  "usd_per_gpu_h", "usd_per_1m_tokens", "error")
 
 # columns that describe a configuration (what a group-best reduction may group by)
 CONFIG_COLUMNS = RESULT_COLUMNS[:RESULT_COLUMNS.index("n_gpus") + 1]
@@ -82,6 +114,8 @@ Watts = Annotated[float, Field(gt=0), AfterValidator(_finite)]
 Intensity = Annotated[float, Field(ge=0), AfterValidator(_finite)]
 Tokens = Annotated[int, Field(ge=0, le=MAX_SIZE)]
 Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+Share = Annotated[float, Field(ge=0, lt=1)]           # prefix_hit: the last prompt token is always computed
+Acceptance = Annotated[float, Field(gt=0, le=1)]
 
 
 class GridSchema(Strict):
@@ -111,6 +145,32 @@ class GridSchema(Strict):
     sp: _values(bool) = [False]
     power_cap_w: _values(Watts | None) = [None]     # board power limit per GPU (null: the default, its TDP)
     carbon_g_per_kwh: _values(Intensity) = [DEFAULT_CARBON_G_PER_KWH]   # grid intensity for co2_g_per_1m_tokens
+    # serving options (OPTION_FIELDS)
+    weight_dtype: _values(Literal[WEIGHT_DTYPES] | None) = [None]
+    kv_dtype: _values(Literal[tuple(DTYPE_BYTES)] | None) = [None]
+    prefix_hit: _values(Share) = [0.0]
+    chunk_tokens: _values(Tokens) = [0]
+    chunk_context: _values(Tokens) = [0]
+    spec_tokens: _values(Annotated[int, Field(ge=0, le=MAX_SPEC_TOKENS)]) = [0]
+    spec_acceptance: _values(Acceptance | None) = [None]
+    draft_model: _values(Name | None) = [None]
+
+    @model_validator(mode="after")
+    def _options_apply(self):
+        """A serving option some phase of the grid uses; the proposer's fields with speculative tokens."""
+        for k, (default, phases) in OPTION_FIELDS.items():
+            if any(v != default for v in getattr(self, k)) and not set(phases) & set(self.phase):
+                raise ValueError(f"{k} applies to phase {' and '.join(phases)} and the grid's phase is "
+                                 f"{', '.join(self.phase)}; add {phases[0]} to phase or drop {k}")
+        spec = any(self.spec_tokens)
+        for k in ("spec_acceptance", "draft_model"):
+            if not spec and any(v is not None for v in getattr(self, k)):
+                raise ValueError(f"{k} is the speculative proposer's and no spec_tokens is >= 1; add spec_tokens "
+                                 f"or drop {k}")
+        if spec and None in self.spec_acceptance:
+            raise ValueError("spec_tokens >= 1 needs spec_acceptance, the per-token acceptance rate in (0, 1] "
+                             "(a value or a list without null)")
+        return self
 
 
 class GridFile(Strict):
@@ -156,22 +216,63 @@ class Group:
     plan: tuple = ()          # (field, value) pairs of PLAN_FIELDS that differ from Job's defaults
     power_cap_w: float | None = None
     carbon_g_per_kwh: float = DEFAULT_CARBON_G_PER_KWH
+    options: tuple = ()       # (field, value) pairs of OPTION_FIELDS that differ from their defaults
 
     @property
     def job(self) -> Job:
         """The Job every configuration of the group shares (sizes filled in per configuration)."""
         return Job(phase=self.phase, dtype=self.dtype, tp=self.tp, pp=self.pp, dp=self.dp,
-                   offload_weights=self.offload, power_cap_w=self.power_cap_w, **dict(self.plan))
+                   offload_weights=self.offload, power_cap_w=self.power_cap_w, **dict(self.plan),
+                   **{k: v for k, v in self.options if k in JOB_OPTIONS})
+
+    @property
+    def spec_acceptance(self) -> float | None:
+        return dict(self.options).get("spec_acceptance")
+
+    @property
+    def draft_model(self) -> str | None:
+        return dict(self.options).get("draft_model")
 
     @property
     def size(self) -> int:
         return len(self.batch) * len(self.seq) * len(self.context)
 
 
+def _option_values(grid: GridSchema, phase: str) -> dict[str, list]:
+    """Each option's values in a group of `phase`: the grid's where the option applies, else its default."""
+    return {k: getattr(grid, k) if phase in phases else [default] for k, (default, phases) in OPTION_FIELDS.items()}
+
+
+def option_sets(grid: GridSchema, phase: str):
+    """The serving options of `phase`'s groups, in grid order: (field, value) pairs that differ
+    from the defaults, one tuple per combination (a step without speculative tokens has no
+    acceptance or proposer: one combination, not one per value)."""
+    vals = _option_values(grid, phase)
+    rest = [k for k in OPTION_FIELDS if k not in ("spec_tokens", "spec_acceptance", "draft_model")]
+    for combo in itertools.product(*(vals[k] for k in rest)):
+        for k_spec in vals["spec_tokens"]:
+            proposers = itertools.product(vals["spec_acceptance"], vals["draft_model"]) if k_spec else [(None, None)]
+            for acc, draft in proposers:
+                opts = {**dict(zip(rest, combo)), "spec_tokens": k_spec, "spec_acceptance": acc, "draft_model": draft}
+                yield tuple((k, v) for k, v in opts.items() if v != OPTION_FIELDS[k][0])
+
+
+def _count_option_sets(grid: GridSchema, phase: str) -> int:
+    """len(list(option_sets(grid, phase))) without expanding them."""
+    vals = _option_values(grid, phase)
+    n = 1
+    for k in OPTION_FIELDS:
+        if k not in ("spec_tokens", "spec_acceptance", "draft_model"):
+            n *= len(vals[k])
+    spec = sum(1 for k in vals["spec_tokens"] if k)
+    return n * (len(vals["spec_tokens"]) - spec + spec * len(vals["spec_acceptance"]) * len(vals["draft_model"]))
+
+
 def count_rows(grid: GridSchema) -> int:
     """Configurations of a grid, counted without expanding it: decode groups run batch x context,
-    prefill and training groups batch x seq."""
-    per_phase = sum(len(grid.batch) * len(grid.context if ph == "decode" else grid.seq) for ph in grid.phase)
+    prefill and training groups batch x seq, times the serving options each phase takes."""
+    per_phase = sum(len(grid.batch) * len(grid.context if ph == "decode" else grid.seq) * _count_option_sets(grid, ph)
+                    for ph in grid.phase)
     groups_per_phase = 1
     for k in ("hardware", "model", "dtype", "tp", "pp", "dp", "offload", "executor", *PLAN_FIELDS, "power_cap_w",
               "carbon_g_per_kwh"):
@@ -186,15 +287,18 @@ def iter_groups(grid: GridSchema):
             grid.hardware, grid.model, grid.phase, grid.dtype, grid.tp, grid.pp, grid.dp, grid.offload,
             grid.executor, grid.power_cap_w, grid.carbon_g_per_kwh, *plan_lists):
         plan = tuple((k, v) for k, v in plan if v != PLAN_FIELDS[k][1])
-        yield Group(hw, m, ph, dt, tp, pp, dp, off, exe, tuple(grid.batch),
-                    tuple(grid.seq) if ph != "decode" else (0,), tuple(grid.context) if ph == "decode" else (0,), plan,
-                    cap, carbon)
+        for options in option_sets(grid, ph):
+            yield Group(hw, m, ph, dt, tp, pp, dp, off, exe, tuple(grid.batch),
+                        tuple(grid.seq) if ph != "decode" else (0,), tuple(grid.context) if ph == "decode" else (0,),
+                        plan, cap, carbon, options)
 
 
 def parse_grid(grid, where: str | Path = "grid") -> list[Group]:
     """Expand a grid mapping into groups. Fields (scalar or list): hardware, model, phase,
     batch, seq (prefill, train), context (decode), tp, pp, dp, dtype, offload (gpu|cpu), executor,
-    the plan fields of PLAN_FIELDS, power_cap_w (W per GPU, null: none) and carbon_g_per_kwh."""
+    the plan fields of PLAN_FIELDS, power_cap_w (W per GPU, null: none), carbon_g_per_kwh and the
+    serving options of OPTION_FIELDS (weight_dtype, kv_dtype; prefix_hit for prefill; chunk_tokens,
+    chunk_context, spec_tokens, spec_acceptance, draft_model for decode)."""
     return list(iter_groups(check_grid(grid, where)))
 
 
@@ -258,23 +362,47 @@ def sweep_group(g: Group, cache: dict | None = None) -> dict[str, np.ndarray]:
     }
     for k, (kind, default) in PLAN_FIELDS.items():
         cols[k] = np.full(n, dict(g.plan).get(k, default), object if kind is str else None)
-    for k in ("time_s", "tokens_per_s", "peak_memory_bytes", "transfer_time_s", *ENERGY_COLUMNS, "usd_per_gpu_h",
-              "usd_per_1m_tokens"):
+    job = g.job
+    cols.update({   # the options as predict() reports them: a dtype left out is the compute dtype
+        "weight_dtype": np.full(n, job.weight_dtype or job.dtype, object),
+        "kv_dtype": np.full(n, job.kv_dtype or job.dtype, object), "prefix_hit": np.full(n, float(job.prefix_hit)),
+        "chunk_tokens": np.full(n, job.chunk_tokens), "chunk_context": np.full(n, job.chunk_context),
+        "spec_tokens": np.full(n, job.spec_tokens),
+        "spec_acceptance": np.full(n, np.nan if g.spec_acceptance is None else g.spec_acceptance),
+        "draft_model": np.full(n, g.draft_model, object)})     # None: no draft model (an EAGLE-style head)
+    for k in ("time_s", "tokens_per_s", *SPEC_COLUMNS, "peak_memory_bytes", "transfer_time_s", *ENERGY_COLUMNS,
+              "usd_per_gpu_h", "usd_per_1m_tokens"):
         cols[k] = np.full(n, np.nan)
     cols["fits"] = np.zeros(n, bool)
     cols["bound"] = np.full(n, "", object)
     cols["error"] = np.full(n, "", object)
-    job = g.job
     try:
         model = _loaded(cache, "model", g.model)
         system = _loaded(cache, "hardware", g.hardware)
         ex = _loaded(cache, "executor", g.executor)
         kp = _loaded(cache, "kernels", system.gpu.name)
         price = _loaded(cache, "price", system.gpu.name)
+        draft = _loaded(cache, "model", g.draft_model) if g.draft_model else None
+        if draft is not None:       # before the sizes, as predict_speculative checks it first
+            check_draft(draft, model)
         ok = check_sizes(model, g.phase, B, S, C)
         cols["error"][~ok] = f"sizes out of range for {model.name} (max {model.max_positions} tokens)"
+        if job.spec_tokens:     # the K verified tokens count against the position limit (validate_job)
+            too_long = ok & (C + 1 + job.spec_tokens > model.max_positions)
+            cols["error"][too_long] = (f"sizes out of range for {model.name} with {job.spec_tokens} speculative "
+                                       f"tokens (max {model.max_positions} tokens)")
+            ok &= ~too_long
+            if draft is not None:
+                short = ok & ~check_sizes(draft, "decode", B, S, C)
+                cols["error"][short] = f"sizes out of range for the draft {draft.name} (max {draft.max_positions} tokens)"
+                ok &= ~short
         idx = np.flatnonzero(ok)
-        if g.phase == "train":
+        if job.spec_tokens and idx.size:
+            res = speculative_many(model, system, job, g.spec_acceptance, draft, B[idx], C[idx], ex, kp,
+                                   g.carbon_g_per_kwh)
+            for k, v in res.items():
+                cols[k][idx] = v
+        elif g.phase == "train":
             res = predict_rows(model, system, [replace(job, batch=int(B[i]), seq=int(S[i])) for i in idx], ex, kp,
                                g.carbon_g_per_kwh)
             for k in ("time_s", "tokens_per_s", "peak_memory_bytes", "transfer_time_s", *ENERGY_COLUMNS, "fits",
@@ -298,6 +426,50 @@ def sweep_group(g: Group, cache: dict | None = None) -> dict[str, np.ndarray]:
     except RoofplanError as e:
         cols["error"][cols["error"] == ""] = str(e)
     return cols
+
+
+def speculative_many(model, system, job: Job, acceptance: float, draft, batch, context, ex, kp,
+                     carbon_g_per_kwh: float = DEFAULT_CARBON_G_PER_KWH) -> dict[str, np.ndarray]:
+    """predict_speculative() for arrays of (batch, context), its three predict() steps through
+    predict_many: the target's verification of 1 + K tokens (job.spec_tokens = K), the plain decode
+    (for the speedup) and the proposer's decode (`draft`, None: core.speculative.eagle_head), then
+
+        t_step = K t_draft + t_verify,  E = (1 - A^(K+1)) / (1 - A),  tokens/s = batch x dp x E / t_step
+
+    and the memory of target plus proposer, combined as predict_speculative combines them. Columns:
+    time_s, tokens_per_s, SPEC_COLUMNS, peak_memory_bytes, fits, bound and transfer_time_s of the
+    verification, and `error` (a power cap one of the steps cannot hold). Energy is left out:
+    predict_speculative does not price the K draft steps."""
+    a = check_acceptance(acceptance)
+    if draft is not None:
+        check_draft(draft, model)
+    proposer = draft if draft is not None else eagle_head(model)
+    plain_job = replace(job, spec_tokens=0)
+    verify = predict_many(model, system, job, batch, 0, context, ex, kp, carbon_g_per_kwh)
+    plain = predict_many(model, system, plain_job, batch, 0, context, ex, kp)
+    # the proposer's plan as predict_speculative sets it: a draft model at the target's tp when tp
+    # divides its heads, else unsharded, and one pipeline stage; a head at the target's plan
+    dtp = job.tp if draft is None or (draft.n_heads % job.tp == 0 and (draft.n_kv_heads % job.tp == 0
+                                                                       or job.tp % draft.n_kv_heads == 0)) else 1
+    step = predict_many(proposer, system, replace(plain_job, tp=dtp, pp=1 if draft is not None else job.pp),
+                        batch, 0, context, ex, kp)
+    k = job.spec_tokens
+    e = expected_tokens_per_step(a, k)
+    t = k * step.time_s + verify.time_s
+    own_weights = step.memory["weights"] if draft is not None else verify.memory["weights"] / model.n_layers
+    mem = MemoryBreakdown(weights=verify.memory["weights"] + own_weights,
+                          kv_cache=verify.memory["kv_cache"] + step.memory["kv_cache"],
+                          activations=verify.memory["activations"], workspace=verify.memory["workspace"])
+    shape = np.shape(t)
+    peak = np.broadcast_to(mem.total, shape)
+    tokens_per_s = np.asarray(batch) * job.dp * e / t
+    error = verify.cap_errors(job.power_cap_w)
+    for other in (plain.cap_errors(job.power_cap_w), step.cap_errors(job.power_cap_w)):
+        error = np.where(error == "", other, error)
+    return {"time_s": t, "tokens_per_s": tokens_per_s, "spec_tokens_per_step": np.full(shape, e),
+            "spec_speedup": tokens_per_s / plain.tokens_per_s, "peak_memory_bytes": peak,
+            "fits": peak <= system.gpu.mem_bytes, "bound": verify.bound, "transfer_time_s": verify.transfer_time_s,
+            "error": error}
 
 
 def predict_rows(model, system, jobs: list[Job], ex, kp,
@@ -442,7 +614,7 @@ def input_files(groups: list[Group]) -> dict[str, Path | None]:
             add(p)
         else:
             files[f"executor '{exe}'"] = None
-    for m in dict.fromkeys(g.model for g in groups):
+    for m in dict.fromkeys(x for g in groups for x in (g.model, g.draft_model) if x):
         p = Path(m)
         if p.suffix == ".json" or os.sep in m:
             p = p / "config.json" if p.is_dir() else p
@@ -455,11 +627,20 @@ def input_files(groups: list[Group]) -> dict[str, Path | None]:
     return dict(sorted(files.items()))
 
 
+def grid_sha256(grids: list[GridSchema]) -> str:
+    """sha256 of the validated grids (name and description left out, and the serving options of
+    OPTION_FIELDS where they hold their defaults: a grid from before they existed hashes as it did)."""
+    def dump(g: GridSchema) -> dict:
+        unset = {k for k, (default, _) in OPTION_FIELDS.items() if getattr(g, k) == [default]}
+        return g.model_dump(mode="json", exclude={"name", "description", *unset})
+    return hashlib.sha256(json.dumps([dump(g) for g in grids], sort_keys=True).encode()).hexdigest()
+
+
 def fingerprint(grids: list[GridSchema], groups: list[Group], shard_size: int, fmt: str) -> dict:
-    """What a finished shard's rows depend on: roofplan's version, the grid, the shard size and
-    format, and the sha256 of each input file's bytes."""
-    grid_text = json.dumps([g.model_dump(mode="json", exclude={"name", "description"}) for g in grids], sort_keys=True)
-    return {"roofplan": roofplan_version(), "grid": hashlib.sha256(grid_text.encode()).hexdigest(),
+    """What a finished shard's rows depend on: roofplan's version, the grid, the result columns,
+    the shard size and format, and the sha256 of each input file's bytes."""
+    return {"roofplan": roofplan_version(), "grid": grid_sha256(grids),
+            "columns": hashlib.sha256(",".join(RESULT_COLUMNS).encode()).hexdigest(),
             "shard_size": shard_size, "format": fmt,
             "inputs": {k: file_sha256(p) if p is not None else "absent" for k, p in input_files(groups).items()}}
 
@@ -470,6 +651,8 @@ def what_changed(old: dict, new: dict) -> str | None:
         return f"roofplan's version changed ({old.get('roofplan')} -> {new['roofplan']})"
     if old.get("grid") != new["grid"]:
         return "the grid changed"
+    if old.get("columns") != new["columns"]:    # shards of other columns cannot be streamed into one file
+        return "the result columns changed (roofplan's sweep output gained or lost columns)"
     if old.get("shard_size") != new["shard_size"]:
         return f"the shard size changed ({old.get('shard_size')} -> {new['shard_size']})"
     if old.get("format") != new["format"]:
@@ -927,7 +1110,8 @@ def estimate(groups: list[Group], rows: int, fmt: str, prices: dict | None = Non
         t0 = time.perf_counter()
         df = pd.DataFrame(sweep_group(g, cache), columns=list(RESULT_COLUMNS))
         buf = io.BytesIO()
-        df.to_parquet(buf, index=False) if fmt == "parquet" else df.to_csv(buf, index=False)
+        # a CSV file has one header: the bytes per row are the rows' without it
+        df.to_parquet(buf, index=False) if fmt == "parquet" else df.to_csv(buf, index=False, header=False)
         hashlib.sha256(buf.getbuffer())
         reduce_shard(df, Reductions(), 0)
         t = time.perf_counter() - t0

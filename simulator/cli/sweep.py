@@ -341,7 +341,24 @@ def _parallel(r) -> str:
         if k in r and v != default and v == v:
             text += f" {k} {v}" if k in ("recompute", "micro_batch", "lora_rank") else f" {k}{int(v) if k != 'sp' else ''}"
     cap = r.get("power_cap_w", np.nan)
-    return text + (" offload" if r["offload"] == "cpu" else "") + (f" cap {cap:g} W" if cap == cap else "")
+    return text + (" offload" if r["offload"] == "cpu" else "") + (f" cap {cap:g} W" if cap == cap else "") + _options(r)
+
+
+def _options(r) -> str:
+    """The serving options of a row that are not the defaults: ' w int4 kv fp8 spec 4 a0.8 draft M'."""
+    text = ""
+    for k, short in (("weight_dtype", "w"), ("kv_dtype", "kv")):
+        v = r.get(k, r["dtype"])
+        text += f" {short} {v}" if isinstance(v, str) and v and v != r["dtype"] else ""
+    hit = r.get("prefix_hit", 0.0)
+    text += f" prefix {hit:g}" if hit == hit and hit else ""
+    if r.get("chunk_tokens", 0):
+        text += f" chunk {r['chunk_tokens']}" + (f" after {r['chunk_context']}" if r.get("chunk_context", 0) else "")
+    if r.get("spec_tokens", 0):
+        draft = r.get("draft_model", "")
+        text += f" spec {r['spec_tokens']} a{r['spec_acceptance']:g}" + (f" draft {draft}" if isinstance(draft, str)
+                                                                          and draft else "")
+    return text
 
 
 def _clean(v):
