@@ -18,6 +18,9 @@ from simulator.report.tables import add_format_arg, emit, fmt_of
 from simulator.core.specs import load_hardware
 from simulator.core.units import GiB, fmt_rate, fmt_time
 from simulator.cli.predict import add_energy_args, add_quant_args, job_from_args, quant_note
+from simulator.cli.speculative import add_spec_args, spec_job
+from simulator.cli.chunked import add_chunk_args, chunk_job, chunk_note
+from simulator.core.speculative import check_acceptance, check_draft, predict_speculative
 
 
 def register(sub) -> None:
@@ -31,6 +34,8 @@ def register(sub) -> None:
     p.add_argument("--context", type=int, default=0)
     p.add_argument("--dtype", default="bf16")
     add_quant_args(p, kv=True)   # --weight-dtype, --kv-dtype
+    add_spec_args(p)             # --spec-tokens, --spec-acceptance, --draft-model, --prefix-hit
+    add_chunk_args(p)            # --chunk-tokens, --chunk-context
     p.add_argument("--executor", default="default")
     add_energy_args(p, tokens=False)
     add_format_arg(p)
@@ -51,8 +56,14 @@ def cmd_whatif(args) -> int:
     model = load_model(args.model)
     ex = load_executor_profile(args.executor)
     power.check_carbon(args.carbon_g_per_kwh)
-    base = job_from_args(_with_defaults(args))
+    base = chunk_job(args, spec_job(args, job_from_args(_with_defaults(args))))   # as predict builds it
     power.check_cap(base.power_cap_w)
+    draft = None
+    if base.spec_tokens:    # what no GPU choice changes: one line before the table
+        check_acceptance(args.spec_acceptance)
+        draft = load_model(args.draft_model) if args.draft_model else None
+        if draft is not None:
+            check_draft(draft, model)
     rows, objs = [], []
     for hw in [h.strip() for h in args.hardware.split(",") if h.strip()]:
         system = load_hardware(hw)
@@ -61,7 +72,13 @@ def cmd_whatif(args) -> int:
         for n in _ints(args.gpus, "--gpus"):
             job = replace(base, tp=n)
             try:
-                p = predict(model, system, job, ex, kp, check_memory=False, carbon_g_per_kwh=args.carbon_g_per_kwh)
+                if job.spec_tokens and job.phase == "decode":   # predict --spec-tokens: the same function
+                    spec = predict_speculative(model, system, job, args.spec_acceptance, draft, ex, kp,
+                                               check_memory=False, carbon_g_per_kwh=args.carbon_g_per_kwh)
+                    p = spec.verify
+                else:
+                    spec = None
+                    p = predict(model, system, job, ex, kp, check_memory=False, carbon_g_per_kwh=args.carbon_g_per_kwh)
             except RoofplanError as e:
                 if isinstance(e, FieldError):     # a row's message spells the field as its flag
                     from simulator.cli.main import flag_of
@@ -69,22 +86,32 @@ def cmd_whatif(args) -> int:
                 rows.append([hw, n, "-", "-", "-", "-", "-", "-", "-", str(e).split(";")[0]])
                 objs.append({"hardware": hw, "gpus": n, "error": str(e)})
                 continue
-            usd = price * n / 3600 / p.tokens_per_s * 1e6 if price else None
-            fits = p.fits
-            e = p.energy
-            rows.append([hw, n, fmt_time(p.time_s) if fits else "-", fmt_rate(p.tokens_per_s) if fits else "-",
-                         f"{p.peak_memory_bytes / GiB:.1f} / {system.gpu.mem_bytes / GiB:.0f}",
+            # a speculative step: K draft steps + the verification, E tokens per sequence; its energy
+            # is not priced (predict_speculative prices no draft step), so W and J/token are left out
+            time_s, tokens_per_s, peak = (spec.time_s, spec.tokens_per_s, spec.peak_memory_bytes) if spec else \
+                (p.time_s, p.tokens_per_s, p.peak_memory_bytes)
+            usd = price * n / 3600 / tokens_per_s * 1e6 if price else None
+            fits = peak <= system.gpu.mem_bytes if spec else p.fits
+            e = None if spec else p.energy
+            rows.append([hw, n, fmt_time(time_s) if fits else "-", fmt_rate(tokens_per_s) if fits else "-",
+                         f"{peak / GiB:.1f} / {system.gpu.mem_bytes / GiB:.0f}",
                          f"{usd:.3f}" if usd is not None and fits else "-",
                          f"{e.power_w:.0f}" if e and fits else "-", f"{e.energy_j_per_token:.3g}" if e and fits else "-",
-                         p.bound, "ok" if fits else "does not fit"])
+                         p.bound, ("ok" if fits else "does not fit") + (f", x{spec.speedup:.2f} vs plain decode"
+                                                                        if spec and fits else "")])
             energy = {k: (v if fits else None) for k, v in e.as_dict().items()} if e else {}
-            objs.append({"hardware": hw, "gpus": n, "time_s": p.time_s, "tokens_per_s": p.tokens_per_s,
-                         "peak_memory_bytes": p.peak_memory_bytes, "gpu_memory_bytes": system.gpu.mem_bytes,
+            extra = {"spec_tokens_per_step": spec.tokens_per_step, "spec_speedup": spec.speedup,
+                     "spec_plain_tokens_per_s": spec.plain_tokens_per_s, "spec_draft": spec.draft_name} if spec else {}
+            objs.append({"hardware": hw, "gpus": n, "time_s": time_s, "tokens_per_s": tokens_per_s,
+                         "peak_memory_bytes": peak, "gpu_memory_bytes": system.gpu.mem_bytes,
                          "fits": fits, "bound": p.bound, "usd_per_gpu_h": price, "price_instance": instance,
-                         "usd_per_1m_tokens": usd if fits else None, **energy})
+                         "usd_per_1m_tokens": usd if fits else None, **energy, **extra})
     j = base
     what = f"{model.name} {j.phase}, batch {j.batch}" + (f", seq {j.seq}" if j.seq else "") + \
-        (f", context {j.context}" if j.phase == "decode" else "") + f", {j.dtype}{quant_note(j)}, tensor parallel over N GPUs"
+        (f", context {j.context}" if j.phase == "decode" else "") + chunk_note(j) + f", {j.dtype}{quant_note(j)}" + \
+        (f", prefix hit {j.prefix_hit:g}" if j.prefix_hit else "") + \
+        (f", speculative K = {j.spec_tokens} at acceptance {args.spec_acceptance:g} by "
+         f"{args.draft_model or 'an EAGLE-style head'}" if j.spec_tokens else "") + ", tensor parallel over N GPUs"
     emit(fmt_of(args), json_obj={"workload": what, "results": objs}, rows=rows,
          header=["GPU", "N", "step time", "tokens/s", "memory GiB/GPU", "$/1M tok", "W/GPU", "J/tok", "bound", "status"],
          title=what, footer="\n$/1M tokens at the cheapest on-demand instance price per GPU-hour in hardware_specs/systems.\n"
