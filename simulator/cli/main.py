@@ -28,6 +28,7 @@ COMMANDS = [
     "simulator.cli.validate",
     "simulator.cli.run",
     "simulator.cli.selfcheck",
+    "simulator.cli.serve",
 ]
 
 

@@ -22,8 +22,8 @@ import numpy as np
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from simulator.core.errors import RoofplanError, clip, did_you_mean
-from simulator.core.schema import (Fraction, Name, NonNegative, NonNegInt, Positive, Strict, Text, check, is_file,
-                                   read_yaml, to_si)
+from simulator.core.schema import (Fraction, Name, NonNegative, NonNegInt, PosInt, Positive, Strict, Text, check,
+                                   is_file, read_yaml, to_si)
 from simulator.core.specs import specs_root
 from simulator.core.units import US
 
@@ -128,6 +128,8 @@ class ExecutorProfile:
     workspace_bytes: float = 0.0     # allocator / cuBLAS workspace beyond tensors
     backward_memory_ratio: float = 2.0   # backward traffic of memory-bound ops / forward traffic
     gemm_efficiency_scale: float = 1.0   # this stack's GEMMs vs the microbenchmarked ones (layout, library)
+    gemm_bandwidth_scale: float = 1.0    # this stack's memory-bound (small-batch) GEMMs vs the microbenchmarked
+                                         # ones, on HBM bandwidth (a serving engine's weight-streaming kernels)
     attn_score_bytes_per_elem: float = 0.0  # unfused attention: HBM bytes per score element (0 = flash)
     attn_decode_efficiency_scale: float = 1.0  # this stack's decode attention (e.g. paged) vs the
                                                # microbenchmarked kernel, on HBM bandwidth
@@ -144,6 +146,18 @@ class ExecutorProfile:
                                           # (Megatron main_grad, DDP buckets); False: PyTorch's
                                           # default, .grad set to None between steps, so the first
                                           # micro-batch's loss backward (the peak) has no gradients
+    # serving engine behaviour (read by simulator.serving.simulate, not by predict()):
+    cuda_graph_batch_sizes: tuple[int, ...] = ()   # captured decode batch sizes: a decode batch is padded
+                                                   # up to the next one (beyond the largest: no graph, no padding)
+    max_num_batched_tokens: int = 0      # token budget per step (decode tokens + prompt chunks in one
+                                         # forward: chunked prefill); 0: not a chunked-prefill engine
+    scheduler_step_s: float = 0.0        # engine host work per step (scheduler, input preparation, output
+    scheduler_per_seq_s: float = 0.0     # processing): fixed + per running sequence
+    async_scheduling: bool = False       # that host work overlaps the GPU's previous step (vLLM V1 async
+                                         # scheduling, SGLang's overlap scheduler): a step takes max(GPU, host)
+    kv_block_tokens: int = 1             # KV-cache block (page) size: a request holds whole blocks
+    gpu_memory_utilization: float | None = None   # share of device memory the engine manages (weights + KV);
+                                                  # None: simulator.serving's default (vLLM's 0.9)
     source: str = ""
 
 
@@ -300,6 +314,12 @@ def _op_classes(v: dict) -> dict:
 PerClassUs = Annotated[dict[str, NonNegative], AfterValidator(_op_classes)]
 
 
+def _increasing(v: list) -> list:
+    if any(b <= a for a, b in zip(v, v[1:])):
+        raise ValueError(f"must increase ({clip(str(v))}); list each captured batch size once, in order")
+    return v
+
+
 class ExecutorFields(Strict):
     """The fields of an executor profile that describe the stack (all optional: default.yaml's
     values otherwise). Unit-suffixed YAML names; `_EXEC_UNITS` maps them to ExecutorProfile's."""
@@ -326,6 +346,7 @@ class ExecutorFields(Strict):
     workspace_MiB: NonNegative = 0.0
     backward_memory_ratio: Positive = 2.0
     gemm_efficiency_scale: Positive = 1.0
+    gemm_bandwidth_scale: Positive = 1.0
     attn_score_bytes_per_elem: NonNegative = 0.0
     attn_decode_efficiency_scale: Positive = 1.0
     lora_adapter_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -333,6 +354,13 @@ class ExecutorFields(Strict):
     autocast_weight_casts: bool = False
     persistent_grad_buffer: bool = False
     fitted_on: str = ""
+    cuda_graph_batch_sizes: Annotated[list[PosInt], AfterValidator(_increasing)] = []
+    max_num_batched_tokens: NonNegInt = 0
+    scheduler_step_us: NonNegative = 0.0
+    scheduler_per_seq_us: NonNegative = 0.0
+    async_scheduling: bool = False
+    kv_block_tokens: PosInt = 1
+    gpu_memory_utilization: Fraction | None = None
 
 
 class ExecutorProfileFile(ExecutorFields):
@@ -355,6 +383,8 @@ _EXEC_UNITS = {
     "host_backward_per_layer_us": ("host_backward_per_layer_s", US),
     "host_optimizer_us": ("host_optimizer_s", US),
     "workspace_MiB": ("workspace_bytes", 2**20),
+    "scheduler_step_us": ("scheduler_step_s", US),
+    "scheduler_per_seq_us": ("scheduler_per_seq_s", US),
 }
 
 
@@ -365,6 +395,8 @@ def _si_fields(f: ExecutorFields, keys, where) -> dict:
         attr, scale = _EXEC_UNITS.get(key, (key, None))
         if isinstance(val, dict):
             val = MappingProxyType({k: to_si(v, scale, where, f"{key}.{k}") for k, v in val.items()})
+        elif isinstance(val, list):
+            val = tuple(val)
         elif scale is not None and val is not None:
             val = to_si(val, scale, where, key)
         kw[attr] = val

@@ -80,7 +80,7 @@ def _kernel_time(op: Op, system: System, kp: KernelProfile, ex: ExecutorProfile,
         peak = gpu.peak_flops(op.dtype) * ex.gemm_efficiency_scale
         if op.kind == "dequant":   # weight-only int8/int4: in-register dequantisation (simulator.core.quant)
             peak = peak / (1.0 + DEQUANT_COMPUTE_OVERHEAD)
-        return gemm_time(op.flops, op.bytes, peak, bw, kp.gemm_for(op.dtype))
+        return gemm_time(op.flops, op.bytes, peak, bw * ex.gemm_bandwidth_scale, kp.gemm_for(op.dtype))
     if op.cls == "attention":
         peak = gpu.peak_flops(op.dtype if op.dtype in gpu.peak_flops_by_dtype else "fp16")
         if op.kind == "attn_decode":

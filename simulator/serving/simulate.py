@@ -50,6 +50,7 @@ GPU_MEMORY_UTILIZATION = 0.9   # vLLM's default share of device memory it manage
 PREFILL_GRID = (16, 128, 512, 2048, 8192, 32768)
 DECODE_BATCH_GRID = (1, 4, 16, 64, 256, 1024)
 DECODE_CONTEXT_GRID = (64, 512, 2048, 8192, 32768)
+CHUNK_GRID = (16, 128, 512, 2048, 8192)      # prompt tokens of a mixed step (chunked prefill)
 # a step the power model cannot run under the instance's power cap (predict() refuses it): a time
 # no SLO accepts, so interpolation keeps working and the option is simply not used there
 REFUSED_STEP_S = 1e6
@@ -76,17 +77,34 @@ class StepTables:
     decode_dyn_j: np.ndarray | None = None     # [batch, context] energy of one decode step above idle
     power_cap_w: float | None = None           # board power limit per GPU the tables were built under
     options: EngineOptions | None = None       # quantization, prefix caching, speculation (None: plain)
+    chunk_tokens_grid: np.ndarray | None = None   # mixed steps: prompt-chunk sizes N of the table below
+    chunk_added_s: np.ndarray | None = None    # [batch, N] time a chunk of N prompt tokens adds to a decode
+                                               # step of `batch` (predict() of the mixed step - the decode)
+    engine: Engine | None = None               # the serving engine's behaviour (None: a plain instance)
+
+    @property
+    def block(self) -> int:
+        return self.engine.kv_block_tokens if self.engine is not None else 1
 
     def kv_tokens(self, in_tokens, out_tokens) -> np.ndarray:
         """KV-cache tokens one request holds: its prompt and output, less the prefix a prefix
         cache shares with every other request (`shared_prefix_tokens` holds it once)."""
+        own = self.uncached_tokens(in_tokens) + np.asarray(out_tokens, float)
+        return np.ceil(own / self.block) * self.block      # whole KV blocks (pages)
+
+    def uncached_tokens(self, in_tokens) -> np.ndarray:
+        """Prompt tokens a prefill computes: all but the cached prefix (prefix caching); an engine
+        with KV blocks caches whole blocks only, so the hit is rounded down to a block."""
+        n = np.asarray(in_tokens, float)
         hit = self.options.prefix_hit if self.options is not None else 0.0
-        return np.floor((1.0 - hit) * np.asarray(in_tokens, float) + 0.5) + np.asarray(out_tokens, float)
+        if self.block > 1:
+            return n - np.floor(hit * n / self.block) * self.block
+        return np.floor((1.0 - hit) * n + 0.5)
 
     def shared_prefix_tokens(self, in_tokens) -> float:
         """The cached prefix every request shares, held once (the mean prompt's hit share)."""
-        hit = self.options.prefix_hit if self.options is not None else 0.0
-        return float(np.mean(np.asarray(in_tokens, float))) * hit
+        n = np.asarray(in_tokens, float)
+        return float(np.mean(n - self.uncached_tokens(n)))
 
     def prefill_time(self, tokens) -> np.ndarray:
         """Prefill of `tokens` prompt tokens (log-log interpolation; linear extrapolation above)."""
@@ -116,8 +134,62 @@ class StepTables:
         """One decode step of `batch` sequences with `context` cached tokens each (bilinear in
         batch x context: step time is close to affine in both; context clamped to the grid; batch
         at least 1, linear extrapolation from the first cell below the grid, above it the last
-        row scaled linearly in batch). Inputs broadcast against each other."""
-        return self._decode_lookup(self._decode_interp, batch, context)
+        row scaled linearly in batch). Inputs broadcast against each other. An engine with CUDA
+        graphs runs the batch padded up to its next captured size; its host time per step is
+        added, or hidden under the GPU's when it schedules asynchronously (`engine_step_time`)."""
+        if self.engine is None:
+            return self._decode_lookup(self._decode_interp, batch, context)
+        gpu = self._decode_lookup(self._decode_interp, padded_batch(batch, self.engine.graph_sizes), context)
+        return self.engine.step(gpu, batch)
+
+    def mixed_time(self, batch, context, chunk, chunk_context=0) -> np.ndarray:
+        """One step of chunked prefill: `batch` sequences decode at `context` and, in the same
+        forward, `chunk` prompt tokens of one more request are prefilled after `chunk_context` of
+        its tokens (earlier chunks, or its cached prefix). The decode step plus what the chunk adds
+        to it at this batch (`chunk_added_s`, predict() of the core's mixed step, log-log in chunk
+        tokens, linear in batch, per token above the grid), plus the chunk's attention to its
+        earlier tokens (`attention_pair_s` x N x M). Batch 0: the chunk with one decode slot (a
+        prefill of N + 1 tokens). No CUDA-graph padding (a mixed batch runs outside the decode
+        graphs); the engine's host time as in decode_time. Inputs broadcast."""
+        b = np.asarray(batch, float)
+        n = np.maximum(np.asarray(chunk, float), 0.0)
+        m = np.asarray(chunk_context, float)
+        dec = self._decode_lookup(self._decode_interp, np.maximum(b, 1.0), np.where(b > 0, context, 0.0))
+        gpu = dec + self.chunk_added(np.maximum(b, 1.0), n) + self.attention_pair_s * n * m
+        return self.engine.step(gpu, b) if self.engine is not None else gpu
+
+    @cached_property
+    def attention_pair_s(self) -> float:
+        """Prefill attention time per (query, earlier key) pair, from the longest prompt of the
+        prefill table (q computed tokens after t - q cached ones: q (t - q) + q^2 / 2 pairs): what
+        a chunk's attention to the M tokens before it costs beyond its own causal part."""
+        if self.prefill_attn_s is None:
+            return 0.0
+        t = float(self.prefill_tokens[-1])
+        q = float(self.uncached_tokens(t)) if self.options is not None else t
+        return float(self.prefill_attn_s[-1]) / (q * (t - q) + q * q / 2)
+
+    def chunk_added(self, batch, chunk) -> np.ndarray:
+        """Time `chunk` prompt tokens add to a decode step of `batch` sequences (0 for no chunk).
+        Tables without a mixed-step grid: a separate prefill of the chunk (two passes)."""
+        n = np.asarray(chunk, float)
+        if self.chunk_added_s is None:
+            return np.where(n > 0, self.prefill_time(n), 0.0)
+        b = np.clip(np.asarray(batch, float), self.decode_batch[0], self.decode_batch[-1])
+        g = self.chunk_tokens_grid
+        a = np.maximum(self.chunk_added_s, 1e-12)
+        b, nn = np.broadcast_arrays(b, np.clip(n, g[0], g[-1]))
+        t = self._chunk_interp(np.stack([b, np.log(nn)], axis=-1)).reshape(b.shape)
+        t = np.exp(t)
+        top = np.exp(self._chunk_interp(np.stack([b, np.full_like(b, np.log(g[-1]))], axis=-1)).reshape(b.shape))
+        t = np.where(n > g[-1], top * n / g[-1], np.where(n < g[0], t * n / g[0], t))
+        return np.where(n > 0, t, 0.0)
+
+    @cached_property
+    def _chunk_interp(self):
+        from scipy.interpolate import RegularGridInterpolator
+        return RegularGridInterpolator((self.decode_batch, np.log(self.chunk_tokens_grid)),
+                                       np.log(np.maximum(self.chunk_added_s, 1e-12)), method="linear")
 
     def _decode_lookup(self, interp, batch, context) -> np.ndarray:
         b = np.maximum(np.asarray(batch, dtype=float), 1.0)
@@ -153,10 +225,61 @@ class StepTables:
         return np.where(t > self.prefill_tokens[-1], t * e[-1] / self.prefill_tokens[-1], out)
 
     def decode_energy(self, batch, context) -> np.ndarray:
-        """Energy above the idle floor of one decode step (J, all tp GPUs; interpolated as decode_time)."""
+        """Energy above the idle floor of one decode step (J, all tp GPUs; interpolated as
+        decode_time, the batch padded as the engine runs it)."""
         if self.decode_dyn_j is None:
             return np.zeros(np.broadcast_shapes(np.shape(batch), np.shape(context)))
+        if self.engine is not None:
+            batch = padded_batch(batch, self.engine.graph_sizes)
         return self._decode_lookup(self._decode_energy_interp, batch, context)
+
+
+def padded_batch(batch, sizes) -> np.ndarray:
+    """The batch a CUDA-graph engine runs: `batch` rounded up to a whole sequence and then to the
+    next captured size (vLLM V1, SGLang); beyond the largest captured size no graph runs and the
+    batch is its own. No sizes: the batch unchanged (a fractional mean batch stays fractional)."""
+    b = np.asarray(batch, float)
+    if not sizes:
+        return b
+    s = np.asarray(sizes, float)
+    whole = np.ceil(b - 1e-9)
+    i = np.searchsorted(s, whole, side="left")
+    return np.where(i < len(s), s[np.minimum(i, len(s) - 1)], whole)
+
+
+def engine_step_time(gpu_s, batch, step_s: float, per_seq_s: float, overlapped: bool) -> np.ndarray:
+    """An engine's step: the GPU's time and its host work per step (scheduler, input preparation,
+    output processing: step_s + per_seq_s x running sequences), in sequence, or overlapped with
+    the GPU's previous step (asynchronous scheduling), where only host work beyond the GPU's
+    shows."""
+    host = step_s + per_seq_s * np.maximum(np.asarray(batch, float), 0.0)
+    return np.maximum(gpu_s, host) if overlapped else np.asarray(gpu_s) + host
+
+
+@dataclass(frozen=True)
+class Engine:
+    """What the serving simulation reads from an engine profile (ExecutorProfile's serving fields)."""
+    name: str
+    graph_sizes: tuple[int, ...] = ()     # CUDA-graph batch sizes (decode batches padded up to them)
+    max_num_batched_tokens: int = 0       # token budget per step (decode + prompt chunks); 0: none
+    host_step_s: float = 0.0
+    host_per_seq_s: float = 0.0
+    async_scheduling: bool = False
+    kv_block_tokens: int = 1
+    gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION
+
+    @staticmethod
+    def of(ex: ExecutorProfile) -> "Engine | None":
+        """The engine behaviour of a profile; None when it has none (vllm-v0, distserve, default)."""
+        if not (ex.cuda_graph_batch_sizes or ex.max_num_batched_tokens or ex.scheduler_step_s
+                or ex.scheduler_per_seq_s or ex.kv_block_tokens > 1 or ex.gpu_memory_utilization is not None):
+            return None
+        return Engine(ex.name, tuple(ex.cuda_graph_batch_sizes), ex.max_num_batched_tokens, ex.scheduler_step_s,
+                      ex.scheduler_per_seq_s, ex.async_scheduling, ex.kv_block_tokens,
+                      ex.gpu_memory_utilization if ex.gpu_memory_utilization is not None else GPU_MEMORY_UTILIZATION)
+
+    def step(self, gpu_s, batch) -> np.ndarray:
+        return engine_step_time(gpu_s, batch, self.host_step_s, self.host_per_seq_s, self.async_scheduling)
 
 
 @dataclass(frozen=True)
@@ -238,7 +361,15 @@ def step_tables(model: ModelConfig, system: System, tp: int = 1, dtype: str = "b
     base_job = Job("decode", batch=1, context=0, dtype=dtype, tp=tp, **quant)
     base = inference_memory(model, base_job, executor)
     kv_tok = kv_cache_bytes(model, base_job)
-    budget = GPU_MEMORY_UTILIZATION * gpu.mem_bytes - base.weights - base.workspace - base.activations
+    engine = Engine.of(executor)
+    util = engine.gpu_memory_utilization if engine is not None else GPU_MEMORY_UTILIZATION
+    act = base.activations
+    if engine is not None and engine.max_num_batched_tokens:
+        # the engine sizes its KV cache after a profiling forward of a full token budget (vLLM's
+        # profile_run): those activations stay reserved
+        prof = Job("prefill", batch=1, seq=min(engine.max_num_batched_tokens, L), dtype=dtype, tp=tp, **quant)
+        act = max(act, inference_memory(model, prof, executor).activations)
+    budget = util * gpu.mem_bytes - base.weights - base.workspace - act
     draft_w = 0.0
     if options.spec_tokens:   # the proposer's weights sit beside the target's; its cache per token too
         from simulator.core.speculative import check_draft, eagle_head
@@ -292,12 +423,43 @@ def step_tables(model: ModelConfig, system: System, tp: int = 1, dtype: str = "b
     if iteration_overhead_s < 0:
         raise RoofplanError(f"iteration overhead must be >= 0 s (got {iteration_overhead_s})")
     per_step = iteration_overhead_s + executor.host_overhead_per_step_s   # the latter is inside predict's times
+    chunks = np.array([n for n in CHUNK_GRID if n + int(ctx[0]) <= L - 1], dtype=float)
+    added = None
+    if len(chunks) >= 2:   # the mixed step of chunked prefill: what a chunk adds to a decode step
+        c0 = int(ctx[0])
+        plain = (np.array(_plain_steps(model, system, bat, c0, dtype, tp, power_cap_w, quant, kw))
+                 if options.spec_tokens else dec[:, 0, 0])
+        with_chunk = np.array([[_step_time(model, system, Job("decode", batch=int(b), context=c0, dtype=dtype, tp=tp,
+                                                               chunk_tokens=int(n), power_cap_w=power_cap_w, **quant),
+                                           kw) for n in chunks] for b in bat])
+        added = np.maximum(with_chunk - plain[:, None], 1e-9)
+    blocks = engine.kv_block_tokens if engine is not None else 1
     return StepTables(model=model.name, gpu=gpu.name, tp=tp, prefill_tokens=ptoks,
                       prefill_s=np.array(pre) + iteration_overhead_s, decode_batch=bat, decode_context=ctx,
                       decode_s=dec[..., 0] + iteration_overhead_s, kv_bytes_per_token=kv_tok,
-                      kv_budget_tokens=budget / kv_tok, max_context=L, iteration_overhead_s=per_step,
+                      kv_budget_tokens=(np.floor(budget / kv_tok / blocks) * blocks if engine is not None else budget / kv_tok),
+                      max_context=L,
+                      iteration_overhead_s=per_step,
                       prefill_attn_s=np.array(attn), idle_w=idle_w, prefill_dyn_j=np.array(pre_j),
-                      decode_dyn_j=dec[..., 1], power_cap_w=power_cap_w, options=options)
+                      decode_dyn_j=dec[..., 1], power_cap_w=power_cap_w, options=options,
+                      chunk_tokens_grid=chunks if added is not None else None, chunk_added_s=added, engine=engine)
+
+
+def _step_time(model: ModelConfig, system: System, job: Job, kw: dict) -> float:
+    """predict()'s step time, REFUSED_STEP_S where the power cap cannot hold it."""
+    try:
+        return predict(model, system, job, with_ops=False, **kw).time_s
+    except FieldError as e:
+        if e.field != "power_cap_w":
+            raise
+        return REFUSED_STEP_S
+
+
+def _plain_steps(model, system, batches, context, dtype, tp, power_cap_w, quant, kw) -> list[float]:
+    """Non-speculative decode steps (the base a chunk's added time is measured against when the
+    tables hold speculative per-token steps)."""
+    return [_step_time(model, system, Job("decode", batch=int(b), context=context, dtype=dtype, tp=tp,
+                                          power_cap_w=power_cap_w, **quant), kw) for b in batches]
 
 
 def _spec_step(model: ModelConfig, system: System, job: Job, options: EngineOptions, idle_w: float,
@@ -358,6 +520,7 @@ class ServingEstimate:
     decode_batch: float         # mean running sequences per decode instance
     utilisation: float          # busy share of the bottleneck instance
     kv_tokens: float            # mean KV tokens held per decode instance
+    tpot_p50_s: float = math.nan
 
     def meets(self, slo_ttft_s: float, slo_tpot_s: float, percentile: int = 90) -> bool:
         if not self.stable:
@@ -371,7 +534,7 @@ class ServingEstimate:
 
 def _unstable(rate: float, reason: str) -> ServingEstimate:
     inf = math.inf
-    return ServingEstimate(rate, False, reason, inf, inf, inf, inf, inf, inf, inf, inf, 1.0, inf)
+    return ServingEstimate(rate, False, reason, inf, inf, inf, inf, inf, inf, inf, inf, 1.0, inf, inf)
 
 
 def _quantile_mix(values: np.ndarray, weight: np.ndarray, q: float) -> float:
@@ -467,40 +630,105 @@ def _estimate(tables_d: StepTables, mix: RequestMix, rate: float, service: np.nd
         ttft_mean_s=wait + es + offset_s, ttft_p50_s=ttft_q[0.5], ttft_p90_s=ttft_q[0.9], ttft_p99_s=ttft_q[0.99],
         tpot_mean_s=float(np.sum(w * tpot_i)), tpot_p90_s=_normal_mix_quantile(tpot_i, tpot_sd, w, 0.9),
         tpot_p99_s=_normal_mix_quantile(tpot_i, tpot_sd, w, 0.99), decode_batch=batch,
+        tpot_p50_s=_normal_mix_quantile(tpot_i, tpot_sd, w, 0.5),
         utilisation=max(rho, rho_decode_share),
         kv_tokens=batch * mix.mean(tables_d.kv_tokens(mix.in_tokens, mix.out_tokens / 2)))
 
 
-def aggregated(tables: StepTables, mix: RequestMix, rate: float, chunk_tokens: int = 512,
+def aggregated(tables: StepTables, mix: RequestMix, rate: float, chunk_tokens: int | None = None,
                chunked_prefill: bool = True) -> ServingEstimate:
     """One instance serving both phases with continuous batching (formulas in the module
     docstring). `rate` is requests/s arriving at this instance.
 
-    chunked_prefill=True (Sarathi-Serve, vLLM V1): a prompt runs in chunks of `chunk_tokens` that
-    share their iterations with the decode batch, so its service includes ceil(in / chunk) decode
-    steps. chunked_prefill=False (vLLM V0, the colocated baseline of DistServe): an iteration runs
+    chunked_prefill=True (Sarathi-Serve; vLLM V1, SGLang): a prompt's uncached tokens run in
+    chunks that share one forward with the running decode batch (`StepTables.mixed_time`): an
+    engine's token budget per step (`chunk_tokens`, default its max_num_batched_tokens) holds the
+    B decode tokens and B_max - B prompt tokens; a plain instance adds `chunk_tokens` (default 512)
+    prompt tokens to the decode batch. A prompt's service is its ceil(uncached / chunk) steps:
+    as many decode steps plus what its chunks add to them (`chunk_work`); that added work is the
+    share of the instance the decode batch loses (TPOT = step / (1 - rate E[chunk work])), solved
+    together with the decode batch (Little's law) by fixed-point iteration.
+    chunked_prefill=False (vLLM V0, the colocated baseline of DistServe): an iteration runs
     either the waiting prompts or one decode step, prompts first; a prompt's service is its
     prefill alone and every prefill stalls the whole decode batch (the stall enters TPOT through
     1 / (1 - rho_prefill) and its compound-Poisson variance)."""
     if rate <= 0:
         raise RoofplanError(f"arrival rate must be > 0 (got {rate})")
-    pre = tables.prefill_time(mix.in_tokens)
-    rho_p = rate * mix.mean(pre)
+    ctx = mix.in_tokens + mix.out_tokens / 2
+    if not chunked_prefill:
+        pre = tables.prefill_time(mix.in_tokens)
+        rho_p = rate * mix.mean(pre)
+        if rho_p >= 1:
+            return _unstable(rate, f"prefill alone needs {rho_p:.2f} of the GPU")
+        batch, why = _decode_fixed_point(tables, mix, rate, 1 - rho_p)
+        if why:
+            return _unstable(rate, why)
+        d_b = tables.decode_time(batch, ctx)
+        resid = 0.5 * float(np.sum(mix.weight * d_b)) * min(batch, 1.0)
+        return _estimate(tables, mix, rate, pre, rate, 1.0 if batch > 0 else 0.0, batch, 1 / (1 - rho_p), resid,
+                         rate * float(np.sum(mix.weight * pre ** 2)))
+    budget = _token_budget(tables, chunk_tokens)
+    work = chunk_work(tables, mix, 1.0, budget)           # first guess: a decode batch of one
+    for _ in range(8):   # the chunks' added work depends on the decode batch they ride with, and back
+        rho_p = rate * mix.mean(work)
+        if rho_p >= 1:
+            return _unstable(rate, f"prefill alone needs {rho_p:.2f} of the GPU")
+        batch, why = _decode_fixed_point(tables, mix, rate, 1 - rho_p)
+        if why:
+            return _unstable(rate, why)
+        new = chunk_work(tables, mix, batch, budget)
+        if np.allclose(new, work, rtol=1e-4):
+            break
+        work = new
+    work = new
+    rho_p = rate * mix.mean(work)
     if rho_p >= 1:
         return _unstable(rate, f"prefill alone needs {rho_p:.2f} of the GPU")
-    batch, why = _decode_fixed_point(tables, mix, rate, 1 - rho_p)
-    if why:
-        return _unstable(rate, why)
-    d_b = tables.decode_time(batch, mix.in_tokens + mix.out_tokens / 2)
-    if chunked_prefill:              # a chunk shares its iteration with the running decode batch
-        service = pre + np.ceil(mix.in_tokens / chunk_tokens) * d_b
-    else:
-        service = pre
+    d_b = tables.decode_time(batch, ctx)
+    steps = np.ceil(tables.uncached_tokens(mix.in_tokens) / _chunk_of(tables, budget, batch))
+    service = work + steps * d_b
     # an arrival joins at the next iteration boundary: mean residual of the running decode step
     resid = 0.5 * float(np.sum(mix.weight * d_b)) * min(batch, 1.0)
-    stall_var_rate = rate * float(np.sum(mix.weight * pre ** 2))
+    stall_var_rate = rate * float(np.sum(mix.weight * work ** 2))
     return _estimate(tables, mix, rate, service, rate, 1.0 if batch > 0 else 0.0, batch, 1 / (1 - rho_p), resid,
                      stall_var_rate)
+
+
+def _token_budget(tables: StepTables, chunk_tokens: int | None) -> int:
+    """Tokens per step: the given budget, else the engine's max_num_batched_tokens, else 512."""
+    if chunk_tokens is not None:
+        if chunk_tokens < 1:
+            raise FieldError("max_num_batched_tokens", chunk_tokens, "must be >= 1 token per step")
+        return int(chunk_tokens)
+    if tables.engine is not None and tables.engine.max_num_batched_tokens:
+        return tables.engine.max_num_batched_tokens
+    return 512
+
+
+def _chunk_of(tables: StepTables, budget: int, batch: float) -> float:
+    """Prompt tokens per step beside a decode batch: an engine's budget counts the decode tokens
+    first (at least one prompt token still runs); a plain instance's budget is prompt tokens."""
+    if tables.engine is not None and tables.engine.max_num_batched_tokens:
+        return max(budget - math.ceil(batch), 1)
+    return budget
+
+
+def chunk_work(tables: StepTables, mix: RequestMix, batch: float, budget: int) -> np.ndarray:
+    """Time each prompt of `mix` adds to the steps it rides in at decode batch `batch`: its
+    uncached tokens in chunks of the budget's prompt share, each chunk's added time
+    (`StepTables.chunk_added`) and its attention to the tokens before it (cached prefix and
+    earlier chunks)."""
+    u = tables.uncached_tokens(mix.in_tokens)
+    c = _chunk_of(tables, budget, batch)
+    full = np.floor(u / c)
+    last = u - full * c
+    b = max(batch, 1.0)
+    cached = mix.in_tokens - u
+    # query x earlier-key pairs over all chunks: each token attends to the tokens of earlier chunks
+    # and the cached prefix (full chunks: c^2 k(k-1)/2 pairs; the last chunk after all full ones)
+    pairs = c * c * full * (full - 1) / 2 + last * full * c + u * cached
+    return (full * float(tables.chunk_added(b, c)) + tables.chunk_added(b, last)
+            + tables.attention_pair_s * pairs)
 
 
 def kv_transfer_time(tables: StepTables, in_tokens, link_Bps: float, latency_s: float = 0.0) -> np.ndarray:
@@ -642,10 +870,13 @@ def _run_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, n_ou
                   prefilled: bool, chunk_tokens: int, max_iterations: int, deadline_s: float,
                   chunked_prefill: bool = True):
     """Iteration-level continuous batching on one instance: admit FCFS while the KV cache can
-    reserve in + out tokens.
-    chunked_prefill=True (vLLM with chunked prefill): each iteration runs the decode batch plus up
-    to `chunk_tokens` prompt tokens; time = prefill(chunk) + decode(batch, mean context)
-    (Sarathi-Serve hybrid batches cost about the sum of their parts when the chunk is compute-bound).
+    reserve in + out tokens (whole blocks; a cached prefix once).
+    chunked_prefill=True (Sarathi-Serve; vLLM V1, SGLang): each iteration runs the decode batch
+    and prompt chunks in one forward, `StepTables.mixed_time` (the core's mixed step: weights read
+    once). An engine's token budget (`chunk_tokens` = max_num_batched_tokens) counts the decode
+    tokens first and fills the rest with prompt tokens, FCFS; a plain instance adds up to
+    `chunk_tokens` prompt tokens to the decode batch. Only a prompt's uncached tokens are
+    prefilled (prefix caching); the chunk attends to the cached prefix and the earlier chunks.
     chunked_prefill=False (vLLM V0 scheduler): when prompts wait, the iteration prefills whole
     prompts, FCFS, up to `chunk_tokens` tokens (max_num_batched_tokens; at least one prompt) and no
     decode runs; otherwise it is one decode step of the batch. Prompts of one iteration cost
@@ -655,20 +886,39 @@ def _run_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, n_ou
     n_in, n_out = n_in.tolist(), n_out.tolist()
     first = np.full(n, np.nan)
     finish = np.full(n, np.nan)
-    done_pre = [0] * n if not prefilled else list(n_in)
+    todo = tables.uncached_tokens(n_in).astype(int).tolist() if chunked_prefill else list(n_in)
+    cached = [a - b for a, b in zip(n_in, todo)]
+    done_pre = [0] * n if not prefilled else list(todo)
     gen = [0] * n if not prefilled else [1] * n
     if prefilled:
         first[:] = arrive
     budget = tables.kv_budget_tokens - tables.shared_prefix_tokens(n_in)
     need = tables.kv_tokens(n_in, n_out).tolist()      # KV tokens each request reserves
     # dense lookups so one iteration costs no numpy call: decode over batch 1..max x 64 contexts,
-    # prefill over 0..chunk tokens
+    # prefill over 0..chunk tokens, a chunk's added time per batch-grid row over 0..chunk tokens
     b_cap = int(min(max(budget / max(min(need), 1), 1), 4096)) + 1
     ctx_step = max(tables.max_context / 63, 1.0)
     dec_tab = tables.decode_time(np.arange(b_cap + 1)[:, None], (np.arange(64) * ctx_step)[None, :]).tolist()
+    engine = tables.engine if chunked_prefill and tables.engine is not None and tables.engine.max_num_batched_tokens \
+        else None
     longest = chunk_tokens if chunked_prefill else max(chunk_tokens, max(n_in))
     pre_tab = tables.prefill_time(np.arange(longest + 1)).tolist()
-    overhead = tables.iteration_overhead_s
+    rows = tables.decode_batch.tolist()
+    add_tab = [tables.chunk_added(b, np.arange(chunk_tokens + 1)).tolist() for b in rows] if chunked_prefill else []
+    pair_s = tables.attention_pair_s
+    eng = tables.engine
+    gpu_tab = (tables._decode_lookup(tables._decode_interp, np.maximum(np.arange(b_cap + 1), 1)[:, None],
+                                     (np.arange(64) * ctx_step)[None, :]).tolist() if eng is not None else dec_tab)
+
+    def added(b: int, tok: int) -> float:   # chunk_added, linear between batch-grid rows
+        if b <= rows[0]:
+            return add_tab[0][tok]
+        if b >= rows[-1]:
+            return add_tab[-1][tok]
+        k = next(i for i in range(1, len(rows)) if rows[i] >= b)
+        w = (b - rows[k - 1]) / (rows[k] - rows[k - 1])
+        return add_tab[k - 1][tok] * (1 - w) + add_tab[k][tok] * w
+
     t, nxt, used, it = 0.0, 0, 0.0, 0
     running: list[int] = []
     finished = 0
@@ -685,22 +935,33 @@ def _run_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, n_ou
                                  f"{budget:.0f} tokens on {tables.tp} x {tables.gpu}", "use a larger tp or GPU")
             t = max(t, arrive[nxt])
             continue
-        dec = [r for r in running if done_pre[r] >= n_in[r]]
-        chunk_left = chunk_tokens
+        dec = [r for r in running if done_pre[r] >= todo[r]]
+        chunk_left = max(chunk_tokens - len(dec), 0) if engine is not None else chunk_tokens
         pre_tok = 0
+        pre_ctx = 0
         pre_done_now = []
         dt = 0.0
         if chunked_prefill:
             for r in running:
-                if done_pre[r] < n_in[r] and chunk_left > 0:
-                    take = min(chunk_left, n_in[r] - done_pre[r])
+                if done_pre[r] < todo[r] and chunk_left > 0:
+                    take = min(chunk_left, todo[r] - done_pre[r])
+                    pre_ctx += take * (cached[r] + done_pre[r])     # query x earlier-key pairs of the chunk
                     done_pre[r] += take
                     chunk_left -= take
                     pre_tok += take
-                    if done_pre[r] >= n_in[r]:
+                    if done_pre[r] >= todo[r]:
                         pre_done_now.append(r)
-            if pre_tok:
-                dt += pre_tab[pre_tok] - (overhead if dec else 0.0)   # one iteration: one overhead
+            ctx = sum(n_in[r] + gen[r] for r in dec) / len(dec) if dec else 0.0
+            if pre_tok:      # one mixed step: the decode (unpadded) + the chunks, the host's time once
+                b = len(dec)
+                gpu = gpu_tab[max(min(b, b_cap), 1)][min(int(ctx / ctx_step + 0.5), 63)]
+                gpu += added(max(b, 1), pre_tok) + pair_s * pre_ctx
+                if eng is not None:
+                    h = eng.host_step_s + eng.host_per_seq_s * b
+                    gpu = max(gpu, h) if eng.async_scheduling else gpu + h
+                dt = gpu
+            elif dec:
+                dt = dec_tab[min(len(dec), b_cap)][min(int(ctx / ctx_step + 0.5), 63)]
         else:
             for r in running:
                 if done_pre[r] < n_in[r]:
@@ -713,9 +974,9 @@ def _run_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, n_ou
                 dec = []       # prompts first: the decode batch waits for this iteration
                 dt += (pre_tab[n_in[pre_done_now[0]]] if len(pre_done_now) == 1
                        else tables.batch_prefill_time([n_in[r] for r in pre_done_now]))
-        if dec:
-            ctx = sum(n_in[r] + gen[r] for r in dec) / len(dec)
-            dt += dec_tab[min(len(dec), b_cap)][min(int(ctx / ctx_step + 0.5), 63)]
+            if dec:
+                ctx = sum(n_in[r] + gen[r] for r in dec) / len(dec)
+                dt += dec_tab[min(len(dec), b_cap)][min(int(ctx / ctx_step + 0.5), 63)]
         t += dt
         it += 1
         for r in pre_done_now:
@@ -725,7 +986,7 @@ def _run_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, n_ou
             gen[r] += 1
         still = []
         for r in running:
-            if done_pre[r] >= n_in[r] and gen[r] >= n_out[r]:
+            if done_pre[r] >= todo[r] and gen[r] >= n_out[r]:
                 finish[r] = t
                 used -= need[r]
                 finished += 1

@@ -1,0 +1,191 @@
+"""Fit a serving engine's executor profile to its published steady-state inter-token latencies.
+
+What serving benchmarks publish for today's engines is not a step-time table but the steady state
+of a loaded server: B requests in flight, the median inter-token latency (ITL) and the output
+throughput (the ML.ENERGY leaderboard, benchmarks/data/serving_published.yaml). In that state a
+step of a chunked-prefill engine (vLLM V1, SGLang) decodes the B running sequences and, in the same
+forward, prefills the prompts of the requests that replace finished ones: k of them, k ~ Poisson(B
+/ E[out]) per step, so the median step carries the median of that Poisson count of prompts
+(none below B ~ 0.69 E[out]: a pure decode step, padded to the engine's CUDA-graph batch size).
+That step is `predict()` of a decode Job with `chunk_tokens` = k x prompt (the core's mixed step),
+plus the engine's per-step host time where it is not hidden (`simulate.engine_step_time`).
+
+`fit_engine` fits, against the GPU's kernel profile and with the engine's structure fixed (fused
+norms and rope, CUDA graphs: the profile file's other fields):
+  gemm_bandwidth_scale           the engine's memory-bound (small-batch) GEMMs vs the microbenchmarks
+  attn_decode_efficiency_scale   its paged decode attention vs the microbenchmarked kernel
+  host_overhead_per_step_us      host time per step the GPU waits for (sampling sync, launches
+                                 outside the graph) -- inside predict(), so `roofplan predict
+                                 --executor vllm-v1` gives the same step
+by bounded least squares on log(predicted / measured) over the points with role fit; the points
+with role check are reported as held-out error, per run.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from simulator.core.errors import RoofplanError
+from simulator.core.models import load_model
+from simulator.core.predict import predict
+from simulator.core.profiles import ExecutorProfile, load_kernel_profile
+from simulator.core.schema import Name, NonNegative, PosInt, Positive, Strict, Text, check, read_yaml
+from simulator.core.specs import load_hardware, system_from_gpu
+from simulator.core.workload import Job
+
+DATA = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "serving_published.yaml"
+FITTED = ("gemm_bandwidth_scale", "attn_decode_efficiency_scale", "host_overhead_per_step_us")
+BOUNDS = ((0.5, 3.0), (0.1, 3.0), (0.0, 1e4))
+
+
+class SteadyRun(Strict):
+    model: Name
+    hardware: Name
+    tp: PosInt
+    weight_dtype: Literal["", "bf16", "fp16", "fp8", "int8", "int4"] = ""
+    engine: Name
+    source: Name
+
+
+class SteadyPoint(Strict):
+    run: Name
+    max_num_seqs: PosInt
+    avg_batch: Positive
+    avg_output_tokens: Positive
+    median_itl_ms: Positive
+    p90_itl_ms: Positive
+    output_tokens_per_s: Positive
+    role: Literal["fit", "check"]
+
+
+class SteadyState(Strict):
+    runs: dict[Name, SteadyRun]
+    points: list[SteadyPoint] = Field(min_length=1)
+
+
+class Reproduction(Strict):
+    """One published serving result, predicted through the serving simulator (never fitted)."""
+    name: Text
+    source: Name
+    feature: Literal["chunked-prefill", "prefix-caching", "speculative-decoding", "fp8-weights", "int4-weights"]
+    engine: Name
+    model: Name
+    hardware: Name
+    tp: PosInt = 1
+    dtype: Literal["bf16", "fp16"] = "bf16"
+    weight_dtype: Literal["", "bf16", "fp16", "fp8", "int8", "int4"] = ""
+    prefix_hit: NonNegative = 0.0
+    spec_tokens: int = Field(0, ge=0)
+    spec_acceptance: Positive | None = None
+    draft_model: Name | None = None
+    batch: PosInt = 1
+    prompt_tokens: PosInt
+    output_tokens: PosInt
+    metric: Literal["itl_ms", "output_tokens_per_s", "speedup", "ttft_ms", "throughput_ratio"]
+    baseline: dict | None = None        # the options the ratio metrics divide by (speedup, throughput_ratio)
+    published: Positive
+    role: Literal["check"] = "check"
+    note: Text | None = None
+
+
+class PublishedFile(Strict):
+    sources: dict[Name, Text]
+    assumptions: dict[Name, Text]
+    prompt_tokens: PosInt
+    context_tokens: PosInt
+    steady_state: SteadyState
+    reproductions: list[Reproduction] = []
+
+
+def read_published(path: Path = DATA) -> PublishedFile:
+    f = check(PublishedFile, read_yaml(path), path, fix="see the comments at the top of the file")
+    for p in f.steady_state.points:
+        if p.run not in f.steady_state.runs:
+            raise RoofplanError(f"{path}: point of run '{p.run}' names no run in steady_state.runs")
+    for r in [*f.steady_state.runs.values(), *f.reproductions]:
+        if r.source not in f.sources:
+            raise RoofplanError(f"{path}: source '{r.source}' is not in sources")
+    return f
+
+
+def median_prompts_per_step(batch: float, avg_output_tokens: float) -> int:
+    """Median number of prompts a steady-state step prefills: Poisson with mean B / E[out]."""
+    from scipy.stats import poisson
+    return int(poisson.median(batch / avg_output_tokens))
+
+
+def steady_step_s(point: SteadyPoint, run: SteadyRun, ex: ExecutorProfile, kernels, prompt_tokens: int,
+                  context_tokens: int, models: dict | None = None) -> float:
+    """The median steady-state step of one published point under profile `ex` (module docstring)."""
+    from simulator.serving.simulate import engine_step_time, padded_batch
+    models = {} if models is None else models
+    model = models.setdefault(run.model, load_model(run.model))
+    gpu = load_hardware(run.hardware).gpu
+    batch = max(int(round(point.avg_batch)), 1)
+    chunk = median_prompts_per_step(point.avg_batch, point.avg_output_tokens) * prompt_tokens
+    step_batch = batch if chunk else int(padded_batch(batch, ex.cuda_graph_batch_sizes))
+    job = Job("decode", batch=step_batch, context=context_tokens, tp=run.tp, weight_dtype=run.weight_dtype,
+              chunk_tokens=chunk)
+    gpu_s = predict(model, system_from_gpu(gpu, run.tp), job, executor=ex, kernels=kernels, check_memory=False,
+                    with_ops=False).time_s
+    return float(engine_step_time(gpu_s, batch, ex.scheduler_step_s, ex.scheduler_per_seq_s, ex.async_scheduling))
+
+
+def _with(base: ExecutorProfile, x) -> ExecutorProfile:
+    return dataclasses.replace(base, gemm_bandwidth_scale=float(x[0]), attn_decode_efficiency_scale=float(x[1]),
+                               host_overhead_per_step_s=float(x[2]) * 1e-6)
+
+
+def errors(f: PublishedFile, ex: ExecutorProfile, engine: str) -> list[dict]:
+    """Predicted vs published median ITL of every steady-state point of `engine`."""
+    out, models, kps = [], {}, {}
+    for p in f.steady_state.points:
+        run = f.steady_state.runs[p.run]
+        if run.engine != engine:
+            continue
+        kp = kps.setdefault(run.hardware, load_kernel_profile(run.hardware))
+        pred = steady_step_s(p, run, ex, kp, f.prompt_tokens, f.context_tokens, models)
+        out.append({"run": p.run, "batch": p.avg_batch, "role": p.role, "published_ms": p.median_itl_ms,
+                    "predicted_ms": pred * 1e3, "error": pred * 1e3 / p.median_itl_ms - 1})
+    return out
+
+
+def summary(rows: list[dict]) -> dict:
+    """MAPE and worst error (signed) over fit and held-out rows, and per held-out run."""
+    out = {}
+    for role in ("fit", "check"):
+        e = np.array([r["error"] for r in rows if r["role"] == role])
+        if len(e):
+            out[role] = {"points": len(e), "mape_pct": round(float(np.mean(np.abs(e))) * 100, 1),
+                         "worst_pct": round(float(e[np.argmax(np.abs(e))]) * 100, 1)}
+    return out
+
+
+def fit_engine(base: ExecutorProfile, engine: str, f: PublishedFile | None = None) -> tuple[ExecutorProfile, dict]:
+    """(`base` with FITTED replaced by the least-squares fit, fitted values and error summary)."""
+    from scipy.optimize import least_squares
+    f = f or read_published()
+    pts = [p for p in f.steady_state.points if p.role == "fit" and f.steady_state.runs[p.run].engine == engine]
+    if not pts:
+        raise RoofplanError(f"no steady-state points with role fit for engine '{engine}'")
+    meas = np.array([p.median_itl_ms / 1e3 for p in pts])
+    models, kps = {}, {}
+
+    def resid(x):
+        ex = _with(base, x)
+        pred = []
+        for p in pts:
+            run = f.steady_state.runs[p.run]
+            kp = kps.setdefault(run.hardware, load_kernel_profile(run.hardware))
+            pred.append(steady_step_s(p, run, ex, kp, f.prompt_tokens, f.context_tokens, models))
+        return np.log(np.array(pred) / meas)
+
+    x0 = (base.gemm_bandwidth_scale, base.attn_decode_efficiency_scale, base.host_overhead_per_step_s * 1e6)
+    res = least_squares(resid, x0=x0, bounds=tuple(zip(*BOUNDS)), x_scale=(0.1, 0.1, 100.0), diff_step=1e-3)
+    ex = _with(base, res.x)
+    fitted = {k: round(float(v), 1 if k.endswith("_us") else 4) for k, v in zip(FITTED, res.x)}
+    return ex, {"fitted": fitted, **summary(errors(f, ex, engine))}
