@@ -1,10 +1,14 @@
 """SLO-aware serving fleets across GPU types and prices (Melange, Griggs et al. 2024,
 arXiv:2404.14527, section 5: cost-aware bin packing as an ILP).
 
-Options o = (GPU type, TP degree, role); role is `aggregated` (one instance runs prefill and
-decode) or `prefill` / `decode` (a DistServe-style disaggregated pool). For every request bucket
-b (input x output length) and option o the serving model gives T[b, o], the largest request rate
-one instance sustains while meeting the SLOs at the chosen percentile (`simulator.serving.simulate.max_rate`).
+Options o = (GPU type, TP degree, role, engine, weights); role is `aggregated` (one instance runs
+prefill and decode) or `prefill` / `decode` (a DistServe-style disaggregated pool); engine is an
+executor profile (simulator.core.profiles: the serving engine's step times); weights the layer
+weights' format (bf16, or fp8 W8A8 where the GPU has fp8 tensor cores, int8 / int4 weight-only:
+simulator.core.quant). Every option's engine also runs the same EngineOptions (KV dtype, prefix
+hit, speculative decoding). For every request bucket b (input x output length) and option o the
+serving model gives T[b, o], the largest request rate one instance sustains while meeting the SLOs
+at the chosen percentile (`simulator.serving.simulate.max_rate` on `step_tables` of that option).
 
     minimise    sum_o price_o n_o                                   ($/h; objective usd)
              or P = sum_o P_floor,o n_o + sum_{b,o} x[b,o] lam_b E[b,o]    (W; objective energy)
@@ -12,6 +16,9 @@ one instance sustains while meeting the SLOs at the chosen percentile (`simulato
     subject to  sum_{o agg} x[b,o] + sum_{o prefill} x[b,o] = 1       every bucket's prefill served
                 sum_{o agg} x[b,o] + sum_{o decode}  x[b,o] = 1       every bucket's decode served
                 sum_b x[b,o] lam_b / T[b,o] <= n_o                    instance capacity
+                sum_{o prefill in k} x[b,o] = sum_{o decode in k} x[b,o]   for each group k of one engine and
+                                                                      weights: a request's KV cache moves
+                                                                      to a decode instance of its own kind
                 sum_{o on gpu g} tp_o n_o <= cap_g                    inventory
                 P <= power budget                                     (--power-budget-kw)
                 n_o integer >= 0, 0 <= x[b,o] <= 1
@@ -20,6 +27,19 @@ split any bucket's traffic), so the plan is never dearer than Melange's slice as
 Melange, a bucket's throughput on an instance is assumed independent of what else it serves; the
 plan is then checked with the serving model at the mix and rate each option really gets, and an
 option that misses its SLOs there keeps 97% of its throughput in a re-solve (at most 8 times).
+Fleets of equal cost go to the first engine listed and unquantized weights (a 1e-6 relative
+price step per FleetOption.preference rank): a quantized option is chosen when it is cheaper.
+
+The simulated check (`simulate_plan`, `sim_requests` > 0): the closed forms size the fleet; then
+each used option runs `sim_requests` seeded Poisson requests of the mix and per-instance rate the
+plan gives it through the serving module's discrete-event simulation (`simulate_option`), which
+reports P50/P90/P99 TTFT and TPOT over requests and the share within the SLOs. With admission on,
+an option the closed forms pass and the simulation fails keeps only its simulated capacity at that
+mix (bisection on the seeded simulation, `simulated_capacity`): its column of T is scaled by
+s / (rate / utilisation), the ILP's capacity of one instance at that mix, and the fleet is
+re-solved (within the same 8 re-solves). The simulation only lowers a capacity, never raises it:
+where it is the more optimistic of the two (it usually is at high load: it interleaves prompt
+chunks the M/G/1 form queues), the closed form stays the sizing model.
 
 Energy (simulator.core.power through predict(), simulator.serving.simulate.request_energy_j): the
 power of an instance is linear in its load between its floor P_floor,o at no load (idle for a
@@ -35,7 +55,7 @@ hosts are not counted.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -43,14 +63,18 @@ from simulator.core.errors import FieldError, RoofplanError
 from simulator.core.models import ModelConfig
 from simulator.core.power import DEFAULT_CARBON_G_PER_KWH, check_carbon
 from simulator.core.pricing import cheapest_price_per_gpu_h
-from simulator.serving.simulate import (RequestMix, StepTables, aggregated, decode_pool, max_rate, prefill_pool,
-                               request_energy_j, step_tables)
+from simulator.core.workload import Job
+from simulator.serving.simulate import (EngineOptions, RequestMix, SimResult, StepTables, aggregated, bisect_rate,
+                                        decode_pool, max_rate, prefill_pool, replay, request_energy_j,
+                                        sample_requests, step_tables)
 from simulator.serving.workload import ServingWorkload
 from simulator.core.specs import load_gpu, system_from_gpu
 
 from .solver import SolveReport, solve
 
 ROLES = ("aggregated", "prefill", "decode")
+DEFAULT_ENGINE = "default"       # the executor profile of kernel time only
+TIE_BREAK = 1e-6                 # relative cost per preference rank (FleetOption.preference)
 OBJECTIVES = ("usd", "energy", "carbon")
 # Beyond this many GPUs a fleet for one model is no plausible deployment: the CLI warns that the
 # inputs (the request rate above all) are likely off by orders of magnitude.
@@ -67,6 +91,10 @@ class FleetOption:
     floor_w: float = 0.0          # one provisioned instance at (almost) no load: idle for a prefill
                                   # instance; one that decodes runs a batch-1 step whenever it holds a sequence
     carbon_g_per_kwh: float = DEFAULT_CARBON_G_PER_KWH   # grid intensity where this GPU type runs
+    engine: str = DEFAULT_ENGINE  # the serving engine: an executor profile name (simulator.core.profiles)
+    weights: str = ""             # layer weights' dtype (Job.weight_dtype; "": the compute dtype)
+    preference: int = 0           # rank among options that differ only in engine and weights (0: the first
+                                  # engine listed, unquantized); breaks ties between fleets of equal cost
 
     @property
     def price_usd_per_h(self) -> float:
@@ -74,7 +102,10 @@ class FleetOption:
 
     @property
     def label(self) -> str:
-        return f"{self.gpu} tp{self.tp} {self.role}"
+        """'h100-sxm tp1 decode', with the weights and the engine when they are not the defaults
+        ('l40s tp1 decode int4 vllm-v0')."""
+        extra = [w for w in (self.weights, self.engine if self.engine != DEFAULT_ENGINE else "") if w]
+        return " ".join([f"{self.gpu} tp{self.tp} {self.role}", *extra])
 
 
 @dataclass(frozen=True)
@@ -119,17 +150,71 @@ def option_prices(gpus: list[str]) -> dict[str, tuple[float, str]]:
     return out
 
 
+def unsupported_weights(gpus: list[str], weight_dtypes, dtype: str = "bf16") -> dict[str, dict[str, str]]:
+    """{gpu: {weight dtype: why}} for the pairs no instance can run, by the check predict() makes
+    (simulator.core.predict.check_weight_dtype_on: fp8 W8A8 needs fp8 tensor cores in the GPU's spec)."""
+    from simulator.core.predict import check_weight_dtype_on
+    out: dict[str, dict[str, str]] = {}
+    for g in gpus:
+        gpu = load_gpu(g)
+        for wd in weight_dtypes:
+            try:
+                check_weight_dtype_on(gpu, Job("decode", dtype=dtype, weight_dtype=wd))
+            except FieldError as e:
+                out.setdefault(g, {})[wd] = e.problem.replace(f"{gpu.name} has ", "")
+    return out
+
+
+def _weight_dtypes(weight_dtypes, dtype: str) -> tuple[str, ...]:
+    """The layer-weight dtypes to offer, checked; the compute dtype as "" (unquantized: the tables
+    of a plain engine, bit for bit)."""
+    from simulator.core.quant import WEIGHT_DTYPES
+    out = []
+    for wd in weight_dtypes:
+        if wd and wd not in WEIGHT_DTYPES:
+            raise FieldError("weight_dtypes", wd, "unknown", f"use {', '.join(WEIGHT_DTYPES)}")
+        wd = "" if wd == dtype else wd
+        if wd not in out:
+            out.append(wd)
+    if not out:
+        raise FieldError("weight_dtypes", "", "is empty", f"name at least one, e.g. {dtype}")
+    return tuple(sorted(out, key=lambda w: w != ""))     # unquantized first: the preferred at equal cost
+
+
 def candidate_options(model: ModelConfig, gpus: list[str], tps=(1, 2, 4, 8), roles=ROLES,
                       dtype: str = "bf16", executor=None, power_cap_w: dict[str, float] | None = None,
-                      carbon_g_per_kwh: dict[str, float] | None = None) -> list[tuple[FleetOption, StepTables]]:
-    """Every (GPU, TP, role) that holds the model, with its step tables (built once per GPU x TP;
-    `executor`: the serving engine's ExecutorProfile, default kernel time only). `power_cap_w`:
-    board power limit per GPU type (W); `carbon_g_per_kwh`: grid intensity per GPU type (default
-    DEFAULT_CARBON_G_PER_KWH)."""
+                      carbon_g_per_kwh: dict[str, float] | None = None, engines: dict | None = None,
+                      weight_dtypes=("",), options: EngineOptions = EngineOptions()
+                      ) -> list[tuple[FleetOption, StepTables]]:
+    """Every (GPU, TP, role, engine, weight dtype) that holds the model, with its step tables (built
+    once per GPU x TP x engine x weight dtype). `engines`: name -> the serving engine's
+    ExecutorProfile (default: `executor` alone, itself default kernel time only). `weight_dtypes`:
+    the layer weights each GPU type is offered in ("" or `dtype`: unquantized); a GPU gets only
+    those it runs (`unsupported_weights`: fp8 only with fp8 tensor cores), and none run anywhere
+    is an error. `options`: the KV dtype, prefix hit and speculation every option's engine runs
+    with (EngineOptions; its weight dtype is set per option). `power_cap_w`: board power limit per
+    GPU type (W); `carbon_g_per_kwh`: grid intensity per GPU type (default DEFAULT_CARBON_G_PER_KWH)."""
     prices = option_prices(gpus)
     power_cap_w, carbon_g_per_kwh = power_cap_w or {}, carbon_g_per_kwh or {}
     for g, v in carbon_g_per_kwh.items():
         check_carbon(v)
+    if engines is None:
+        engines = {getattr(executor, "name", None) or DEFAULT_ENGINE: executor}
+    wds = _weight_dtypes(weight_dtypes, dtype)
+    options = options.check()
+    from simulator.core.units import DTYPE_BYTES
+    if options.kv_dtype and options.kv_dtype not in DTYPE_BYTES:   # before the loop, as the draft below
+        raise FieldError("kv_dtype", options.kv_dtype, "unknown", f"use one of {', '.join(DTYPE_BYTES)}")
+    if options.draft is not None:            # before the loop: step_tables' errors there mean "does not fit"
+        from simulator.core.speculative import check_draft
+        check_draft(options.draft, model)
+    skip = unsupported_weights(gpus, wds, dtype)
+    runnable = [wd for wd in wds if any(wd not in skip.get(g, {}) for g in gpus)]
+    if not runnable:
+        why = next(iter(skip.values()))[wds[0]]
+        raise FieldError("weight_dtypes", ",".join(w or dtype for w in wds),
+                         f"{', '.join(gpus)} {'has' if len(gpus) == 1 else 'have'} {why}",
+                         "add int8 or int4 (weight-only) or bf16, or a GPU with fp8 such as h100-sxm or l40s")
     out = []
     for g in gpus:
         system = system_from_gpu(load_gpu(g), 1)
@@ -137,18 +222,24 @@ def candidate_options(model: ModelConfig, gpus: list[str], tps=(1, 2, 4, 8), rol
         for tp in tps:
             if model.n_heads % tp or (model.n_kv_heads % tp and tp % model.n_kv_heads):
                 continue
-            try:
-                tables = step_tables(model, system, tp, dtype, executor=executor, power_cap_w=cap)
-            except FieldError as e:
-                if e.field == "power_cap_w":    # below this GPU's idle power: every step refused
-                    raise FieldError("power_cap_w", f"{g}={cap:g}", e.problem.replace("the GPU's", f"{g}'s"),
-                                     e.fix) from None
-                continue          # does not fit at this TP
-            except RoofplanError:
-                continue
-            for role in roles:
-                out.append((FleetOption(g, tp, role, prices[g][0], prices[g][1], _floor_w(tables, role),
-                                        carbon_g_per_kwh.get(g, DEFAULT_CARBON_G_PER_KWH)), tables))
+            for k, (name, ex) in enumerate(engines.items()):
+                for i, wd in enumerate(wds):
+                    if wd in skip.get(g, {}):
+                        continue
+                    try:
+                        tables = step_tables(model, system, tp, dtype, executor=ex, power_cap_w=cap,
+                                             options=replace(options, weight_dtype=wd))
+                    except FieldError as e:
+                        if e.field == "power_cap_w":    # below this GPU's idle power: every step refused
+                            raise FieldError("power_cap_w", f"{g}={cap:g}", e.problem.replace("the GPU's", f"{g}'s"),
+                                             e.fix) from None
+                        continue          # does not fit at this TP
+                    except RoofplanError:
+                        continue
+                    for role in roles:
+                        out.append((FleetOption(g, tp, role, prices[g][0], prices[g][1], _floor_w(tables, role),
+                                                carbon_g_per_kwh.get(g, DEFAULT_CARBON_G_PER_KWH), name, wd,
+                                                k * len(wds) + i), tables))
     if not out:
         raise RoofplanError(f"{model.name} fits on none of {', '.join(gpus)} at TP {', '.join(map(str, tps))}; "
                             f"add larger GPUs (gpus) or larger TP degrees (tps)")
@@ -210,13 +301,25 @@ def energy_matrix(candidates, workload: ServingWorkload, tput: np.ndarray) -> np
     return E
 
 
-def unservable_buckets(tput: np.ndarray, bucket_rates_rps: np.ndarray, roles: list[str]) -> list[int]:
+def unservable_buckets(tput: np.ndarray, bucket_rates_rps: np.ndarray, roles: list[str],
+                       groups: list | None = None) -> list[int]:
     """Buckets with requests that no aggregated option, nor any prefill option together with any
-    decode option, serves within the SLOs (tput[b, o] == 0 for all of them)."""
+    decode option of the same group (engine and weights: `pd_group`), serves within the SLOs
+    (tput[b, o] == 0 for all of them)."""
     roles = np.asarray(roles)
-    ok = lambda b, role: bool(np.any(tput[b, roles == role] > 0))
+    groups = np.asarray([0] * len(roles) if groups is None else [str(g) for g in groups])
+    ok = lambda b, role, sel: bool(np.any(tput[b, (roles == role) & sel] > 0))
+    every = np.ones(len(roles), dtype=bool)
     return [b for b in range(tput.shape[0]) if bucket_rates_rps[b] > 0
-            and not (ok(b, "aggregated") or (ok(b, "prefill") and ok(b, "decode")))]
+            and not (ok(b, "aggregated", every) or any(ok(b, "prefill", groups == g) and ok(b, "decode", groups == g)
+                                                       for g in set(groups.tolist())))]
+
+
+def pd_group(option: FleetOption) -> tuple[str, str]:
+    """A disaggregated request's prefill and decode instances run one engine and one set of
+    weights: the KV cache the prefill writes is the decode's input, in that engine's layout and
+    from the same model."""
+    return option.engine, option.weights
 
 
 # A lone request: max_rate's first probe (simulator.serving.simulate.max_rate, lo = 1e-6 req/s).
@@ -323,7 +426,8 @@ def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: 
     import pulp
     nb, no = tput.shape
     roles = [o.role for o in options]
-    for b in unservable_buckets(tput, bucket_rates_rps, roles)[:1]:
+    groups = [pd_group(o) for o in options]
+    for b in unservable_buckets(tput, bucket_rates_rps, roles, groups)[:1]:
         name = labels[b] if labels else f"bucket {b}"
         raise RoofplanError(f"no GPU option meets the SLOs for requests of {name}; loosen the TTFT/TPOT SLOs or add faster GPUs (gpus)")
     prob = pulp.LpProblem("fleet", pulp.LpMinimize)
@@ -334,7 +438,7 @@ def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: 
                  for o in range(no)]
     if not max_gpus and objective == "usd" and power_budget_w is None:
         # no instance of an optimal plan costs more than a feasible plan does
-        ub = _greedy_cost(options, tput, bucket_rates_rps)
+        ub = _greedy_cost(options, tput, bucket_rates_rps) * (1 + TIE_BREAK * max(o.preference for o in options))
         n_max = [min(m, int(math.floor(ub / options[o].price_usd_per_h + 1e-9))) for o, m in enumerate(n_max)]
     n = [var(f"n_{o}", 0, n_max[o], pulp.LpInteger) for o in range(no)]
     x = {(b, o): var(f"x_{b}_{o}", 0, 1, pulp.LpContinuous)
@@ -342,7 +446,10 @@ def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: 
     if energy_j is not None:
         n_w, x_w = _power_terms(options, energy_j, bucket_rates_rps, "energy")
     if objective == "usd":
-        prob += pulp.lpSum(options[o].price_usd_per_h * n[o] for o in range(no))
+        # ties between equally priced fleets go to the preferred options (FleetOption.preference:
+        # the first engine listed, unquantized weights): a relative 1e-6 per rank, far below any price step
+        prob += pulp.lpSum(options[o].price_usd_per_h * (1 + TIE_BREAK * options[o].preference) * n[o]
+                           for o in range(no))
     else:
         n_c, x_c = _power_terms(options, energy_j, bucket_rates_rps, objective)
         prob += pulp.lpSum([n_c[o] * n[o] for o in range(no)] + [x_c[b, o] * v for (b, o), v in x.items()])
@@ -359,6 +466,9 @@ def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: 
         agg = [x[b, o] for o in range(no) if (b, o) in x and roles[o] == "aggregated"]
         prob += pulp.lpSum(agg + [x[b, o] for o in range(no) if (b, o) in x and roles[o] == "prefill"]) == 1
         prob += pulp.lpSum(agg + [x[b, o] for o in range(no) if (b, o) in x and roles[o] == "decode"]) == 1
+        for g in set(groups) if len(set(groups)) > 1 else ():     # prefill and decode of one engine and weights
+            prob += (pulp.lpSum(x[b, o] for o in range(no) if (b, o) in x and roles[o] == "prefill" and groups[o] == g)
+                     == pulp.lpSum(x[b, o] for o in range(no) if (b, o) in x and roles[o] == "decode" and groups[o] == g))
     for o in range(no):
         terms = [x[b, o] * (bucket_rates_rps[b] / tput[b, o]) for b in range(nb) if (b, o) in x]
         if terms:
@@ -421,12 +531,17 @@ def _greedy_cost(options, tput: np.ndarray, rates: np.ndarray) -> float:
     with np.errstate(divide="ignore"):
         per_req = np.where(tput > 0, price / np.where(tput > 0, tput, 1), np.inf)   # [b, o] $/h per req/s
     load = np.zeros(len(options))
+    groups = np.array([str(pd_group(o)) for o in options])
     for b, lam in enumerate(rates):
         if lam <= 0:
             continue
-        best = {r: int(np.argmin(np.where(roles == r, per_req[b], np.inf))) for r in ROLES}
-        pick = ([best["aggregated"]] if per_req[b, best["aggregated"]] <= per_req[b, best["prefill"]] + per_req[b, best["decode"]]
-                else [best["prefill"], best["decode"]])
+        masked = lambda sel: np.where(sel, per_req[b], np.inf)    # [o] only the selected options
+        agg = masked(roles == "aggregated")
+        pick, best = [int(np.argmin(agg))], float(np.min(agg))
+        for g in set(groups.tolist()):      # the cheapest prefill + decode pair of one group
+            pre, dec = masked((roles == "prefill") & (groups == g)), masked((roles == "decode") & (groups == g))
+            if float(np.min(pre) + np.min(dec)) < best:
+                pick, best = [int(np.argmin(pre)), int(np.argmin(dec))], float(np.min(pre) + np.min(dec))
         for o in pick:
             load[o] += lam / tput[b, o]
     return float(np.sum(price * np.ceil(load - 1e-9)))
@@ -458,6 +573,10 @@ class FleetResult:
     objective: str = "usd"
     energy_j: np.ndarray | None = None               # E[b, o] the ILP used (energy_matrix)
     tput: np.ndarray | None = None                   # T[b, o] of the last solve (derated by the SLO re-solves)
+    simulated: list[dict] = field(default_factory=list)   # per used option: the discrete-event check (simulate_plan)
+    sim_attainment: float = math.nan                 # share of requests within the SLOs there (a lower bound)
+    sim_requests: int = 0                            # simulated requests per option (0: not checked)
+    notes: tuple[str, ...] = ()                      # what the simulated check found and did, one line each
 
     @property
     def energy_j_per_token(self) -> float:
@@ -501,14 +620,139 @@ def evaluate_plan(plan: FleetPlan, candidates, workload: ServingWorkload, slo_tt
     return rows, (max(0.0, 1.0 - missed / total) if total else 1.0)
 
 
+# ---------------------------------------------------------------------------------------------
+# the discrete-event check of a plan
+
+SIM_SEED = 0          # one seed: the check gives the same answer every run
+SIM_CAPACITY_RTOL = 0.02   # simulated capacity to 2% (bisection on a seeded step function)
+
+
+def _assigned(plan: FleetPlan, o: int, workload: ServingWorkload) -> tuple[RequestMix, float]:
+    """The mix and the per-instance rate (req/s) the plan gives option o (its load split evenly
+    over its instances, as evaluate_plan checks it)."""
+    lam = np.maximum(plan.share[:, o], 0.0) * plan.bucket_rates_rps     # the solver's -1e-12 shares are 0
+    mix = RequestMix.of([b.in_tokens for b in workload.buckets], [b.out_tokens for b in workload.buckets], lam + 1e-300)
+    return mix, float(lam.sum()) / int(plan.count[o])
+
+
+def simulate_option(role: str, tables: StepTables, mix: RequestMix, rate: float, n_requests: int,
+                    seed: int = SIM_SEED) -> SimResult:
+    """One instance of `role` at `rate` req/s of `mix`: `n_requests` seeded Poisson arrivals
+    (serving.sample_requests) through the serving module's discrete-event simulation
+    (serving.replay, its default scheduling, as the closed forms' defaults):
+      aggregated  the instance runs both phases (chunked prefill, 512-token chunks: `aggregated`);
+      prefill     a prefill-only instance (DistServe's context stage, replay's prefill instances):
+                  its TTFT; every request then decodes one token (the decode side is not this option's);
+      decode      requests arrive prefilled at their arrival times, as `decode_pool` assumes: a
+                  prefill stage of negligible time in front of the decode instance."""
+    arrive, n_in, n_out = sample_requests(mix, rate, n_requests, seed)
+    if role == "aggregated":
+        return replay(tables, arrive, n_in, n_out)
+    if role == "prefill":
+        return replay(tables, arrive, n_in, np.ones_like(n_out), tables_decode=tables)
+    instant = replace(tables, prefill_s=np.full_like(tables.prefill_s, 1e-12),
+                      prefill_attn_s=np.zeros_like(tables.prefill_s))
+    return replay(instant, arrive, n_in, n_out, tables_decode=tables)
+
+
+def _sim_stats(role: str, sim: SimResult, slo_ttft_s: float, slo_tpot_s: float, percentile: int) -> dict:
+    """P50/P90/P99 TTFT and TPOT (ms; nan where the role does not produce them), the share of
+    requests within the role's SLOs (an unfinished request misses), and whether the P`percentile`s
+    meet them (DistServe's definition, as serving.max_rate_simulated)."""
+    ttft_ok = sim.ttft_s <= slo_ttft_s if role != "decode" else np.isfinite(sim.ttft_s)
+    done = np.isfinite(sim.ttft_s) & (np.isfinite(sim.tpot_s) | (sim.out_tokens <= 1))
+    tpot_ok = ((sim.tpot_s <= slo_tpot_s) | (sim.out_tokens <= 1)) & done if role != "prefill" else ttft_ok
+    out = dict(attainment=float(np.mean(ttft_ok & tpot_ok)), truncated=bool(sim.truncated))
+    for name, used in (("ttft", role != "decode"), ("tpot", role != "prefill")):
+        x = getattr(sim, f"{name}_s")
+        for q in (50, 90, 99):
+            out[f"{name}_p{q}_ms"] = float(np.nanpercentile(x, q)) * 1e3 if used and np.any(np.isfinite(x)) else math.nan
+    p_ttft, p_tpot = out[f"ttft_p{percentile}_ms"], out[f"tpot_p{percentile}_ms"]
+    out["meets"] = bool(not sim.truncated and (role == "decode" or p_ttft <= slo_ttft_s * 1e3)
+                        and (role == "prefill" or p_tpot <= slo_tpot_s * 1e3))
+    return out
+
+
+def simulate_plan(plan: FleetPlan, candidates, workload: ServingWorkload, slo_ttft_s: float, slo_tpot_s: float,
+                  percentile: int = 90, n_requests: int = 1000, seed: int = SIM_SEED) -> tuple[list[dict], float]:
+    """The discrete-event check of each used option: one instance at the mix and per-instance rate
+    the plan gives it (`simulate_option`), its simulated P50/P90/P99 TTFT and TPOT, the share of its
+    requests within its role's SLOs and whether its P`percentile`s meet them. The fleet's share of
+    requests within both SLOs is bounded below by counting every miss at a prefill, decode or
+    aggregated instance as a lost request (a request passes one aggregated instance, or one prefill
+    and one decode instance: a union bound over its two stages)."""
+    rows, missed, total = [], 0.0, 0.0
+    for o, (opt, tables) in enumerate(candidates):
+        if plan.count[o] == 0 or plan.share[:, o].sum() <= 0:
+            continue
+        mix, rate = _assigned(plan, o, workload)
+        st, sp = _slos(opt.role, slo_ttft_s, slo_tpot_s)
+        stats = _sim_stats(opt.role, simulate_option(opt.role, tables, mix, rate, n_requests, seed), st, sp, percentile)
+        rows.append(dict(option=opt.label, index=o, role=opt.role, instances=int(plan.count[o]), rate_rps=rate,
+                         requests=n_requests, **stats))
+        lam = rate * int(plan.count[o])
+        if opt.role != "decode":
+            total += lam
+        missed += lam * (1.0 - stats["attainment"])
+    return rows, (max(0.0, 1.0 - missed / total) if total else 1.0)
+
+
+def simulated_capacity(role: str, tables: StepTables, mix: RequestMix, slo_ttft_s: float, slo_tpot_s: float,
+                       percentile: int = 90, hi: float = 64.0, n_requests: int = 1000, seed: int = SIM_SEED) -> float:
+    """Largest rate below `hi` at which one instance of `role` meets the SLOs in the simulation
+    (`simulate_option`, `_sim_stats`' P`percentile`s), by serving.bisect_rate to SIM_CAPACITY_RTOL;
+    for an aggregated instance this is serving.max_rate_simulated."""
+    st, sp = _slos(role, slo_ttft_s, slo_tpot_s)
+    return bisect_rate(lambda r: _sim_stats(role, simulate_option(role, tables, mix, r, n_requests, seed), st, sp,
+                                            percentile)["meets"], hi, rtol=SIM_CAPACITY_RTOL)
+
+
+def _sim_miss_line(sim: dict, closed: dict, slos: tuple[float, float], percentile: int) -> str:
+    """'simulation: h100-sxm tp1 aggregated misses p90 TTFT at 33.3 req/s per instance (1,210 ms
+    simulated, 437 ms closed form, SLO 1000 ms)'."""
+    what = []
+    for name, k, slo in (("TTFT", "ttft", slos[0]), ("TPOT", "tpot", slos[1])):
+        v = sim[f"{k}_p{percentile}_ms"]
+        if math.isfinite(v) and v > slo * 1e3:
+            what.append(f"p{percentile} {name} ({_ms(v / 1e3)} simulated, {_ms(closed[f'{k}_p_ms'] / 1e3)} closed form, "
+                        f"SLO {_ms(slo)})")
+    if sim["truncated"]:
+        what.append("the simulation (it did not finish: the load is unstable)")
+    return (f"simulation: {sim['option']} misses {' and '.join(what)} at {sim['rate_rps']:.3g} req/s per instance "
+            f"({sim['attainment']:.0%} of its requests within the SLOs)")
+
+
+def _sim_derate(plan: FleetPlan, candidates, workload: ServingWorkload, o: int, sim: dict, closed_rows: list[dict],
+                slos: tuple[float, float], percentile: int, n_requests: int, seed: int) -> tuple[float, str]:
+    """(factor, note): option o's throughput column scaled to its simulated capacity at the mix the
+    plan gave it. At that mix the ILP's capacity of one instance is rate / utilisation (the load
+    sum_b x lam_b / T[b, o] is linear in the rate); the simulation fails at the assigned rate, so
+    its capacity s lies below it (bisection over (0, rate)); factor = s / (rate / utilisation)."""
+    opt, tables = candidates[o]
+    mix, rate = _assigned(plan, o, workload)
+    closed_cap = rate / (plan.load[o] / plan.count[o])
+    s = simulated_capacity(opt.role, tables, mix, *slos, percentile, hi=rate, n_requests=n_requests, seed=seed)
+    closed = next(r for r in closed_rows if r["option"] == opt.label)
+    line = (_sim_miss_line(sim, closed, slos, percentile) + f"; its simulated capacity at that mix is {s:.3g} req/s "
+            f"against {closed_cap:.3g} closed form: re-solved with it derated to that")
+    return s / closed_cap, line
+
+
 def plan_fleet(model: ModelConfig, workload: ServingWorkload, slo_ttft_s: float, slo_tpot_s: float,
                gpus: list[str], max_gpus: dict[str, int] | None = None, tps=(1, 2, 4, 8), roles=ROLES,
                percentile: int = 90, candidates=None, executor=None, objective: str = "usd",
                power_budget_w: float | None = None, power_cap_w: dict[str, float] | None = None,
-               carbon_g_per_kwh: dict[str, float] | None = None) -> tuple[FleetResult, list, np.ndarray]:
+               carbon_g_per_kwh: dict[str, float] | None = None, sim_requests: int = 0,
+               sim_admission: bool = True, sim_seed: int = SIM_SEED) -> tuple[FleetResult, list, np.ndarray]:
     """Profile every option with the serving model, solve the ILP for the mix and for each single
     GPU type (minimising `objective`: usd, energy or carbon, under `power_budget_w` if given), and
-    check the plan. Returns (result, candidates, throughput matrix)."""
+    check the plan. `sim_requests` > 0: also check each used option with the discrete-event
+    simulation of `sim_requests` requests at the load the plan gives it (`simulate_plan`); with
+    `sim_admission`, an option the closed forms pass and the simulation fails is derated to its
+    simulated capacity at that mix (`simulated_capacity`) and the fleet re-solved (module doc).
+    Returns (result, candidates, throughput matrix)."""
+    if sim_requests < 0:
+        raise FieldError("sim_requests", sim_requests, "must be >= 0 (0: no simulated check)")
     if slo_ttft_s <= 0 or slo_tpot_s <= 0:
         name = "slo_ttft_s" if slo_ttft_s <= 0 else "slo_tpot_s"
         raise FieldError(name, slo_ttft_s if slo_ttft_s <= 0 else slo_tpot_s, "must be > 0")
@@ -528,7 +772,7 @@ def plan_fleet(model: ModelConfig, workload: ServingWorkload, slo_ttft_s: float,
     tput = throughput_matrix(cands, workload, slo_ttft_s, slo_tpot_s, percentile)
     rates = workload.bucket_rates_rps()
     labels = [b.label for b in workload.buckets]
-    unserved = unservable_buckets(tput, rates, [o.role for o in options])
+    unserved = unservable_buckets(tput, rates, [o.role for o in options], [pd_group(o) for o in options])
     if unserved:
         raise RoofplanError(slo_shortfall(cands, workload, unserved, slo_ttft_s, slo_tpot_s, percentile))
     energy = energy_matrix(cands, workload, tput)
@@ -543,13 +787,27 @@ def plan_fleet(model: ModelConfig, workload: ServingWorkload, slo_ttft_s: float,
     # Melange's ILP adds per-bucket rates linearly; the serving model checks the mix each option
     # really gets. An option that misses its SLOs there is derated and the fleet re-solved; a fleet
     # whose checked power exceeds the budget is re-solved under a budget lowered by the excess.
+    # The simulation then checks a plan the closed forms pass; with sim_admission an option it
+    # fails keeps only its simulated capacity at the mix it was given, and the fleet is re-solved.
     derated = tput.copy()
+    notes: list[str] = []
+    slos = (slo_ttft_s, slo_tpot_s)
     for _ in range(MAX_REPAIRS):
         rows, att = evaluate_plan(plan, cands, workload, slo_ttft_s, slo_tpot_s, percentile)
         missing = [o for o, (opt, _) in enumerate(cands) if plan.count[o] and
                    any(r["option"] == opt.label and not r["meets"] for r in rows)]
         over = sum(r["power_w"] for r in rows) - power_budget_w if power_budget_w is not None else 0.0
-        if not missing and over <= 0:
+        sim_missing = {}
+        if sim_requests and not missing and over <= 0:
+            sim_rows, _ = simulate_plan(plan, cands, workload, *slos, percentile, sim_requests, sim_seed)
+            sim_missing = {r["index"]: r for r in sim_rows if not r["meets"]}
+            if sim_admission:
+                for o, r in sim_missing.items():
+                    factor, line = _sim_derate(plan, cands, workload, o, r, rows, slos, percentile, sim_requests,
+                                               sim_seed)
+                    derated[:, o] *= factor
+                    notes.append(line)
+        if not missing and over <= 0 and not (sim_admission and sim_missing):
             break
         derated[:, missing] *= REPAIR_DERATE
         if over > 0:
@@ -561,6 +819,14 @@ def plan_fleet(model: ModelConfig, workload: ServingWorkload, slo_ttft_s: float,
                 raise
             raise _budget_error(power_budget_w, *least, workload) from None
     rows, att = evaluate_plan(plan, cands, workload, slo_ttft_s, slo_tpot_s, percentile)
+    sim_rows, sim_att = (simulate_plan(plan, cands, workload, *slos, percentile, sim_requests, sim_seed)
+                         if sim_requests else ([], math.nan))
+    by_label_rows = {r["option"]: r for r in rows}
+    for r in sim_rows:
+        if not r["meets"] and by_label_rows[r["option"]]["meets"]:
+            notes.append(_sim_miss_line(r, by_label_rows[r["option"]], slos, percentile)
+                         + (f"; still after {MAX_REPAIRS} re-solves" if sim_admission else
+                            "; sim admission re-solves with its capacity derated to the simulated one"))
     single_power = {g: (sum(r["power_w"] for r in evaluate_plan(p, cands, workload, slo_ttft_s, slo_tpot_s,
                                                                  percentile)[0]) if p is not None else math.inf)
                     for g, p in single.items()}
@@ -570,7 +836,7 @@ def plan_fleet(model: ModelConfig, workload: ServingWorkload, slo_ttft_s: float,
     co2 = sum(r["power_w"] / 1e3 * by_label[r["option"]].carbon_g_per_kwh for r in rows)
     out_tps = float(sum(r * b.out_tokens for r, b in zip(rates, workload.buckets)))
     return FleetResult(plan, single_cost, rows, att, power, co2, out_tps, single_power, objective, energy,
-                       derated), cands, tput
+                       derated, sim_rows, sim_att, sim_requests, tuple(notes)), cands, tput
 
 
 def _least_power(cands, workload, slo_ttft_s, slo_tpot_s, percentile, tput, rates, max_gpus, labels,

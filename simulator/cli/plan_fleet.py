@@ -3,6 +3,7 @@ GPU types (planners.fleet), with its power, energy per token and carbon; --energ
 dollars-energy Pareto front of such fleets."""
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 
@@ -13,9 +14,12 @@ from simulator.report.tables import add_format_arg, emit, fmt_of
 
 from simulator.cli.plan import plan_subparsers
 from simulator.cli.args import finite_float, plot_path
+from simulator.cli.speculative import add_spec_args
 
 DEFAULT_GPUS = "h100-sxm,a100-sxm-80gb,l4,a10g"
 OBJECTIVES = ("usd", "energy", "carbon")     # planners.fleet.OBJECTIVES (the parser is built without planners)
+SIM_REQUESTS = 1000     # simulated requests per used option: ~0.05 s each for chat on one H100 (benchmarks/plan_fleet.py)
+QUANTIZED = ("fp8", "int8", "int4")     # weight formats that change the model's outputs
 
 
 def register(subparsers) -> None:
@@ -32,8 +36,24 @@ def register(subparsers) -> None:
                    help="instance roles: aggregated and/or prefill,decode (disaggregated pools)")
     p.add_argument("--rate", type=finite_float, default=None, help="override the workload's request rate (requests/s)")
     p.add_argument("--percentile", type=int, default=90, choices=(50, 90, 99))
-    p.add_argument("--executor", default="default",
-                   help="serving engine's executor profile (e.g. vllm-v0, distserve; default: kernel time only)")
+    p.add_argument("--executor", default=None,
+                   help="serving engine's executor profile (e.g. vllm-v0, distserve; default: kernel time only); "
+                        "the same as --engines with one name")
+    p.add_argument("--engines", default=None, metavar="E1,E2",
+                   help="serving engines to choose among (executor profile names or .yaml paths; each engine is one more "
+                        "option per GPU type, TP and role; default: --executor)")
+    p.add_argument("--weight-dtypes", default="bf16", metavar="W1,W2",
+                   help="layer-weight formats to choose among: bf16, fp16, fp8 (W8A8, only on GPUs with fp8 tensor "
+                        "cores), int8, int4 (weight-only); each is one more option per GPU type (default bf16)")
+    p.add_argument("--kv-dtype", default="", help="KV cache dtype of every option, e.g. fp8 (default: --dtype bf16)")
+    add_spec_args(p)   # --spec-tokens, --spec-acceptance, --draft-model, --prefix-hit: every option's engine
+    p.add_argument("--check-sim", type=int, default=SIM_REQUESTS, metavar="N",
+                   help=f"check the plan with the discrete-event simulation: N seeded Poisson requests per used option "
+                        f"at the load the plan gives it; simulated P50/P90/P99 TTFT and TPOT beside the closed form's "
+                        f"(default {SIM_REQUESTS}; 0: no check)")
+    p.add_argument("--sim-admission", action=argparse.BooleanOptionalAction, default=True,
+                   help="an option the simulation finds missing the SLOs keeps only its simulated capacity and the "
+                        "fleet is re-solved (default on; --no-sim-admission only reports the miss)")
     p.add_argument("--objective", default="usd", choices=OBJECTIVES,
                    help="minimise dollars per hour (usd, default), the fleet's power (energy) or its CO2 (carbon; "
                         "differs from energy when GPU types sit on grids of different --carbon-g-per-kwh)")
@@ -118,8 +138,8 @@ def cmd_plan_fleet(args) -> int:
     from simulator.core.models import load_model
     from simulator.serving.workload import load_serving_workload
 
-    from planners.fleet import (PLAUSIBLE_FLEET_GPUS, ROLES, dollars_energy_front, pareto_front, plan_fleet,
-                                plot_pareto)
+    from planners.fleet import (PLAUSIBLE_FLEET_GPUS, ROLES, candidate_options, dollars_energy_front, pareto_front,
+                                plan_fleet, plot_pareto, unsupported_weights)
 
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
     if not gpus:
@@ -145,10 +165,18 @@ def cmd_plan_fleet(args) -> int:
         raise RoofplanError(f"--power-budget-kw {args.power_budget_kw:g}: must be a positive number of kilowatts")
     budget_w = args.power_budget_kw * 1e3 if args.power_budget_kw is not None else None
     slo_ttft, slo_tpot = args.slo_ttft_ms / 1e3, args.slo_tpot_ms / 1e3
-    res, cands, _ = plan_fleet(model, wl, slo_ttft, slo_tpot, gpus, caps, _ints(args.tp, "--tp"), roles,
-                               args.percentile, executor=load_executor_profile(args.executor),
-                               objective=args.objective, power_budget_w=budget_w, power_cap_w=power_caps,
-                               carbon_g_per_kwh=carbon)
+    engines = _engines(args)
+    wds = [w.strip() for w in args.weight_dtypes.split(",") if w.strip()]
+    options = _engine_options(args)
+    tps = _ints(args.tp, "--tp")
+    if args.check_sim < 0:
+        raise RoofplanError(f"--check-sim {args.check_sim}: must be >= 0 requests per option (0: no simulated check)")
+    cands = candidate_options(model, gpus, tps, roles, power_cap_w=power_caps, carbon_g_per_kwh=carbon,
+                              engines=engines, weight_dtypes=wds, options=options)
+    res, cands, _ = plan_fleet(model, wl, slo_ttft, slo_tpot, gpus, caps, tps, roles, args.percentile,
+                               candidates=cands, objective=args.objective, power_budget_w=budget_w,
+                               sim_requests=args.check_sim, sim_admission=args.sim_admission)
+    skipped = unsupported_weights(gpus, [w for w in wds if w != "bf16"])
     plan = res.plan
     if plan.gpus > PLAUSIBLE_FLEET_GPUS:
         said = f"--rate {args.rate:g} req/s (the workload file says {file_rate:g})" if args.rate is not None \
@@ -165,15 +193,25 @@ def cmd_plan_fleet(args) -> int:
         plot_pareto(front, args.plot, f"{model.name} on {wl.name} ({wl.rate_rps:g} req/s)")
     used = [(o, int(n), u) for o, n, u in zip(plan.options, plan.count, plan.utilisation) if n]
     pred = {r["option"]: r for r in res.predicted}
+    sim = {r["option"]: r for r in res.simulated}
     pct = args.percentile
-    rows = [[o.gpu, o.tp, o.role, n, f"{o.price_usd_per_h * n:.2f}", f"{pred[o.label]['power_w'] / 1e3:.3f}",
+    # the engine and weights columns appear once there is a choice (or a non-default one): the
+    # table of a plain command stays as it was
+    show_engine = len(engines) > 1 or set(engines) != {"default"}
+    show_weights = set(wds) - {"bf16"} != set()
+    rows = [[o.gpu, o.tp, o.role, *([o.engine] if show_engine else []), *([o.weights or "bf16"] if show_weights else []),
+             n, f"{o.price_usd_per_h * n:.2f}", f"{pred[o.label]['power_w'] / 1e3:.3f}",
              f"{u:.0%}", f"{pred[o.label]['ttft_p_ms']:.0f}" if o.role != "decode" else "-",
              f"{pred[o.label]['tpot_p_ms']:.1f}" if o.role != "prefill" else "-", o.instance] for o, n, u in used]
-    header = ["gpu", "tp", "role", "instances", "usd_per_h", "kw", "utilisation", f"ttft_p{pct}_ms", f"tpot_p{pct}_ms",
-              "priced_as"]
-    footer = "\n".join([_totals(res, wl.rate_rps, carbon), _energy_line(res, carbon, args.power_budget_kw),
-                        f"solver {plan.report.solver} {plan.report.status}, gap {plan.report.gap:.2g}, "
-                        f"{plan.report.time_s:.2f} s"])
+    header = ["gpu", "tp", "role", *(["engine"] if show_engine else []), *(["weights"] if show_weights else []),
+              "instances", "usd_per_h", "kw", "utilisation", f"ttft_p{pct}_ms", f"tpot_p{pct}_ms", "priced_as"]
+    lines = [_totals(res, wl.rate_rps, carbon), _energy_line(res, carbon, args.power_budget_kw),
+             f"solver {plan.report.solver} {plan.report.status}, gap {plan.report.gap:.2g}, {plan.report.time_s:.2f} s"]
+    lines += _skipped_lines(skipped) + _quality_lines(used, options)
+    if res.simulated:
+        lines += [_sim_table(res, used, pct)]
+    lines += list(res.notes)
+    footer = "\n".join(lines)
     if energy_front:
         footer += "\ndollars-energy front (cheapest fleet under each power budget):\n" + _front_table(energy_front)
     if front:
@@ -185,21 +223,102 @@ def cmd_plan_fleet(args) -> int:
               power_budget_kw=args.power_budget_kw, cost_usd_per_h=plan.cost_usd_per_h,
               power_w=res.power_w, energy_j_per_token=res.energy_j_per_token,
               co2_g_per_1m_tokens=res.co2_g_per_1m_tokens, output_tokens_per_s=res.output_tokens_per_s,
-              allocation=[dict(gpu=o.gpu, tp=o.tp, role=o.role, instances=n, usd_per_h=o.price_usd_per_h * n,
+              engines=list(engines), weight_dtypes=wds, kv_dtype=options.kv_dtype or "bf16",
+              prefix_hit=options.prefix_hit, spec_tokens=options.spec_tokens, spec_acceptance=options.spec_acceptance,
+              draft_model=options.draft.name if options.draft is not None else None,
+              skipped_weights=skipped,
+              allocation=[dict(gpu=o.gpu, tp=o.tp, role=o.role, engine=o.engine, weights=o.weights or "bf16",
+                               instances=n, usd_per_h=o.price_usd_per_h * n,
                                power_w=pred[o.label]["power_w"], carbon_g_per_kwh=o.carbon_g_per_kwh,
                                power_cap_w=power_caps.get(o.gpu),
                                utilisation=float(u), priced_as=o.instance, usd_per_gpu_h=o.price_usd_per_gpu_h,
-                               predicted=pred[o.label]) for o, n, u in used],
-              slo_attainment=res.slo_attainment,
+                               predicted=pred[o.label], simulated=_json_sim(sim.get(o.label)))
+                          for o, n, u in used],
+              slo_attainment=res.slo_attainment, sim_requests=res.sim_requests,
+              sim_slo_attainment=res.sim_attainment if res.simulated else None, sim_notes=list(res.notes),
               single_type_cost_usd_per_h={g: (c if math.isfinite(c) else None) for g, c in res.single_type_cost_usd_per_h.items()},
               single_type_power_w={g: (c if math.isfinite(c) else None) for g, c in res.single_type_power_w.items()},
               energy_front=energy_front or [],
               solver=plan.report.__dict__, pareto=[{k: (v if not (isinstance(v, float) and math.isinf(v)) else None)
                                                     for k, v in p.items()} for p in (front or [])])
+    engine_note = f"; every engine runs {options.label}" if options.label else ""
     emit(fmt_of(args), json_obj=js, rows=rows, header=header,
-         title=f"fleet for {model.name}, workload {wl.name} ({wl.rate_rps:g} req/s), SLO p{pct} TTFT {args.slo_ttft_ms:g} ms, TPOT {args.slo_tpot_ms:g} ms",
+         title=f"fleet for {model.name}, workload {wl.name} ({wl.rate_rps:g} req/s), SLO p{pct} TTFT {args.slo_ttft_ms:g} ms, "
+               f"TPOT {args.slo_tpot_ms:g} ms{engine_note}",
          footer=footer)
     return 0
+
+
+def _engines(args) -> dict:
+    """--engines (or --executor, the same with one name) -> {name: ExecutorProfile}."""
+    if args.engines is not None and args.executor is not None:
+        raise RoofplanError("--executor and --engines both name engines; give the engines in --engines alone")
+    text = args.engines if args.engines is not None else (args.executor or "default")
+    names = list(dict.fromkeys(e.strip() for e in text.split(",") if e.strip()))
+    if not names:
+        raise RoofplanError(f"--engines '{text}' is empty; name at least one executor profile, e.g. default,vllm-v0")
+    return {n: load_executor_profile(n) for n in names}
+
+
+def _engine_options(args):
+    """The EngineOptions every option runs with (its weight dtype is set per option): --kv-dtype,
+    --prefix-hit, --spec-tokens / --spec-acceptance / --draft-model."""
+    from simulator.core.models import load_model
+    from simulator.serving.simulate import EngineOptions
+    if (args.spec_acceptance is not None or args.draft_model) and not args.spec_tokens:
+        flag = "--spec-acceptance" if args.spec_acceptance is not None else "--draft-model"
+        raise RoofplanError(f"{flag} needs --spec-tokens K (speculative decoding); add it or drop {flag}")
+    draft = load_model(args.draft_model) if args.draft_model else None
+    kv = "" if args.kv_dtype == "bf16" else args.kv_dtype      # the compute dtype: a plain engine's tables
+    return EngineOptions(kv_dtype=kv, prefix_hit=args.prefix_hit, spec_tokens=args.spec_tokens,
+                         spec_acceptance=args.spec_acceptance, draft=draft).check()
+
+
+def _skipped_lines(skipped: dict) -> list[str]:
+    """'weights fp8 skipped on a100-sxm-80gb, a10g: no fp8 tensor cores (W8A8 needs them)', one line per format."""
+    by: dict[tuple[str, str], list[str]] = {}
+    for g, whys in skipped.items():
+        for wd, why in whys.items():
+            by.setdefault((wd, why), []).append(g)
+    return [f"weights {wd} skipped on {', '.join(gs)}: {why}" for (wd, why), gs in by.items()]
+
+
+def _quality_lines(used, options) -> list[str]:
+    """One line when the plan serves quantized weights or KV cache: they change the model's outputs."""
+    quant = sorted({o.weights for o, _, _ in used if o.weights in QUANTIZED})
+    kv = options.kv_dtype if options.kv_dtype in QUANTIZED else ""
+    if not quant and not kv:
+        return []
+    what = " and ".join(x for x in (f"{'/'.join(quant)} weights" if quant else "", f"an {kv} KV cache" if kv else "") if x)
+    return [f"note: this plan serves {what}, which change the model's outputs; the planner does not judge "
+            f"quality (you opted in by listing them)"]
+
+
+def _sim_table(res, used, pct: int) -> str:
+    """The discrete-event check beside the closed form, one row per used option."""
+    from simulator.report.tables import table
+    pred = {r["option"]: r for r in res.predicted}
+    f = lambda v, d=0: "-" if not math.isfinite(v) else f"{v:,.{d}f}"
+    rows = []
+    for r in res.simulated:
+        c = pred[r["option"]]
+        rows.append([r["option"], f"{r['rate_rps']:.3g}",
+                     *(f(r[f"ttft_p{q}_ms"]) for q in (50, 90, 99)), f(c["ttft_p_ms"]) if r["role"] != "decode" else "-",
+                     *(f(r[f"tpot_p{q}_ms"], 1) for q in (50, 90, 99)),
+                     f(c["tpot_p_ms"], 1) if r["role"] != "prefill" else "-",
+                     f"{r['attainment']:.0%}", "yes" if r["meets"] else "NO"])
+    head = (f"simulated check: {res.sim_requests} seeded Poisson requests per option at its planned load, beside the "
+            f"closed form (cf); SLO attainment (simulated) >= {res.sim_attainment:.0%}")
+    return head + "\n" + table(rows, ["option", "req_s_each", "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms",
+                                      f"cf_ttft_p{pct}", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms",
+                                      f"cf_tpot_p{pct}", "within_slo", "meets"])
+
+
+def _json_sim(row: dict | None) -> dict | None:
+    if row is None:
+        return None
+    return {k: (v if not (isinstance(v, float) and not math.isfinite(v)) else None) for k, v in row.items()
+            if k not in ("index", "option")}
 
 
 def _totals(res, rate: float, carbon: dict) -> str:
