@@ -832,8 +832,16 @@ class Reductions:
             (("energy:usd_per_1m_tokens", "energy:tokens_per_s") if self.energy_pareto else ())
 
 
-def _ranked(df, metric: str):
-    return df.sort_values([metric, *ORDER], ascending=[SORT_ASCENDING[metric], True, True], na_position="last")
+def _rank_order(df, metric: str) -> np.ndarray:
+    """Positions of `df`'s rows best first by `metric`, ties in grid order, missing values last
+    (sorting the three key columns, not the frame's 45: a shard's reduction copies only what it keeps)."""
+    x = df[metric].to_numpy(float)
+    key = x if SORT_ASCENDING[metric] else -x         # numpy sorts nan last either way
+    return np.lexsort((df["_row"].to_numpy(), df["_shard"].to_numpy(), key))
+
+
+def _top(df, metric: str, n: int):
+    return df.iloc[_rank_order(df, metric)[:n]]
 
 
 def _front(df, key: str):
@@ -872,7 +880,7 @@ class Partial:
                       self.priced or other.priced)
         for m in red.sorts:
             if red.top:
-                out.top[m] = _ranked(both(self.top.get(m), other.top.get(m)), m).head(red.top)
+                out.top[m] = _top(both(self.top.get(m), other.top.get(m)), m, red.top)
             if red.group_by:
                 out.best[m] = _group_best(both(self.best.get(m), other.best.get(m)), m, red.group_by)
         for x in red.fronts:
@@ -884,7 +892,10 @@ class Partial:
 
 
 def _group_best(df, metric: str, by: tuple[str, ...]):
-    return _ranked(df, metric).groupby(list(by), dropna=False, sort=False).head(1)
+    """The best row per distinct `by` (missing values a value of their own), in ranked order."""
+    order = _rank_order(df, metric)
+    first = ~df[list(by)].iloc[order].duplicated().to_numpy()
+    return df.iloc[order[first]]
 
 
 def _bottom(df):
@@ -900,7 +911,7 @@ def reduce_shard(df, red: Reductions, index: int) -> Partial:
     part = Partial(len(df), int(fits.sum()), int(err.sum()), bool(ok["usd_per_1m_tokens"].notna().any()))
     for m in red.sorts:
         if red.top:
-            part.top[m] = _ranked(ok, m).head(red.top)
+            part.top[m] = _top(ok, m, red.top)
         if red.group_by:
             part.best[m] = _group_best(ok, m, red.group_by)
     for x in red.fronts:
