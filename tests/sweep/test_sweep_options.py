@@ -308,3 +308,20 @@ def test_input_files_include_the_draft_model():
                             "spec_acceptance": 0.7, "draft_model": ["llama-3.2-1b", "no-such-draft"]})
     files = sw.input_files(groups)
     assert "workloads/models/llama-3.2-1b.json" in files and files["model 'no-such-draft'"] is None
+
+
+def test_the_shipped_quantization_grid(tmp_path, capsys):
+    """workloads/sweeps/quantization.yaml as docs/sweep.md shows it: 288 rows, the A100's fp8-weight
+    rows (2 KV x 2 speculation x 3 tp x 4 batch) the only invalid ones, speculation paying at batch 1."""
+    (grid,) = sw.load_grids(REPO_ROOT / "workloads" / "sweeps" / "quantization.yaml")
+    assert sw.count_rows(grid) == 288
+    out = tmp_path / "q.csv"
+    assert main(["sweep", str(REPO_ROOT / "workloads" / "sweeps" / "quantization.yaml"), "-o", str(out), "--quiet",
+                 "--workers", "1", "--format", "json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    df = pd.read_csv(out, keep_default_na=False, na_values=[""])
+    bad = df[df["error"].notna()]
+    assert obj["errors"] == len(bad) == 48
+    assert set(bad["hardware"]) == {"a100-sxm-80gb"} and set(bad["weight_dtype"]) == {"fp8"}
+    spec = df[(df["spec_tokens"] == 5) & df["error"].isna() & (df["batch"] == 1)]
+    assert len(spec) == 2 * 3 * 3 * 2 - 3 * 2 and (spec["spec_speedup"] > 2).all()   # GPU x tp x weights x KV
