@@ -27,8 +27,9 @@ split any bucket's traffic), so the plan is never dearer than Melange's slice as
 Melange, a bucket's throughput on an instance is assumed independent of what else it serves; the
 plan is then checked with the serving model at the mix and rate each option really gets, and an
 option that misses its SLOs there keeps 97% of its throughput in a re-solve (at most 8 times).
-Fleets of equal cost go to the first engine listed and unquantized weights (a 1e-6 relative
-price step per FleetOption.preference rank): a quantized option is chosen when it is cheaper.
+Among fleets of equal cost the planner takes the one that spends least on options of a later
+FleetOption.preference rank (the first engine listed and unquantized weights come first: a second
+solve under the cost found), so a quantized option or another engine is chosen when it is cheaper.
 
 The simulated check (`simulate_plan`, `sim_requests` > 0): the closed forms size the fleet; then
 each used option runs `sim_requests` seeded Poisson requests of the mix and per-instance rate the
@@ -74,7 +75,6 @@ from .solver import SolveReport, solve
 
 ROLES = ("aggregated", "prefill", "decode")
 DEFAULT_ENGINE = "default"       # the executor profile of kernel time only
-TIE_BREAK = 1e-6                 # relative cost per preference rank (FleetOption.preference)
 OBJECTIVES = ("usd", "energy", "carbon")
 # Beyond this many GPUs a fleet for one model is no plausible deployment: the CLI warns that the
 # inputs (the request rate above all) are likely off by orders of magnitude.
@@ -413,7 +413,8 @@ def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: 
                 max_gpus: dict[str, int] | None = None, time_limit_s: float = 10,
                 gap: float = 5e-3, labels: list[str] | None = None, objective: str = "usd",
                 energy_j: np.ndarray | None = None, power_budget_w: float | None = None,
-                _carbon_budget: float | None = None, _tie_break: bool = False) -> FleetPlan:
+                _carbon_budget: float | None = None, _tie_break: bool = False,
+                _cost_cap: float | None = None) -> FleetPlan:
     """The ILP in the module docstring. `tput[b, o]` in requests/s per instance; `energy_j[b, o]`
     joules per request beyond the instance's floor (energy_matrix), needed by the energy and carbon
     objectives and the power budget (W). Energy and carbon are solved to `gap`, then the cheapest
@@ -438,7 +439,7 @@ def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: 
                  for o in range(no)]
     if not max_gpus and objective == "usd" and power_budget_w is None:
         # no instance of an optimal plan costs more than a feasible plan does
-        ub = _greedy_cost(options, tput, bucket_rates_rps) * (1 + TIE_BREAK * max(o.preference for o in options))
+        ub = _greedy_cost(options, tput, bucket_rates_rps)
         n_max = [min(m, int(math.floor(ub / options[o].price_usd_per_h + 1e-9))) for o, m in enumerate(n_max)]
     n = [var(f"n_{o}", 0, n_max[o], pulp.LpInteger) for o in range(no)]
     x = {(b, o): var(f"x_{b}_{o}", 0, 1, pulp.LpContinuous)
@@ -446,10 +447,11 @@ def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: 
     if energy_j is not None:
         n_w, x_w = _power_terms(options, energy_j, bucket_rates_rps, "energy")
     if objective == "usd":
-        # ties between equally priced fleets go to the preferred options (FleetOption.preference:
-        # the first engine listed, unquantized weights): a relative 1e-6 per rank, far below any price step
-        prob += pulp.lpSum(options[o].price_usd_per_h * (1 + TIE_BREAK * options[o].preference) * n[o]
-                           for o in range(no))
+        if _cost_cap is None:
+            prob += pulp.lpSum(options[o].price_usd_per_h * n[o] for o in range(no))
+        else:      # among fleets of this cost, the least spent on options of a later preference rank
+            prob += pulp.lpSum(options[o].preference * options[o].price_usd_per_h * n[o] for o in range(no))
+            prob += pulp.lpSum(options[o].price_usd_per_h * n[o] for o in range(no)) <= _cost_cap
     else:
         n_c, x_c = _power_terms(options, energy_j, bucket_rates_rps, objective)
         prob += pulp.lpSum([n_c[o] * n[o] for o in range(no)] + [x_c[b, o] * v for (b, o), v in x.items()])
@@ -508,6 +510,14 @@ def solve_fleet(options: list[FleetOption], tput: np.ndarray, bucket_rates_rps: 
     rates = np.asarray(bucket_rates_rps, dtype=float)
     power = plan_power_w(options, count, share, rates, energy_j) if energy_j is not None else math.nan
     plan = FleetPlan(tuple(options), count, share, load, cost, rep, rates, power, objective, energy_j)
+    if objective == "usd" and _cost_cap is None and any(n and o.preference for o, n in zip(options, count)):
+        # a fleet of equal cost with the preferred options (the first engine, unquantized weights)?
+        try:
+            pref = solve_fleet(options, tput, rates, max_gpus, time_limit_s, gap, labels, "usd", energy_j,
+                               power_budget_w, _carbon_budget, _tie_break, _cost_cap=cost * (1 + 1e-9))
+        except RoofplanError:
+            return plan
+        return replace(pref, report=rep)
     if objective == "usd" or _tie_break:
         return plan
     # the cheapest fleet within the gap of the least power (carbon), under the same constraints
@@ -577,6 +587,8 @@ class FleetResult:
     sim_attainment: float = math.nan                 # share of requests within the SLOs there (a lower bound)
     sim_requests: int = 0                            # simulated requests per option (0: not checked)
     notes: tuple[str, ...] = ()                      # what the simulated check found and did, one line each
+    unchecked_cost_usd_per_h: float = math.nan       # the fleet before the simulation derated any option (nan: never)
+    sim_resolves: int = 0                            # re-solves after simulated misses
 
     @property
     def energy_j_per_token(self) -> float:
@@ -635,19 +647,28 @@ def _assigned(plan: FleetPlan, o: int, workload: ServingWorkload) -> tuple[Reque
     return mix, float(lam.sum()) / int(plan.count[o])
 
 
+def _token_budget(tables: StepTables) -> int:
+    """The prompt tokens per step `aggregated` assumes by default, for `replay` (whose default is
+    512 for every engine): the engine's max_num_batched_tokens, else 512 (the rule of
+    simulator.serving.simulate._token_budget)."""
+    engine = getattr(tables, "engine", None)
+    return engine.max_num_batched_tokens if engine is not None and engine.max_num_batched_tokens else 512
+
+
 def simulate_option(role: str, tables: StepTables, mix: RequestMix, rate: float, n_requests: int,
                     seed: int = SIM_SEED) -> SimResult:
     """One instance of `role` at `rate` req/s of `mix`: `n_requests` seeded Poisson arrivals
     (serving.sample_requests) through the serving module's discrete-event simulation
     (serving.replay, its default scheduling, as the closed forms' defaults):
-      aggregated  the instance runs both phases (chunked prefill, 512-token chunks: `aggregated`);
+      aggregated  the instance runs both phases (chunked prefill under the token budget `aggregated`
+                  assumes: the engine's max_num_batched_tokens, else 512 prompt tokens per step);
       prefill     a prefill-only instance (DistServe's context stage, replay's prefill instances):
                   its TTFT; every request then decodes one token (the decode side is not this option's);
       decode      requests arrive prefilled at their arrival times, as `decode_pool` assumes: a
                   prefill stage of negligible time in front of the decode instance."""
     arrive, n_in, n_out = sample_requests(mix, rate, n_requests, seed)
     if role == "aggregated":
-        return replay(tables, arrive, n_in, n_out)
+        return replay(tables, arrive, n_in, n_out, chunk_tokens=_token_budget(tables))
     if role == "prefill":
         return replay(tables, arrive, n_in, np.ones_like(n_out), tables_decode=tables)
     instant = replace(tables, prefill_s=np.full_like(tables.prefill_s, 1e-12),
@@ -792,6 +813,7 @@ def plan_fleet(model: ModelConfig, workload: ServingWorkload, slo_ttft_s: float,
     derated = tput.copy()
     notes: list[str] = []
     slos = (slo_ttft_s, slo_tpot_s)
+    unchecked_cost, sim_resolves = math.nan, 0     # the plan before the simulation's first derating; re-solves
     for _ in range(MAX_REPAIRS):
         rows, att = evaluate_plan(plan, cands, workload, slo_ttft_s, slo_tpot_s, percentile)
         missing = [o for o, (opt, _) in enumerate(cands) if plan.count[o] and
@@ -801,7 +823,10 @@ def plan_fleet(model: ModelConfig, workload: ServingWorkload, slo_ttft_s: float,
         if sim_requests and not missing and over <= 0:
             sim_rows, _ = simulate_plan(plan, cands, workload, *slos, percentile, sim_requests, sim_seed)
             sim_missing = {r["index"]: r for r in sim_rows if not r["meets"]}
-            if sim_admission:
+            if sim_admission and sim_missing:
+                sim_resolves += 1
+                if not math.isfinite(unchecked_cost):
+                    unchecked_cost = plan.cost_usd_per_h
                 for o, r in sim_missing.items():
                     factor, line = _sim_derate(plan, cands, workload, o, r, rows, slos, percentile, sim_requests,
                                                sim_seed)
@@ -836,7 +861,8 @@ def plan_fleet(model: ModelConfig, workload: ServingWorkload, slo_ttft_s: float,
     co2 = sum(r["power_w"] / 1e3 * by_label[r["option"]].carbon_g_per_kwh for r in rows)
     out_tps = float(sum(r * b.out_tokens for r, b in zip(rates, workload.buckets)))
     return FleetResult(plan, single_cost, rows, att, power, co2, out_tps, single_power, objective, energy,
-                       derated, sim_rows, sim_att, sim_requests, tuple(notes)), cands, tput
+                       derated, sim_rows, sim_att, sim_requests, tuple(notes), unchecked_cost,
+                       sim_resolves), cands, tput
 
 
 def _least_power(cands, workload, slo_ttft_s, slo_tpot_s, percentile, tput, rates, max_gpus, labels,

@@ -210,7 +210,7 @@ def cmd_plan_fleet(args) -> int:
     lines += _skipped_lines(skipped) + _quality_lines(used, options)
     if res.simulated:
         lines += [_sim_table(res, used, pct)]
-    lines += list(res.notes)
+    lines += _sim_summary(res, args.sim_admission)
     footer = "\n".join(lines)
     if energy_front:
         footer += "\ndollars-energy front (cheapest fleet under each power budget):\n" + _front_table(energy_front)
@@ -236,6 +236,8 @@ def cmd_plan_fleet(args) -> int:
                           for o, n, u in used],
               slo_attainment=res.slo_attainment, sim_requests=res.sim_requests,
               sim_slo_attainment=res.sim_attainment if res.simulated else None, sim_notes=list(res.notes),
+              sim_resolves=res.sim_resolves,
+              unchecked_cost_usd_per_h=res.unchecked_cost_usd_per_h if res.sim_resolves else None,
               single_type_cost_usd_per_h={g: (c if math.isfinite(c) else None) for g, c in res.single_type_cost_usd_per_h.items()},
               single_type_power_w={g: (c if math.isfinite(c) else None) for g, c in res.single_type_power_w.items()},
               energy_front=energy_front or [],
@@ -312,6 +314,27 @@ def _sim_table(res, used, pct: int) -> str:
     return head + "\n" + table(rows, ["option", "req_s_each", "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms",
                                       f"cf_ttft_p{pct}", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms",
                                       f"cf_tpot_p{pct}", "within_slo", "meets"])
+
+
+def _sim_summary(res, admission: bool) -> list[str]:
+    """One line on what the simulated check found: the misses it derated (the first one's detail,
+    the rest in the JSON's sim_notes), and whether the plan shown now meets the SLOs there."""
+    if not res.simulated:
+        return []
+    misses = [r["option"] for r in res.simulated if not r["meets"]]
+    if res.sim_resolves:
+        first = res.notes[0].split("; its simulated capacity")[0].removeprefix("simulation: ")
+        now = ("every option of this plan meets its SLOs in the simulation" if not misses else
+               f"{', '.join(misses)} still {'misses' if len(misses) == 1 else 'miss'} them after "
+               f"{res.sim_resolves} re-solves")
+        return [f"simulation: {res.sim_resolves} re-solve(s) after options met the SLOs in the closed form but not in the "
+                f"simulation (first: {first}); each was derated to its simulated capacity: "
+                f"${res.unchecked_cost_usd_per_h:.2f}/h -> ${res.plan.cost_usd_per_h:.2f}/h; {now}"]
+    if misses:
+        return [f"simulation: {', '.join(misses)} {'misses' if len(misses) == 1 else 'miss'} the SLOs the closed form "
+                f"met; " + ("--sim-admission re-solves with the capacity derated to the simulated one" if not admission
+                            else "the re-solves left it so")]
+    return []
 
 
 def _json_sim(row: dict | None) -> dict | None:
