@@ -71,7 +71,8 @@ def _where(loc: tuple) -> str:
     return out
 
 
-MAX_LISTED = 300    # characters of field names an unknown-field error lists in full
+MAX_LISTED = 250    # characters of field names an unknown-field error lists in full (with ~130 of text
+                    # and a path of ~100, the line stays under the 500 a message may take)
 
 
 def _allowed(name: str, allowed: list[str]) -> str:
