@@ -90,7 +90,7 @@ class StepTables:
         """KV-cache tokens one request holds: its prompt and output, less the prefix a prefix
         cache shares with every other request (`shared_prefix_tokens` holds it once)."""
         own = self.uncached_tokens(in_tokens) + np.asarray(out_tokens, float)
-        return np.ceil(own / self.block) * self.block if self.block > 1 else own   # whole KV blocks (pages)
+        return np.ceil(own / self.block) * self.block      # whole KV blocks (pages)
 
     def uncached_tokens(self, in_tokens) -> np.ndarray:
         """Prompt tokens a prefill computes: all but the cached prefix (prefix caching); an engine
@@ -640,17 +640,14 @@ def aggregated(tables: StepTables, mix: RequestMix, rate: float, chunk_tokens: i
     """One instance serving both phases with continuous batching (formulas in the module
     docstring). `rate` is requests/s arriving at this instance.
 
-    chunked_prefill=True, an engine's tables (vLLM V1, SGLang): a prompt's uncached tokens run in
-    chunks that share one forward with the running decode batch (`StepTables.mixed_time`); the
-    token budget per step (`chunk_tokens`, default the engine's max_num_batched_tokens) holds the B
-    decode tokens and budget - B prompt tokens. A prompt's service is its ceil(uncached / chunk) steps:
+    chunked_prefill=True (Sarathi-Serve; vLLM V1, SGLang): a prompt's uncached tokens run in
+    chunks that share one forward with the running decode batch (`StepTables.mixed_time`): an
+    engine's token budget per step (`chunk_tokens`, default its max_num_batched_tokens) holds the
+    B decode tokens and B_max - B prompt tokens; a plain instance adds `chunk_tokens` (default 512)
+    prompt tokens to the decode batch. A prompt's service is its ceil(uncached / chunk) steps:
     as many decode steps plus what its chunks add to them (`chunk_work`); that added work is the
     share of the instance the decode batch loses (TPOT = step / (1 - rate E[chunk work])), solved
     together with the decode batch (Little's law) by fixed-point iteration.
-    chunked_prefill=True, plain tables (no engine profile; Sarathi-Serve as first modelled): chunks
-    of `chunk_tokens` (default 512) prompt tokens, each a prefill beside the decode step (two
-    passes, weights read twice): service prefill(in) + ceil(in / chunk) decode steps, TPOT
-    stretched by 1 / (1 - rate E[prefill]) -- kept so that results built on it do not move.
     chunked_prefill=False (vLLM V0, the colocated baseline of DistServe): an iteration runs
     either the waiting prompts or one decode step, prompts first; a prompt's service is its
     prefill alone and every prefill stalls the whole decode batch (the stall enters TPOT through
@@ -671,20 +668,6 @@ def aggregated(tables: StepTables, mix: RequestMix, rate: float, chunk_tokens: i
         return _estimate(tables, mix, rate, pre, rate, 1.0 if batch > 0 else 0.0, batch, 1 / (1 - rho_p), resid,
                          rate * float(np.sum(mix.weight * pre ** 2)))
     budget = _token_budget(tables, chunk_tokens)
-    if tables.engine is None or not tables.engine.max_num_batched_tokens:
-        # a plain instance: each chunk a prefill beside the decode step (two passes)
-        pre = tables.prefill_time(mix.in_tokens)
-        rho_p = rate * mix.mean(pre)
-        if rho_p >= 1:
-            return _unstable(rate, f"prefill alone needs {rho_p:.2f} of the GPU")
-        batch, why = _decode_fixed_point(tables, mix, rate, 1 - rho_p)
-        if why:
-            return _unstable(rate, why)
-        d_b = tables.decode_time(batch, ctx)
-        service = pre + np.ceil(mix.in_tokens / budget) * d_b
-        resid = 0.5 * float(np.sum(mix.weight * d_b)) * min(batch, 1.0)
-        return _estimate(tables, mix, rate, service, rate, 1.0 if batch > 0 else 0.0, batch, 1 / (1 - rho_p), resid,
-                         rate * float(np.sum(mix.weight * pre ** 2)))
     work = chunk_work(tables, mix, 1.0, budget)           # first guess: a decode batch of one
     for _ in range(8):   # the chunks' added work depends on the decode batch they ride with, and back
         rho_p = rate * mix.mean(work)
@@ -903,11 +886,7 @@ def _run_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, n_ou
     n_in, n_out = n_in.tolist(), n_out.tolist()
     first = np.full(n, np.nan)
     finish = np.full(n, np.nan)
-    engine = tables.engine if chunked_prefill and tables.engine is not None and tables.engine.max_num_batched_tokens \
-        else None
-    # an engine prefills a prompt's uncached tokens in mixed steps; a plain instance keeps the
-    # two-pass cost (prefill of the chunk + the decode step) over the whole prompt, as before
-    todo = tables.uncached_tokens(n_in).astype(int).tolist() if engine is not None else list(n_in)
+    todo = tables.uncached_tokens(n_in).astype(int).tolist() if chunked_prefill else list(n_in)
     cached = [a - b for a, b in zip(n_in, todo)]
     done_pre = [0] * n if not prefilled else list(todo)
     gen = [0] * n if not prefilled else [1] * n
@@ -920,12 +899,13 @@ def _run_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, n_ou
     b_cap = int(min(max(budget / max(min(need), 1), 1), 4096)) + 1
     ctx_step = max(tables.max_context / 63, 1.0)
     dec_tab = tables.decode_time(np.arange(b_cap + 1)[:, None], (np.arange(64) * ctx_step)[None, :]).tolist()
+    engine = tables.engine if chunked_prefill and tables.engine is not None and tables.engine.max_num_batched_tokens \
+        else None
     longest = chunk_tokens if chunked_prefill else max(chunk_tokens, max(n_in))
     pre_tab = tables.prefill_time(np.arange(longest + 1)).tolist()
     rows = tables.decode_batch.tolist()
-    add_tab = [tables.chunk_added(b, np.arange(chunk_tokens + 1)).tolist() for b in rows] if engine is not None else []
+    add_tab = [tables.chunk_added(b, np.arange(chunk_tokens + 1)).tolist() for b in rows] if chunked_prefill else []
     pair_s = tables.attention_pair_s
-    overhead = tables.iteration_overhead_s
     eng = tables.engine
     gpu_tab = (tables._decode_lookup(tables._decode_interp, np.maximum(np.arange(b_cap + 1), 1)[:, None],
                                      (np.arange(64) * ctx_step)[None, :]).tolist() if eng is not None else dec_tab)
@@ -972,11 +952,7 @@ def _run_instance(tables: StepTables, arrive: np.ndarray, n_in: np.ndarray, n_ou
                     if done_pre[r] >= todo[r]:
                         pre_done_now.append(r)
             ctx = sum(n_in[r] + gen[r] for r in dec) / len(dec) if dec else 0.0
-            if pre_tok and engine is None:     # two passes: the chunk's prefill, then the decode step
-                dt = pre_tab[pre_tok] - (overhead if dec else 0.0)
-                if dec:
-                    dt += dec_tab[min(len(dec), b_cap)][min(int(ctx / ctx_step + 0.5), 63)]
-            elif pre_tok:      # one mixed step: the decode (unpadded) + the chunks, the host's time once
+            if pre_tok:      # one mixed step: the decode (unpadded) + the chunks, the host's time once
                 b = len(dec)
                 gpu = gpu_tab[max(min(b, b_cap), 1)][min(int(ctx / ctx_step + 0.5), 63)]
                 gpu += added(max(b, 1), pre_tok) + pair_s * pre_ctx
