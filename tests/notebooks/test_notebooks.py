@@ -199,6 +199,14 @@ def test_05_fleet_numbers(notebook):
     cross = 6.0 + (runs[6.0] - 0.9) / (runs[6.0] - runs[7.5]) * 1.5
     assert cross == pytest.approx(6.0625, abs=1e-9)
     assert g["res"]["goodput_per_gpu"]["distserve-c21d11"][0] == pytest.approx(cross / 3, rel=1e-9)
+    # section 4 (issue 16): int4 weights put Llama-3.1-70B on one H100 instead of four at TP 4, and
+    # the simulated check re-sizes the small-GPU fleet until every option meets its SLOs there
+    h100 = 2.99    # $/GPU-h, lambda-8x-h100-sxm (hardware_specs/systems)
+    assert g["quant"]["bf16"].plan.cost_usd_per_h == pytest.approx(4 * h100, abs=0.01)
+    assert g["quant"]["bf16 or int4"].plan.cost_usd_per_h == pytest.approx(h100, abs=0.01)
+    off, on = g["checked"][False], g["checked"][True]
+    assert any(not x["meets"] for x in off.simulated) and all(x["meets"] for x in on.simulated)
+    assert on.plan.cost_usd_per_h > off.plan.cost_usd_per_h
 
 
 
