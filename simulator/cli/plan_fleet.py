@@ -18,7 +18,7 @@ from simulator.cli.speculative import add_spec_args
 
 DEFAULT_GPUS = "h100-sxm,a100-sxm-80gb,l4,a10g"
 OBJECTIVES = ("usd", "energy", "carbon")     # planners.fleet.OBJECTIVES (the parser is built without planners)
-SIM_REQUESTS = 1000     # simulated requests per used option: ~0.05 s each for chat on one H100 (benchmarks/plan_fleet.py)
+SIM_REQUESTS = 1000     # simulated requests per used option: 0.03-0.1 s each for chat on one H100 (measured on this 2-core VM)
 QUANTIZED = ("fp8", "int8", "int4")     # weight formats that change the model's outputs
 
 
