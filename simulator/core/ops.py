@@ -428,7 +428,8 @@ def decode_attention_ops(c: LayerCall) -> list[Op]:
     """Decode attention, q = q_len queries per sequence (1; 1 + K when a speculative step verifies
     K drafted tokens) over L = kv_len + q keys: FLOPs = 2 B q h L (d_qk + d_v) (QK^T and AV; the
     causal mask among the q new tokens is ignored, q << L); bytes = the KV cache read once, B L
-    e_kv in the cache dtype, plus the queries read and the outputs written (2 B q h d_v)."""
+    e_kv in the cache dtype (x the executor's attn_decode_traffic_scale: a paged kernel that
+    moves more than the cache once), plus the queries read and the outputs written (2 B q h d_v)."""
     d_qk, d_v = _attention_head_dims(c.model, c.job.phase)
     keys = c.kv_len + c.q_len   # L: the cached tokens and the new ones
     flops = (
@@ -444,6 +445,7 @@ def decode_attention_ops(c: LayerCall) -> list[Op]:
         * keys  # L: keys per query
         * c.model.kv_cache_elems_per_token_layer_per_gpu(c.tp)  # e_kv: cached elements per token on this rank
         * c.job.kv_bytes_per_elem  # bytes per cache element
+        * c.ex.attn_decode_traffic_scale  # HBM bytes moved per byte of cache (1: read once)
     )
     query_out = (
         2  # read the query, write the output

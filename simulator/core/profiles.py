@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from simulator.core.errors import RoofplanError, clip, did_you_mean
-from simulator.core.schema import (Fraction, Name, NonNegative, NonNegInt, PosInt, Positive, Strict, Text, check,
+from simulator.core.schema import (Finite, Fraction, Name, NonNegative, NonNegInt, PosInt, Positive, Strict, Text, check,
                                    is_file, read_yaml, to_si)
 from simulator.core.specs import specs_root
 from simulator.core.units import US
@@ -133,6 +133,10 @@ class ExecutorProfile:
     attn_score_bytes_per_elem: float = 0.0  # unfused attention: HBM bytes per score element (0 = flash)
     attn_decode_efficiency_scale: float = 1.0  # this stack's decode attention (e.g. paged) vs the
                                                # microbenchmarked kernel, on HBM bandwidth
+    attn_decode_traffic_scale: float = 1.0     # HBM bytes this stack's decode attention moves per byte
+                                               # of KV cache read once (paged blocks, KV re-read per query
+                                               # head group): more traffic, not a slower rate -- the
+                                               # power model sees it (simulator.core.power)
     lora_adapter_dtype: str = "fp32"          # PEFT keeps LoRA adapters in fp32 beside a bf16/fp16 base
                                               # (LoraConfig/get_peft_model autocast_adapter_dtype=True)
     offload_embeddings: bool = False          # weight offload moves the embedding and LM head too
@@ -349,6 +353,7 @@ class ExecutorFields(Strict):
     gemm_bandwidth_scale: Positive = 1.0
     attn_score_bytes_per_elem: NonNegative = 0.0
     attn_decode_efficiency_scale: Positive = 1.0
+    attn_decode_traffic_scale: Annotated[Finite, Field(ge=1.0)] = 1.0
     lora_adapter_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     offload_embeddings: bool = False
     autocast_weight_casts: bool = False

@@ -13,7 +13,10 @@ plus the engine's per-step host time where it is not hidden (`simulate.engine_st
 `fit_engine` fits, against the GPU's kernel profile and with the engine's structure fixed (fused
 norms and rope, CUDA graphs: the profile file's other fields):
   gemm_bandwidth_scale           the engine's memory-bound (small-batch) GEMMs vs the microbenchmarks
-  attn_decode_efficiency_scale   its paged decode attention vs the microbenchmarked kernel
+  attn_decode_traffic_scale      HBM bytes its paged decode attention moves per byte of KV cache
+                                 (more traffic, not a slower rate: the published power of the same
+                                 runs rises with batch as traffic does, which a slower rate over
+                                 the same bytes would not show -- benchmarks/energy.py)
   host_overhead_per_step_us      host time per step the GPU waits for (sampling sync, launches
                                  outside the graph) -- inside predict(), so `roofplan predict
                                  --executor vllm-v1` gives the same step
@@ -38,8 +41,8 @@ from simulator.core.specs import load_hardware, system_from_gpu
 from simulator.core.workload import Job
 
 DATA = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "serving_published.yaml"
-FITTED = ("gemm_bandwidth_scale", "attn_decode_efficiency_scale", "host_overhead_per_step_us")
-BOUNDS = ((0.5, 3.0), (0.1, 3.0), (0.0, 1e4))
+FITTED = ("gemm_bandwidth_scale", "attn_decode_traffic_scale", "host_overhead_per_step_us")
+BOUNDS = ((0.5, 3.0), (1.0, 8.0), (0.0, 1e4))
 
 
 class SteadyRun(Strict):
@@ -125,25 +128,49 @@ def median_prompts_per_step(batch: float, avg_output_tokens: float) -> int:
     return int(poisson.median(batch / avg_output_tokens))
 
 
+def steady_job(avg_batch: float, prompts: int, ex: ExecutorProfile, prompt_tokens: int, context_tokens: int,
+               tp: int, weight_dtype: str = "") -> Job:
+    """One step of the steady state of `avg_batch` requests in flight that prefills `prompts`
+    prompts of `prompt_tokens` beside the decode batch (the core's mixed step, Job.chunk_tokens);
+    a pure decode step (no prompt) runs at the engine's CUDA-graph batch size the batch pads to."""
+    from simulator.serving.simulate import padded_batch
+    batch = max(int(round(avg_batch)), 1)
+    chunk = prompts * prompt_tokens
+    step_batch = batch if chunk else int(padded_batch(batch, ex.cuda_graph_batch_sizes))
+    return Job("decode", batch=step_batch, context=context_tokens, tp=tp, weight_dtype=weight_dtype, chunk_tokens=chunk)
+
+
+def steady_steps(avg_batch: float, avg_output_tokens: float, ex: ExecutorProfile, prompt_tokens: int,
+                 context_tokens: int, tp: int, weight_dtype: str = "", tail: float = 1e-6) -> list[tuple[float, Job]]:
+    """Every step of the steady state with its share of steps: k ~ Poisson(B / E[out]) prompts per
+    step (`steady_job`), k up to the (1 - tail) quantile, the shares renormalised. Means over
+    these (time, energy) are what throughput and energy per token average over; the median
+    inter-token latency is the median step (`steady_step_s`)."""
+    from scipy.stats import poisson
+    lam = avg_batch / avg_output_tokens
+    ks = np.arange(int(poisson.ppf(1.0 - tail, lam)) + 1)
+    w = poisson.pmf(ks, lam)
+    return [(float(wi / w.sum()), steady_job(avg_batch, int(k), ex, prompt_tokens, context_tokens, tp, weight_dtype))
+            for k, wi in zip(ks, w)]
+
+
 def steady_step_s(point: SteadyPoint, run: SteadyRun, ex: ExecutorProfile, kernels, prompt_tokens: int,
                   context_tokens: int, models: dict | None = None) -> float:
     """The median steady-state step of one published point under profile `ex` (module docstring)."""
-    from simulator.serving.simulate import engine_step_time, padded_batch
+    from simulator.serving.simulate import engine_step_time
     models = {} if models is None else models
     model = models.setdefault(run.model, load_model(run.model))
     gpu = load_hardware(run.hardware).gpu
-    batch = max(int(round(point.avg_batch)), 1)
-    chunk = median_prompts_per_step(point.avg_batch, point.avg_output_tokens) * prompt_tokens
-    step_batch = batch if chunk else int(padded_batch(batch, ex.cuda_graph_batch_sizes))
-    job = Job("decode", batch=step_batch, context=context_tokens, tp=run.tp, weight_dtype=run.weight_dtype,
-              chunk_tokens=chunk)
+    job = steady_job(point.avg_batch, median_prompts_per_step(point.avg_batch, point.avg_output_tokens), ex,
+                     prompt_tokens, context_tokens, run.tp, run.weight_dtype)
     gpu_s = predict(model, system_from_gpu(gpu, run.tp), job, executor=ex, kernels=kernels, check_memory=False,
                     with_ops=False).time_s
+    batch = max(int(round(point.avg_batch)), 1)
     return float(engine_step_time(gpu_s, batch, ex.scheduler_step_s, ex.scheduler_per_seq_s, ex.async_scheduling))
 
 
 def _with(base: ExecutorProfile, x) -> ExecutorProfile:
-    return dataclasses.replace(base, gemm_bandwidth_scale=float(x[0]), attn_decode_efficiency_scale=float(x[1]),
+    return dataclasses.replace(base, gemm_bandwidth_scale=float(x[0]), attn_decode_traffic_scale=float(x[1]),
                                host_overhead_per_step_s=float(x[2]) * 1e-6)
 
 
@@ -191,7 +218,7 @@ def fit_engine(base: ExecutorProfile, engine: str, f: PublishedFile | None = Non
             pred.append(steady_step_s(p, run, ex, kp, f.prompt_tokens, f.context_tokens, models))
         return np.log(np.array(pred) / meas)
 
-    x0 = (base.gemm_bandwidth_scale, base.attn_decode_efficiency_scale, base.host_overhead_per_step_s * 1e6)
+    x0 = (base.gemm_bandwidth_scale, base.attn_decode_traffic_scale, base.host_overhead_per_step_s * 1e6)
     res = least_squares(resid, x0=x0, bounds=tuple(zip(*BOUNDS)), x_scale=(0.1, 0.1, 100.0), diff_step=1e-3)
     ex = _with(base, res.x)
     fitted = {k: round(float(v), 1 if k.endswith("_us") else 4) for k, v in zip(FITTED, res.x)}

@@ -35,16 +35,16 @@ def v1():
 
 def test_vllm_v1_profile_is_its_fit(published):
     """The constants in vllm-v1.yaml are the least-squares fit to the fit points, and the errors its
-    source states (fit MAPE 3.7%, worst +10.1%; held out MAPE 5.5%, worst +18.9%) are the ones measured."""
+    source states (fit MAPE 3.7%, worst +10.1%; held out MAPE 5.6%, worst +18.8%) are the ones measured."""
     prof = load_executor_profile("vllm-v1")
     _, rep = fit_engine(prof, "vllm-v1", published)
     assert rep["fitted"]["gemm_bandwidth_scale"] == pytest.approx(prof.gemm_bandwidth_scale, abs=2e-3)
-    assert rep["fitted"]["attn_decode_efficiency_scale"] == pytest.approx(prof.attn_decode_efficiency_scale, abs=2e-3)
+    assert rep["fitted"]["attn_decode_traffic_scale"] == pytest.approx(prof.attn_decode_traffic_scale, abs=2e-3)
     assert prof.host_overhead_per_step_s == pytest.approx(rep["fitted"]["host_overhead_per_step_us"] * 1e-6, abs=5e-6)
     s = summary(errors(published, prof, "vllm-v1"))
     assert (s["fit"]["points"], s["fit"]["mape_pct"], s["fit"]["worst_pct"]) == (12, 3.7, 10.1)
-    assert (s["check"]["points"], s["check"]["mape_pct"], s["check"]["worst_pct"]) == (30, 5.5, 18.9)
-    assert "MAPE 3.7%, worst +10.1%" in prof.source and "MAPE 5.5%, worst +18.9%" in prof.source
+    assert (s["check"]["points"], s["check"]["mape_pct"], s["check"]["worst_pct"]) == (30, 5.6, 18.8)
+    assert "MAPE 3.7%, worst +10.1%" in prof.source and "MAPE 5.6%, worst +18.8%" in prof.source
 
 
 def test_every_held_out_itl_within_20_percent(published):
