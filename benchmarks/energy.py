@@ -5,8 +5,14 @@ published measurements (benchmarks/data/energy.yaml, sources there), point by po
     python benchmarks/energy.py --fit    # refit the power model's constants (simulator/core/power.py H100_FIT)
 
 ML.ENERGY v3.0 (vLLM 0.11.1): Llama-3.1-8B on 1 H100, 70B on 4 (TP); GPU power per GPU and GPU
-energy per output token of the steady state, against `roofplan predict --phase decode` at the
-measured batch and 512 cached tokens on a bare h100-sxm (GPUs only, like the measurement).
+energy per output token of the steady state (max_num_seqs requests in flight), against the mean of
+the steps that steady state runs under the vllm-v1 engine profile (simulator.serving.engine_fit
+steady_steps: the decode batch plus k ~ Poisson(B / E[out]) prompts prefilled in the same forward,
+each step `roofplan predict --executor vllm-v1 --phase decode --chunk-tokens k x prompt`), on a
+bare h100-sxm (GPUs only, like the measurement). vllm-v1's constants are fitted to the median
+inter-token latencies of every other point of the same runs (benchmarks/data/serving_published.yaml,
+the same points as role fit here), so the held-out points (role check) test the time and the
+power model together.
 Splitwise (ISCA 2024): a DGX-H100 capped at 70% power (490 W per GPU) runs Llama-2-70B prompts
 x1.30 slower and tokens x1.00, against `roofplan predict --power-cap 490`.
 """
@@ -29,6 +35,8 @@ from simulator.core.specs import load_hardware
 from simulator.core.workload import Job
 
 DATA = REPO_ROOT / "benchmarks" / "data" / "energy.yaml"
+PUBLISHED = REPO_ROOT / "benchmarks" / "data" / "serving_published.yaml"
+ENGINE = "vllm-v1"       # the engine the ML.ENERGY runs used (vLLM 0.11.1)
 Role = Literal["fit", "check", "report"]
 
 
@@ -68,7 +76,6 @@ class Splitwise(Strict):
 class EnergyData(Strict):
     sources: dict[Name, Text]
     assumptions: dict[Name, Text]
-    decode_context: PosInt
     mlenergy: list[MlEnergyPoint] = Field(min_length=1)
     splitwise: Splitwise
 
@@ -79,10 +86,13 @@ def load(path: Path = DATA) -> EnergyData:
 
 @dataclass(frozen=True)
 class Row:
-    """One ML.ENERGY point: the measurement and roofplan's prediction of it."""
+    """One ML.ENERGY point: the measurement and roofplan's prediction of its steady state (the
+    means over `engine_fit.steady_steps` of predict()'s step time and energy)."""
     point: MlEnergyPoint
-    pred: Prediction
     batch: int
+    time_s: float             # mean step time
+    energy_j: float           # mean step energy, all GPUs
+    act: power.Activity       # one GPU's mean step (what the power fit reads)
 
     @property
     def measured_w(self) -> float:          # per GPU
@@ -90,19 +100,23 @@ class Row:
 
     @property
     def predicted_w(self) -> float:
-        return self.pred.energy.power_w
+        return self.energy_j / self.time_s / self.point.gpus
 
     @property
     def power_error(self) -> float:
         return self.predicted_w / self.measured_w - 1
 
     @property
-    def energy_error(self) -> float:
-        return self.pred.energy.energy_j_per_token / self.point.energy_per_token_J - 1
+    def energy_j_per_token(self) -> float:   # each step gives every sequence in flight one token
+        return self.energy_j / self.batch
 
     @property
-    def time_error(self) -> float:           # predicted step time vs the measured tokens/s at that batch
-        return self.pred.time_s / (self.batch / self.point.output_tokens_per_s) - 1
+    def energy_error(self) -> float:
+        return self.energy_j_per_token / self.point.energy_per_token_J - 1
+
+    @property
+    def time_error(self) -> float:           # predicted mean step vs the measured tokens/s at that batch
+        return self.time_s / (self.batch / self.point.output_tokens_per_s) - 1
 
 
 def activity(p: Prediction) -> power.Activity:
@@ -111,15 +125,36 @@ def activity(p: Prediction) -> power.Activity:
                           flops=p.gpu_flops, hbm_bytes=p.gpu_hbm_bytes)
 
 
+def output_tokens(pt: MlEnergyPoint, published) -> float:
+    """The point's mean output length: its run's steady-state point in serving_published.yaml (the
+    same leaderboard rows), else -- another GPU -- the model's mean over its H100 runs (the
+    outputs are the model's own, whatever the GPU)."""
+    pts = [p for p in published.steady_state.points if p.run == pt.model]
+    if not pts:
+        raise RoofplanError(f"{PUBLISHED}: no steady-state run '{pt.model}' gives the output length of {pt.model}")
+    same = [p for p in pts if p.max_num_seqs == pt.max_num_seqs
+            and published.steady_state.runs[p.run].hardware == pt.hardware]
+    return same[0].avg_output_tokens if same else sum(p.avg_output_tokens for p in pts) / len(pts)
+
+
+def steady_state(pt: MlEnergyPoint, published, engine) -> Row:
+    """The point's steady state under `engine`: predict() of each step, weighted by its share."""
+    from simulator.serving.engine_fit import steady_steps
+    model, system = load_model(pt.model), load_hardware(pt.hardware)
+    steps = steady_steps(pt.avg_batch, output_tokens(pt, published), engine, published.prompt_tokens,
+                         published.context_tokens, pt.gpus)
+    preds = [(w, predict(model, system, job, executor=engine, check_memory=False)) for w, job in steps]
+    mean = lambda f: sum(w * f(p) for w, p in preds)     # noqa: E731
+    acts = [(w, activity(p)) for w, p in preds]
+    act = power.Activity(*(sum(w * getattr(a, k) for w, a in acts) for k in ("time_s", "compute_s", "flops", "hbm_bytes")))
+    return Row(pt, max(round(pt.avg_batch), 1), mean(lambda p: p.time_s), mean(lambda p: p.energy.energy_j), act)
+
+
 def mlenergy_rows(data: EnergyData, roles=("fit", "check")) -> list[Row]:
-    out = []
-    for pt in data.mlenergy:
-        if pt.role not in roles:
-            continue
-        b = round(pt.avg_batch)
-        job = Job("decode", batch=b, context=data.decode_context, tp=pt.gpus)
-        out.append(Row(pt, predict(load_model(pt.model), load_hardware(pt.hardware), job, check_memory=False), b))
-    return out
+    from simulator.core.profiles import load_executor_profile
+    from simulator.serving.engine_fit import read_published
+    published, engine = read_published(), load_executor_profile(ENGINE)
+    return [steady_state(pt, published, engine) for pt in data.mlenergy if pt.role in roles]
 
 
 def capped_job(c: CappedPoint, cap_w: float | None = None) -> Job:
@@ -140,7 +175,7 @@ def capped_ratio(c: CappedPoint, cap_w: float) -> tuple[float, Prediction, Predi
 def refit(data: EnergyData) -> power.PowerFit:
     """The constants of simulator/core/power.py H100_FIT, from the fit points alone."""
     h100 = load_hardware("h100-sxm").gpu
-    measured = [(activity(r.pred), h100, "bf16", r.measured_w) for r in mlenergy_rows(data, ("fit",))]
+    measured = [(r.act, h100, "bf16", r.measured_w) for r in mlenergy_rows(data, ("fit",))]
     fit_caps = [(c, activity(uncapped(c))) for c in data.splitwise.capped if c.role == "fit"]
     # Splitwise's prompt phase draws the TDP (prompt_power_W): the fit keeps the fitted prefill there
     at_tdp = [(a, h100, "bf16") for c, a in fit_caps if c.phase == "prefill"]
@@ -159,14 +194,14 @@ def main(argv: list[str]) -> int:
     fit = power.H100_FIT
     print(f"power model constants (simulator/core/power.py H100_FIT): k_compute {fit.k_compute:.3f}, "
           f"k_flop {fit.k_flop:.3f}, k_byte {fit.k_byte:.3f}, gamma {fit.gamma:.3f}\n")
-    print(f"ML.ENERGY v3.0, vLLM decode on H100, context {data.decode_context} (W per GPU; J per output token, GPUs only)")
+    print(f"ML.ENERGY v3.0, vLLM 0.11.1 steady state, engine profile {ENGINE} (W per GPU; J per output token, GPUs only)")
     print(f"{'model':14s} {'GPUs':>4s} {'batch':>5s} {'role':5s} {'W meas':>7s} {'W pred':>7s} {'error':>7s}   "
           f"{'J/tok meas':>10s} {'J/tok pred':>10s} {'error':>7s}   {'step time error':>15s}")
     groups: dict[str, list[Row]] = {}
     for r in mlenergy_rows(data, ("fit", "check", "report")):
         p = r.point
         print(f"{p.model:14s} {p.gpus:4d} {r.batch:5d} {p.role:5s} {r.measured_w:7.0f} {r.predicted_w:7.0f} "
-              f"{100 * r.power_error:+6.1f}%   {p.energy_per_token_J:10.4f} {r.pred.energy.energy_j_per_token:10.4f} "
+              f"{100 * r.power_error:+6.1f}%   {p.energy_per_token_J:10.4f} {r.energy_j_per_token:10.4f} "
               f"{100 * r.energy_error:+6.1f}%   {100 * r.time_error:+14.1f}%" + ("" if p.hardware == "h100-sxm"
                                                                               else f"  ({p.hardware})"))
         groups.setdefault(f"{p.role} {p.hardware}", []).append(r)

@@ -94,10 +94,11 @@ class PowerFit:
 
 # `python benchmarks/energy.py --fit` prints these; tests/energy/test_fit.py refits and compares
 H100_FIT = PowerFit(
-    k_compute=1.0048, k_flop=1.0583, k_byte=1.2101, gamma=1.2534,
-    source="fitted on h100-sxm: ML.ENERGY v3.0 measured power of Llama-3.1-8B/70B vLLM decode (12 of 23 "
-           "batch sizes, the rest held out) and Splitwise's prompt phase at TDP (k_*); Splitwise's 70% power "
-           "cap, Llama-2-70B TP8 2048-token prefill x1.30 (gamma); benchmarks/data/energy.yaml")
+    k_compute=1.4954, k_flop=0.6387, k_byte=0.9844, gamma=1.2507,
+    source="fitted on h100-sxm: ML.ENERGY v3.0 measured power of Llama-3.1-8B/70B served by vLLM 0.11.1 (12 of "
+           "23 concurrencies, the rest held out; each the steady state of the vllm-v1 engine profile's mixed steps) "
+           "and Splitwise's prompt phase at TDP (k_*); Splitwise's 70% power cap, Llama-2-70B TP8 2048-token "
+           "prefill x1.30 (gamma); benchmarks/data/energy.yaml")
 
 # a spec without idle_W: the H100/A100 measured idle shares of TDP (75/700, 63/400; Splitwise), averaged
 IDLE_SHARE_ESTIMATE = 0.13
