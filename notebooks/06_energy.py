@@ -105,7 +105,7 @@ print(pd.concat({g: d.set_index("batch")["j_per_token"] for g, d in curves.items
 h100 = load_hardware("h100-sxm")
 cap_rows = []
 for phase, job in (("prefill 4096", Job("prefill", batch=1, seq=4096)), ("decode b64", Job("decode", batch=64, context=CONTEXT))):
-    for cap in (None, 630, 560, 490):
+    for cap in (None, 630, 560, 450, 400):
         try:
             p = predict(model, h100, replace(job, power_cap_w=cap))
         except RoofplanError as e:      # a cap the decode cannot reach: the model refuses it
