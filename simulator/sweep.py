@@ -47,7 +47,8 @@ from simulator.core.predict import check_sizes, predict, predict_many
 from simulator.core.power import DEFAULT_CARBON_G_PER_KWH
 from simulator.core.quant import WEIGHT_DTYPES
 from simulator.core.schema import Name, Strict, _finite, check, read_yaml
-from simulator.core.speculative import check_acceptance, check_draft, eagle_head, expected_tokens_per_step
+from simulator.core.speculative import (check_acceptance, check_draft, draft_plan, eagle_head, expected_tokens_per_step,
+                                        speculative_energy)
 from simulator.core.units import DTYPE_BYTES
 from simulator.core.workload import MAX_SPEC_TOKENS, Job
 
@@ -438,8 +439,8 @@ def speculative_many(model, system, job: Job, acceptance: float, draft, batch, c
 
     and the memory of target plus proposer, combined as predict_speculative combines them. Columns:
     time_s, tokens_per_s, SPEC_COLUMNS, peak_memory_bytes, fits, bound and transfer_time_s of the
-    verification, and `error` (a power cap one of the steps cannot hold). Energy is left out:
-    predict_speculative does not price the K draft steps."""
+    verification, the whole step's energy (core.speculative.speculative_energy, as predict_speculative
+    prices it) and `error` (a power cap one of the steps cannot hold)."""
     a = check_acceptance(acceptance)
     if draft is not None:
         check_draft(draft, model)
@@ -447,12 +448,8 @@ def speculative_many(model, system, job: Job, acceptance: float, draft, batch, c
     plain_job = replace(job, spec_tokens=0)
     verify = predict_many(model, system, job, batch, 0, context, ex, kp, carbon_g_per_kwh)
     plain = predict_many(model, system, plain_job, batch, 0, context, ex, kp)
-    # the proposer's plan as predict_speculative sets it: a draft model at the target's tp when tp
-    # divides its heads, else unsharded, and one pipeline stage; a head at the target's plan
-    dtp = job.tp if draft is None or (draft.n_heads % job.tp == 0 and (draft.n_kv_heads % job.tp == 0
-                                                                       or job.tp % draft.n_kv_heads == 0)) else 1
-    step = predict_many(proposer, system, replace(plain_job, tp=dtp, pp=1 if draft is not None else job.pp),
-                        batch, 0, context, ex, kp)
+    draft_job = draft_plan(job, draft)        # the proposer's plan, as predict_speculative sets it
+    step = predict_many(proposer, system, draft_job, batch, 0, context, ex, kp)
     k = job.spec_tokens
     e = expected_tokens_per_step(a, k)
     t = k * step.time_s + verify.time_s
@@ -466,10 +463,18 @@ def speculative_many(model, system, job: Job, acceptance: float, draft, batch, c
     error = verify.cap_errors(job.power_cap_w)
     for other in (plain.cap_errors(job.power_cap_w), step.cap_errors(job.power_cap_w)):
         error = np.where(error == "", other, error)
-    return {"time_s": t, "tokens_per_s": tokens_per_s, "spec_tokens_per_step": np.full(shape, e),
-            "spec_speedup": tokens_per_s / plain.tokens_per_s, "peak_memory_bytes": peak,
-            "fits": peak <= system.gpu.mem_bytes, "bound": verify.bound, "transfer_time_s": verify.transfer_time_s,
-            "error": error}
+    out = {"time_s": t, "tokens_per_s": tokens_per_s, "spec_tokens_per_step": np.full(shape, e),
+           "spec_speedup": tokens_per_s / plain.tokens_per_s, "peak_memory_bytes": peak,
+           "fits": peak <= system.gpu.mem_bytes, "bound": verify.bound, "transfer_time_s": verify.transfer_time_s,
+           "error": error}
+    if verify.energy and step.energy:
+        from simulator.core.power import GpuPower
+        per_node = min(job.n_gpus, system.gpu_count)
+        energy = speculative_energy(verify.energy, step.energy, k, verify.time_s, step.time_s, job.n_gpus,
+                                    draft_job.n_gpus, GpuPower.of(system.gpu, job.dtype).idle_w,
+                                    np.asarray(batch) * job.dp * e, job.n_gpus / per_node, carbon_g_per_kwh)
+        out.update({c: np.broadcast_to(energy[c], shape) for c in ENERGY_COLUMNS})
+    return out
 
 
 def predict_rows(model, system, jobs: list[Job], ex, kp,

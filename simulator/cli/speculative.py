@@ -7,7 +7,7 @@ from dataclasses import replace
 from simulator.core.errors import FieldError, RoofplanError
 from simulator.core.models import load_model
 from simulator.core.speculative import SpeculativePrediction, predict_speculative, shared_prefix_kv_bytes
-from simulator.core.units import fmt_bytes, fmt_rate, fmt_time
+from simulator.core.units import fmt_bytes, fmt_energy, fmt_rate, fmt_time
 from simulator.cli.args import finite_float
 
 
@@ -57,7 +57,10 @@ def spec_lines(spec: SpeculativePrediction | None, model, job, pred) -> str:
                 f"\nspeculative step {k} x {fmt_time(spec.draft.time_s)} draft + {fmt_time(spec.verify.time_s)} verify = "
                 f"{fmt_time(spec.time_s)}  |  {fmt_rate(spec.tokens_per_s)} tokens/s vs {fmt_rate(spec.plain_tokens_per_s)} "
                 f"without (x{spec.speedup:.2f}: {'pays' if spec.speedup > 1 else 'does not pay'} at batch {job.batch})"
-                f"  |  peak memory with the draft {fmt_bytes(spec.peak_memory_bytes)}")
+                f"  |  peak memory with the draft {fmt_bytes(spec.peak_memory_bytes)}"
+                + (f"\nspeculative step energy {fmt_energy(spec.energy['energy_j'])} ({spec.energy['power_w']:.0f} W per "
+                   f"GPU), {spec.energy['energy_j_per_token']:.3g} J/token over the {spec.tokens_per_step:.3g} tokens "
+                   f"per sequence (the power line above is the verification's alone)" if spec.energy else ""))
     if job.prefix_hit:
         shared = shared_prefix_kv_bytes(model, job)
         return (f"\nprefix cache: {int(job.cached_tokens)} of {job.seq} prompt tokens per sequence cached "

@@ -86,20 +86,21 @@ def cmd_whatif(args) -> int:
                 rows.append([hw, n, "-", "-", "-", "-", "-", "-", "-", str(e).split(";")[0]])
                 objs.append({"hardware": hw, "gpus": n, "error": str(e)})
                 continue
-            # a speculative step: K draft steps + the verification, E tokens per sequence; its energy
-            # is not priced (predict_speculative prices no draft step), so W and J/token are left out
+            # a speculative step: K draft steps + the verification, E tokens per sequence, and the
+            # energy of the whole step (predict_speculative's)
             time_s, tokens_per_s, peak = (spec.time_s, spec.tokens_per_s, spec.peak_memory_bytes) if spec else \
                 (p.time_s, p.tokens_per_s, p.peak_memory_bytes)
             usd = price * n / 3600 / tokens_per_s * 1e6 if price else None
             fits = peak <= system.gpu.mem_bytes if spec else p.fits
-            e = None if spec else p.energy
+            e = (spec.energy if spec else (p.energy.as_dict() if p.energy is not None else None))
             rows.append([hw, n, fmt_time(time_s) if fits else "-", fmt_rate(tokens_per_s) if fits else "-",
                          f"{peak / GiB:.1f} / {system.gpu.mem_bytes / GiB:.0f}",
                          f"{usd:.3f}" if usd is not None and fits else "-",
-                         f"{e.power_w:.0f}" if e and fits else "-", f"{e.energy_j_per_token:.3g}" if e and fits else "-",
+                         f"{e['power_w']:.0f}" if e and fits else "-",
+                         f"{e['energy_j_per_token']:.3g}" if e and fits else "-",
                          p.bound, ("ok" if fits else "does not fit") + (f", x{spec.speedup:.2f} vs plain decode"
                                                                         if spec and fits else "")])
-            energy = {k: (v if fits else None) for k, v in e.as_dict().items()} if e else {}
+            energy = {k: (float(v) if fits and v is not None else None) for k, v in e.items()} if e else {}
             extra = {"spec_tokens_per_step": spec.tokens_per_step, "spec_speedup": spec.speedup,
                      "spec_plain_tokens_per_s": spec.plain_tokens_per_s, "spec_draft": spec.draft_name} if spec else {}
             objs.append({"hardware": hw, "gpus": n, "time_s": time_s, "tokens_per_s": tokens_per_s,

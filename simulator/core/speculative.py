@@ -109,6 +109,7 @@ class SpeculativePrediction:
     tokens_per_s: float           # all sequences, all replicas
     plain_tokens_per_s: float     # the same decode without speculation
     peak_memory_bytes: float      # target + draft on one GPU
+    energy: dict | None = None    # the whole step's energy fields (`speculative_energy`); None: no TDP
 
     @property
     def speedup(self) -> float:
@@ -123,7 +124,41 @@ class SpeculativePrediction:
             "spec_draft_step_s": self.draft.time_s, "spec_verify_step_s": self.verify.time_s,
             "spec_plain_tokens_per_s": self.plain_tokens_per_s, "spec_speedup": self.speedup,
         })
+        if self.energy is not None:
+            d.update({k: float(v) for k, v in self.energy.items()})
         return d
+
+
+def draft_plan(job: Job, draft: ModelConfig | None) -> Job:
+    """The proposer's decode job beside the target's `job`: a draft model at the target's tp when
+    tp divides its heads, else unsharded, and one pipeline stage; an EAGLE-style head (None) at the
+    target's plan. The job is plain decode (no speculative tokens)."""
+    plain = replace(job, spec_tokens=0)
+    if draft is None:
+        return plain
+    shards = draft.n_heads % job.tp == 0 and (draft.n_kv_heads % job.tp == 0 or job.tp % draft.n_kv_heads == 0)
+    return replace(plain, tp=job.tp if shards else 1, pp=1)
+
+
+def speculative_energy(verify: dict, draft: dict, k: int, t_verify, t_draft, n_target: int, n_draft: int,
+                       idle_w: float, tokens, nodes: float, carbon_g_per_kwh: float) -> dict:
+    """Energy of one speculative step from predict()'s energy fields of the verification and of one
+    draft step (floats or arrays):
+
+        E_gpu  = E_gpu,verify + K (E_gpu,draft + (n_target - n_draft) P_idle t_draft)
+        E      = E_gpu + E_host,verify + K E_host,draft
+
+    the target's GPUs a draft on fewer GPUs leaves idle draw their idle power meanwhile. Per GPU
+    power over the step t = K t_draft + t_verify; per token over the tokens it gives (batch x dp x E
+    per sequence); per node over `nodes` nodes."""
+    t = k * np.asarray(t_draft, float) + np.asarray(t_verify, float)
+    gpu_j = verify["gpu_energy_j"] + k * (draft["gpu_energy_j"] + (n_target - n_draft) * idle_w * t_draft)
+    host_j = verify["host_energy_j"] + k * draft["host_energy_j"]
+    energy = gpu_j + host_j
+    per_token = energy / tokens
+    return {"power_w": gpu_j / (t * n_target), "node_power_w": energy / (t * nodes), "energy_j": energy,
+            "energy_j_per_token": per_token, "co2_g_per_1m_tokens": power.co2_g(per_token * 1e6, carbon_g_per_kwh),
+            "gpu_energy_j": gpu_j, "host_energy_j": host_j}
 
 
 def predict_speculative(model: ModelConfig, system: System, job: Job, acceptance: float,
@@ -143,15 +178,19 @@ def predict_speculative(model: ModelConfig, system: System, job: Job, acceptance
     plain_job = replace(job, spec_tokens=0)
     verify = predict(model, system, job, executor, kernels, check_memory=False, carbon_g_per_kwh=carbon_g_per_kwh)
     plain = predict(model, system, plain_job, executor, kernels, check_memory=False, with_ops=False)
-    # the proposer runs beside the target on the same GPUs: a draft model at the target's plan
-    # (tp must divide its heads) or, failing that, unsharded; a head at the target's plan
-    dtp = job.tp if draft is None or (draft.n_heads % job.tp == 0 and (draft.n_kv_heads % job.tp == 0
-                                                                       or job.tp % draft.n_kv_heads == 0)) else 1
-    draft_step = predict(proposer, system, replace(plain_job, tp=dtp, pp=1 if draft is not None else job.pp),
-                         executor, kernels, check_memory=False, with_ops=False)
+    # the proposer runs beside the target on the same GPUs (`draft_plan`)
+    draft_step = predict(proposer, system, draft_plan(job, draft), executor, kernels, check_memory=False,
+                         with_ops=False)
     k = job.spec_tokens
     e = expected_tokens_per_step(a, k)
     t = k * draft_step.time_s + verify.time_s
+    energy = None
+    if verify.energy is not None and draft_step.energy is not None:
+        per_node = min(job.n_gpus, system.gpu_count)
+        energy = speculative_energy(verify.energy.as_dict(), draft_step.energy.as_dict(), k, verify.time_s,
+                                    draft_step.time_s, job.n_gpus, draft_step.job.n_gpus,
+                                    power.GpuPower.of(system.gpu, job.dtype).idle_w, job.batch * job.dp * e,
+                                    job.n_gpus / per_node, carbon_g_per_kwh)
     # the draft's weights and cache sit beside the target's; a head shares the target's embedding
     # and LM head, so it adds one layer's weights (the target's weights / layers, ends included)
     own_weights = draft_step.memory.weights if draft is not None else verify.memory.weights / model.n_layers
@@ -163,7 +202,7 @@ def predict_speculative(model: ModelConfig, system: System, job: Job, acceptance
     return SpeculativePrediction(
         verify=verify, draft=draft_step, draft_name=proposer.name, spec_tokens=k, acceptance=a, tokens_per_step=e,
         time_s=t, tokens_per_s=job.batch * job.dp * e / t, plain_tokens_per_s=plain.tokens_per_s,
-        peak_memory_bytes=peak)
+        peak_memory_bytes=peak, energy=energy)
 
 
 def crossover_batch(model: ModelConfig, system: System, job: Job, acceptance: float,

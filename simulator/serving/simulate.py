@@ -465,16 +465,12 @@ def _plain_steps(model, system, batches, context, dtype, tp, power_cap_w, quant,
 def _spec_step(model: ModelConfig, system: System, job: Job, options: EngineOptions, idle_w: float,
                kw: dict) -> tuple[float, float, object]:
     """A speculative decode step over the E tokens it yields per sequence: (time per token, energy
-    above idle per token, the verification's prediction). The energy is the verification's plus K
-    draft steps' (predict() each), less the idle floor over the whole step."""
+    above idle per token, the verification's prediction). The energy is the whole step's
+    (predict_speculative: the verification plus K draft steps), less the idle floor over the step."""
     from simulator.core.speculative import predict_speculative
     sp = predict_speculative(model, system, job, options.spec_acceptance, options.draft, kw["executor"],
                              kw["kernels"], check_memory=False)
-    if sp.verify.energy is not None:
-        draft_j = sp.draft.energy.energy_j if sp.draft.energy is not None else 0.0
-        dyn = max(sp.verify.energy.energy_j + options.spec_tokens * draft_j - idle_w * sp.time_s, 0.0)
-    else:
-        dyn = 0.0
+    dyn = max(sp.energy["energy_j"] - idle_w * sp.time_s, 0.0) if sp.energy is not None else 0.0
     return sp.time_s / sp.tokens_per_step, dyn / sp.tokens_per_step, sp.verify
 
 

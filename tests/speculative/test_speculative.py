@@ -101,3 +101,45 @@ def test_eagle_published_speedups():
         assert abs(r.error) < 0.20, r
     for r in held_out:
         assert abs(r.error) < 0.08, r
+
+
+def test_speculative_step_energy_is_the_whole_step_over_its_tokens():
+    """The step's energy is the verification's plus K draft steps' (predict() each), and J/token
+    divides it by the batch x E tokens the step gives, not by the batch alone."""
+    from simulator.core.models import load_model as _load
+    from simulator.core.predict import predict as _predict
+    from simulator.core.specs import load_hardware as _hw
+    from simulator.core.speculative import draft_plan, predict_speculative
+    from simulator.core.workload import Job as _Job
+    m, h = _load("llama-3.1-8b"), _hw("h100-sxm")
+    job = _Job("decode", batch=8, context=1000, spec_tokens=4)
+    sp = predict_speculative(m, h, job, 0.8, check_memory=False)
+    verify = _predict(m, h, job, check_memory=False)
+    draft = _predict(sp.draft_name and __import__("simulator.core.speculative", fromlist=["eagle_head"]).eagle_head(m),
+                     h, draft_plan(job, None), check_memory=False)
+    energy = verify.energy.energy_j + 4 * draft.energy.energy_j      # a head runs on the target's GPU
+    assert sp.energy["energy_j"] == pytest.approx(energy, rel=1e-12)
+    assert sp.energy["energy_j_per_token"] == pytest.approx(energy / (8 * sp.tokens_per_step), rel=1e-12)
+    assert sp.as_dict()["energy_j_per_token"] == sp.energy["energy_j_per_token"]
+    # E = (1 - 0.8^5) / 0.2 = 3.3616 tokens per sequence: about a third of the verification's J per batch token
+    assert sp.tokens_per_step == pytest.approx(3.3616)
+    assert sp.energy["energy_j_per_token"] < verify.energy.energy_j_per_token / 2
+
+
+def test_a_draft_on_fewer_gpus_leaves_the_others_idle_not_free():
+    """speculative_energy by hand: a target on 4 GPUs (verify: 8 J of GPU energy in 10 ms) and a
+    draft on 1 (0.5 J in 1 ms), K = 3, 75 W idle: E_gpu = 8 + 3 x (0.5 + 3 x 75 W x 1 ms) = 10.175 J
+    over 13 ms and 4 GPUs (196 W each), per token over 16 x 2.5 tokens."""
+    from simulator.core.speculative import draft_plan, speculative_energy
+    from simulator.core.models import load_model as _load
+    from simulator.core.workload import Job as _Job
+    e = speculative_energy({"gpu_energy_j": 8.0, "host_energy_j": 0.4}, {"gpu_energy_j": 0.5, "host_energy_j": 0.02},
+                           3, 0.010, 0.001, 4, 1, 75.0, 16 * 2.5, 1.0, 481.0)
+    assert e["gpu_energy_j"] == pytest.approx(10.175)
+    assert e["energy_j"] == pytest.approx(10.175 + 0.46)
+    assert e["power_w"] == pytest.approx(10.175 / (0.013 * 4))
+    assert e["energy_j_per_token"] == pytest.approx(10.635 / 40)
+    assert e["co2_g_per_1m_tokens"] == pytest.approx(10.635 / 40 * 1e6 / 3.6e6 * 481)
+    # which drafts shard: Llama-3.2-1B's 32 heads split 4 ways; Llama-3.2-3B's 24 do not split 16 ways
+    assert draft_plan(_Job("decode", tp=4, spec_tokens=3), _load("llama-3.2-1b")).tp == 4
+    assert draft_plan(_Job("decode", tp=16, spec_tokens=3), _load("llama-3.2-3b")).tp == 1

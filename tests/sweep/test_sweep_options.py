@@ -81,7 +81,8 @@ def _check_equal(df: pd.DataFrame) -> tuple[int, int]:
             assert bool(r["fits"]) == (p.peak_memory_bytes <= load_hardware(r["hardware"]).gpu.mem_bytes)
             assert r["bound"] == p.verify.bound
             assert r["transfer_time_s"] == pytest.approx(p.verify.transfer_time_s, rel=REL, abs=1e-15)
-            assert all(np.isnan(r[k]) for k in sw.ENERGY_COLUMNS)    # predict_speculative prices no energy
+            for k in sw.ENERGY_COLUMNS:      # the whole step: verification + K draft steps, over E tokens
+                assert r[k] == pytest.approx(p.energy[k], rel=REL)
         else:
             assert np.isnan(r["spec_tokens_per_step"]) and np.isnan(r["spec_speedup"])
             assert bool(r["fits"]) == p.fits and r["bound"] == p.bound
