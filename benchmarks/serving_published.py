@@ -4,10 +4,14 @@ Data: benchmarks/data/serving_published.yaml (sources, assumptions and roles the
   1. steady_state: vLLM V1 median inter-token latencies (ML.ENERGY Leaderboard v3.0, H100), the
      points the vllm-v1 engine profile is fitted to (role fit) and held out from it (role check);
      predicted as the median steady-state step (simulator.serving.engine_fit.steady_step_s).
-  2. reproductions: serving results with chunked prefill, prefix caching, speculative decoding
+  2. serving_runs: SGLang v0.3.0's own benchmark (ShareGPT at 4 and 8 req/s and offline, Llama-3.1-8B
+     on A100, 70B on 4 H100), replayed through `roofplan serve`'s simulation with the sglang profile
+     (simulator.serving.engine_fit.run_predictions): median ITL, TPOT and TTFT, output throughput;
+     all held out (the profile's GPU constants are vllm-v1's, carried: sglang.yaml says why).
+  3. reproductions: serving results with chunked prefill, prefix caching, speculative decoding
      and fp8 weights, predicted through the serving tables / simulation with the engine profiles,
      never fitted.
-`python benchmarks/serving_published.py` prints both; `--fit ENGINE` re-runs the profile fit
+`python benchmarks/serving_published.py` prints all three; `--fit ENGINE` re-runs the profile fit
 (its constants and errors are the ones in hardware_specs/profiles/executors/<ENGINE>.yaml).
 """
 from __future__ import annotations
@@ -25,7 +29,9 @@ from simulator.core.models import load_model  # noqa: E402
 from simulator.core.profiles import load_executor_profile  # noqa: E402
 from simulator.core.specs import load_hardware  # noqa: E402
 from simulator.serving import simulate as sv  # noqa: E402
-from simulator.serving.engine_fit import Reproduction, errors, fit_engine, read_published, summary  # noqa: E402
+from simulator.core.errors import RoofplanError  # noqa: E402
+from simulator.serving.engine_fit import (Reproduction, errors, fit_engine, read_published, run_errors,  # noqa: E402
+                                          summary)
 
 
 def eagle_acceptance() -> float:
@@ -85,13 +91,41 @@ def reproduction_rows(f=None) -> list[dict]:
     return out
 
 
+UNITS = {"median_itl_ms": "ms", "median_tpot_ms": "ms", "median_ttft_ms": "ms", "output_tokens_per_s": "tok/s"}
+
+
+def print_runs(f, engine: str) -> None:
+    """The engine's serving runs, published vs predicted per metric, fit and held out apart."""
+    rows = run_errors(f, load_executor_profile(engine), engine)
+    for role, title in (("fit", "fitted"), ("check", "held out")):
+        mine = [r for r in rows if r["role"] == role]
+        if not mine:
+            continue
+        print(f"\n{engine} serving runs, {title} (engine profile {engine}):")
+        run = None
+        for r in mine:
+            if r["run"] != run:
+                run = r["run"]
+                print(f"  {run}  (decode batch {r['decode_batch']:.1f} simulated)")
+            miss = " (known miss, strict xfail)" if r["xfail_error_pct"] is not None else ""
+            print(f"      {r['metric']:20s} published {r['published']:8.2f} {UNITS[r['metric']]:5s} predicted "
+                  f"{r['predicted']:8.2f}  error {100 * r['error']:+6.1f}%{miss}")
+    s = summary(rows)
+    print("\n" + ";  ".join(f"{'fit' if k == 'fit' else 'held out'}: {v['points']} points, MAPE {v['mape_pct']}%, "
+                            f"worst {v['worst_pct']:+}%" for k, v in s.items()))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fit", metavar="ENGINE", help="re-run the engine profile's fit and print its constants")
     args = ap.parse_args(argv)
     f = read_published()
     if args.fit:
-        ex, rep = fit_engine(load_executor_profile(args.fit), args.fit, f)
+        try:
+            ex, rep = fit_engine(load_executor_profile(args.fit), args.fit, f)
+        except RoofplanError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
         print(f"{args.fit}: {rep}")
     ex = load_executor_profile("vllm-v1")
     rows = errors(f, ex, "vllm-v1")
@@ -105,6 +139,7 @@ def main(argv=None) -> None:
     s = summary(rows)
     print(f"\nfit: {s['fit']['points']} points, MAPE {s['fit']['mape_pct']}%, worst {s['fit']['worst_pct']:+}%;  "
           f"held out: {s['check']['points']} points, MAPE {s['check']['mape_pct']}%, worst {s['check']['worst_pct']:+}%")
+    print_runs(f, "sglang")
     print("\nServing reproductions (held out: nothing here is fitted):")
     for r in reproduction_rows(f):
         miss = f" (known miss, strict xfail)" if r["xfail_error_pct"] is not None else ""

@@ -22,6 +22,16 @@ norms and rope, CUDA graphs: the profile file's other fields):
                                  --executor vllm-v1` gives the same step
 by bounded least squares on log(predicted / measured) over the points with role fit; the points
 with role check are reported as held-out error, per run.
+
+`serving_runs` are published online-serving benchmarks (e.g. `sglang.bench_serving`): N requests
+of the run's mean prompt and output lengths, Poisson at a rate or all sent at once (offline), and
+the run's median TTFT, TPOT (per request, first token excluded) and inter-token latency, or its
+output throughput. `run_predictions` replays the same arrivals through the serving simulation
+that `roofplan serve --engine E --simulate N` runs (simulate.step_tables with the engine profile,
+simulate.replay with the engine's chunked prefill and token budget): TTFT and TPOT are the
+simulation's medians over requests, the throughput is the output tokens over the last finish,
+and the median ITL is the median step -- at these loads a pure decode step of the simulation's
+mean decode batch (Little's law), padded to the engine's CUDA-graph size, at the mean context.
 """
 from __future__ import annotations
 
@@ -102,6 +112,39 @@ class Reproduction(Strict):
     note: Text | None = None
 
 
+RUN_METRICS = ("median_itl_ms", "median_tpot_ms", "median_ttft_ms", "output_tokens_per_s")
+
+
+class ServingRun(Strict):
+    """One published online-serving benchmark run (module docstring): what it sent and what it
+    measured; each published metric is one point (role fit or check; xfail_error_pct: a known
+    miss per metric, its measured error, a strict xfail in the tests)."""
+    name: Text
+    source: Name
+    engine: Name
+    engine_version: Text
+    model: Name
+    hardware: Name
+    tp: PosInt = 1
+    weight_dtype: Literal["", "bf16", "fp16", "fp8", "int8", "int4"] = ""
+    dataset: Text
+    prompt_tokens: PosInt            # mean prompt length of the run's requests
+    output_tokens: PosInt            # mean output length
+    requests: PosInt
+    rate_rps: Positive | None = None   # Poisson arrivals; None: all sent at once (offline)
+    median_itl_ms: Positive | None = None
+    median_tpot_ms: Positive | None = None
+    median_ttft_ms: Positive | None = None
+    output_tokens_per_s: Positive | None = None
+    role: Literal["fit", "check"] = "check"
+    xfail_error_pct: dict[Literal[RUN_METRICS], float] = {}
+    note: Text | None = None
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {m: getattr(self, m) for m in RUN_METRICS if getattr(self, m) is not None}
+
+
 class PublishedFile(Strict):
     sources: dict[Name, Text]
     assumptions: dict[Name, Text]
@@ -109,6 +152,7 @@ class PublishedFile(Strict):
     context_tokens: PosInt
     steady_state: SteadyState
     reproductions: list[Reproduction] = []
+    serving_runs: list[ServingRun] = []
 
 
 def read_published(path: Path = DATA) -> PublishedFile:
@@ -116,9 +160,17 @@ def read_published(path: Path = DATA) -> PublishedFile:
     for p in f.steady_state.points:
         if p.run not in f.steady_state.runs:
             raise RoofplanError(f"{path}: point of run '{p.run}' names no run in steady_state.runs")
-    for r in [*f.steady_state.runs.values(), *f.reproductions]:
+    for r in [*f.steady_state.runs.values(), *f.reproductions, *f.serving_runs]:
         if r.source not in f.sources:
             raise RoofplanError(f"{path}: source '{r.source}' is not in sources")
+    for r in f.serving_runs:
+        if not r.metrics:
+            raise RoofplanError(f"{path}: serving run '{r.name}' publishes none of {', '.join(RUN_METRICS)}; "
+                                f"give at least one")
+        for m in r.xfail_error_pct:
+            if m not in r.metrics:
+                raise RoofplanError(f"{path}: serving run '{r.name}': xfail_error_pct names {m}, which the run "
+                                    f"does not publish")
     return f
 
 
@@ -199,13 +251,68 @@ def summary(rows: list[dict]) -> dict:
     return out
 
 
+def run_tables(run: ServingRun, ex: ExecutorProfile, kernels=None):
+    """The step tables `roofplan serve` builds for the run's model, GPU, TP and engine profile."""
+    from simulator.serving import simulate as sv
+    system = load_hardware(run.hardware)
+    return sv.step_tables(load_model(run.model), system, tp=run.tp, executor=ex,
+                          kernels=kernels if kernels is not None else load_kernel_profile(system.gpu.name),
+                          options=sv.EngineOptions(weight_dtype=run.weight_dtype))
+
+
+def run_predictions(run: ServingRun, ex: ExecutorProfile, tables=None, seed: int = 0) -> dict[str, float]:
+    """Every metric of `RUN_METRICS` for one serving run under profile `ex` (module docstring):
+    the run's requests (Poisson at rate_rps, seeded as `roofplan serve --simulate`, or all at t=0)
+    replayed with the engine's scheduling, as `roofplan serve` runs it."""
+    from simulator.cli.serve import V0_BATCHED_TOKENS
+    from simulator.serving import simulate as sv
+    t = tables if tables is not None else run_tables(run, ex)
+    if run.rate_rps is None:
+        arrive = np.zeros(run.requests)
+        n_in = np.full(run.requests, run.prompt_tokens)
+        n_out = np.full(run.requests, run.output_tokens)
+    else:
+        mix = sv.RequestMix.of([run.prompt_tokens], [run.output_tokens])
+        arrive, n_in, n_out = sv.sample_requests(mix, run.rate_rps, run.requests, seed)
+    chunked = bool(ex.max_num_batched_tokens)
+    sim = sv.replay(t, arrive, n_in, n_out, chunked_prefill=chunked,
+                    chunk_tokens=ex.max_num_batched_tokens if chunked else V0_BATCHED_TOKENS)
+    tpot = np.nan_to_num(sim.tpot_s)
+    end = float(np.max(arrive + sim.ttft_s + tpot * (n_out - 1)))
+    batch = float(np.sum(tpot * (n_out - 1))) / end          # Little's law: decoding time over the span
+    step = float(t.decode_time(max(batch, 1.0), run.prompt_tokens + run.output_tokens / 2))
+    return {"median_itl_ms": step * 1e3, "median_tpot_ms": float(np.nanmedian(sim.tpot_s)) * 1e3,
+            "median_ttft_ms": float(np.median(sim.ttft_s)) * 1e3, "output_tokens_per_s": float(n_out.sum()) / end,
+            "decode_batch": batch}
+
+
+def run_errors(f: PublishedFile, ex: ExecutorProfile, engine: str) -> list[dict]:
+    """Predicted vs published metrics of every serving run of `engine`, one row per metric."""
+    out, tabs = [], {}
+    for r in f.serving_runs:
+        if r.engine != engine:
+            continue
+        key = (r.model, r.hardware, r.tp, r.weight_dtype)
+        if key not in tabs:
+            tabs[key] = run_tables(r, ex)
+        pred = run_predictions(r, ex, tabs[key])
+        for m, pub in r.metrics.items():
+            out.append({"run": r.name, "metric": m, "role": r.role, "published": pub, "predicted": pred[m],
+                        "error": pred[m] / pub - 1, "decode_batch": pred["decode_batch"],
+                        "xfail_error_pct": r.xfail_error_pct.get(m)})
+    return out
+
+
 def fit_engine(base: ExecutorProfile, engine: str, f: PublishedFile | None = None) -> tuple[ExecutorProfile, dict]:
     """(`base` with FITTED replaced by the least-squares fit, fitted values and error summary)."""
     from scipy.optimize import least_squares
     f = f or read_published()
     pts = [p for p in f.steady_state.points if p.role == "fit" and f.steady_state.runs[p.run].engine == engine]
     if not pts:
-        raise RoofplanError(f"no steady-state points with role fit for engine '{engine}'")
+        held = [r for r in f.serving_runs if r.engine == engine]
+        raise RoofplanError(f"engine '{engine}' has no steady-state points with role fit"
+                            + (f" (its {len(held)} serving runs are held-out checks of the profile as it is: "
+                               f"`python benchmarks/serving_published.py` prints them)" if held else ""))
     meas = np.array([p.median_itl_ms / 1e3 for p in pts])
     models, kps = {}, {}
 
