@@ -647,14 +647,6 @@ def _assigned(plan: FleetPlan, o: int, workload: ServingWorkload) -> tuple[Reque
     return mix, float(lam.sum()) / int(plan.count[o])
 
 
-def _token_budget(tables: StepTables) -> int:
-    """The prompt tokens per step `aggregated` assumes by default, for `replay` (whose default is
-    512 for every engine): the engine's max_num_batched_tokens, else 512 (the rule of
-    simulator.serving.simulate._token_budget)."""
-    engine = getattr(tables, "engine", None)
-    return engine.max_num_batched_tokens if engine is not None and engine.max_num_batched_tokens else 512
-
-
 def simulate_option(role: str, tables: StepTables, mix: RequestMix, rate: float, n_requests: int,
                     seed: int = SIM_SEED) -> SimResult:
     """One instance of `role` at `rate` req/s of `mix`: `n_requests` seeded Poisson arrivals
@@ -668,7 +660,7 @@ def simulate_option(role: str, tables: StepTables, mix: RequestMix, rate: float,
                   prefill stage of negligible time in front of the decode instance."""
     arrive, n_in, n_out = sample_requests(mix, rate, n_requests, seed)
     if role == "aggregated":
-        return replay(tables, arrive, n_in, n_out, chunk_tokens=_token_budget(tables))
+        return replay(tables, arrive, n_in, n_out)   # the token budget `aggregated` assumes
     if role == "prefill":
         return replay(tables, arrive, n_in, np.ones_like(n_out), tables_decode=tables)
     instant = replace(tables, prefill_s=np.full_like(tables.prefill_s, 1e-12),

@@ -1021,7 +1021,7 @@ def simulate(tables: StepTables, mix: RequestMix, rate: float, n_requests: int =
     return replay(tables, arrive, n_in, n_out, **kw)
 
 
-def replay(tables: StepTables, arrive, n_in, n_out, chunk_tokens: int = 512,
+def replay(tables: StepTables, arrive, n_in, n_out, chunk_tokens: int | None = None,
            tables_decode: StepTables | None = None, n_prefill: int = 1, n_decode: int = 1,
            link_Bps: float = 0.0, max_iterations: int = 2_000_000, max_time_s: float = 1e6,
            chunked_prefill: bool = True, prefill_batch_tokens: int = 8192) -> SimResult:
@@ -1029,7 +1029,9 @@ def replay(tables: StepTables, arrive, n_in, n_out, chunk_tokens: int = 512,
     tokens), e.g. a measured trace. Aggregated when `tables_decode` is None (scheduling policy
     `chunked_prefill`, see `_run_instance`); otherwise prefill instances (DistServe's context stage:
     FCFS batches of up to `prefill_batch_tokens`, `_run_prefill_instance`) hand the KV cache to
-    decode instances (round-robin), as in DistServe."""
+    decode instances (round-robin), as in DistServe. `chunk_tokens` (tokens per step) defaults to
+    the rule `aggregated` uses: the engine's max_num_batched_tokens, else 512 (`_token_budget`)."""
+    chunk_tokens = _token_budget(tables, chunk_tokens)
     arrive = np.asarray(arrive, dtype=float)
     n_in = np.asarray(n_in, dtype=int)
     n_out = np.maximum(np.asarray(n_out, dtype=int), 1)
