@@ -616,7 +616,10 @@ def _estimate(tables_d: StepTables, mix: RequestMix, rate: float, service: np.nd
     if rho >= 1:
         return _unstable(rate, f"prefill utilisation {rho:.2f} >= 1")
     wait = rate_p * es2 / (2 * (1 - rho))
-    tpot_i = tables_d.decode_time(batch, mix.in_tokens + mix.out_tokens / 2) * tpot_scale
+    # every sequence of a continuous batch waits for the same step: the batch's step at its mean
+    # context (the decode batch's fixed point, `_decode_fixed_point`), whatever the request's own
+    ctx = mix.mean(mix.in_tokens + mix.out_tokens / 2)
+    tpot_i = np.full_like(mix.in_tokens, float(tables_d.decode_time(batch, ctx)) * tpot_scale)
     # prefills landing in a request's decode lifetime L = n TPOT (n = out - 1 gaps) form a compound
     # Poisson stall: Var(TPOT_i) = lam E[S^2] L / n^2 = stall_var_rate x TPOT_i / n
     tpot_sd = np.sqrt(stall_var_rate * tpot_i / np.maximum(mix.out_tokens - 1, 1))
