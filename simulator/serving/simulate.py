@@ -399,12 +399,17 @@ def step_tables(model: ModelConfig, system: System, tp: int = 1, dtype: str = "b
             if job.phase == "decode" and options.spec_tokens:
                 return _spec_step(model, system, replace(job, spec_tokens=options.spec_tokens), options, idle_w, kw)
             p = predict(model, system, job, with_ops=with_ops, **kw)
+            draft = _draft_prefill(model, job, options, system, kw) if job.phase == "prefill" else None
         except FieldError as e:
             if e.field != "power_cap_w":
                 raise
             return REFUSED_STEP_S, 0.0, None
-        dyn = (p.energy.energy_j - idle_w * p.time_s) if p.energy is not None else 0.0
-        return p.time_s, max(dyn, 0.0), p
+        t, e = p.time_s, (p.energy.energy_j if p.energy is not None else 0.0)
+        if draft is not None:    # the proposer prefills the prompt too (its own KV cache) before decoding
+            t += draft.time_s
+            e += draft.energy.energy_j + (tp - draft.job.n_gpus) * idle_w / tp * draft.time_s if draft.energy else 0.0
+        dyn = (e - idle_w * t) if p.energy is not None else 0.0
+        return t, max(dyn, 0.0), p
 
     ptoks = np.array([t for t in PREFILL_GRID if t <= L] or [L], dtype=float)
     pre, pre_j, attn = [], [], []
@@ -460,6 +465,16 @@ def _plain_steps(model, system, batches, context, dtype, tp, power_cap_w, quant,
     tables hold speculative per-token steps)."""
     return [_step_time(model, system, Job("decode", batch=int(b), context=context, dtype=dtype, tp=tp,
                                           power_cap_w=power_cap_w, **quant), kw) for b in batches]
+
+
+def _draft_prefill(model: ModelConfig, job: Job, options: EngineOptions, system: System, kw: dict):
+    """The speculative proposer's prefill of the same prompt (a draft model's, or an EAGLE-style
+    head's one layer; core.speculative.draft_plan places it), or None without speculation."""
+    if not options.spec_tokens:
+        return None
+    from simulator.core.speculative import draft_plan, eagle_head
+    proposer = options.draft if options.draft is not None else eagle_head(model)
+    return predict(proposer, system, draft_plan(job, options.draft), **kw)
 
 
 def _spec_step(model: ModelConfig, system: System, job: Job, options: EngineOptions, idle_w: float,

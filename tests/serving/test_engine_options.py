@@ -66,3 +66,14 @@ def test_bad_options_name_the_field(llama8b_h100, opts, field):
     with pytest.raises(FieldError) as e:
         sv.step_tables(*llama8b_h100, tp=1, options=sv.EngineOptions(**opts))
     assert e.value.field == field
+
+
+def test_a_draft_model_prefills_the_prompt_too(llama8b_h100):
+    """With a draft model the prompt is prefilled twice before the first token: the target's
+    prefill plus the draft's (its own KV cache), each predict()'s."""
+    m, h = llama8b_h100
+    draft = load_model("llama-3.2-1b")
+    t = sv.step_tables(m, h, tp=1, options=sv.EngineOptions(spec_tokens=3, spec_acceptance=0.7, draft=draft))
+    job = Job("prefill", seq=2048)
+    both = predict(m, h, job, check_memory=False).time_s + predict(draft, h, job, check_memory=False).time_s
+    assert float(t.prefill_time(2048)) == pytest.approx(both, rel=1e-9)
