@@ -22,7 +22,6 @@ from simulator.report.tables import add_format_arg, emit, fmt_of
 from simulator.serving import simulate as sv
 from simulator.serving.workload import load_serving_workload
 
-V0_BATCHED_TOKENS = 2048   # vLLM V0 without chunked prefill: max(max_model_len, 2048) for 2k-context models
 QUANTILES = (50, 90, 99)
 
 
@@ -42,7 +41,7 @@ def register(sub) -> None:
     add_spec_args(p)             # --spec-tokens, --spec-acceptance, --draft-model, --prefix-hit
     p.add_argument("--max-num-batched-tokens", type=int, default=None, metavar="N",
                    help="token budget per step (default: the engine's; vllm-v0 and engines without chunked "
-                        f"prefill: whole prompts up to {V0_BATCHED_TOKENS} tokens per step)")
+                        f"prefill: whole prompts up to {sv.V0_BATCHED_TOKENS} tokens per step)")
     p.add_argument("--simulate", type=int, default=0, metavar="N",
                    help="also run the iteration-level simulation of N Poisson requests (seeded)")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated arrivals")
@@ -70,8 +69,7 @@ def build(args):
     budget = args.max_num_batched_tokens
     if budget is not None and budget < 1:
         raise FieldError("max_num_batched_tokens", budget, "must be >= 1 token per step")
-    chunked = bool(ex.max_num_batched_tokens)
-    if chunked and budget is not None:   # the engine's profiling forward (KV budget) follows the budget too
+    if ex.max_num_batched_tokens and budget is not None:   # its profiling forward (KV budget) follows the budget
         ex = dataclasses.replace(ex, max_num_batched_tokens=budget)
     opts = engine_options(args)
     tables = sv.step_tables(model, system, tp=args.tp, dtype=args.dtype, executor=ex,
@@ -87,13 +85,13 @@ def build(args):
         raise FieldError("tp", args.tp, f"the workload's largest request holds {need.max():.0f} KV tokens and "
                          f"{model.name} on {args.tp} x {system.gpu.name} ({ex.name}) has room for {max(room, 0):.0f}",
                          "use a larger --tp, a larger GPU, --kv-dtype fp8 or a quantized --weight-dtype")
-    sched = {"chunked_prefill": chunked,
-             "chunk_tokens": budget if budget is not None else (None if chunked else V0_BATCHED_TOKENS)}
+    chunked, tokens = sv.scheduling(tables, None, budget)     # the engine's rule, as aggregated/replay apply it
+    sched = {"chunked_prefill": chunked, "chunk_tokens": tokens}
     return model, system, ex, tables, wl, mix, rate, sched
 
 
 def simulated(tables, mix, rate, n, seed, sched) -> dict:
-    sim = sv.simulate(tables, mix, rate, n_requests=n, seed=seed, **_replay_kw(tables, sched))
+    sim = sv.simulate(tables, mix, rate, n_requests=n, seed=seed, **sched)
     out = {"requests": n, "seed": seed, "truncated": sim.truncated, "iterations": sim.iterations,
            "ttft_mean_s": float(np.nanmean(sim.ttft_s)), "tpot_mean_s": float(np.nanmean(sim.tpot_s))}
     for q in QUANTILES:
@@ -103,13 +101,6 @@ def simulated(tables, mix, rate, n, seed, sched) -> dict:
     decoding = np.nansum(np.where(sim.out_tokens > 1, sim.tpot_s * (sim.out_tokens - 1), 0.0))
     out["decode_batch"] = float(decoding * rate / n)
     return out
-
-
-def _replay_kw(tables, sched) -> dict:
-    kw = dict(sched)
-    if kw["chunk_tokens"] is None:
-        kw["chunk_tokens"] = tables.engine.max_num_batched_tokens
-    return kw
 
 
 def _ms(x: float) -> str:
@@ -127,8 +118,7 @@ def cmd_serve(args) -> int:
     obj = {"model": model.name, "hardware": system.gpu.name, "tp": args.tp, "engine": ex.name,
            "options": tables.options.label if tables.options is not None else "", "workload": wl.name,
            "rate_rps": rate, "chunked_prefill": sched["chunked_prefill"],
-           "max_num_batched_tokens": sv._token_budget(tables, sched["chunk_tokens"]) if sched["chunked_prefill"]
-           else sched["chunk_tokens"],
+           "max_num_batched_tokens": sched["chunk_tokens"],
            "kv_capacity_tokens": kv_cap, "kv_tokens_per_request": per_req,
            "kv_capacity_requests": kv_cap / per_req, "closed_form": est.as_dict()}
     if sim is not None:
@@ -148,7 +138,7 @@ def cmd_serve(args) -> int:
         if args.simulate:
             slo["max_rate_simulated_rps"] = sv.max_rate_simulated(
                 tables, mix, ttft, tpot, args.percentile, n_requests=args.simulate, seed=args.seed,
-                hi=max(4 * slo["max_rate_rps"], 1.0), **_replay_kw(tables, sched))
+                hi=max(4 * slo["max_rate_rps"], 1.0), **sched)
         obj["slo"] = slo
     rows = []
     for name, key in [("TTFT mean", "ttft_mean_s"), *[(f"TTFT p{q}", f"ttft_p{q}_s") for q in QUANTILES],

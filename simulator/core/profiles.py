@@ -155,6 +155,10 @@ class ExecutorProfile:
                                                    # up to the next one (beyond the largest: no graph, no padding)
     max_num_batched_tokens: int = 0      # token budget per step (decode tokens + prompt chunks in one
                                          # forward: chunked prefill); 0: not a chunked-prefill engine
+    mixed_prefill: bool | None = None    # prompt chunks ride in the decode batch's forward (vLLM V1,
+                                         # Sarathi-Serve) or prompts run first in steps of their own
+                                         # (False: vLLM V0, SGLang without --enable-mixed-chunk);
+                                         # None: not said, mixed (simulator.serving.simulate.scheduling)
     scheduler_step_s: float = 0.0        # engine host work per step (scheduler, input preparation, output
     scheduler_per_seq_s: float = 0.0     # processing): fixed + per running sequence
     async_scheduling: bool = False       # that host work overlaps the GPU's previous step (vLLM V1 async
@@ -361,6 +365,7 @@ class ExecutorFields(Strict):
     fitted_on: str = ""
     cuda_graph_batch_sizes: Annotated[list[PosInt], AfterValidator(_increasing)] = []
     max_num_batched_tokens: NonNegInt = 0
+    mixed_prefill: bool | None = None
     scheduler_step_us: NonNegative = 0.0
     scheduler_per_seq_us: NonNegative = 0.0
     async_scheduling: bool = False

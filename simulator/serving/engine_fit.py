@@ -264,7 +264,6 @@ def run_predictions(run: ServingRun, ex: ExecutorProfile, tables=None, seed: int
     """Every metric of `RUN_METRICS` for one serving run under profile `ex` (module docstring):
     the run's requests (Poisson at rate_rps, seeded as `roofplan serve --simulate`, or all at t=0)
     replayed with the engine's scheduling, as `roofplan serve` runs it."""
-    from simulator.cli.serve import V0_BATCHED_TOKENS
     from simulator.serving import simulate as sv
     t = tables if tables is not None else run_tables(run, ex)
     if run.rate_rps is None:
@@ -274,9 +273,7 @@ def run_predictions(run: ServingRun, ex: ExecutorProfile, tables=None, seed: int
     else:
         mix = sv.RequestMix.of([run.prompt_tokens], [run.output_tokens])
         arrive, n_in, n_out = sv.sample_requests(mix, run.rate_rps, run.requests, seed)
-    chunked = bool(ex.max_num_batched_tokens)
-    sim = sv.replay(t, arrive, n_in, n_out, chunked_prefill=chunked,
-                    chunk_tokens=ex.max_num_batched_tokens if chunked else V0_BATCHED_TOKENS)
+    sim = sv.replay(t, arrive, n_in, n_out)      # the engine's scheduling (simulate.scheduling)
     tpot = np.nan_to_num(sim.tpot_s)
     end = float(np.max(arrive + sim.ttft_s + tpot * (n_out - 1)))
     batch = float(np.sum(tpot * (n_out - 1))) / end          # Little's law: decoding time over the span

@@ -267,16 +267,19 @@ class Engine:
     async_scheduling: bool = False
     kv_block_tokens: int = 1
     gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION
+    mixed_prefill: bool = True            # prompt chunks in the decode batch's forward (False: prompts first)
 
     @staticmethod
     def of(ex: ExecutorProfile) -> "Engine | None":
-        """The engine behaviour of a profile; None when it has none (vllm-v0, distserve, default)."""
+        """The engine behaviour of a profile; None when it has none (default, megatron, ...)."""
         if not (ex.cuda_graph_batch_sizes or ex.max_num_batched_tokens or ex.scheduler_step_s
-                or ex.scheduler_per_seq_s or ex.kv_block_tokens > 1 or ex.gpu_memory_utilization is not None):
+                or ex.scheduler_per_seq_s or ex.kv_block_tokens > 1 or ex.gpu_memory_utilization is not None
+                or ex.mixed_prefill is not None):
             return None
         return Engine(ex.name, tuple(ex.cuda_graph_batch_sizes), ex.max_num_batched_tokens, ex.scheduler_step_s,
                       ex.scheduler_per_seq_s, ex.async_scheduling, ex.kv_block_tokens,
-                      ex.gpu_memory_utilization if ex.gpu_memory_utilization is not None else GPU_MEMORY_UTILIZATION)
+                      ex.gpu_memory_utilization if ex.gpu_memory_utilization is not None else GPU_MEMORY_UTILIZATION,
+                      ex.mixed_prefill is not False)
 
     def step(self, gpu_s, batch) -> np.ndarray:
         return engine_step_time(gpu_s, batch, self.host_step_s, self.host_per_seq_s, self.async_scheduling)
@@ -650,7 +653,7 @@ def _estimate(tables_d: StepTables, mix: RequestMix, rate: float, service: np.nd
 
 
 def aggregated(tables: StepTables, mix: RequestMix, rate: float, chunk_tokens: int | None = None,
-               chunked_prefill: bool = True) -> ServingEstimate:
+               chunked_prefill: bool | None = None) -> ServingEstimate:
     """One instance serving both phases with continuous batching (formulas in the module
     docstring). `rate` is requests/s arriving at this instance.
 
@@ -665,9 +668,11 @@ def aggregated(tables: StepTables, mix: RequestMix, rate: float, chunk_tokens: i
     chunked_prefill=False (vLLM V0, the colocated baseline of DistServe): an iteration runs
     either the waiting prompts or one decode step, prompts first; a prompt's service is its
     prefill alone and every prefill stalls the whole decode batch (the stall enters TPOT through
-    1 / (1 - rho_prefill) and its compound-Poisson variance)."""
+    1 / (1 - rho_prefill) and its compound-Poisson variance).
+    Not given, both come from the engine (`scheduling`)."""
     if rate <= 0:
         raise RoofplanError(f"arrival rate must be > 0 (got {rate})")
+    chunked_prefill, budget = scheduling(tables, chunked_prefill, chunk_tokens)
     ctx = mix.in_tokens + mix.out_tokens / 2
     if not chunked_prefill:
         pre = tables.prefill_time(mix.in_tokens)
@@ -681,7 +686,6 @@ def aggregated(tables: StepTables, mix: RequestMix, rate: float, chunk_tokens: i
         resid = 0.5 * float(np.sum(mix.weight * d_b)) * min(batch, 1.0)
         return _estimate(tables, mix, rate, pre, rate, 1.0 if batch > 0 else 0.0, batch, 1 / (1 - rho_p), resid,
                          rate * float(np.sum(mix.weight * pre ** 2)))
-    budget = _token_budget(tables, chunk_tokens)
     work = chunk_work(tables, mix, 1.0, budget)           # first guess: a decode batch of one
     for _ in range(8):   # the chunks' added work depends on the decode batch they ride with, and back
         rho_p = rate * mix.mean(work)
@@ -708,15 +712,28 @@ def aggregated(tables: StepTables, mix: RequestMix, rate: float, chunk_tokens: i
                      stall_var_rate)
 
 
-def _token_budget(tables: StepTables, chunk_tokens: int | None) -> int:
-    """Tokens per step: the given budget, else the engine's max_num_batched_tokens, else 512."""
+V0_BATCHED_TOKENS = 2048   # vLLM V0 without chunked prefill: max(max_model_len, 2048) tokens per step (2k-context models)
+
+
+def scheduling(tables: StepTables, chunked_prefill: bool | None = None,
+               chunk_tokens: int | None = None) -> tuple[bool, int]:
+    """How the instance's engine schedules prompts beside its decode batch -- one rule for the
+    closed forms (`aggregated`), the simulation (`replay`), `roofplan serve` and the fleet planner:
+    (chunked_prefill, tokens per step). Prompt chunks ride in the decode batch's forward unless the
+    engine says they do not (ExecutorProfile.mixed_prefill False: vLLM V0, DistServe's colocated
+    baseline, SGLang without --enable-mixed-chunk; not said: mixed, as Sarathi-Serve). Tokens per
+    step: the given budget, else the engine's max_num_batched_tokens, else 512 when mixed and
+    V0_BATCHED_TOKENS when prompts run first."""
+    ex = tables.engine
+    if chunked_prefill is None:
+        chunked_prefill = ex is None or ex.mixed_prefill
     if chunk_tokens is not None:
         if chunk_tokens < 1:
             raise FieldError("max_num_batched_tokens", chunk_tokens, "must be >= 1 token per step")
-        return int(chunk_tokens)
-    if tables.engine is not None and tables.engine.max_num_batched_tokens:
-        return tables.engine.max_num_batched_tokens
-    return 512
+        return chunked_prefill, int(chunk_tokens)
+    if ex is not None and ex.max_num_batched_tokens:
+        return chunked_prefill, ex.max_num_batched_tokens
+    return chunked_prefill, 512 if chunked_prefill else V0_BATCHED_TOKENS
 
 
 def _chunk_of(tables: StepTables, budget: int, batch: float) -> float:
@@ -1042,14 +1059,14 @@ def simulate(tables: StepTables, mix: RequestMix, rate: float, n_requests: int =
 def replay(tables: StepTables, arrive, n_in, n_out, chunk_tokens: int | None = None,
            tables_decode: StepTables | None = None, n_prefill: int = 1, n_decode: int = 1,
            link_Bps: float = 0.0, max_iterations: int = 2_000_000, max_time_s: float = 1e6,
-           chunked_prefill: bool = True, prefill_batch_tokens: int = 8192) -> SimResult:
+           chunked_prefill: bool | None = None, prefill_batch_tokens: int = 8192) -> SimResult:
     """Discrete-event simulation of given requests (arrival times in s, sorted; prompt and output
     tokens), e.g. a measured trace. Aggregated when `tables_decode` is None (scheduling policy
     `chunked_prefill`, see `_run_instance`); otherwise prefill instances (DistServe's context stage:
     FCFS batches of up to `prefill_batch_tokens`, `_run_prefill_instance`) hand the KV cache to
-    decode instances (round-robin), as in DistServe. `chunk_tokens` (tokens per step) defaults to
-    the rule `aggregated` uses: the engine's max_num_batched_tokens, else 512 (`_token_budget`)."""
-    chunk_tokens = _token_budget(tables, chunk_tokens)
+    decode instances (round-robin), as in DistServe. Not given, `chunked_prefill` and
+    `chunk_tokens` (tokens per step) come from the engine, as for `aggregated` (`scheduling`)."""
+    chunked_prefill, chunk_tokens = scheduling(tables, chunked_prefill, chunk_tokens)
     arrive = np.asarray(arrive, dtype=float)
     n_in = np.asarray(n_in, dtype=int)
     n_out = np.maximum(np.asarray(n_out, dtype=int), 1)
