@@ -44,7 +44,7 @@ from simulator.core.models import ModelConfig
 from simulator.core.predict import predict
 from simulator.core.profiles import ExecutorProfile, KernelProfile
 from simulator.core.specs import System, system_from_gpu
-from simulator.core.workload import Job
+from simulator.core.workload import Job, validate_job
 
 GPU_MEMORY_UTILIZATION = 0.9   # vLLM's default share of device memory it manages (weights + KV)
 PREFILL_GRID = (16, 128, 512, 2048, 8192, 32768)
@@ -361,7 +361,7 @@ def step_tables(model: ModelConfig, system: System, tp: int = 1, dtype: str = "b
     kernels = kernels or load_kernel_profile(gpu.name)   # parsed once, not per predict() call
     kw = dict(executor=executor, kernels=kernels, check_memory=False)
     quant = dict(weight_dtype=options.weight_dtype, kv_dtype=options.kv_dtype)
-    base_job = Job("decode", batch=1, context=0, dtype=dtype, tp=tp, **quant)
+    base_job = validate_job(Job("decode", batch=1, context=0, dtype=dtype, tp=tp, **quant), model)   # dtypes, tp
     base = inference_memory(model, base_job, executor)
     kv_tok = kv_cache_bytes(model, base_job)
     engine = Engine.of(executor)

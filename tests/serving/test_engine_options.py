@@ -77,3 +77,17 @@ def test_a_draft_model_prefills_the_prompt_too(llama8b_h100):
     job = Job("prefill", seq=2048)
     both = predict(m, h, job, check_memory=False).time_s + predict(draft, h, job, check_memory=False).time_s
     assert float(t.prefill_time(2048)) == pytest.approx(both, rel=1e-9)
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--kv-dtype", "fp4"], "--kv-dtype fp4: unknown"),
+    (["--dtype", "fp99"], "--dtype fp99: not supported"),
+    (["--tp", "3"], "--tp 3: does not divide"),
+])
+def test_serve_checks_the_job_before_any_table(capsys, flags, says):
+    """The KV budget is computed before any predict() call: the job is validated first (a KV dtype
+    roofplan does not know was a KeyError traceback)."""
+    from simulator.cli.main import main
+    rc = main(["serve", "--model", "llama-3.1-8b", "--hardware", "h100-sxm", "--workload", "chat", *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and says in err, err
