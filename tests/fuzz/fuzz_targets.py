@@ -831,7 +831,7 @@ def _flags(draw, spec: dict, required: tuple = (), hostile: bool = False):
 
 
 def _cli_commands(hostile: bool) -> list[st.SearchStrategy]:
-    """argv strategies for predict (three times), whatif, plan parallel, plan offload and hw show."""
+    """argv strategies for predict (three times), whatif, plan parallel, plan offload, hw show and serve."""
     v = _cli_values(hostile)
     gpus, systems = _names(HW / "gpus"), _names(HW / "systems")
     hardware = v["pick"](gpus + systems + ["2xh100-sxm", "8xa100-sxm-80gb", "9xh100-sxm", "0xh100-sxm",
@@ -849,7 +849,9 @@ def _cli_commands(hostile: bool) -> list[st.SearchStrategy]:
            "--recompute": v["pick"](["none", "selective", "full"]), "--lora-rank": v["ints"], "--tp": v["ints"],
            "--pp": v["ints"], "--dp": v["ints"], "--micro-batch": v["ints"], "--zero": v["ints"],
            "--global-batch": v["ints"], "--sp": None, "--ep": v["ints"], "--cp": v["ints"], "--vpp": v["ints"],
-           "--format": fmt}
+           "--weight-dtype": dtype, "--spec-tokens": v["ints"], "--spec-acceptance": v["floats"],
+           "--draft-model": v["pick"](["llama-3.2-1b", "qwen2.5-0.5b", "llama-3.1-70b", "x"]), "--prefix-hit": v["floats"],
+           "--chunk-tokens": v["ints"], "--chunk-context": v["ints"], "--power-cap": v["floats"], "--format": fmt}
     whatif = {"--model": model, "--hardware": hardware, "--gpus": v["pick"](["1,2,4,8", "1", "8", "0", "1,,2", "a,b", "-1",
                                                                              str(2**70), "1," * 40]),
               "--phase": job["--phase"], "--batch": v["ints"], "--seq": v["ints"], "--context": v["ints"],
@@ -867,6 +869,12 @@ def _cli_commands(hostile: bool) -> list[st.SearchStrategy]:
                "--nvme": v["floats"], "--objective": v["pick"](["throughput", "latency"]),
                "--attention": v["pick"](["auto", "gpu", "cpu"]), "--serial-optimizer": None, "--dtype": dtype,
                "--executor": execs, "--kernel-profile": v["pick"](["datasheet", "/nonexistent.yaml"]), "--format": fmt}
+    serve = {"--model": model, "--hardware": hardware, "--workload": v["pick"](["chat", "mixed", "long-document", "x"]),
+             "--rate": v["floats"], "--engine": execs, "--tp": v["ints"], "--dtype": dtype, "--weight-dtype": dtype,
+             "--kv-dtype": dtype, "--prefix-hit": v["floats"], "--spec-tokens": v["ints"],
+             "--spec-acceptance": v["floats"], "--draft-model": job["--draft-model"],
+             "--max-num-batched-tokens": v["ints"], "--simulate": v["pick"](["0", "20", "-1"]),
+             "--slo-ttft-ms": v["floats"], "--slo-tpot-ms": v["floats"], "--format": fmt}
     hw_names = v["pick"](gpus + systems + _names(HW / "links") + _names(HW / "cpus") + _names(HW / "nvme"))
     predict = _flags(job, ("--model", "--hardware", "--phase"), hostile).map(lambda a: ["predict"] + a)
     return [predict, predict, predict,
@@ -874,7 +882,8 @@ def _cli_commands(hostile: bool) -> list[st.SearchStrategy]:
             _flags(parallel, ("--model", "--hardware", "--gpus", "--global-batch", "--seq"), hostile).map(
                 lambda a: ["plan", "parallel"] + a),
             _flags(offload, ("--model", "--hardware", "--phase"), hostile).map(lambda a: ["plan", "offload"] + a),
-            st.tuples(hw_names, st.sampled_from([[], ["--format", "json"]])).map(lambda t: ["hw", "show", t[0]] + t[1])]
+            st.tuples(hw_names, st.sampled_from([[], ["--format", "json"]])).map(lambda t: ["hw", "show", t[0]] + t[1]),
+            _flags(serve, ("--model", "--hardware", "--workload"), hostile).map(lambda a: ["serve"] + a)]
 
 
 def _cli_strategy() -> st.SearchStrategy:
