@@ -142,7 +142,7 @@ def main(argv=None) -> None:
     print_runs(f, "sglang")
     print("\nServing reproductions (held out: nothing here is fitted):")
     for r in reproduction_rows(f):
-        miss = f" (known miss, strict xfail)" if r["xfail_error_pct"] is not None else ""
+        miss = " (known miss, strict xfail)" if r["xfail_error_pct"] is not None else ""
         print(f"  [{r['feature']}] {r['name']}\n      {r['metric']}: published {r['published']:.4g}, "
               f"predicted {r['predicted']:.4g}, error {100 * r['error']:+.1f}%{miss}")
 

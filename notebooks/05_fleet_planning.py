@@ -267,7 +267,6 @@ print(fronts[fronts["pareto"]].to_string(index=False, float_format=lambda v: f"{
 # weights) it needs four H100s at TP 4; in int4 one H100 holds it and meets the SLOs.
 
 # %%
-from simulator.serving.simulate import EngineOptions  # noqa: E402
 
 m70 = load_model("llama-3.1-70b")
 chat4 = replace(chat, rate_rps=4)

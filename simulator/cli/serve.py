@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from simulator.core.errors import FieldError, RoofplanError
+from simulator.core.errors import FieldError
 from simulator.core.models import load_model
 from simulator.core.profiles import load_executor_profile, load_kernel_profile
 from simulator.core.specs import load_hardware

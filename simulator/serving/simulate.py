@@ -177,7 +177,6 @@ class StepTables:
             return np.where(n > 0, self.prefill_time(n), 0.0)
         b = np.clip(np.asarray(batch, float), self.decode_batch[0], self.decode_batch[-1])
         g = self.chunk_tokens_grid
-        a = np.maximum(self.chunk_added_s, 1e-12)
         b, nn = np.broadcast_arrays(b, np.clip(n, g[0], g[-1]))
         t = self._chunk_interp(np.stack([b, np.log(nn)], axis=-1)).reshape(b.shape)
         t = np.exp(t)
