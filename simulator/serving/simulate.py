@@ -674,25 +674,18 @@ def aggregated(tables: StepTables, mix: RequestMix, rate: float, chunk_tokens: i
     chunked_prefill, budget = scheduling(tables, chunked_prefill, chunk_tokens)
     ctx = mix.in_tokens + mix.out_tokens / 2
     if not chunked_prefill:
-        pre = tables.prefill_time(mix.in_tokens)
-        rho_p = rate * mix.mean(pre)
-        if rho_p >= 1:
-            return _unstable(rate, f"prefill alone needs {rho_p:.2f} of the GPU")
-        batch, why = _decode_fixed_point(tables, mix, rate, 1 - rho_p)
-        if why:
-            return _unstable(rate, why)
-        d_b = tables.decode_time(batch, ctx)
-        resid = 0.5 * float(np.sum(mix.weight * d_b)) * min(batch, 1.0)
-        return _estimate(tables, mix, rate, pre, rate, 1.0 if batch > 0 else 0.0, batch, 1 / (1 - rho_p), resid,
-                         rate * float(np.sum(mix.weight * pre ** 2)))
+        work = tables.prefill_time(mix.in_tokens)     # a prompt's service is its prefill alone
+        loaded = _loaded(tables, mix, rate, work)
+        if isinstance(loaded, ServingEstimate):
+            return loaded
+        rho_p, batch = loaded
+        return _aggregated_estimate(tables, mix, rate, work, work, rho_p, batch, tables.decode_time(batch, ctx))
     work = chunk_work(tables, mix, 1.0, budget)           # first guess: a decode batch of one
     for _ in range(8):   # the chunks' added work depends on the decode batch they ride with, and back
-        rho_p = rate * mix.mean(work)
-        if rho_p >= 1:
-            return _unstable(rate, f"prefill alone needs {rho_p:.2f} of the GPU")
-        batch, why = _decode_fixed_point(tables, mix, rate, 1 - rho_p)
-        if why:
-            return _unstable(rate, why)
+        loaded = _loaded(tables, mix, rate, work)
+        if isinstance(loaded, ServingEstimate):
+            return loaded
+        _, batch = loaded
         new = chunk_work(tables, mix, batch, budget)
         if np.allclose(new, work, rtol=1e-4):
             break
@@ -703,13 +696,27 @@ def aggregated(tables: StepTables, mix: RequestMix, rate: float, chunk_tokens: i
         return _unstable(rate, f"prefill alone needs {rho_p:.2f} of the GPU")
     d_b = tables.decode_time(batch, ctx)
     steps = np.ceil(tables.uncached_tokens(mix.in_tokens) / _chunk_of(tables, budget, batch))
-    service = work + steps * d_b
-    # an arrival joins at the next iteration boundary: mean residual of the running decode step
-    resid = 0.5 * float(np.sum(mix.weight * d_b)) * min(batch, 1.0)
-    stall_var_rate = rate * float(np.sum(mix.weight * work ** 2))
-    return _estimate(tables, mix, rate, service, rate, 1.0 if batch > 0 else 0.0, batch, 1 / (1 - rho_p), resid,
-                     stall_var_rate)
+    return _aggregated_estimate(tables, mix, rate, work + steps * d_b, work, rho_p, batch, d_b)
 
+
+def _loaded(tables: StepTables, mix: RequestMix, rate: float, work: np.ndarray):
+    """(prefill share rho_p = rate E[work], decode batch at the remaining share) of an aggregated
+    instance whose prompts each take `work` of it, or the unstable estimate when there is none."""
+    rho_p = rate * mix.mean(work)
+    if rho_p >= 1:
+        return _unstable(rate, f"prefill alone needs {rho_p:.2f} of the GPU")
+    batch, why = _decode_fixed_point(tables, mix, rate, 1 - rho_p)
+    return _unstable(rate, why) if why else (rho_p, batch)
+
+
+def _aggregated_estimate(tables: StepTables, mix: RequestMix, rate: float, service: np.ndarray, work: np.ndarray,
+                         rho_p: float, batch: float, d_b: np.ndarray) -> ServingEstimate:
+    """The estimate of an aggregated instance: TTFT over the prompts' `service`, TPOT slowed by the
+    prefill share and stalled by each prompt's `work` (compound Poisson); an arrival joins at the
+    next iteration boundary (the mean residual of the running decode step)."""
+    resid = 0.5 * float(np.sum(mix.weight * d_b)) * min(batch, 1.0)
+    return _estimate(tables, mix, rate, service, rate, 1.0 if batch > 0 else 0.0, batch, 1 / (1 - rho_p), resid,
+                     rate * float(np.sum(mix.weight * work ** 2)))
 
 V0_BATCHED_TOKENS = 2048   # vLLM V0 without chunked prefill: max(max_model_len, 2048) tokens per step (2k-context models)
 
