@@ -468,11 +468,8 @@ def speculative_many(model, system, job: Job, acceptance: float, draft, batch, c
            "fits": peak <= system.gpu.mem_bytes, "bound": verify.bound, "transfer_time_s": verify.transfer_time_s,
            "error": error}
     if verify.energy and step.energy:
-        from simulator.core.power import GpuPower
-        per_node = min(job.n_gpus, system.gpu_count)
-        energy = speculative_energy(verify.energy, step.energy, k, verify.time_s, step.time_s, job.n_gpus,
-                                    draft_job.n_gpus, GpuPower.of(system.gpu, job.dtype).idle_w,
-                                    np.asarray(batch) * job.dp * e, job.n_gpus / per_node, carbon_g_per_kwh)
+        energy = speculative_energy(verify.energy, step.energy, system, job, draft_job, verify.time_s, step.time_s,
+                                    np.asarray(batch) * job.dp * e, carbon_g_per_kwh)
         out.update({c: np.broadcast_to(energy[c], shape) for c in ENERGY_COLUMNS})
     return out
 

@@ -140,17 +140,20 @@ def draft_plan(job: Job, draft: ModelConfig | None) -> Job:
     return replace(plain, tp=job.tp if shards else 1, pp=1)
 
 
-def speculative_energy(verify: dict, draft: dict, k: int, t_verify, t_draft, n_target: int, n_draft: int,
-                       idle_w: float, tokens, nodes: float, carbon_g_per_kwh: float) -> dict:
-    """Energy of one speculative step from predict()'s energy fields of the verification and of one
-    draft step (floats or arrays):
+def speculative_energy(verify: dict, draft: dict, system: System, job: Job, draft_job: Job, t_verify, t_draft,
+                       tokens, carbon_g_per_kwh: float) -> dict:
+    """Energy of one speculative step of `job` (K = job.spec_tokens) on `system` from predict()'s
+    energy fields of the verification and of one draft step at `draft_job` (floats or arrays):
 
         E_gpu  = E_gpu,verify + K (E_gpu,draft + (n_target - n_draft) P_idle t_draft)
         E      = E_gpu + E_host,verify + K E_host,draft
 
     the target's GPUs a draft on fewer GPUs leaves idle draw their idle power meanwhile. Per GPU
     power over the step t = K t_draft + t_verify; per token over the tokens it gives (batch x dp x E
-    per sequence); per node over `nodes` nodes."""
+    per sequence); per node over the job's nodes (as power.step_energy_arrays counts them)."""
+    k, n_target, n_draft = job.spec_tokens, job.n_gpus, draft_job.n_gpus
+    idle_w = power.GpuPower.of(system.gpu, job.dtype).idle_w
+    nodes = n_target / min(n_target, system.gpu_count)
     t = k * np.asarray(t_draft, float) + np.asarray(t_verify, float)
     gpu_j = verify["gpu_energy_j"] + k * (draft["gpu_energy_j"] + (n_target - n_draft) * idle_w * t_draft)
     host_j = verify["host_energy_j"] + k * draft["host_energy_j"]
@@ -186,11 +189,9 @@ def predict_speculative(model: ModelConfig, system: System, job: Job, acceptance
     t = k * draft_step.time_s + verify.time_s
     energy = None
     if verify.energy is not None and draft_step.energy is not None:
-        per_node = min(job.n_gpus, system.gpu_count)
-        energy = speculative_energy(verify.energy.as_dict(), draft_step.energy.as_dict(), k, verify.time_s,
-                                    draft_step.time_s, job.n_gpus, draft_step.job.n_gpus,
-                                    power.GpuPower.of(system.gpu, job.dtype).idle_w, job.batch * job.dp * e,
-                                    job.n_gpus / per_node, carbon_g_per_kwh)
+        energy = speculative_energy(verify.energy.as_dict(), draft_step.energy.as_dict(), system, job,
+                                    draft_step.job, verify.time_s, draft_step.time_s, job.batch * job.dp * e,
+                                    carbon_g_per_kwh)
     # the draft's weights and cache sit beside the target's; a head shares the target's embedding
     # and LM head, so it adds one layer's weights (the target's weights / layers, ends included)
     own_weights = draft_step.memory.weights if draft is not None else verify.memory.weights / model.n_layers

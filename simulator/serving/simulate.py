@@ -373,15 +373,15 @@ def step_tables(model: ModelConfig, system: System, tp: int = 1, dtype: str = "b
         act = max(act, inference_memory(model, prof, executor).activations)
     budget = util * gpu.mem_bytes - base.weights - base.workspace - act
     draft_w = 0.0
-    if options.spec_tokens:   # the proposer's weights sit beside the target's; its cache per token too
-        from simulator.core.speculative import check_draft, eagle_head
+    if options.spec_tokens:   # the proposer's weights and cache sit beside the target's, as predict_speculative
+        from simulator.core.speculative import check_draft, draft_plan, eagle_head   # counts them
         if options.draft is not None:
             check_draft(options.draft, model)
         proposer = options.draft if options.draft is not None else eagle_head(model)
-        dj = replace(base_job, tp=tp if options.draft is None else 1)
+        dj = draft_plan(base_job, options.draft)
         draft_w = (inference_memory(proposer, dj, executor).weights if options.draft is not None
                    else base.weights / model.n_layers)
-        kv_tok += kv_cache_bytes(proposer, dj) * (dj.tp / tp if options.draft is not None else 1.0)
+        kv_tok += kv_cache_bytes(proposer, dj)
         budget -= draft_w
     if budget <= 0:
         raise FieldError(

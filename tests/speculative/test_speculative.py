@@ -132,9 +132,12 @@ def test_a_draft_on_fewer_gpus_leaves_the_others_idle_not_free():
     over 13 ms and 4 GPUs (196 W each), per token over 16 x 2.5 tokens."""
     from simulator.core.speculative import draft_plan, speculative_energy
     from simulator.core.models import load_model as _load
+    from simulator.core.specs import load_gpu, system_from_gpu
     from simulator.core.workload import Job as _Job
+    job = _Job("decode", batch=16, tp=4, spec_tokens=3)
     e = speculative_energy({"gpu_energy_j": 8.0, "host_energy_j": 0.4}, {"gpu_energy_j": 0.5, "host_energy_j": 0.02},
-                           3, 0.010, 0.001, 4, 1, 75.0, 16 * 2.5, 1.0, 481.0)
+                           system_from_gpu(load_gpu("h100-sxm"), 4), job, _Job("decode", batch=16), 0.010, 0.001,
+                           16 * 2.5, 481.0)
     assert e["gpu_energy_j"] == pytest.approx(10.175)
     assert e["energy_j"] == pytest.approx(10.175 + 0.46)
     assert e["power_w"] == pytest.approx(10.175 / (0.013 * 4))
