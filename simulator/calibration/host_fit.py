@@ -37,6 +37,7 @@ torch.profiler trace (the one whose kernels fill the least of its CPU span):
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 from itertools import pairwise
@@ -402,28 +403,42 @@ def fit_end_to_end(c: TraceCosts, kpo: dict, prof: dict, name: str, model, cases
                                                     for x in dec])), 1e7, "the new-shape cost")
     fields = rounded({**fields, "host_new_shape_us": new_shape})
     fitted = {_case_id(x) for x in pre} | ({_case_id(x) for x in dec} if c.builds else set())
-    rows = []
-    for x in mine:
+    ev = {"k_prof": k, "k_fitted_on": [{"id": _case_id(x), "measured_s": x["time_s"]} for x in pre],
+          "new_shape_fitted_on": [{"id": _case_id(x), "measured_s": x["time_s"]} for x in dec] if c.builds else [],
+          **evaluate_cases({**prof, **fields}, name, mine, fitted, model.name, system, kp)}
+    return fields, ev
+
+
+def evaluate_cases(prof: dict, name: str, cases: list[dict], fitted: set[str], traced: str, system, kp) -> dict:
+    """Every case of executor `name` predicted with profile `prof`, each marked fitted or held out
+    (of the traced model or another): {"end_to_end": rows, "other_models": the held-out inference
+    cases of other models, summarised (when there are any)}."""
+    from simulator.calibration.accuracy import job_from_case
+    from simulator.core.models import load_model
+    from simulator.core.predict import predict
+
+    ex, models, rows = _executor(prof, name), {}, []
+    for x in cases:
         role = "fitted" if _case_id(x) in fitted else (
-            "held out: traced model" if x["model"] == model.name else "held out: other model")
+            "held out: traced model" if x["model"] == traced else "held out: other model")
         row = {"id": _case_id(x), "model": x["model"], "phase": x["phase"], "batch": int(x["batch"]),
                "seq": int(x.get("seq", 0)), "context": int(x.get("context", 0)), "role": role,
                "measured_s": float(x["time_s"])}
         try:
-            p = run(x, fields)
+            if x["model"] not in models:
+                models[x["model"]] = load_model(x["model"])
+            p = predict(models[x["model"]], system, job_from_case(x), ex, kp, check_memory=False, with_ops=False)
         except RoofplanError as e:
             rows.append({**row, "note": str(e)})
             continue
         rows.append({**row, "predicted_s": p.time_s, "error": p.time_s / x["time_s"] - 1, "bound": p.bound})
-    ev = {"k_prof": k, "k_fitted_on": [{"id": _case_id(x), "measured_s": x["time_s"]} for x in pre],
-          "new_shape_fitted_on": [{"id": _case_id(x), "measured_s": x["time_s"]} for x in dec] if c.builds else [],
-          "end_to_end": rows}
+    out = {"end_to_end": rows}
     other = [r for r in rows if r["role"] == "held out: other model" and "error" in r and r["phase"] in ("prefill", "decode")]
     if other:
         errs = [r["error"] for r in other]
-        ev["other_models"] = {"models": sorted({r["model"] for r in other}), "inference_cases": len(errs),
-                              "min_error": min(errs), "max_error": max(errs), "mape": float(np.mean(np.abs(errs)))}
-    return fields, ev
+        out["other_models"] = {"models": sorted({r["model"] for r in other}), "inference_cases": len(errs),
+                               "min_error": min(errs), "max_error": max(errs), "mape": float(np.mean(np.abs(errs)))}
+    return out
 
 
 def fit_step_time(c: TraceCosts, step: HostStep, kpo: dict, step_time_s: float, where: str) -> tuple[dict, dict]:
@@ -498,4 +513,131 @@ def fit_host(trace: Trace, segment: str, stats: dict, struct: dict | None, prof:
           "kinds": kind_table(c, k, fields.get("host_new_shape_us")),
           "profiled_fields_us": rounded({**profile_fields(c, kpo), "host_new_shape_us": c.build_s * 1e6}),
           **fit_ev, "held_out": held}
+    return fields, ev
+
+
+# ---------------------------------------------------------------- training steps
+TRAIN_NODE = "autograd::engine::evaluate_function: "
+TRAIN_NODE_CLASSES = ("elementwise", "norm", "gemm", "attention", "embedding", "loss")
+_NODE_GEMM = {"Mm", "Bmm", "Addmm", "Linear", "Matmul"}
+_NODE_NORM = {"Pow", "Rsqrt", "Mean", "NativeLayerNorm", "RmsNorm", "FusedRmsNorm"}
+_NODE_LOSS = {"NllLoss", "NllLoss2D", "LogSoftmax", "CrossEntropyLoss"}
+
+
+def node_class(name: str) -> str:
+    """The op class of the forward kernel an autograd node differentiates (its name less
+    "Backward<n>"): MmBackward0 -> gemm, PowBackward0 -> norm, the SDPA backward -> attention."""
+    base = re.sub(r"Backward\d*$", "", name.removeprefix(TRAIN_NODE))
+    if "Attention" in base:
+        return "attention"
+    for cls, names in (("gemm", _NODE_GEMM), ("norm", _NODE_NORM), ("loss", _NODE_LOSS)):
+        if base in names:
+            return cls
+    return "embedding" if base == "Embedding" else "elementwise"
+
+
+@dataclass(frozen=True)
+class TrainHost:
+    """One training step's CPU timeline, profiled seconds: the forward (the thread that runs the
+    model, from the step's first op to the first autograd node), the backward (the autograd
+    engine's thread, first node to last), optimizer.step + zero_grad, and the backward nodes
+    that launch kernels: count and mean CPU time per class (`node_class`)."""
+    segment: str
+    layers: int
+    forward_s: float
+    backward_s: float
+    optimizer_s: float
+    node_count: dict
+    node_s: dict
+    bookkeeping_nodes: int      # view and gradient-accumulation nodes that launch nothing
+
+
+def _sync_s(trace: Trace, tid, t0: float, t1: float) -> float:
+    rt = trace.runtime
+    if rt is None:
+        return 0.0
+    s = rt[(rt["tid"] == tid) & rt["name"].isin(SYNC_CALLS) & (rt["ts_s"] >= t0) & (rt["ts_s"] < t1)]
+    return float(s["dur_s"].sum())
+
+
+def train_host_step(trace: Trace, segment: str, tops: pd.DataFrame | None = None) -> TrainHost:
+    """The host timeline of a training segment (see TrainHost)."""
+    tops = top_level_ops(trace) if tops is None else tops
+    seg = trace.segments.set_index("name").loc[segment]
+    where = f"trace {Path(trace.path).name}: segment {segment}"
+    mine = tops[(tops["ts_s"] >= seg.t0_s) & (tops["ts_s"] < seg.t1_s)]
+    nodes = mine[mine["name"].str.startswith(TRAIN_NODE)]
+    if not len(nodes):
+        raise RoofplanError(f"{where} has no autograd backward nodes ({TRAIN_NODE}...); record a whole training step")
+    b0, b1 = float(nodes["ts_s"].min()), float((nodes["ts_s"] + nodes["dur_s"]).max())
+    main = mine.sort_values("ts_s").iloc[0]
+    fwd = mine[(mine["tid"] == main["tid"]) & (mine["ts_s"] < b0)]
+    attn = fwd[fwd["kind"] == "attention"]
+    if len(attn) < 2:
+        raise RoofplanError(f"{where}: its forward has {len(attn)} attention call(s); the training host fit needs a decoder "
+                            "step with 2 or more layers")
+    bwd_tid = nodes["tid"].iloc[0]
+    if ((mine["tid"] == bwd_tid) & (mine["kind"] == "attention") & (mine["ts_s"] >= b0)).any():
+        raise RoofplanError(f"{where} recomputes the forward in its backward (gradient checkpointing); the training host "
+                            "fit needs a step without recompute")
+    f0 = float(fwd["ts_s"].min())
+    c = trace.cpu_ops
+    opt = c[c["user"] & c["name"].str.startswith(("Optimizer.step", "Optimizer.zero_grad"))
+            & (c["ts_s"] >= b0) & (c["ts_s"] < seg.t1_s)]
+    work = nodes[nodes["kernels"] > 0]
+    cls = work["name"].map(node_class)
+    return TrainHost(segment, len(attn), b0 - f0 - _sync_s(trace, main["tid"], f0, b0),
+                     b1 - b0 - _sync_s(trace, bwd_tid, b0, b1), float(opt["dur_s"].sum()),
+                     {k: int((cls == k).sum()) for k in TRAIN_NODE_CLASSES},
+                     {k: float(work.loc[cls == k, "dur_s"].mean()) if (cls == k).any() else 0.0 for k in TRAIN_NODE_CLASSES},
+                     int(len(nodes) - len(work)))
+
+
+def fit_train_host(trace: Trace, segment: str, k: float, prof: dict, name: str, system, kp) -> tuple[dict, dict]:
+    """The executor's training host fields from a traced training step, deflated by the profiler
+    factor k of the inference fit (the same profiler and machine): each backward node class costs
+    k x its mean traced node; host_backward_per_layer_us and host_autograd_scale are solved so
+    that the host lane of the traced model (simulator.core.step) issues the forward and the
+    backward in k x their traced spans; host_optimizer_us = k x optimizer.step + zero_grad.
+    Returns (fields, evidence)."""
+    from simulator.calibration.trace_fit import layer_structure
+    from simulator.core.models import list_models
+    from simulator.core.roofline import op_host_s
+    from simulator.core.step import end_ops, stage_ops, train_host_s
+    from simulator.core.workload import Job
+
+    where = f"trace {Path(trace.path).name}: segment {segment}"
+    th = train_host_step(trace, segment)
+    model = traced_model(layer_structure(trace), th.layers, list_models())
+    if model is None:
+        raise RoofplanError(f"{where}: no model in the zoo has the traced shape ({th.layers} layers); add its config to "
+                            "workloads/models")
+    fallback = th.node_s["elementwise"]
+    per_node_us = {c: round(k * (th.node_s[c] or fallback) * 1e6, 1) for c in TRAIN_NODE_CLASSES}
+    ex = _executor({**prof, "host_backward_per_kernel_us": per_node_us, "host_backward_per_layer_us": 0,
+                    "host_autograd_scale": 1.0}, name)
+    job = Job(phase="train", batch=1, seq=1024, recompute="none")
+    if model.is_moe:
+        raise RoofplanError(f"{where}: the training host fit covers dense decoders; {model.name} is a mixture of experts")
+    fwd, _ = stage_ops(model, job, ex, False)
+    fwd = [o for o in fwd if o.cls != "communication"]
+    emb, head = end_ops(model, job, ex)
+    ends = emb + head
+    L = model.n_layers
+    # forward lane at autograd scale s: step cost + s x (layers x (per layer + ops) + end ops' forward)
+    unscaled = L * (ex.host_per_layer_s + sum(op_host_s(o, ex) for o in fwd)) \
+        + sum(op_host_s(o, ex) for o in ends if o.pass_ != "bwd")
+    scale = (k * th.forward_s - ex.host_overhead_per_step_s) / unscaled
+    nodes_s = L * sum(train_host_s(o, ex, True) for o in fwd) + sum(train_host_s(o, ex, True) for o in ends if o.pass_ == "bwd")
+    per_layer = (k * th.backward_s - nodes_s) / L
+    if scale <= 0 or per_layer < 0:
+        raise RoofplanError(f"{where}: its forward or backward CPU span ({th.forward_s * 1e3:.1f} / {th.backward_s * 1e3:.1f} ms "
+                            f"profiled) is shorter than the inference host costs give; is k = {k:.3f} the same profiler's?")
+    fields = {"host_autograd_scale": round(scale, 4), "host_backward_per_kernel_us": per_node_us,
+              "host_backward_per_layer_us": int(round(per_layer * 1e6)), "host_optimizer_us": int(round(k * th.optimizer_s * 1e6))}
+    ev = {"trace": Path(trace.path).name, "segment": segment, "model": model.name, "layers": th.layers, "k_prof": k,
+          "forward_ms_profiled": th.forward_s * 1e3, "backward_ms_profiled": th.backward_s * 1e3,
+          "optimizer_ms_profiled": th.optimizer_s * 1e3, "bookkeeping_nodes": th.bookkeeping_nodes,
+          "nodes": {c: {"count": th.node_count[c], "mean_us_profiled": round(th.node_s[c] * 1e6, 1),
+                        "us_unprofiled": per_node_us[c]} for c in TRAIN_NODE_CLASSES}}
     return fields, ev

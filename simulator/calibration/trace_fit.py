@@ -30,7 +30,8 @@ from simulator.core.errors import FieldError, RoofplanError
 from simulator.core.profiles import KernelProfile
 from simulator.core.roofline import gemm_time
 from simulator.core.specs import System
-from simulator.calibration.host_fit import HOST_BOUND_GPU_BUSY, fit_host, host_bound_segment
+from simulator.calibration.host_fit import (HOST_BOUND_GPU_BUSY, evaluate_cases, fit_host, fit_train_host,
+                                           host_bound_segment)
 from simulator.calibration.trace import Trace, shape
 
 
@@ -218,6 +219,17 @@ def fit_executor_profile(traces: list[Trace], system: System, kp: KernelProfile,
         fields, evidence["host"] = fit_host(host[0], host[1], host[2], struct, prof, name, system, kp,
                                             step_time_s, end_to_end)
         prof.update(fields)
+        train = [(t, s) for t in traces if not t.cpu_only for s, ph in zip(t.segments["name"], t.segments["phase"])
+                 if ph == "train"]
+        if train:
+            # the training host lane, deflated by the inference fit's profiler factor (same profiler)
+            fields, evidence["train_host"] = fit_train_host(*train[0], evidence["host"]["k_prof"], prof, name, system, kp)
+            prof.update(fields)
+            h = evidence["host"]
+            if end_to_end is not None:      # the held-out cases, now with the training fields
+                fitted = {x["id"] for x in h["k_fitted_on"] + h["new_shape_fitted_on"]}
+                cases = [x for x in end_to_end[1] if x.get("executor", "default") == h["executor_cases"]]
+                h["held_out"].update(evaluate_cases(prof, h["executor_cases"], cases, fitted, h["model"], system, kp))
     elif not any(t.cpu_only for t in traces):
         for flag, val in (("step_time_s", step_time_s), ("end_to_end", end_to_end and end_to_end[0])):
             if val:

@@ -80,13 +80,15 @@ def _executor_base(out: Path) -> tuple[dict, str, str]:
 # sentences this command writes into `source` (refitting replaces them), and those of the host fit
 _OWN_SENTENCES = ("fitted by `roofplan calibrate", "Other fields")
 _HOST_SENTENCES = ("Host lane", "Mapped onto roofplan ops", "Held out")
+_TRAIN_SENTENCES = ("Training (",)
+TRAIN_HOST_FIELDS = ("host_autograd_scale", "host_backward_per_kernel_us", "host_backward_per_layer_us", "host_optimizer_us")
 
 
-def _kept_sentences(source: str, refitted: set[str], host: bool) -> list[str]:
+def _kept_sentences(source: str, refitted: set[str], host: bool, train: bool = False) -> list[str]:
     """Sentences of a refitted profile's source about what the fit keeps: not written by this
-    command (its host sentences only when the host costs were refitted) and naming no refitted
-    field."""
-    own = _OWN_SENTENCES + (_HOST_SENTENCES if host else ())
+    command (its host sentences only when the host costs were refitted, its training sentence
+    when the training host costs were) and naming no refitted field."""
+    own = _OWN_SENTENCES + (_HOST_SENTENCES if host else ()) + (_TRAIN_SENTENCES if train else ())
     out = []
     for s in re.split(r"(?<=\.)\s+(?=[A-Za-z`])", source.strip()):
         if not s or s.startswith(own) or (host and re.fullmatch(r"\S+ cases are held out\.", s)) \
@@ -134,6 +136,22 @@ def _host_source(h: dict, trace: str) -> list[str]:
     if parts:
         out.append("Held out: " + "; ".join(parts) + ".")
     return out
+
+
+def _train_host_source(t: dict, f: dict, held: list[dict]) -> str:
+    """The training host fit's sentence (evidence of host_fit.fit_train_host)."""
+    n = t["nodes"]
+    nodes = ", ".join(f"{c} {n[c]['mean_us_profiled']:g}" for c in n if n[c]["count"])
+    text = (f"Training (host_fit.fit_train_host, from the CPU timeline of {t['trace']}, {t['segment']} of {t['model']}, "
+            f"deflated by the same {t['k_prof']:.4f}): the forward thread spends {t['forward_ms_profiled']:.1f} ms profiled, "
+            f"the autograd thread {t['backward_ms_profiled']:.1f} ms, optimizer.step + zero_grad {t['optimizer_ms_profiled']:.1f} ms; "
+            f"mean backward node by class (us profiled: {nodes}) gives host_backward_per_kernel_us; host_autograd_scale "
+            f"{f['host_autograd_scale']:g} and host_backward_per_layer_us {f['host_backward_per_layer_us']:g} make the host lane of "
+            f"{t['model']} issue the forward and the backward in k x their traced spans")
+    rows = [r for r in held if r["phase"] == "train" and "error" in r]
+    if rows:
+        text += "; held out: " + ", ".join(f"{r['id']} {100 * r['error']:+.1f}%" for r in rows)
+    return text + "."
 
 
 def _held_out_rows(h: dict | None) -> list[list[str]]:
@@ -234,7 +252,11 @@ def cmd_calibrate(args) -> int:
             ev["host"]["fields"] = {k: prof[k] for k in ("host_overhead_per_kernel_us", "host_per_op_us", "host_per_layer_us",
                                                          "host_overhead_per_step_us", "host_new_shape_us")}
             src += _host_source(ev["host"], ev["host"]["trace"])
-        src += _kept_sentences(base_source, refitted, "host" in ev)
+        if "train_host" in ev:
+            refitted |= set(TRAIN_HOST_FIELDS)
+            ev["train_host"]["fields"] = {k: prof[k] for k in TRAIN_HOST_FIELDS}
+            src.append(_train_host_source(ev["train_host"], prof, ev["host"]["held_out"].get("end_to_end", [])))
+        src += _kept_sentences(base_source, refitted, "host" in ev, "train_host" in ev)
         if "gemm" in ev:
             g = ev["gemm"]
             src.append("gemm_efficiency_scale: measured/predicted time of the traces' compute-bound GEMM calls: "
@@ -256,6 +278,11 @@ def cmd_calibrate(args) -> int:
         result["executor_profile"] = {"path": str(out), "fields": {k: v for k, v in ordered.items() if k not in ("description", "source")},
                                       "evidence": ev}
         rows += [["executor profile", k, str(v)] for k, v in ordered.items() if k not in ("description", "source")]
+        if "train_host" in ev:
+            t = ev["train_host"]
+            rows.append(["train host fit", f"{t['segment']} of {t['trace']}",
+                         f"forward {t['forward_ms_profiled']:.1f} ms, backward {t['backward_ms_profiled']:.1f} ms, optimizer "
+                         f"{t['optimizer_ms_profiled']:.1f} ms profiled, x k"])
         rows += _held_out_rows(ev.get("host"))
     for path, d, style in writes:
         _write(path, d, **style)
