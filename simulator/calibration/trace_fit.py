@@ -215,12 +215,15 @@ def fit_executor_profile(traces: list[Trace], system: System, kp: KernelProfile,
         if hb:
             host = (t, *hb)
             break
+    train = [(t, s) for t in traces if not t.cpu_only for s, ph in zip(t.segments["name"], t.segments["phase"])
+             if ph == "train"]
+    if train and not host:
+        evidence["train_host_kept"] = ("the training host costs need the profiler factor of an inference fit: pass "
+                                       "the same stack's inference trace (a host-bound step) and --end-to-end too")
     if host:
         fields, evidence["host"] = fit_host(host[0], host[1], host[2], struct, prof, name, system, kp,
                                             step_time_s, end_to_end)
         prof.update(fields)
-        train = [(t, s) for t in traces if not t.cpu_only for s, ph in zip(t.segments["name"], t.segments["phase"])
-                 if ph == "train"]
         if train:
             # the training host lane, deflated by the inference fit's profiler factor (same profiler)
             fields, evidence["train_host"] = fit_train_host(*train[0], evidence["host"]["k_prof"], prof, name, system, kp)

@@ -283,6 +283,8 @@ def cmd_calibrate(args) -> int:
             rows.append(["train host fit", f"{t['segment']} of {t['trace']}",
                          f"forward {t['forward_ms_profiled']:.1f} ms, backward {t['backward_ms_profiled']:.1f} ms, optimizer "
                          f"{t['optimizer_ms_profiled']:.1f} ms profiled, x k"])
+        if "train_host_kept" in ev:
+            rows.append(["train host fit", "host_autograd_scale ... host_optimizer_us kept", ev["train_host_kept"]])
         rows += _held_out_rows(ev.get("host"))
     for path, d, style in writes:
         _write(path, d, **style)
