@@ -195,6 +195,18 @@ def test_training_host_fit_from_the_training_trace(shared, tmp_path, capsys):
     assert rows["train-llama-3.2-1b-b1-s2048-nockpt"]["error"] == pytest.approx(-0.051, abs=0.005)
 
 
+def test_autograd_node_classes_and_a_step_without_backward(shared):
+    """Backward nodes are charged per class of the forward kernel they differentiate; a segment
+    with no autograd node (an inference step) is refused in one line."""
+    from simulator.calibration.host_fit import node_class
+    assert [node_class(f"autograd::engine::evaluate_function: {n}") for n in
+            ("MmBackward0", "PowBackward0", "ScaledDotProductCudnnAttentionBackward0", "NllLossBackward0",
+             "EmbeddingBackward0", "MulBackward0", "ToCopyBackward0")] == \
+        ["gemm", "norm", "attention", "loss", "embedding", "elementwise", "elementwise"]
+    with pytest.raises(RoofplanError, match="no autograd backward nodes"):
+        train_host_step(cached_trace(INFER), "decode#1")
+
+
 def test_training_trace_alone_keeps_the_training_host_costs(shared, tmp_path, capsys):
     """Without an inference host fit there is no profiler factor: the training trace alone leaves
     the training host fields as they were."""
