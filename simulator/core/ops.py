@@ -170,16 +170,18 @@ EAGER_NORM_CAST_BYTES = 6 + 6 - 4  # per element: the casts (2 + 4, 4 + 2 B) les
 
 
 def _norm_op(name: str, model: ModelConfig, job: Job, ex: ExecutorProfile, tokens, count: int,
-             residual_bytes: float | None = None) -> Op:
-    """One RMSNorm / LayerNorm over `tokens` x hidden elements (layer norms and the final norm).
+             residual_bytes: float | None = None, width: int | None = None) -> Op:
+    """One RMSNorm / LayerNorm over `tokens` x `width` elements (default the hidden size: the layer
+    norms and the final norm; the query/key norms pass their projection's width).
     An eager RMSNorm (HF LlamaRMSNorm: x.float(), pow, mean, add, rsqrt, mul, .to(input_dtype),
     weight *) reads an fp32 residual (training under autocast) without its two casts: 6 kernels
     and 28 B per element instead of 8 and 36 (both traced: 198 norm kernels for 33 norms in the
     Llama-3.2-1B training trace, 520 for 65 in the 8B inference trace)."""
+    width = model.hidden if width is None else width
     flops = (
         4.0  # FLOPs per element: square, mean, scale by the reciprocal root, weight multiply
         * tokens  # T: tokens normalised
-        * model.hidden  # d: hidden size
+        * width  # elements normalised per token
     )
     per_elem = ex.norm_bytes_per_elem * DTYPE_BYTES[job.dtype] / 2   # the profile counts them at bf16
     kernels = ex.norm_kernels if model.norm == "rms" else 1   # LayerNorm: one fused kernel
@@ -188,7 +190,7 @@ def _norm_op(name: str, model: ModelConfig, job: Job, ex: ExecutorProfile, token
     bytes_ = (
         per_elem  # HBM bytes per element of the executor's norm kernels
         * tokens  # T: tokens normalised
-        * model.hidden  # d: hidden size
+        * width  # elements normalised per token
     )
     return Op(name, "norm", flops, bytes_, count, kernels, dtype=job.dtype)
 
@@ -200,6 +202,17 @@ def norm_ops(c: LayerCall, name: str) -> list[Op]:
     (executor profile default.yaml / hf-eager.yaml); apex's fused LayerNorm is one kernel reading
     and writing the element once, 4 B (megatron.yaml)."""
     return [_norm_op(f"{c.prefix}{name}", c.model, c.job, c.ex, c.tokens, c.count, c.residual_bytes)]
+
+
+def qk_norm_ops(c: LayerCall) -> list[Op]:
+    """Query and key norms before RoPE (Qwen3: an RMSNorm over each head's head_dim, OLMoE: over
+    the whole projection; the same elements either way): two norms of the executor's kind (HF's
+    q_norm and k_norm modules are eager RMSNorms, 8 kernels each) over T x h x d_head and
+    T x h_kv x d_head elements of this rank."""
+    if not c.model.qk_norm:
+        return []
+    return [_norm_op(f"{c.prefix}{name}", c.model, c.job, c.ex, c.tokens, c.count, width=heads * c.model.head_dim)
+            for name, heads in (("q_norm", c.heads), ("k_norm", c.kv_heads))]
 
 
 def autocast_cast_ops(c: LayerCall, inputs: frozenset) -> list[Op]:
@@ -704,6 +717,7 @@ def layer_forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bo
         norm_ops(c, "attn_norm")
         + autocast_cast_ops(c, ATTENTION_CAST_INPUTS)
         + attention_projection_ops(c)
+        + qk_norm_ops(c)
         + rotary_embedding_ops(c)
         + kv_cache_write_ops(c)
         + attention_core_ops(c)

@@ -154,3 +154,24 @@ def test_eager_rmsnorm_reads_an_fp32_residual_without_its_casts():
     # a fused norm (Megatron's apex LayerNorm: 1 kernel) has no casts to drop
     mega = load_executor_profile("megatron")
     assert {o.kernels for o in forward_ops(m, Job("train", batch=4, seq=2048), mega) if o.cls == "norm"} == {1}
+
+
+def test_qwen3_normalises_queries_and_keys_per_head():
+    """Qwen3's attention applies q_norm and k_norm (RMSNorms over head_dim) to every query and
+    key head before RoPE (HF Qwen3Attention); Llama has none. Qwen3-8B: 32 query heads, 8 K/V
+    heads, head_dim 128; HF eager: 8 kernels and 36 B per element each, like the layer norms;
+    at tp 2 each rank normalises its own heads."""
+    m, ex = load_model("qwen3-8b"), load_executor_profile("hf-eager")
+    job = Job("prefill", batch=2, seq=512)
+    ops = {o.name: o for o in layer_forward_ops(m, job, ex, False, 1, tokens=1024, batch=2, q_len=512, kv_len=0,
+                                                   prefix="layer.")}
+    assert (ops["layer.q_norm"].bytes, ops["layer.k_norm"].bytes) == (36 * 1024 * 32 * 128, 36 * 1024 * 8 * 128)
+    assert ops["layer.q_norm"].kernels == ops["layer.k_norm"].kernels == 8
+    names = list(ops)
+    assert names.index("layer.k") < names.index("layer.q_norm") < names.index("layer.rope")
+    tp2 = {o.name: o for o in layer_forward_ops(m, Job("prefill", batch=2, seq=512, tp=2), ex, False, 1, tokens=1024,
+                                                   batch=2, q_len=512, kv_len=0, prefix="layer.")}
+    assert tp2["layer.q_norm"].bytes == ops["layer.q_norm"].bytes / 2
+    llama = layer_forward_ops(load_model("llama-3.1-8b"), job, ex, False, 1, tokens=1024, batch=2, q_len=512,
+                              kv_len=0, prefix="layer.")
+    assert not [o for o in llama if o.name.endswith(("q_norm", "k_norm"))]
