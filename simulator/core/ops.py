@@ -83,14 +83,18 @@ def _split_tp(lin: Linear, tp: int) -> tuple[int, int]:
 
 
 def _linears(model: ModelConfig, moe: bool, ex: ExecutorProfile) -> list[Linear]:
+    """The layer's linears as the executor issues them: q/k/v and gate/up split unless it fuses
+    them (for every model, or for this model's family: `fused_families`)."""
     out = []
+    fused_qkv = ex.fused_qkv or f"{model.family}.qkv" in ex.fused_families
+    fused_gate_up = ex.fused_gate_up or f"{model.family}.gate_up" in ex.fused_families
     for lin in model.layer_linears(moe):
-        if lin.name == "qkv" and not ex.fused_qkv:
+        if lin.name == "qkv" and not fused_qkv:
             hd = model.head_dim
             out += [Linear("q", lin.d_in, model.n_heads * hd, lin.bias),
                     Linear("k", lin.d_in, model.n_kv_heads * hd, lin.bias),
                     Linear("v", lin.d_in, model.n_kv_heads * hd, lin.bias)]
-        elif lin.name == "gate_up" and not ex.fused_gate_up:
+        elif lin.name == "gate_up" and not fused_gate_up:
             f = lin.d_out // 2
             out += [Linear("gate", lin.d_in, f), Linear("up", lin.d_in, f)]
         else:

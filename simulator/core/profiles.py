@@ -117,6 +117,9 @@ class ExecutorProfile:
     host_optimizer_s: float = 0.0             # optimizer.step() + zero_grad() on the host
     fused_qkv: bool = True
     fused_gate_up: bool = True
+    fused_families: tuple[str, ...] = ()   # "family.qkv" / "family.gate_up": projections this stack's
+                                           # code for that model family fuses whatever fused_qkv /
+                                           # fused_gate_up say (HF transformers: Phi-3, GPT-2)
     norm_kernels: int = 8            # eager fp32 RMSNorm: cast, pow, mean, add, rsqrt, mul, cast, mul
     norm_bytes_per_elem: float = 36  # HBM traffic of those kernels per element (bf16 in/out)
     rope_kernels: int = 10           # q and k: 2 x (mul, neg, cat, mul, add)
@@ -344,6 +347,7 @@ class ExecutorFields(Strict):
     host_optimizer_us: NonNegative = 0.0
     fused_qkv: bool = True
     fused_gate_up: bool = True
+    fused_families: list[Annotated[str, Field(pattern=r"^[a-z0-9_]+\.(qkv|gate_up)$")]] = []
     norm_kernels: NonNegInt = 8
     norm_bytes_per_elem: NonNegative = 36
     rope_kernels: NonNegInt = 10

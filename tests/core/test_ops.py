@@ -175,3 +175,25 @@ def test_qwen3_normalises_queries_and_keys_per_head():
     llama = layer_forward_ops(load_model("llama-3.1-8b"), job, ex, False, 1, tokens=1024, batch=2, q_len=512,
                               kv_len=0, prefix="layer.")
     assert not [o for o in llama if o.name.endswith(("q_norm", "k_norm"))]
+
+
+def test_hf_eager_issues_the_projections_each_family_defines(tmp_path):
+    """HF transformers splits q/k/v and gate/up for Llama-style families (7 GEMMs per layer,
+    traced) but its Phi-3 code fuses both (qkv_proj, gate_up_proj: 4) and GPT-2's c_attn fuses
+    q/k/v; the executor's `fused_families` says so, the same FLOPs either way."""
+    import json
+    cfg = {"model_type": "phi3", "hidden_size": 3072, "num_hidden_layers": 32, "num_attention_heads": 32,
+           "num_key_value_heads": 32, "intermediate_size": 8192, "vocab_size": 32064,
+           "max_position_embeddings": 4096}     # microsoft/Phi-3-mini-4k-instruct config.json
+    (tmp_path / "phi3.json").write_text(json.dumps(cfg))
+    hf, graph = load_executor_profile("hf-eager"), load_executor_profile("default")
+    job = Job("prefill", batch=1, seq=128)
+
+    def gemms(model, ex):
+        return [o for o in layer_forward_ops(model, job, ex, False, 1, tokens=128, batch=1, q_len=128, kv_len=0,
+                                             prefix="layer.") if o.cls == "gemm"]
+    phi3, llama = load_model(str(tmp_path / "phi3.json")), load_model("llama-3.1-8b")
+    assert [o.name for o in gemms(phi3, hf)] == ["layer.qkv", "layer.o", "layer.gate_up", "layer.down"]
+    assert len(gemms(llama, hf)) == 7 and len(gemms(llama, graph)) == 4
+    assert sum(o.flops for o in gemms(phi3, hf)) == sum(o.flops for o in gemms(phi3, graph))
+    assert [o.name for o in gemms(load_model("gpt2"), hf)] == ["layer.qkv", "layer.o", "layer.up", "layer.down"]
