@@ -612,13 +612,13 @@ def fit_train_host(trace: Trace, segment: str, k: float, prof: dict, name: str, 
     if model is None:
         raise RoofplanError(f"{where}: no model in the zoo has the traced shape ({th.layers} layers); add its config to "
                             "workloads/models")
+    if model.is_moe:
+        raise RoofplanError(f"{where}: the training host fit covers dense decoders; {model.name} is a mixture of experts")
     fallback = th.node_s["elementwise"]
     per_node_us = {c: round(k * (th.node_s[c] or fallback) * 1e6, 1) for c in TRAIN_NODE_CLASSES}
     ex = _executor({**prof, "host_backward_per_kernel_us": per_node_us, "host_backward_per_layer_us": 0,
                     "host_autograd_scale": 1.0}, name)
-    job = Job(phase="train", batch=1, seq=1024, recompute="none")
-    if model.is_moe:
-        raise RoofplanError(f"{where}: the training host fit covers dense decoders; {model.name} is a mixture of experts")
+    job = Job(phase="train", batch=1, seq=1024, recompute="none")      # host costs do not depend on the sizes
     fwd, _ = stage_ops(model, job, ex, False)
     fwd = [o for o in fwd if o.cls != "communication"]
     emb, head = end_ops(model, job, ex)
