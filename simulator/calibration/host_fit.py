@@ -348,9 +348,10 @@ def pick_executor(cases: list[dict], model: str, preferred: str) -> str | None:
 def fit_end_to_end(c: TraceCosts, kpo: dict, prof: dict, name: str, model, cases: list[dict], system, kp,
                    where: str) -> tuple[dict, dict]:
     """k on the un-profiled batch-1 prefill cases of `model` with executor `name` (host-bound ones),
-    then host_new_shape_us on its decode cases when the traced step built a graph; every other
-    case of the executor is predicted with the result (held out). `prof`: the profile fitted so
-    far (structure, GEMM scale, kept fields). Returns (host fields, evidence)."""
+    then host_new_shape_us on its decode cases when the traced step built a graph (the executor's
+    other cases are predicted once the whole profile is fitted: `evaluate_cases`, called by
+    trace_fit.fit_executor_profile). `prof`: the profile fitted so far (structure, GEMM scale,
+    kept fields). Returns (host fields, evidence)."""
     from scipy.optimize import brentq
 
     from simulator.calibration.accuracy import job_from_case
@@ -402,10 +403,8 @@ def fit_end_to_end(c: TraceCosts, kpo: dict, prof: dict, name: str, model, cases
         new_shape = solve(lambda us: float(np.mean([math.log(run(x, {**fields, "host_new_shape_us": us}).time_s / x["time_s"])
                                                     for x in dec])), 1e7, "the new-shape cost")
     fields = rounded({**fields, "host_new_shape_us": new_shape})
-    fitted = {_case_id(x) for x in pre} | ({_case_id(x) for x in dec} if c.builds else set())
     ev = {"k_prof": k, "k_fitted_on": [{"id": _case_id(x), "measured_s": x["time_s"]} for x in pre],
-          "new_shape_fitted_on": [{"id": _case_id(x), "measured_s": x["time_s"]} for x in dec] if c.builds else [],
-          **evaluate_cases({**prof, **fields}, name, mine, fitted, model.name, system, kp)}
+          "new_shape_fitted_on": [{"id": _case_id(x), "measured_s": x["time_s"]} for x in dec] if c.builds else []}
     return fields, ev
 
 
@@ -504,9 +503,6 @@ def fit_host(trace: Trace, segment: str, stats: dict, struct: dict | None, prof:
         except RoofplanError:
             continue
     held = {"traced_steps": traced}
-    for key in ("other_models", "end_to_end"):
-        if key in fit_ev:
-            held[key] = fit_ev.pop(key)
     ev = {"trace": Path(trace.path).name, **stats, "wall_s": step_time_s or stats["traced_cpu_span_s"], "host_s": step.host_s, "sync_s": step.sync_s,
           "layers": step.layers, "ops": len(step.ops), "ops_per_layer": len(step.in_layers) // step.layers,
           "model": model.name if model is not None else None, "kernels_per_op": kpo,

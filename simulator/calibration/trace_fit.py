@@ -228,11 +228,11 @@ def fit_executor_profile(traces: list[Trace], system: System, kp: KernelProfile,
             # the training host lane, deflated by the inference fit's profiler factor (same profiler)
             fields, evidence["train_host"] = fit_train_host(*train[0], evidence["host"]["k_prof"], prof, name, system, kp)
             prof.update(fields)
-            h = evidence["host"]
-            if end_to_end is not None:      # the held-out cases, now with the training fields
-                fitted = {x["id"] for x in h["k_fitted_on"] + h["new_shape_fitted_on"]}
-                cases = [x for x in end_to_end[1] if x.get("executor", "default") == h["executor_cases"]]
-                h["held_out"].update(evaluate_cases(prof, h["executor_cases"], cases, fitted, h["model"], system, kp))
+        h = evidence["host"]
+        if end_to_end is not None:      # every case of the executor with the final profile: fitted or held out
+            fitted = {x["id"] for x in h["k_fitted_on"] + h["new_shape_fitted_on"]}
+            cases = [x for x in end_to_end[1] if x.get("executor", "default") == h["executor_cases"]]
+            h["held_out"].update(evaluate_cases(prof, h["executor_cases"], cases, fitted, h["model"], system, kp))
     elif not any(t.cpu_only for t in traces):
         for flag, val in (("step_time_s", step_time_s), ("end_to_end", end_to_end and end_to_end[0])):
             if val:
