@@ -203,3 +203,37 @@ def test_an_alias_bomb_is_one_short_line(hw_copy):
     with pytest.raises(RoofplanError) as e:
         specs.load_link("nvlink-4")
     assert "alias" in str(e.value) and "\n" not in str(e.value) and len(str(e.value)) < 300
+
+
+def test_accelerate_builds_on_hf_eager():
+    """accelerate.yaml names `base: hf-eager`: every field a refit of hf-eager changes (host costs,
+    in-stream kernels) is accelerate's too; its own fields win."""
+    from simulator.core.profiles import load_executor_profile
+    hf, acc = load_executor_profile("hf-eager"), load_executor_profile("accelerate")
+    for f in ("host_overhead_per_kernel_s", "host_per_op_s", "kernel_overhead_s", "gemm_overhead_s",
+              "gemm_memory_efficiency", "attn_decode_overhead_s", "memory_efficiency_scale", "stream_gap_s",
+              "gemm_efficiency_scale", "fused_families", "kv_cache_concat"):
+        assert getattr(acc, f) == getattr(hf, f), f
+    assert acc.host_per_layer_s == pytest.approx(913.5e-6) and acc.host_per_layer_s != hf.host_per_layer_s
+    assert acc.offload_embeddings and not hf.offload_embeddings
+    assert (acc.fitted_on, hf.fitted_on) == ("", "h100-sxm")      # the hooks' costs: from accelerate's code
+    assert acc.description != hf.description and acc.source.startswith("base: hf-eager")
+
+
+@pytest.mark.parametrize("old, new, says", [
+    ("base: hf-eager", "base: hf-eagre", r"field 'base' is 'hf-eagre', not an executor profile \(did you mean: hf-eager"),
+    ("base: hf-eager", "base: accelerate", r"field 'base' makes a cycle \(accelerate -> accelerate\)"),
+])
+def test_a_bad_base_is_one_line(hw_copy, old, new, says):
+    from simulator.core.profiles import load_executor_profile
+    _edit(hw_copy / "profiles" / "executors" / "accelerate.yaml", old, new)
+    with pytest.raises(RoofplanError, match=says):
+        load_executor_profile("accelerate")
+
+
+def test_a_base_cycle_through_two_profiles_is_refused(hw_copy):
+    from simulator.core.profiles import load_executor_profile
+    p = hw_copy / "profiles" / "executors" / "hf-eager.yaml"
+    p.write_text("base: accelerate\n" + p.read_text())
+    with pytest.raises(RoofplanError, match=r"hf-eager.yaml: field 'base' makes a cycle \(accelerate -> hf-eager -> accelerate\)"):
+        load_executor_profile("accelerate")
