@@ -29,6 +29,7 @@ from simulator.core.workload import Job
 
 OP_CLASSES = ("gemm", "attention", "norm", "elementwise", "embedding", "loss", "optimizer",
               "copy", "communication")
+CACHE_CONCAT = "cache_concat"   # Op.kind of the decode KV append by torch.cat: the whole cache copied
 
 # Cross-entropy over the vocabulary in fp32 (HF upcasts the bf16 logits before the loss). Forward
 # bytes per logit: constants.LOSS_BYTES_PER_LOGIT = 2 + 4 + 4 (the bf16 logits read, fp32 values
@@ -427,7 +428,8 @@ def kv_cache_write_ops(c: LayerCall) -> list[Op]:
         * kv_elems  # K/V elements per token on this rank
         * c.act_bytes  # read the new K/V
     )
-    return [Op(f"{c.prefix}kv_write", "elementwise", elems, cache_copy + new_tokens, c.count, 2, dtype=c.job.dtype)]
+    return [Op(f"{c.prefix}kv_write", "elementwise", elems, cache_copy + new_tokens, c.count, 2, kind=CACHE_CONCAT,
+               dtype=c.job.dtype)]
 
 
 def _attention_head_dims(model: ModelConfig, phase: str) -> tuple[int, int]:

@@ -13,7 +13,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Literal, Mapping
@@ -99,9 +99,11 @@ class ExecutorProfile:
     host_overhead_per_kernel_s: float = 0.0   # CPU time to issue one kernel (0: CUDA graph)
     stream_gap_s: float = 0.0                 # GPU-side time between back-to-back kernels of this
                                               # executor's stream (not in a kernel's traced duration)
-    kernel_overhead_s: float | None = None    # GPU time per small kernel inside this executor's
+    kernel_overhead_s: float | Mapping[str, float] | None = None
+                                              # GPU time per small kernel inside this executor's
                                               # stream (graph replay packs kernels tighter than an
-                                              # isolated launch); None = the kernel profile's
+                                              # isolated launch), one value or by op class; None (or
+                                              # a class not named) = the kernel profile's
     host_overhead_per_step_s: float = 0.0     # fixed per step (sampling, cache bookkeeping)
     host_per_op_s: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))  # CPU time to dispatch one op, by op
                                               # class (framework work around the call: argument
@@ -133,9 +135,18 @@ class ExecutorProfile:
     gemm_efficiency_scale: float = 1.0   # this stack's GEMMs vs the microbenchmarked ones (layout, library)
     gemm_bandwidth_scale: float = 1.0    # this stack's memory-bound (small-batch) GEMMs vs the microbenchmarked
                                          # ones, on HBM bandwidth (a serving engine's weight-streaming kernels)
+    gemm_overhead_s: float | None = None       # this stack's GEMM kernels in its stream: time beyond the
+    gemm_memory_efficiency: float | None = None  # work, and the flat share of HBM bandwidth its memory-bound
+                                               # (small-batch) GEMMs reach; None = the kernel profile's
+                                               # (microbenchmarked, isolated: overhead and a curve)
+    memory_efficiency_scale: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+                                               # this stack's memory-bound kernels vs the kernel profile,
+                                               # by op class, on HBM bandwidth (absent: 1)
     attn_score_bytes_per_elem: float = 0.0  # unfused attention: HBM bytes per score element (0 = flash)
     attn_decode_efficiency_scale: float = 1.0  # this stack's decode attention (e.g. paged) vs the
                                                # microbenchmarked kernel, on HBM bandwidth
+    attn_decode_overhead_s: float | None = None  # its decode attention kernel's time beyond the work
+                                                 # (None: the kernel profile's)
     attn_decode_traffic_scale: float = 1.0     # HBM bytes this stack's decode attention moves per byte
                                                # of KV cache read once (paged blocks, KV re-read per query
                                                # head group): more traffic, not a slower rate -- the
@@ -170,6 +181,23 @@ class ExecutorProfile:
     gpu_memory_utilization: float | None = None   # share of device memory the engine manages (weights + KV);
                                                   # None: simulator.serving's default (vLLM's 0.9)
     source: str = ""
+
+    def kernel_overhead(self, cls: str, default: float) -> float:
+        """GPU time per small kernel of op class `cls` in this stack's stream (`default`: the
+        kernel profile's, for an executor that does not say)."""
+        k = self.kernel_overhead_s
+        if isinstance(k, Mapping):
+            return k.get(cls, default)
+        return default if k is None else k
+
+    def gemm_model(self, base: GemmModel) -> GemmModel:
+        """The kernel profile's GEMM model with this stack's in-stream overhead and flat memory
+        efficiency where they were fitted to its trace."""
+        if self.gemm_overhead_s is None and self.gemm_memory_efficiency is None:
+            return base
+        e = self.gemm_memory_efficiency
+        return replace(base, overhead_s=base.overhead_s if self.gemm_overhead_s is None else self.gemm_overhead_s,
+                       memory=base.memory if e is None else Curve((0.0,), (e,)))
 
 
 def _profiles_dir(sub: str) -> Path:
@@ -336,7 +364,7 @@ class ExecutorFields(Strict):
     values otherwise). Unit-suffixed YAML names; `_EXEC_UNITS` maps them to ExecutorProfile's."""
     host_overhead_per_kernel_us: NonNegative = 0.0
     host_overhead_per_step_us: NonNegative = 0.0
-    kernel_overhead_us: NonNegative | None = None
+    kernel_overhead_us: NonNegative | PerClassUs | None = None
     stream_gap_us: NonNegative = 0.0
     host_per_op_us: PerClassUs = {}
     host_per_layer_us: NonNegative = 0.0
@@ -359,8 +387,12 @@ class ExecutorFields(Strict):
     backward_memory_ratio: Positive = 2.0
     gemm_efficiency_scale: Positive = 1.0
     gemm_bandwidth_scale: Positive = 1.0
+    gemm_overhead_us: NonNegative | None = None
+    gemm_memory_efficiency: Fraction | None = None
+    memory_efficiency_scale: Annotated[dict[str, Positive], AfterValidator(_op_classes)] = {}
     attn_score_bytes_per_elem: NonNegative = 0.0
     attn_decode_efficiency_scale: Positive = 1.0
+    attn_decode_overhead_us: NonNegative | None = None
     attn_decode_traffic_scale: Annotated[Finite, Field(ge=1.0)] = 1.0
     lora_adapter_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     offload_embeddings: bool = False
@@ -391,6 +423,8 @@ _EXEC_UNITS = {
     "host_overhead_per_step_us": ("host_overhead_per_step_s", US),
     "kernel_overhead_us": ("kernel_overhead_s", US),
     "stream_gap_us": ("stream_gap_s", US),
+    "gemm_overhead_us": ("gemm_overhead_s", US),
+    "attn_decode_overhead_us": ("attn_decode_overhead_s", US),
     "host_per_op_us": ("host_per_op_s", US),
     "host_per_layer_us": ("host_per_layer_s", US),
     "host_new_shape_us": ("host_new_shape_s", US),
@@ -409,7 +443,7 @@ def _si_fields(f: ExecutorFields, keys, where) -> dict:
         val = getattr(f, key)
         attr, scale = _EXEC_UNITS.get(key, (key, None))
         if isinstance(val, dict):
-            val = MappingProxyType({k: to_si(v, scale, where, f"{key}.{k}") for k, v in val.items()})
+            val = MappingProxyType({k: v if scale is None else to_si(v, scale, where, f"{key}.{k}") for k, v in val.items()})
         elif isinstance(val, list):
             val = tuple(val)
         elif scale is not None and val is not None:

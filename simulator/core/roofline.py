@@ -4,7 +4,9 @@
              (weight-only int8/int4: t_c x (1 + DEQUANT_COMPUTE_OVERHEAD), simulator.core.quant)
   attention  prefill: t = overhead + F (1 + diag/S) / (peak_bf16 eff);  backward = ratio x forward
              decode:  t = overhead + max(B / (bw eff_m), F / (peak eff_c))
-  memory ops t = kernels x kernel_overhead + B / (bw eff_m)
+  memory ops t = kernels x kernel_overhead + slowdown x B / (bw eff_m)
+  (an executor fitted to its own trace may replace the GEMM overhead and memory curve, the decode
+  attention overhead and the per-kernel overhead with its in-stream values: ExecutorProfile)
   comm       collectives from simulator.core.comm (alpha-beta, ring/hierarchical, NCCL efficiencies)
 Each op has a GPU time and a host time to issue it (`op_host_s`); simulator.core.step.lanes
 places them on two lanes, where an eager executor that cannot keep the GPU fed makes it wait
@@ -15,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from simulator.core.ops import Op
+from simulator.core.ops import CACHE_CONCAT, Op
 from simulator.core.profiles import ExecutorProfile, KernelProfile
 from simulator.core.quant import DEQUANT_COMPUTE_OVERHEAD
 from simulator.core.specs import System
@@ -47,12 +49,12 @@ def attn_prefill_time(flops, seq, peak, kp: KernelProfile):
     return kp.attn_prefill_overhead_s + ti / kp.attn_prefill(ti)
 
 
-def attn_decode_time(flops, byts, peak, bw, kp: KernelProfile):
+def attn_decode_time(flops, byts, peak, bw, kp: KernelProfile, overhead_s: float | None = None):
     tmi = np.asarray(byts, float) / bw
     tm = tmi / kp.attn_decode(tmi)
     tci = np.asarray(flops, float) / peak
     tc = tci / kp.attn_prefill(tci)
-    return kp.attn_decode_overhead_s + np.maximum(tm, tc), tc > tm
+    return (kp.attn_decode_overhead_s if overhead_s is None else overhead_s) + np.maximum(tm, tc), tc > tm
 
 
 def allreduce_time(byts, n, system: System, ranks_per_node=None):
@@ -80,11 +82,12 @@ def _kernel_time(op: Op, system: System, kp: KernelProfile, ex: ExecutorProfile,
         peak = gpu.peak_flops(op.dtype) * ex.gemm_efficiency_scale
         if op.kind == "dequant":   # weight-only int8/int4: in-register dequantisation (simulator.core.quant)
             peak = peak / (1.0 + DEQUANT_COMPUTE_OVERHEAD)
-        return gemm_time(op.flops, op.bytes, peak, bw * ex.gemm_bandwidth_scale, kp.gemm_for(op.dtype))
+        return gemm_time(op.flops, op.bytes, peak, bw * ex.gemm_bandwidth_scale, ex.gemm_model(kp.gemm_for(op.dtype)))
     if op.cls == "attention":
         peak = gpu.peak_flops(op.dtype if op.dtype in gpu.peak_flops_by_dtype else "fp16")
         if op.kind == "attn_decode":
-            return attn_decode_time(op.flops, op.bytes, peak, bw * ex.attn_decode_efficiency_scale, kp)
+            return attn_decode_time(op.flops, op.bytes, peak, bw * ex.attn_decode_efficiency_scale, kp,
+                                    ex.attn_decode_overhead_s)
         if op.kind == "attn_prefill_bwd":
             return kp.attn_bwd_ratio * attn_prefill_time(op.flops / 2.5, op.seq, peak, kp), "compute"
         return attn_prefill_time(op.flops, op.seq, peak, kp), "compute"
@@ -94,9 +97,15 @@ def _kernel_time(op: Op, system: System, kp: KernelProfile, ex: ExecutorProfile,
             n = op.group or tp
             return collective_time("all_to_all", op.bytes, n, system, min(n, system.gpu_count)), "communication"
         return allreduce_time(op.bytes, tp, system, min(tp, system.gpu_count)), "communication"
-    k_over = kp.kernel_overhead_s if ex.kernel_overhead_s is None else ex.kernel_overhead_s
-    slow = kp.eager_slowdown * (kp.norm_slowdown if op.cls == "norm" else 1.0)
-    return memory_op_time(op.bytes, op.kernels, bw, kp, k_over, slow), "memory"
+    # a contiguous copy of the whole KV cache (decode by torch.cat) is the microbenchmarks' kind of
+    # kernel: neither the in-model slowdown (broadcasts, strides, mixed dtypes) nor the stack's
+    # own class scale (fitted on such kernels) is for it
+    if op.kind == CACHE_CONCAT:
+        slow = 1.0
+    else:
+        slow = kp.eager_slowdown * (kp.norm_slowdown if op.cls == "norm" else 1.0) \
+            / ex.memory_efficiency_scale.get(op.cls, 1.0)
+    return memory_op_time(op.bytes, op.kernels, bw, kp, ex.kernel_overhead(op.cls, kp.kernel_overhead_s), slow), "memory"
 
 
 def op_gpu_time(op: Op, system: System, kp: KernelProfile, ex: ExecutorProfile, tp: int = 1) -> tuple[float, str]:
