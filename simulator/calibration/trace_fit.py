@@ -174,6 +174,32 @@ def fit_stream_gap(traces: list) -> tuple[float, dict] | None:
     return float(np.median(np.concatenate(gaps))), {"segments": used}
 
 
+def _in_stream_kernels(traces: list[Trace], system: System, kp: KernelProfile, prof: dict, name: str,
+                       struct: dict | None, evidence: dict) -> dict:
+    """The kernel fields a stack's own trace times better than the microbenchmarks (see
+    simulator.calibration.kernel_fit), in the order each needs the ones before it."""
+    from simulator.calibration import kernel_fit as kf
+    out: dict = {}
+    floors = kf.fit_kernel_floors(traces)
+    if floors:
+        out["kernel_overhead_us"] = {c: round(v * 1e6, 3) for c, v in floors[0].items()}
+        evidence["kernel_floors"] = floors[1]
+    gemm = kf.fit_gemm_in_stream(traces, system, kp, prof.get("gemm_efficiency_scale", 1.0))
+    if gemm:
+        out["gemm_overhead_us"] = round(gemm[0][0] * 1e6, 3)
+        out["gemm_memory_efficiency"] = round(gemm[0][1], 4)
+        evidence["gemm_in_stream"] = gemm[1]
+    attn = kf.fit_attn_decode_overhead(traces, system, kp, prof.get("attn_decode_efficiency_scale", 1.0))
+    if attn:
+        out["attn_decode_overhead_us"] = round(attn[0] * 1e6, 3)
+        evidence["attn_decode"] = attn[1]
+    scales = kf.fit_memory_scales(traces, system, kp, {**prof, **out}, name, struct)
+    if scales:
+        out["memory_efficiency_scale"] = {c: round(v, 4) for c, v in scales[0].items()}
+        evidence["memory_scales"] = scales[1]
+    return out
+
+
 def fit_executor_profile(traces: list[Trace], system: System, kp: KernelProfile, name: str,
                          step_time_s: float | None = None, base: dict | None = None,
                          end_to_end: tuple[str, list[dict]] | None = None) -> tuple[dict, dict]:
@@ -207,6 +233,7 @@ def fit_executor_profile(traces: list[Trace], system: System, kp: KernelProfile,
     if gap is not None:
         prof["stream_gap_us"] = round(gap[0] * 1e6, 2)
         evidence["stream_gap"] = gap[1]
+    prof.update(_in_stream_kernels(traces, system, kp, prof, name, struct, evidence))
     host = None
     for t in traces:
         if t.cpu_only:      # no launch queue on a CPU: its per-op cost is kernel_overhead_us below

@@ -78,7 +78,7 @@ def _executor_base(out: Path) -> tuple[dict, str, str]:
 
 
 # sentences this command writes into `source` (refitting replaces them), and those of the host fit
-_OWN_SENTENCES = ("fitted by `roofplan calibrate", "Other fields")
+_OWN_SENTENCES = ("fitted by `roofplan calibrate", "Other fields", "In-stream kernels")
 _HOST_SENTENCES = ("Host lane", "Mapped onto roofplan ops", "Held out")
 _TRAIN_SENTENCES = ("Training (",)
 TRAIN_HOST_FIELDS = ("host_autograd_scale", "host_backward_per_kernel_us", "host_backward_per_layer_us", "host_optimizer_us")
@@ -96,6 +96,40 @@ def _kept_sentences(source: str, refitted: set[str], host: bool, train: bool = F
             continue
         out.append(s)
     return out
+
+
+# evidence key of simulator.calibration.kernel_fit's fits -> the fields each writes
+IN_STREAM_EVIDENCE = {"kernel_floors": ("kernel_overhead_us",), "gemm_in_stream": ("gemm_overhead_us", "gemm_memory_efficiency"),
+                      "attn_decode": ("attn_decode_overhead_us",), "memory_scales": ("memory_efficiency_scale",)}
+
+
+def _in_stream_source(ev: dict) -> str:
+    """One sentence on the kernel fields the traces timed in the stack's own stream."""
+    parts = []
+    if "kernel_floors" in ev:
+        f = ev["kernel_floors"]
+        parts.append("kernel_overhead_us: mean traced duration of the norm/elementwise kernels of ops whose inputs are all under "
+                     f"{f['tiny_elems']} elements, in segments where most are ({', '.join(f['segments'])}: "
+                     + ", ".join(f"{c} {x['mean_us']:.2f} us over {x['kernels']} kernels" for c, x in f["classes"].items())
+                     + "; an isolated event-timed launch: the kernel profile's)")
+    if "gemm_in_stream" in ev:
+        g = ev["gemm_in_stream"]
+        parts.append(f"gemm_overhead_us and gemm_memory_efficiency: least squares over the {g['calls']} memory-bound inference "
+                     f"GEMM calls (F.linear, split-K reductions included), {g['measured_s'] * 1e3:.2f} ms traced, "
+                     f"{g['profile_s'] * 1e3:.2f} ms by the kernel profile, {g['fitted_s'] * 1e3:.2f} ms fitted ("
+                     + ", ".join(f"{x['MB']:g} MB {x['measured_us']:g} vs {x['fitted_us']:g} us" for x in g["sizes"]) + ")")
+    if "attn_decode" in ev:
+        a = ev["attn_decode"]
+        parts.append(f"attn_decode_overhead_us: {a['calls']} decode attention calls, {a['measured_us']:.2f} us traced, "
+                     f"{a['work_us']:.2f} us of work by the kernel profile (whose overhead is {a['profile_overhead_us']:.2f} us)")
+    if "memory_scales" in ev:
+        m = ev["memory_scales"]
+        parts.append(f"memory_efficiency_scale: predicted over traced work time of each class in {m['segment']} of {m['trace']} "
+                     f"({m['model']} prefill batch {m['batch']} x {m['seq']}; the per-kernel overheads above taken out: "
+                     + ", ".join(f"{c} {x['measured_s'] * 1e3:.1f} ms traced, {x['predicted_unscaled_s'] * 1e3:.1f} ms unscaled"
+                                 for c, x in m["classes"].items()) + ")")
+    return ("In-stream kernels (simulator.calibration.kernel_fit: this stack's own kernels, timed in its trace, replace "
+            "the isolated microbenchmarks' constants): " + "; ".join(parts) + ".")
 
 
 def _host_source(h: dict, trace: str) -> list[str]:
@@ -239,7 +273,8 @@ def cmd_calibrate(args) -> int:
         prof, ev = fit_executor_profile(traces, system, kp, out.stem, args.step_time, base, e2e)
         prof["fitted_on"] = system.gpu.name      # the GPU the traces were recorded on (check_device)
         refitted = {k for k in prof if k not in base or prof[k] != base[k]} | {
-            "fused_qkv", "fused_gate_up", "repeat_kv", "kv_cache_concat", "gemm_efficiency_scale", "stream_gap_us"}
+            "fused_qkv", "fused_gate_up", "repeat_kv", "kv_cache_concat", "gemm_efficiency_scale", "stream_gap_us"} | {
+            f for k, fields in IN_STREAM_EVIDENCE.items() if k in ev for f in fields}
         if "host" in ev:
             refitted |= {"host_overhead_per_kernel_us", "host_per_op_us", "host_per_layer_us", "host_overhead_per_step_us",
                          "host_new_shape_us"}
@@ -262,6 +297,8 @@ def cmd_calibrate(args) -> int:
             src.append("gemm_efficiency_scale: measured/predicted time of the traces' compute-bound GEMM calls: "
                        + "; ".join(f"{x['measured_s'] * 1e3:.1f} ms vs {x['predicted_unscaled_s'] * 1e3:.1f} ms"
                                    for x in g if x.get("compute_bound_calls")) + ".")
+        if any(k in ev for k in IN_STREAM_EVIDENCE):
+            src.append(_in_stream_source(ev))
         if "stream_gap" in ev:
             src.append("stream_gap_us: median gap between back-to-back kernels in the GPU-bound segments ("
                        + "; ".join(f"{x['segment']} of {x['trace']}: {x['median_us']:.2f} us over {x['gaps']} gaps"

@@ -178,7 +178,7 @@ def test_kernel_profile_is_checked_field_by_field(hw_copy, old, new, says):
 
 def test_an_op_class_typo_in_an_executor_profile_is_refused(hw_copy):
     from simulator.core.profiles import load_executor_profile
-    _edit(hw_copy / "profiles" / "executors" / "hf-eager.yaml", "{gemm: 30.64,", "{gemn: 30.64,")
+    _edit(hw_copy / "profiles" / "executors" / "hf-eager.yaml", "host_per_op_us: {gemm:", "host_per_op_us: {gemn:")
     with pytest.raises(RoofplanError, match=r"'host_per_op_us': names op class 'gemn' \(did you mean: gemm"):
         load_executor_profile("hf-eager")
 
