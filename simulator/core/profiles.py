@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Annotated, Literal, Mapping
 
 import numpy as np
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_validator
 
 from simulator.core.errors import RoofplanError, clip, did_you_mean
 from simulator.core.schema import (Finite, Fraction, Name, NonNegative, NonNegInt, PosInt, Positive, Strict, Text, check,
@@ -351,6 +351,9 @@ def _op_classes(v: dict) -> dict:
 
 
 PerClassUs = Annotated[dict[str, NonNegative], AfterValidator(_op_classes)]
+# one number for every class, or a mapping by op class (the error then names the class)
+NumberOrPerClassUs = Annotated[Annotated[NonNegative, Tag("<number>")] | Annotated[PerClassUs, Tag("<by class>")],
+                               Discriminator(lambda v: "<by class>" if isinstance(v, dict) else "<number>")]
 
 
 def _increasing(v: list) -> list:
@@ -364,7 +367,7 @@ class ExecutorFields(Strict):
     values otherwise). Unit-suffixed YAML names; `_EXEC_UNITS` maps them to ExecutorProfile's."""
     host_overhead_per_kernel_us: NonNegative = 0.0
     host_overhead_per_step_us: NonNegative = 0.0
-    kernel_overhead_us: NonNegative | PerClassUs | None = None
+    kernel_overhead_us: NumberOrPerClassUs | None = None
     stream_gap_us: NonNegative = 0.0
     host_per_op_us: PerClassUs = {}
     host_per_layer_us: NonNegative = 0.0

@@ -64,9 +64,14 @@ def _key(part: Any) -> str:
     return clip(printable(str(part)), SHOW_CHARS)
 
 
+UNION_TAG = "<"     # tags of a discriminated union start with it: the loc has them, the field name not
+
+
 def _where(loc: tuple) -> str:
     out = ""
     for part in loc:
+        if isinstance(part, str) and part.startswith(UNION_TAG):
+            continue
         out += f"[{part}]" if isinstance(part, int) else (f".{_key(part)}" if out else _key(part))
     return out
 

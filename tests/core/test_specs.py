@@ -237,3 +237,18 @@ def test_a_base_cycle_through_two_profiles_is_refused(hw_copy):
     p.write_text("base: accelerate\n" + p.read_text())
     with pytest.raises(RoofplanError, match=r"hf-eager.yaml: field 'base' makes a cycle \(accelerate -> hf-eager -> accelerate\)"):
         load_executor_profile("accelerate")
+
+
+@pytest.mark.parametrize("line, says", [
+    ("kernel_overhead_us: {norn: 2.0}", r"field 'kernel_overhead_us': names op class 'norn' \(did you mean: norm"),
+    ("kernel_overhead_us: -1", r"field 'kernel_overhead_us' must be >= 0 \(got -1\)"),
+    ("memory_efficiency_scale: {norm: 0}", r"field 'memory_efficiency_scale.norm' must be > 0 \(got 0\)"),
+    ("gemm_memory_efficiency: 1.5", r"field 'gemm_memory_efficiency' must be <= 1 \(got 1.5\)"),
+    ("attn_decode_overhead_us: fast", r"field 'attn_decode_overhead_us' must be a valid number"),
+])
+def test_in_stream_kernel_fields_are_checked(tmp_path, line, says):
+    from simulator.core.profiles import load_executor_profile
+    p = tmp_path / "mine.yaml"
+    p.write_text(f"description: x\nsource: y\nbase: hf-eager\n{line}\n")
+    with pytest.raises(RoofplanError, match=f"mine.yaml: {says}"):
+        load_executor_profile(str(p))
