@@ -15,7 +15,7 @@ F.linear (weight [N, K]: other cuBLAS kernels) and cuDNN's SDPA in decode. What 
 * `gemm_overhead_us`, `gemm_memory_efficiency`: the GEMM calls the kernel profile calls memory
   bound (their kernels summed, split-K reductions included), fitted by least squares on relative
   error as t = overhead + B / (bw x efficiency), the efficiency flat in size. (The 8B decode step:
-  3 us + 84% of HBM bandwidth from 8 MB to 1 GB, where the microbenchmarks' curve falls to 60%
+  5.1 us + 87% of HBM bandwidth from 8 MB to 1 GB, where the microbenchmarks' curve falls to 60%
   below 30 MB: their L2 flush and isolated launch, and another layout.)
 * `attn_decode_overhead_us`: the decode attention calls' traced time beyond the kernel
   profile's time for their bytes (one KV length per step: an overhead, not a curve).

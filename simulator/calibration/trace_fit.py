@@ -12,6 +12,9 @@ What a trace tells about a software stack, and how each field is derived:
   step (GPU busy < 50% of its CPU span), op kind by op kind, deflated by the profiler's slowdown
   fitted on un-profiled measurements (end_to_end.yaml cases or the step's own time); see
   simulator.calibration.host_fit.
+* the stack's kernels in its own stream (`kernel_overhead_us` by class, `gemm_overhead_us`,
+  `gemm_memory_efficiency`, `attn_decode_overhead_us`, `memory_efficiency_scale`): see
+  simulator.calibration.kernel_fit.
 * CPU-only traces: `kernel_overhead_us` (see cpu_op_overhead).
 * `gemm_efficiency_scale`: measured GEMM kernel time of the trace's own GEMM calls (shapes
   from `Input Dims`) over the kernel profile's prediction for the same shapes, compute-bound
