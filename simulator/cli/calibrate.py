@@ -78,7 +78,7 @@ def _executor_base(out: Path) -> tuple[dict, str, str]:
 
 
 # sentences this command writes into `source` (refitting replaces them), and those of the host fit
-_OWN_SENTENCES = ("fitted by `roofplan calibrate", "Other fields", "In-stream kernels")
+_OWN_SENTENCES = ("fitted by `roofplan calibrate", "Other fields")
 _HOST_SENTENCES = ("Host lane", "Mapped onto roofplan ops", "Held out")
 _TRAIN_SENTENCES = ("Training (",)
 TRAIN_HOST_FIELDS = ("host_autograd_scale", "host_backward_per_kernel_us", "host_backward_per_layer_us", "host_optimizer_us")

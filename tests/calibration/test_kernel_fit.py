@@ -83,3 +83,28 @@ def test_a_kv_cache_cat_streams_at_the_microbenchmarked_rate():
     ideal = kv.bytes / H100.gpu.hbm_bw_Bps
     assert t == pytest.approx(2 * (ex.kernel_overhead("elementwise", 0) + ex.stream_gap_s) + ideal / KP.memory(ideal))
     assert np.isclose(kv.bytes, 16 * 2 * 8 * 128 * 2 * (2 * 512 + 1) + 16 * 2 * 8 * 128 * 2)
+
+
+IN_STREAM = ("kernel_overhead_us", "gemm_overhead_us", "gemm_memory_efficiency", "attn_decode_overhead_us",
+             "memory_efficiency_scale")
+
+
+def test_a_refit_from_the_training_trace_alone_keeps_the_in_stream_fields_and_their_source(shared, tmp_path, capsys):
+    """The training trace has no small kernels, no memory-bound inference GEMMs, no decode
+    attention and no prefill: the in-stream fields and the sentence saying where they came from
+    stay as they were."""
+    import shutil
+
+    import yaml
+
+    from simulator.cli.main import main
+    from simulator.core.paths import REPO_ROOT
+    out = tmp_path / "hf-eager.yaml"
+    shutil.copy(REPO_ROOT / "hardware_specs" / "profiles" / "executors" / "hf-eager.yaml", out)
+    before = yaml.safe_load(out.read_text())
+    assert main(["calibrate", "--trace", str(TRAIN), "--hardware", "h100-sxm", "-o", str(out), "--format", "json"]) == 0
+    capsys.readouterr()
+    after = yaml.safe_load(out.read_text())
+    assert {k: after[k] for k in IN_STREAM} == {k: before[k] for k in IN_STREAM}
+    sentence = next(s for s in before["source"].split(". ") if s.startswith("In-stream kernels"))
+    assert sentence in after["source"]
