@@ -217,15 +217,30 @@ def compare(trace: Trace, segment: str, pred: Prediction, stream_gap_s: float = 
     kern_meas = float(meas["time_s"].sum())
     kern_pred = float(p["gpu_time_s"].sum())
     wall = segment_wall_s(trace, segment)
+    stall_s, stalls = host_stalls(trace, segment)
     weights = df["measured_s"] / max(kern_meas, 1e-30)
     summary = {
         "segment": segment, "measured_kernel_time_s": kern_meas, "predicted_gpu_time_s": kern_pred,
         "kernel_time_error": kern_pred / kern_meas - 1 if kern_meas else np.nan,
         "measured_wall_s": wall, "predicted_step_s": pred.time_s, "step_error": pred.time_s / wall - 1,
         "class_mape_weighted": float(np.nansum(np.abs(df["error"].fillna(0)) * weights)),
-        "bound": pred.bound,
+        "bound": pred.bound, "measured_host_stall_s": stall_s, "host_stalls": stalls,
     }
     return df, summary
+
+
+def host_stalls(trace: Trace, segment: str) -> tuple[float, int]:
+    """(seconds, count) of the segment's GPU idle gaps longer than trace_fit.MAX_STREAM_GAP_S
+    between consecutive kernels: the stream waiting for the host, which under the profiler is
+    slower than without it (a GPU-bound step's traced wall time carries them, its prediction not)."""
+    from simulator.calibration.trace_fit import MAX_STREAM_GAP_S
+    k = trace.kernels[trace.kernels["segment"] == segment].sort_values("ts_s")
+    if len(k) < 2:
+        return 0.0, 0
+    start, end = k["ts_s"].to_numpy(), (k["ts_s"] + k["dur_s"]).to_numpy()
+    gaps = start[1:] - np.maximum.accumulate(end)[:-1]
+    long = gaps[gaps > MAX_STREAM_GAP_S]
+    return float(long.sum()), int(len(long))
 
 
 def plot(df: pd.DataFrame, summary: dict, title: str, path: str | Path) -> None:

@@ -93,6 +93,11 @@ def cmd_validate(args) -> int:
               f"(predicted bound: {s['bound']}), per-class error weighted by measured time {100 * s['class_mape_weighted']:.1f}%")
     if s["bound"] == "host":
         footer += "\nnote: host-bound step; the traced wall time includes profiler overhead on the host"
+    elif s["measured_host_stall_s"] > 0.02 * s["measured_wall_s"]:
+        rest = s["measured_wall_s"] - s["measured_host_stall_s"]
+        footer += (f"\nnote: the traced GPU waited {fmt_time(s['measured_host_stall_s'])} for the profiled host "
+                   f"({s['host_stalls']} gaps over 20 us); without them the step is {fmt_time(rest)} "
+                   f"(predicted {100 * (s['predicted_step_s'] / rest - 1):+.1f}%)")
     if args.plot:
         plot(df, s, title, args.plot)
         footer += f"\nwrote {args.plot}"
