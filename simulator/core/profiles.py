@@ -464,29 +464,30 @@ def executor_fields(d: Mapping, where: str) -> dict:
 _BASE_OWN = ("name", "kind", "description", "source")   # fields a profile never takes from its base
 
 
-def _merged_with_base(d, path: Path, seen: tuple[str, ...] = ()):
+def _merged_with_base(d, path: Path, chain: tuple[Path, ...] = ()):
     """`d` over the profile its `base` field names (fields of `d` win; description and source
     are its own), so a stack built on another (accelerate on HF eager) carries every field a
-    refit of that one changes; None or no base: `d` as it is."""
+    refit of that one changes; None or no base: `d` as it is. `chain`: the files merged so far."""
     if not isinstance(d, dict) or d.get("base") is None:
         return d
+    chain = chain + (Path(path).resolve(),)
     name = d["base"]
     p = _profiles_dir("executors") / f"{name}.yaml"
     if not isinstance(name, str) or not is_file(p):
         raise RoofplanError(f"{path}: field 'base' is {clip(repr(name))}, not an executor profile"
                             f"{did_you_mean(str(name), list_profiles('executors'))}; name one of "
                             f"{', '.join(list_profiles('executors'))}")
-    if name in seen or p.resolve() == Path(path).resolve():
-        raise RoofplanError(f"{path}: field 'base' makes a cycle ({' -> '.join(seen + (name,))}); "
+    if p.resolve() in chain:
+        raise RoofplanError(f"{path}: field 'base' makes a cycle ({' -> '.join(c.stem for c in chain + (p,))}); "
                             f"a profile cannot build on itself")
-    parent = _merged_with_base(read_yaml(p), p, seen + (name,))
+    parent = _merged_with_base(read_yaml(p), p, chain)
     if not isinstance(parent, dict):
         raise RoofplanError(f"{p}: not an executor profile (a YAML mapping); fix it or name another base in {path}")
     return {**{k: v for k, v in parent.items() if k not in _BASE_OWN}, **{k: v for k, v in d.items() if k != "base"}}
 
 
 def parse_executor_profile(d, path: Path) -> ExecutorProfile:
-    d = _merged_with_base(d, path, (Path(path).stem,))
+    d = _merged_with_base(d, path)
     f = check(ExecutorProfileFile, d, path, fix="see hardware_specs/profiles/executors/default.yaml")
     keys = f.model_fields_set - {"name", "kind", "description", "source", "base"}
     return ExecutorProfile(name=path.stem, description=f.description, source=f.source, **_si_fields(f, keys, path))

@@ -252,3 +252,12 @@ def test_in_stream_kernel_fields_are_checked(tmp_path, line, says):
     p.write_text(f"description: x\nsource: y\nbase: hf-eager\n{line}\n")
     with pytest.raises(RoofplanError, match=f"mine.yaml: {says}"):
         load_executor_profile(str(p))
+
+
+def test_a_profile_of_the_same_name_elsewhere_can_build_on_the_shipped_one(tmp_path):
+    """Not a cycle: ./hf-eager.yaml with `base: hf-eager` extends the shipped hf-eager."""
+    from simulator.core.profiles import load_executor_profile
+    p = tmp_path / "hf-eager.yaml"
+    p.write_text("description: x\nsource: y\nbase: hf-eager\nhost_per_layer_us: 500\n")
+    mine, shipped = load_executor_profile(str(p)), load_executor_profile("hf-eager")
+    assert mine.host_per_layer_s == pytest.approx(500e-6) and mine.gemm_overhead_s == shipped.gemm_overhead_s
