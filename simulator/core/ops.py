@@ -29,7 +29,9 @@ from simulator.core.workload import Job
 
 OP_CLASSES = ("gemm", "attention", "norm", "elementwise", "embedding", "loss", "optimizer",
               "copy", "communication")
-CACHE_CONCAT = "cache_concat"   # Op.kind of the decode KV append by torch.cat: the whole cache copied
+# Op.kind of a memory-bound op that is one contiguous streaming kernel, the kind the microbenchmarks
+# time (the decode KV append by torch.cat, torch's fused layer_norm): no in-model slowdown
+STREAMING = "streaming"
 
 # Cross-entropy over the vocabulary in fp32 (HF upcasts the bf16 logits before the loss). Forward
 # bytes per logit: constants.LOSS_BYTES_PER_LOGIT = 2 + 4 + 4 (the bf16 logits read, fp32 values
@@ -181,13 +183,20 @@ def _norm_op(name: str, model: ModelConfig, job: Job, ex: ExecutorProfile, token
     An eager RMSNorm (HF LlamaRMSNorm: x.float(), pow, mean, add, rsqrt, mul, .to(input_dtype),
     weight *) reads an fp32 residual (training under autocast) without its two casts: 6 kernels
     and 28 B per element instead of 8 and 36 (both traced: 198 norm kernels for 33 norms in the
-    Llama-3.2-1B training trace, 520 for 65 in the 8B inference trace)."""
+    Llama-3.2-1B training trace, 520 for 65 in the 8B inference trace). A LayerNorm (GPT-2, OPT)
+    under such an eager stack is torch's fused layer_norm, one streaming kernel at 2 x the
+    residual's bytes per element; a stack with fused norms (norm_kernels 1) gives its own bytes."""
     width = model.hidden if width is None else width
     flops = (
         4.0  # FLOPs per element: square, mean, scale by the reciprocal root, weight multiply
         * tokens  # T: tokens normalised
         * width  # elements normalised per token
     )
+    if model.norm != "rms" and ex.norm_kernels > 1:
+        # a LayerNorm is torch's fused layer_norm whatever the stack's eager RMSNorm sequence: one
+        # kernel reading the input and writing the output once (at the residual's width in training)
+        r = residual_bytes or DTYPE_BYTES[job.dtype]
+        return Op(name, "norm", flops, 2 * r * tokens * width, count, 1, kind=STREAMING, dtype=job.dtype)
     per_elem = ex.norm_bytes_per_elem * DTYPE_BYTES[job.dtype] / 2   # the profile counts them at bf16
     kernels = ex.norm_kernels if model.norm == "rms" else 1   # LayerNorm: one fused kernel
     if residual_bytes == 4 and model.norm == "rms" and kernels > EAGER_NORM_CAST_KERNELS + 4:
@@ -428,7 +437,7 @@ def kv_cache_write_ops(c: LayerCall) -> list[Op]:
         * kv_elems  # K/V elements per token on this rank
         * c.act_bytes  # read the new K/V
     )
-    return [Op(f"{c.prefix}kv_write", "elementwise", elems, cache_copy + new_tokens, c.count, 2, kind=CACHE_CONCAT,
+    return [Op(f"{c.prefix}kv_write", "elementwise", elems, cache_copy + new_tokens, c.count, 2, kind=STREAMING,
                dtype=c.job.dtype)]
 
 

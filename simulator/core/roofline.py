@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from simulator.core.ops import CACHE_CONCAT, Op
+from simulator.core.ops import STREAMING, Op
 from simulator.core.profiles import ExecutorProfile, KernelProfile
 from simulator.core.quant import DEQUANT_COMPUTE_OVERHEAD
 from simulator.core.specs import System
@@ -97,10 +97,10 @@ def _kernel_time(op: Op, system: System, kp: KernelProfile, ex: ExecutorProfile,
             n = op.group or tp
             return collective_time("all_to_all", op.bytes, n, system, min(n, system.gpu_count)), "communication"
         return allreduce_time(op.bytes, tp, system, min(tp, system.gpu_count)), "communication"
-    # a contiguous copy of the whole KV cache (decode by torch.cat) is the microbenchmarks' kind of
-    # kernel: neither the in-model slowdown (broadcasts, strides, mixed dtypes) nor the stack's
-    # own class scale (fitted on such kernels) is for it
-    if op.kind == CACHE_CONCAT:
+    # one contiguous streaming kernel (the whole KV cache copied by torch.cat in decode, a fused
+    # LayerNorm) is the microbenchmarks' kind: neither the in-model slowdown (broadcasts, strides,
+    # mixed dtypes), the eager RMSNorm's, nor the stack's class scale (fitted on those) is for it
+    if op.kind == STREAMING:
         slow = 1.0
     else:
         slow = kp.eager_slowdown * (kp.norm_slowdown if op.cls == "norm" else 1.0) \

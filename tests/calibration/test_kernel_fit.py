@@ -72,13 +72,13 @@ def test_a_kv_cache_cat_streams_at_the_microbenchmarked_rate():
     nor the stack's elementwise scale applies (2 kernels, the floor each, bytes at the profile's
     curve)."""
     from simulator.core.models import load_model
-    from simulator.core.ops import CACHE_CONCAT, forward_ops
+    from simulator.core.ops import STREAMING, forward_ops
     from simulator.core.roofline import op_gpu_time_array
     from simulator.core.workload import Job
     ex = load_executor_profile("hf-eager")
     ops = forward_ops(load_model("llama-3.1-8b"), Job(phase="decode", batch=16, context=512), ex)
     kv = next(o for o in ops if o.name.endswith("kv_write"))
-    assert kv.kind == CACHE_CONCAT
+    assert kv.kind == STREAMING
     t, _ = op_gpu_time_array(kv, H100, KP, ex)
     ideal = kv.bytes / H100.gpu.hbm_bw_Bps
     assert t == pytest.approx(2 * (ex.kernel_overhead("elementwise", 0) + ex.stream_gap_s) + ideal / KP.memory(ideal))

@@ -146,7 +146,13 @@ DISTSERVE_DECODE_SMALL = (19.934702624895458, 0.0006269356524350583, 0.038506977
 CARRIED_REL = 0.25
 
 
-@pytest.mark.parametrize("n", [128, 512, 1024, 2048])
+@pytest.mark.parametrize("n", [
+    pytest.param(128, marks=pytest.mark.xfail(strict=True, reason=(
+        "the default executor (kernels only, as a CUDA graph) has no engine overhead, and DistServe's "
+        "profile has a 16.5 ms intercept: 20.6 ms predicted vs 28.4 ms measured (-27%) at 128 tokens "
+        "(2026-11-30). It passed before only because OPT's LayerNorm was charged as an 8-kernel eager "
+        "RMSNorm at 36 B per element"))),
+    512, 1024, 2048])
 def test_prefill_time_near_distserve_a100_profile(tables, n):
     """The core's A100 prefill (H100-fitted kernel curves on A100 peaks) against DistServe's
     measured profile: slower than measured for long prompts (+25% at 2048), faster for short."""
