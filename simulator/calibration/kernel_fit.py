@@ -215,3 +215,42 @@ def _batch(t: Trace, segment: str) -> int | None:
     c = t.cpu_ops[(t.cpu_ops["ts_s"] >= s.t0_s) & (t.cpu_ops["ts_s"] < s.t1_s) & (t.cpu_ops["name"] == "aten::linear")]
     bs = [shape(d, 0)[0] for d in c["dims"] if len(shape(d, 0)) == 3]
     return Counter(bs).most_common(1)[0][0] if bs else None
+
+
+def held_out_classes(traces: list[Trace], system: System, kp: KernelProfile, prof: dict, name: str,
+                     gemm_fitted_on: frozenset[str] = frozenset()) -> list[dict]:
+    """Per op class of every training segment of a model roofplan knows, with the finished
+    profile: none of the in-stream fields above looked at a training step (the GEMM fit keeps to
+    inference calls, the floors to mostly-tiny segments, the scales to a prefill), so these are
+    held out; the gemm class is left out for the traces in `gemm_fitted_on` (their compute-bound
+    GEMMs fitted gemm_efficiency_scale). One dict per segment: trace, segment, model, batch, seq
+    and {class: error} for classes above 1% of its kernel time."""
+    from simulator.core.models import list_models
+    from simulator.core.predict import predict
+    from simulator.core.workload import Job
+    from simulator.calibration.host_fit import _executor, traced_model
+    from simulator.calibration.trace_fit import layer_structure
+    from simulator.calibration.validate import compare, segment_shape
+    from simulator.core.errors import RoofplanError
+    out = []
+    ex = _executor(prof, name)
+    for t in traces:
+        if t.cpu_only:
+            continue
+        for seg in t.segments.loc[t.segments["phase"] == "train", "name"]:
+            sh, batch = segment_shape(t, seg), _batch(t, seg)
+            try:
+                struct = layer_structure(t)
+            except RoofplanError:
+                continue
+            model = traced_model(struct, sh.layers, list_models()) if sh.layers else None
+            if model is None or batch is None or len(sh.seq_lengths) != 1:
+                continue
+            p = predict(model, system, Job(phase="train", batch=batch, seq=sh.seq_lengths[0]), ex, kp, check_memory=False)
+            df, s = compare(t, seg, p, ex.stream_gap_s)
+            big = df[(df["measured_s"] > 0.01 * s["measured_kernel_time_s"])
+                     & ~((df["cls"] == "gemm") & (Path(t.path).name in gemm_fitted_on))]
+            out.append({"trace": Path(t.path).name, "segment": seg, "model": model.name, "batch": batch,
+                         "seq": sh.seq_lengths[0], "classes": {r.cls: float(r.error) for r in big.itertuples()},
+                         "kernel_time_error": float(s["kernel_time_error"])})
+    return out

@@ -259,6 +259,10 @@ def fit_executor_profile(traces: list[Trace], system: System, kp: KernelProfile,
             fields, evidence["train_host"] = fit_train_host(*train[0], evidence["host"]["k_prof"], prof, name, system, kp)
             prof.update(fields)
         h = evidence["host"]
+        if "kernel_floors" in evidence or "memory_scales" in evidence:
+            from simulator.calibration.kernel_fit import held_out_classes
+            gemm_fitted = frozenset(Path(t.path).name for t, (_, e) in zip(traces, scales) if e.get("compute_bound_calls"))
+            h["held_out"]["trace_classes"] = held_out_classes(traces, system, kp, prof, name, gemm_fitted)
         if end_to_end is not None:      # every case of the executor with the final profile: fitted or held out
             fitted = {x["id"] for x in h["k_fitted_on"] + h["new_shape_fitted_on"]}
             cases = [x for x in end_to_end[1] if x.get("executor", "default") == h["executor_cases"]]

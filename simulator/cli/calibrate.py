@@ -197,6 +197,10 @@ def _held_out_rows(h: dict | None) -> list[list[str]]:
         val = (f"{t['predicted_host_s'] * 1e3:.2f} ms vs {t['measured_host_s'] * 1e3:.2f} ms ({100 * t['error']:+.1f}%); "
                f"{t['late_layers']} {100 * t['late_layer_error']:+.1f}% per layer")
         rows.append(["held out", f"traced {t['segment']} host (profiled)", val])
+    for c in h["held_out"].get("trace_classes", []):
+        rows.append(["held out", f"kernel classes, {c['segment']} of {c['trace']}",
+                     ", ".join(f"{k} {100 * e:+.1f}%" for k, e in c["classes"].items())
+                     + f"; kernels {100 * c['kernel_time_error']:+.1f}%"])
     for r in h["held_out"].get("end_to_end", []):
         if r["role"] == "fitted":
             continue

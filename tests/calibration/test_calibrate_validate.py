@@ -122,6 +122,12 @@ def test_calibrate_cli_reproduces_shipped_hf_eager(shared, tmp_path, capsys):
     assert kinds["gemm"]["us_unprofiled"] == pytest.approx(102.28 * host["k_prof"], abs=0.01)
     # un-profiled dispatch: about 0.43 x the traced one
     assert 0.40 < host["k_prof"] < 0.46
+    # the in-stream kernel fit never saw the training step: its memory-bound classes are held
+    # out, printed with the host fit's held-out rows (gemm left out: it shares the GEMM scale)
+    (train,) = host["held_out"]["trace_classes"]
+    assert (train["segment"], train["model"], train["batch"], train["seq"]) == ("train#0", "llama-3.2-1b", 4, 2048)
+    assert set(train["classes"]) == {"attention", "norm", "elementwise", "loss", "optimizer"}
+    assert all(abs(e) < 0.15 for e in train["classes"].values()), train
     load_executor_profile(str(out))      # the written profile parses
     # a fresh profile (fields a trace cannot tell from default.yaml) gets the same host table
     fresh = tmp_path / "fresh" / "hf-eager.yaml"
