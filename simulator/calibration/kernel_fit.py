@@ -115,7 +115,7 @@ def fit_gemm_in_stream(traces: list[Trace], system: System, kp: KernelProfile, e
 
     def model(x):
         from dataclasses import replace
-        return replace(base, overhead_s=x[0] * 1e-6, memory=Curve((0.0,), (x[1],)))
+        return replace(base, overhead_s=x[0] * 1e-6, memory=Curve.flat(x[1]))
 
     def rel(x):
         return gemm_time(mem["flops"], mem["bytes"], peak, bw, model(x))[0] / mem["time_s"].to_numpy() - 1.0
@@ -155,55 +155,63 @@ def fit_attn_decode_overhead(traces: list[Trace], system: System, kp: KernelProf
                   "profile_overhead_us": kp.attn_decode_overhead_s * 1e6}
 
 
-def fit_memory_scales(traces: list[Trace], system: System, kp: KernelProfile, prof: dict, name: str,
-                      struct: dict | None) -> tuple[dict, dict] | None:
+def fit_memory_scales(traces: list[Trace], system: System, kp: KernelProfile, prof: dict,
+                      name: str) -> tuple[dict, dict] | None:
     """{class: scale} for FLOOR_CLASSES from the first prefill segment that keeps the GPU busy
     (kernels >= GPU_BOUND_BUSY of its span) of a model roofplan knows: predicted work time with
     the profile so far (per-kernel overheads and stream gaps out) over the traced class time
     less the same overheads. None without such a segment."""
-    from simulator.core.models import list_models
     from simulator.core.predict import predict
-    from simulator.core.workload import Job
-    from simulator.calibration.host_fit import _executor, traced_model
+    from simulator.calibration.host_fit import _executor
     from simulator.calibration.trace_fit import GPU_BOUND_BUSY
-    from simulator.calibration.validate import segment_shape
-    if not struct:
-        return None
+    ex = _executor({**prof, "memory_efficiency_scale": {}}, name)
     for t in traces:
-        if t.cpu_only:
-            continue
-        for seg in t.segments.loc[t.segments["phase"] == "prefill", "name"]:
-            k = t.kernels[t.kernels["segment"] == seg]
-            span = float((k["ts_s"] + k["dur_s"]).max() - k["ts_s"].min()) if len(k) else 0.0
-            if span <= 0 or float(k["dur_s"].sum()) / span < GPU_BOUND_BUSY:
+        for seg in _segments(t, "prefill"):
+            if t.gpu_busy(seg) < GPU_BOUND_BUSY or not (mj := _segment_job(t, seg, "prefill")):
                 continue
-            sh = segment_shape(t, seg)
-            model = traced_model(struct, sh.layers, list_models()) if sh.layers else None
-            batch = _batch(t, seg)
-            if model is None or batch is None or len(sh.seq_lengths) != 1:
-                continue
-            ex = _executor({**prof, "memory_efficiency_scale": {}}, name)
-            p = predict(model, system, Job(phase="prefill", batch=batch, seq=sh.seq_lengths[0]), ex, kp,
-                        check_memory=False)
-            pred = p.ops.groupby("cls")[["gpu_time_s", "kernels"]].sum()
+            model, job = mj
+            pred = predict(model, system, job, ex, kp, check_memory=False).ops.groupby("cls")[["gpu_time_s", "kernels"]].sum()
             meas = t.by_class(seg)
-            out, ev = {}, {"trace": Path(t.path).name, "segment": seg, "model": model.name, "batch": batch,
-                           "seq": sh.seq_lengths[0], "classes": {}}
+            out, ev = {}, {"trace": Path(t.path).name, "segment": seg, "model": model.name, "batch": job.batch,
+                           "seq": job.seq, "classes": {}}
             for c in FLOOR_CLASSES:
                 if c not in pred.index or c not in meas.index:
                     continue
-                fixed = float(pred.loc[c, "kernels"]) * (ex.kernel_overhead(c, kp.kernel_overhead_s) + ex.stream_gap_s)
-                work_pred = float(pred.loc[c, "gpu_time_s"]) - fixed
-                work_meas = float(meas.loc[c, "time_s"]) - float(pred.loc[c, "kernels"]) * ex.kernel_overhead(
-                    c, kp.kernel_overhead_s)
+                kernels, floor = float(pred.loc[c, "kernels"]), ex.kernel_overhead(c, kp.kernel_overhead_s)
+                predicted = float(pred.loc[c, "gpu_time_s"]) - kernels * ex.stream_gap_s    # as a trace times it
+                work_pred, work_meas = predicted - kernels * floor, float(meas.loc[c, "time_s"]) - kernels * floor
                 if work_pred > 0 and work_meas > 0:
                     out[c] = work_pred / work_meas
-                    ev["classes"][c] = {"measured_s": float(meas.loc[c, "time_s"]),
-                                        "predicted_unscaled_s": float(pred.loc[c, "gpu_time_s"]) - float(
-                                            pred.loc[c, "kernels"]) * ex.stream_gap_s, "scale": out[c]}
+                    ev["classes"][c] = {"measured_s": float(meas.loc[c, "time_s"]), "predicted_unscaled_s": predicted,
+                                        "scale": out[c]}
             if out:
                 return out, ev
     return None
+
+
+def _segments(t: Trace, phase: str) -> list[str]:
+    """The segments of `phase` of a trace with device kernels."""
+    return [] if t.cpu_only else list(t.segments.loc[t.segments["phase"] == phase, "name"])
+
+
+def _segment_job(t: Trace, segment: str, phase: str):
+    """(model, Job) of a prefill or training segment: the model roofplan knows with the trace's own
+    hidden size, MLP width and layer count, batch and sequence from its layer linears' [B, S, K]
+    inputs; None when the trace cannot tell."""
+    from simulator.core.errors import RoofplanError
+    from simulator.core.models import list_models
+    from simulator.core.workload import Job
+    from simulator.calibration.host_fit import traced_model
+    from simulator.calibration.trace_fit import layer_structure
+    from simulator.calibration.validate import segment_shape
+    sh, batch = segment_shape(t, segment), _batch(t, segment)
+    if not sh.layers or batch is None or len(sh.seq_lengths) != 1:
+        return None
+    try:
+        model = traced_model(layer_structure(t), sh.layers, list_models())
+    except RoofplanError:
+        return None
+    return (model, Job(phase=phase, batch=batch, seq=sh.seq_lengths[0])) if model else None
 
 
 def _batch(t: Trace, segment: str) -> int | None:
@@ -225,32 +233,20 @@ def held_out_classes(traces: list[Trace], system: System, kp: KernelProfile, pro
     held out; the gemm class is left out for the traces in `gemm_fitted_on` (their compute-bound
     GEMMs fitted gemm_efficiency_scale). One dict per segment: trace, segment, model, batch, seq
     and {class: error} for classes above 1% of its kernel time."""
-    from simulator.core.models import list_models
     from simulator.core.predict import predict
-    from simulator.core.workload import Job
-    from simulator.calibration.host_fit import _executor, traced_model
-    from simulator.calibration.trace_fit import layer_structure
-    from simulator.calibration.validate import compare, segment_shape
-    from simulator.core.errors import RoofplanError
+    from simulator.calibration.host_fit import _executor
+    from simulator.calibration.validate import compare
     out = []
     ex = _executor(prof, name)
     for t in traces:
-        if t.cpu_only:
-            continue
-        for seg in t.segments.loc[t.segments["phase"] == "train", "name"]:
-            sh, batch = segment_shape(t, seg), _batch(t, seg)
-            try:
-                struct = layer_structure(t)
-            except RoofplanError:
+        for seg in _segments(t, "train"):
+            if not (mj := _segment_job(t, seg, "train")):
                 continue
-            model = traced_model(struct, sh.layers, list_models()) if sh.layers else None
-            if model is None or batch is None or len(sh.seq_lengths) != 1:
-                continue
-            p = predict(model, system, Job(phase="train", batch=batch, seq=sh.seq_lengths[0]), ex, kp, check_memory=False)
-            df, s = compare(t, seg, p, ex.stream_gap_s)
+            model, job = mj
+            df, s = compare(t, seg, predict(model, system, job, ex, kp, check_memory=False), ex.stream_gap_s)
             big = df[(df["measured_s"] > 0.01 * s["measured_kernel_time_s"])
                      & ~((df["cls"] == "gemm") & (Path(t.path).name in gemm_fitted_on))]
-            out.append({"trace": Path(t.path).name, "segment": seg, "model": model.name, "batch": batch,
-                         "seq": sh.seq_lengths[0], "classes": {r.cls: float(r.error) for r in big.itertuples()},
-                         "kernel_time_error": float(s["kernel_time_error"])})
+            out.append({"trace": Path(t.path).name, "segment": seg, "model": model.name, "batch": job.batch,
+                        "seq": job.seq, "classes": {r.cls: float(r.error) for r in big.itertuples()},
+                        "kernel_time_error": float(s["kernel_time_error"])})
     return out

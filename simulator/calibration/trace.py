@@ -153,6 +153,20 @@ class Trace:
         g["share"] = g["time_s"] / max(float(g["time_s"].sum()), 1e-30)
         return g.sort_values("time_s", ascending=False)
 
+    def kernel_gaps(self, segment: str) -> np.ndarray:
+        """The GPU's idle time before each kernel of `segment` but the first: its start less the
+        latest end of the kernels before it (negative where kernels overlap)."""
+        k = self.kernels[self.kernels["segment"] == segment].sort_values("ts_s")
+        start, end = k["ts_s"].to_numpy(), (k["ts_s"] + k["dur_s"]).to_numpy()
+        return start[1:] - np.maximum.accumulate(end)[:-1] if len(k) > 1 else np.array([])
+
+    def gpu_busy(self, segment: str) -> float:
+        """Kernel time over the GPU span (first kernel start to last kernel end) of `segment`;
+        0 without kernels."""
+        k = self.kernels[self.kernels["segment"] == segment]
+        span = float((k["ts_s"] + k["dur_s"]).max() - k["ts_s"].min()) if len(k) else 0.0
+        return float(k["dur_s"].sum()) / span if span > 0 else 0.0
+
     def segment_stats(self) -> pd.DataFrame:
         """Per segment: kernels, kernel time, GPU span (first kernel start to last kernel end),
         CPU span, FLOPs of GEMM/SDPA ops."""

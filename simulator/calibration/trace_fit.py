@@ -160,14 +160,9 @@ def fit_stream_gap(traces: list) -> tuple[float, dict] | None:
     gaps, used = [], []
     for t in traces:
         for seg in t.segments["name"]:
-            k = t.kernels[t.kernels["segment"] == seg].sort_values("ts_s")
-            if len(k) < 100:
+            if int((t.kernels["segment"] == seg).sum()) < 100 or t.gpu_busy(seg) < GPU_BOUND_BUSY:
                 continue
-            start, end = k["ts_s"].to_numpy(), (k["ts_s"] + k["dur_s"]).to_numpy()
-            span = float(end.max() - start.min())
-            if span <= 0 or float(k["dur_s"].sum()) / span < GPU_BOUND_BUSY:
-                continue
-            g = start[1:] - np.maximum.accumulate(end)[:-1]
+            g = t.kernel_gaps(seg)
             g = g[(g >= 0) & (g < MAX_STREAM_GAP_S)]
             gaps.append(g)
             used.append({"trace": Path(t.path).name, "segment": seg, "gaps": int(len(g)),
@@ -178,7 +173,7 @@ def fit_stream_gap(traces: list) -> tuple[float, dict] | None:
 
 
 def _in_stream_kernels(traces: list[Trace], system: System, kp: KernelProfile, prof: dict, name: str,
-                       struct: dict | None, evidence: dict) -> dict:
+                       evidence: dict) -> dict:
     """The kernel fields a stack's own trace times better than the microbenchmarks (see
     simulator.calibration.kernel_fit), in the order each needs the ones before it."""
     from simulator.calibration import kernel_fit as kf
@@ -196,7 +191,7 @@ def _in_stream_kernels(traces: list[Trace], system: System, kp: KernelProfile, p
     if attn:
         out["attn_decode_overhead_us"] = round(attn[0] * 1e6, 3)
         evidence["attn_decode"] = attn[1]
-    scales = kf.fit_memory_scales(traces, system, kp, {**prof, **out}, name, struct)
+    scales = kf.fit_memory_scales(traces, system, kp, {**prof, **out}, name)
     if scales:
         out["memory_efficiency_scale"] = {c: round(v, 4) for c, v in scales[0].items()}
         evidence["memory_scales"] = scales[1]
@@ -236,7 +231,7 @@ def fit_executor_profile(traces: list[Trace], system: System, kp: KernelProfile,
     if gap is not None:
         prof["stream_gap_us"] = round(gap[0] * 1e6, 2)
         evidence["stream_gap"] = gap[1]
-    prof.update(_in_stream_kernels(traces, system, kp, prof, name, struct, evidence))
+    prof.update(_in_stream_kernels(traces, system, kp, prof, name, evidence))
     host = None
     for t in traces:
         if t.cpu_only:      # no launch queue on a CPU: its per-op cost is kernel_overhead_us below

@@ -234,11 +234,7 @@ def host_stalls(trace: Trace, segment: str) -> tuple[float, int]:
     between consecutive kernels: the stream waiting for the host, which under the profiler is
     slower than without it (a GPU-bound step's traced wall time carries them, its prediction not)."""
     from simulator.calibration.trace_fit import MAX_STREAM_GAP_S
-    k = trace.kernels[trace.kernels["segment"] == segment].sort_values("ts_s")
-    if len(k) < 2:
-        return 0.0, 0
-    start, end = k["ts_s"].to_numpy(), (k["ts_s"] + k["dur_s"]).to_numpy()
-    gaps = start[1:] - np.maximum.accumulate(end)[:-1]
+    gaps = trace.kernel_gaps(segment)
     long = gaps[gaps > MAX_STREAM_GAP_S]
     return float(long.sum()), int(len(long))
 

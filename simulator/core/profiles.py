@@ -43,6 +43,11 @@ class Curve:
         return np.interp(x, self.log_t, self.eff)
 
     @staticmethod
+    def flat(eff: float) -> "Curve":
+        """The same efficiency at every ideal time."""
+        return Curve((0.0,), (eff,))
+
+    @staticmethod
     def of(f: "CurveFile") -> "Curve":
         return Curve(tuple(np.log10(f.knots_s)), tuple(f.efficiency))
 
@@ -197,7 +202,7 @@ class ExecutorProfile:
             return base
         e = self.gemm_memory_efficiency
         return replace(base, overhead_s=base.overhead_s if self.gemm_overhead_s is None else self.gemm_overhead_s,
-                       memory=base.memory if e is None else Curve((0.0,), (e,)))
+                       memory=base.memory if e is None else Curve.flat(e))
 
 
 def _profiles_dir(sub: str) -> Path:
