@@ -211,15 +211,17 @@ def fit_executor_profile(traces: list[Trace], system: System, kp: KernelProfile,
                          "give the un-profiled wall time of the traced step")
     prof = dict(base or {})
     evidence: dict = {}
-    struct = None
+    structs = {}        # per trace: each fit identifies its own trace's model (traces may be of two models)
     for t in traces:
         try:
-            struct = layer_structure(t)
-            break
+            structs[id(t)] = layer_structure(t)
         except RoofplanError:
             continue
+    struct = next(iter(structs.values()), None)
     if struct:
-        prof.update({k: struct[k] for k in ("fused_qkv", "fused_gate_up", "repeat_kv", "kv_cache_concat")})
+        prof.update({k: struct[k] for k in ("fused_qkv", "fused_gate_up", "repeat_kv")})
+        # only a trace with decode steps shows how the cache grows: a training trace beside it says nothing
+        prof["kv_cache_concat"] = any(x["kv_cache_concat"] for x in structs.values())
         evidence["layer_structure"] = struct
     scales = [fit_gemm_scale(t, system, kp) for t in traces]
     flops = [s[1].get("measured_s", 0.0) for s in scales]
@@ -246,7 +248,7 @@ def fit_executor_profile(traces: list[Trace], system: System, kp: KernelProfile,
         evidence["train_host_kept"] = ("the training host costs need the profiler factor of an inference fit: pass "
                                        "the same stack's inference trace (a host-bound step) and --end-to-end too")
     if host:
-        fields, evidence["host"] = fit_host(host[0], host[1], host[2], struct, prof, name, system, kp,
+        fields, evidence["host"] = fit_host(host[0], host[1], host[2], structs.get(id(host[0])), prof, name, system, kp,
                                             step_time_s, end_to_end)
         prof.update(fields)
         if train:

@@ -137,6 +137,21 @@ def test_calibrate_cli_reproduces_shipped_hf_eager(shared, tmp_path, capsys):
     assert "Other fields from default.yaml." in again["source"]
 
 
+def test_the_order_of_the_traces_does_not_matter(shared, tmp_path, capsys):
+    """The training trace first: each fit identifies its own trace's model (the host fit the 8B
+    decode step, the class scales the 8B prefill) and the KV-cache append comes from the trace
+    that has decode steps. Before, the first trace's structure (the 1B) was used for all of them:
+    the host fit refused the end-to-end file and the cache append read False."""
+    shipped = yaml.safe_load((REPO_ROOT / "hardware_specs" / "profiles" / "executors" / "hf-eager.yaml").read_text())
+    out = tmp_path / "hf-eager.yaml"
+    shutil.copy(REPO_ROOT / "hardware_specs" / "profiles" / "executors" / "hf-eager.yaml", out)
+    assert main(["calibrate", "--trace", str(TRAIN), "--trace", str(INFER), "--hardware", "h100-sxm",
+                 "--end-to-end", str(E2E), "-o", str(out), "--format", "json"]) == 0
+    capsys.readouterr()
+    fitted = yaml.safe_load(out.read_text())
+    assert {k: v for k, v in fitted.items() if k != "source"} == {k: v for k, v in shipped.items() if k != "source"}
+
+
 def test_calibrate_held_out_report(shared, tmp_path, capsys):
     out = tmp_path / "hf-eager.yaml"
     report = _calibrate(out, capsys, "--end-to-end", str(E2E))
