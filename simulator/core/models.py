@@ -25,6 +25,24 @@ def models_root() -> Path:
     return data_dir("ROOFPLAN_MODELS_DIR", "workloads", "models")
 
 
+# Hugging Face activations (transformers activations.py, ACT2FN) as eager PyTorch runs them, one
+# kernel per tensor op: name -> (kernels, elements read + written per input element). A stack that
+# fuses its activation runs FUSED_ACTIVATION. GPT-2's gelu_new is
+# 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * pow(x, 3)))): 0.5 *, pow, 0.044715 *, x +,
+# sqrt(2 / pi) *, tanh, 1 +, * = 8 kernels, 10 reads + 8 writes.
+FUSED_ACTIVATION = (1, 2)
+HF_ACTIVATIONS = {
+    "silu": FUSED_ACTIVATION, "swish": FUSED_ACTIVATION, "relu": FUSED_ACTIVATION,
+    "gelu": FUSED_ACTIVATION, "gelu_pytorch_tanh": FUSED_ACTIVATION,   # F.gelu, F.gelu(approximate="tanh")
+    "tanh": FUSED_ACTIVATION, "sigmoid": FUSED_ACTIVATION, "mish": FUSED_ACTIVATION,
+    "gelu_10": (2, 4),        # F.gelu, clip
+    "quick_gelu": (3, 7),     # 1.702 *, sigmoid, x *
+    "gelu_python": (5, 11),   # x * 0.5, x / sqrt(2), erf, 1 +, *
+    "gelu_new": (8, 18),
+    "gelu_fast": (9, 21),     # 0.5 x * (1 + tanh(x * 0.7978845608 * (1 + 0.044715 * x * x)))
+}
+
+
 @dataclass(frozen=True)
 class Linear:
     """One weight matrix y = x W (+ b): `d_in` x `d_out`, `count` copies (experts)."""
@@ -60,6 +78,7 @@ class ModelConfig:
     tie_embeddings: bool
     gated_mlp: bool                  # SwiGLU-style gate*up (3 matrices) vs plain up/down (2)
     norm: str                        # rms | layer
+    activation: str = "silu"         # the MLP's HF activation (hidden_act / activation_function)
     qkv_bias: bool = False           # Qwen2: bias on q, k, v only
     linear_bias: bool = False        # OPT/GPT: bias on every linear
     learned_positions: int = 0       # rows of a learned position table (OPT adds 2)
@@ -250,6 +269,22 @@ class HFConfigFile(BaseModel):
     qk_nope_head_dim: _Size = None
     qk_rope_head_dim: _Size = None
     v_head_dim: _Size = None
+    hidden_act: Name | None = None
+    hidden_activation: Name | None = None
+    activation_function: Name | None = None
+
+
+def _activation(cfg: dict, path: Path, default: str) -> str:
+    """The MLP activation the config names (Gemma's hidden_activation, hidden_act, GPT-2/OPT's
+    activation_function), else the family's HF default; one that HF_ACTIVATIONS lacks is an error."""
+    for key in ("hidden_activation", "hidden_act", "activation_function"):
+        name = cfg.get(key)
+        if name is not None:
+            if name not in HF_ACTIVATIONS:
+                raise RoofplanError(f"{path}: field '{key}' is {clip(repr(name))}{did_you_mean(name, HF_ACTIVATIONS)}; "
+                                    f"roofplan models the Hugging Face activations {', '.join(HF_ACTIVATIONS)}")
+            return name
+    return default
 
 
 def parse_hf_config(cfg: Any, name: str, path: Path) -> ModelConfig:
@@ -296,7 +331,7 @@ def _parse_hf_config(cfg: Any, name: str, path: Path) -> ModelConfig:
             head_dim=d // g("n_head", "num_attention_heads"), ffn_dim=g("n_inner", default=4 * d),
             vocab=g("vocab_size"), max_positions=g("n_positions", "max_position_embeddings"),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", True)), gated_mlp=False, norm="layer",
-            linear_bias=True, learned_positions=g("n_positions", "max_position_embeddings"),
+            activation=_activation(cfg, path, "gelu_new"), linear_bias=True, learned_positions=g("n_positions", "max_position_embeddings"),
             source=str(cfg.get("_source", path)),
         )
     if mt == "opt":
@@ -309,7 +344,8 @@ def _parse_hf_config(cfg: Any, name: str, path: Path) -> ModelConfig:
             n_heads=g("num_attention_heads"), n_kv_heads=g("num_attention_heads"),
             head_dim=d // g("num_attention_heads"), ffn_dim=g("ffn_dim"), vocab=g("vocab_size"),
             max_positions=n_pos, tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
-            gated_mlp=False, norm="layer", linear_bias=bool(cfg.get("enable_bias", True)),
+            gated_mlp=False, norm="layer", activation=_activation(cfg, path, "relu"),
+            linear_bias=bool(cfg.get("enable_bias", True)),
             learned_positions=n_pos + 2,  # OPTLearnedPositionalEmbedding offsets by 2
             source=str(cfg.get("_source", path)),
         )
@@ -322,6 +358,7 @@ def _parse_hf_config(cfg: Any, name: str, path: Path) -> ModelConfig:
         head_dim=g("head_dim", default=d // n_heads), ffn_dim=g("intermediate_size"),
         vocab=g("vocab_size"), max_positions=g("max_position_embeddings"),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), gated_mlp=True, norm="rms",
+        activation=_activation(cfg, path, "silu"),
         qkv_bias=bool(cfg.get("attention_bias", mt in ("qwen2", "qwen2_moe"))),
         source=str(cfg.get("_source", path)),
     )

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 
 from simulator.core.constants import ADAM_FLOPS, ADAM_TRAFFIC_BYTES, LOSS_BYTES_PER_LOGIT, RECAST_TRAFFIC_BYTES
-from simulator.core.models import Linear, ModelConfig
+from simulator.core.models import FUSED_ACTIVATION, HF_ACTIVATIONS, Linear, ModelConfig
 from simulator.core.profiles import ExecutorProfile
 from simulator.core.quant import gemm_dtype, gemm_kind, is_quantized, weight_bytes_per_param
 from simulator.core.units import DTYPE_BYTES
@@ -192,7 +192,7 @@ def _norm_op(name: str, model: ModelConfig, job: Job, ex: ExecutorProfile, token
         * tokens  # T: tokens normalised
         * width  # elements normalised per token
     )
-    if model.norm != "rms" and ex.norm_kernels > 1:
+    if model.norm != "rms" and ex.eager_modules:
         # a LayerNorm is torch's fused layer_norm whatever the stack's eager RMSNorm sequence: one
         # kernel reading the input and writing the output once (at the residual's width in training)
         r = residual_bytes or DTYPE_BYTES[job.dtype]
@@ -659,18 +659,20 @@ def router_topk_ops(c: LayerCall) -> list[Op]:
 
 def activation_ops(c: LayerCall, down: Linear) -> list[Op]:
     """The activation before a down projection, on its input (this rank's intermediate columns x
-    tokens, top_k / ep of them for experts): gated (SwiGLU, Shazeer 2020) silu(gate) * up in 2
-    kernels, 5 a bytes per element (silu: read + write, multiply: 2 reads + 1 write); plain
-    GeLU/ReLU one kernel, read + write."""
+    tokens, top_k / ep of them for experts): one fused kernel, read + write, or under an eager
+    stack its Hugging Face module's op sequence (GPT-2's gelu_new: 8 kernels moving 18 elements
+    per element; models.HF_ACTIVATIONS); gated (SwiGLU, Shazeer 2020) act(gate) * up adds the
+    multiply, 1 kernel and 2 reads + 1 write per element."""
     features = down.d_in // (c.tp // c.ep if down.moe else c.tp)
     rows = c.tokens * c.model.top_k / c.ep if down.moe else c.tokens   # token-expert pairs / tokens
     elems = (
         features  # this rank's intermediate columns
         * rows  # tokens (experts: token-expert pairs on this rank)
     )
+    kernels, moved = HF_ACTIVATIONS[c.model.activation] if c.ex.eager_modules else FUSED_ACTIVATION
     if c.model.gated_mlp:
-        return [_elementwise_op(c, f"act_{down.name}", elems, 5 * c.act_bytes, 2)]
-    return [_elementwise_op(c, f"act_{down.name}", elems, 2 * c.act_bytes, 1)]
+        kernels, moved = kernels + 1, moved + 3   # * up: read both, write the product
+    return [_elementwise_op(c, f"act_{down.name}", elems, moved * c.act_bytes, kernels)]
 
 
 def moe_combine_ops(c: LayerCall) -> list[Op]:

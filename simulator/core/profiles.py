@@ -187,6 +187,13 @@ class ExecutorProfile:
                                                   # None: simulator.serving's default (vLLM's 0.9)
     source: str = ""
 
+    @property
+    def eager_modules(self) -> bool:
+        """The stack runs each module's torch ops one kernel at a time (its RMSNorm is several
+        kernels): a LayerNorm is torch's one fused layer_norm kernel, an activation the op
+        sequence of its Hugging Face module (models.HF_ACTIVATIONS)."""
+        return self.norm_kernels > 1
+
     def kernel_overhead(self, cls: str, default: float) -> float:
         """GPU time per small kernel of op class `cls` in this stack's stream (`default`: the
         kernel profile's, for an executor that does not say)."""

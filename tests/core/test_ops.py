@@ -226,3 +226,30 @@ def test_fused_norm_stacks_keep_their_own_norm_bytes():
     norms = [o for o in forward_ops(load_model("opt-13b"), Job(phase="prefill", batch=1, seq=512), ex)
              if o.cls == "norm"]
     assert [(o.kind, o.bytes) for o in norms] == [("", ex.norm_bytes_per_elem * t * 5120) for t in (512, 512, 1)]
+
+
+@pytest.mark.parametrize("name, executor, kernels, elems_moved", [
+    ("gpt2", "hf-eager", 8, 18),       # NewGELUActivation: 0.5 *, pow, *, +, *, tanh, +, *
+    ("gpt2", "vllm-v1", 1, 2),         # a fused gelu kernel
+    ("opt-6.7b", "hf-eager", 1, 2),    # nn.ReLU
+    ("llama-3.1-8b", "hf-eager", 2, 5),   # F.silu(gate), * up
+])
+def test_the_activation_is_its_hf_modules_op_sequence_under_an_eager_stack(name, executor, kernels, elems_moved):
+    """HF's GPT-2 MLP runs gelu_new as eight eager kernels over the 4 x hidden intermediate, each
+    reading and writing it (10 reads + 8 writes per element): a GPT-2 prefill of 8 x 1024 tokens
+    moves 18 x 2 B per element, not 4 B; a stack that fuses the activation runs one kernel."""
+    m = load_model(name)
+    T = 8 * 1024
+    act = [o for o in forward_ops(m, Job(phase="prefill", batch=8, seq=1024), load_executor_profile(executor))
+           if o.name == "layer.act_down"]
+    assert [(o.kernels, o.bytes) for o in act] == [(kernels, elems_moved * 2 * T * m.ffn_dim)]
+
+
+def test_an_unknown_activation_is_a_one_line_error(tmp_path):
+    import json
+    from simulator.core.errors import RoofplanError
+    from simulator.core.models import models_root
+    cfg = json.loads((models_root() / "llama-3.2-1b.json").read_text()) | {"hidden_act": "gelu_neww"}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(RoofplanError, match=r"field 'hidden_act' is 'gelu_neww' \(did you mean: gelu_new"):
+        load_model(str(tmp_path / "config.json"))
