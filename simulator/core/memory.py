@@ -36,7 +36,7 @@ import numpy as np
 from simulator.core.constants import (ADAM_STATE_BYTES, GRAD_BYTES, LOSS_BYTES_PER_LOGIT, MASTER_ADAM_BYTES,
                                       MASTER_WEIGHT_BYTES, WORKING_WEIGHT_BYTES)
 from simulator.core.models import ModelConfig
-from simulator.core.ops import trainable_params
+from simulator.core.ops import adapted_linears, residual_bytes, split_tp, trainable_params
 from simulator.core.profiles import ExecutorProfile
 from simulator.core.quant import is_quantized, weight_bytes_per_param
 from simulator.core.units import DTYPE_BYTES
@@ -119,7 +119,7 @@ def inference_activation_bytes(model: ModelConfig, job: Job, fused_gate_up: bool
 
 def saved_activation_bytes_per_token_layer(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bool) -> float:
     a = DTYPE_BYTES[job.dtype]
-    r = ex.train_residual_bytes
+    r = residual_bytes(ex, job)
     d, tp = model.hidden, job.tp
     dq = model.n_heads * (model.qk_nope_dim + model.qk_rope_dim if model.is_mla else model.head_dim) / tp
     dkv = (model.n_kv_heads * model.head_dim / tp) if not model.is_mla else dq
@@ -139,7 +139,13 @@ def saved_activation_bytes_per_token_layer(model: ModelConfig, job: Job, ex: Exe
     if moe:
         mlp += a * model.n_experts * 2   # router logits and probabilities
     if job.lora_rank:
-        mlp += a * job.lora_rank * 7     # the rank-r intermediates of the seven adapted linears
+        # PEFT saves, per adapted linear, lora_A's input -- the layer's input cast to the adapter
+        # dtype, a copy of its own when that differs from the compute dtype (fp32 adapters: 4 B per
+        # input feature) -- and lora_B's rank-r input
+        ad = DTYPE_BYTES[ex.lora_adapter_dtype]
+        for lin in adapted_linears(model, moe, ex):
+            k_in, _ = split_tp(lin, tp)
+            mlp += (k_in * ad if ad != a else 0.0) + job.lora_rank * ad
     total = norms + casts + rope + attn + o_in + mlp
     if job.recompute == "selective":     # recompute rope and attention internals, keep the rest
         total -= rope + attn - a * (dq + 2 * dkv)
@@ -198,7 +204,8 @@ def activation_bytes_per_layer(model: ModelConfig, seq_local, micro_batch, tp, s
     tp, sp, mb = np.asarray(tp), np.asarray(sp, bool), np.asarray(micro_batch, float)
     tokens = mb * np.asarray(seq_local, float)
     if recompute == "full":
-        return tokens * ex.train_residual_bytes * model.hidden / np.where(sp, tp, 1)
+        r = residual_bytes(ex, Job(phase="train", lora_rank=lora_rank))
+        return tokens * r * model.hidden / np.where(sp, tp, 1)
     moe_frac = model.n_moe_layers / model.n_layers
     out = np.zeros(np.broadcast(tp, sp).shape)
     for t in np.unique(tp):

@@ -76,13 +76,22 @@ def experts_touched(n_experts: int, top_k: int, tokens: int) -> float:
     return n_experts * (1.0 - (1.0 - top_k / n_experts) ** tokens)
 
 
-def _split_tp(lin: Linear, tp: int) -> tuple[int, int]:
+def split_tp(lin: Linear, tp: int) -> tuple[int, int]:
     """Megatron split: column-parallel for up/qkv projections, row-parallel for o/down."""
     if tp == 1 or lin.name == "router":
         return lin.d_in, lin.d_out
     if lin.name in ("o", "down", "experts_down", "shared_down"):
         return lin.d_in // tp, lin.d_out
     return lin.d_in, lin.d_out // tp
+
+
+def residual_bytes(ex: ExecutorProfile, job: Job) -> float:
+    """Bytes per element of the residual stream: autocast training with fp32 parameters keeps it
+    in fp32 (the executor's train_residual_bytes); LoRA freezes the base in the compute dtype, so
+    the embedding output and every residual add stay in it, as in inference."""
+    if job.phase == "train" and not job.lora_rank:
+        return ex.train_residual_bytes
+    return DTYPE_BYTES[job.dtype]
 
 
 def _linears(model: ModelConfig, moe: bool, ex: ExecutorProfile) -> list[Linear]:
@@ -146,9 +155,8 @@ class LayerCall:
 
     @property
     def residual_bytes(self) -> float:
-        """Bytes per element of the residual stream: autocast training keeps it in fp32 (the
-        executor's train_residual_bytes); inference keeps it in the compute dtype."""
-        return self.ex.train_residual_bytes if self.job.phase == "train" else self.act_bytes
+        """Bytes per element of the residual stream (`residual_bytes`)."""
+        return residual_bytes(self.ex, self.job)
 
     @property
     def heads(self) -> int:
@@ -310,7 +318,7 @@ def lora_adapter_ops(c: LayerCall, lin: Linear) -> list[Op]:
     result.to(base dtype)), with the adapters in the executor's `lora_adapter_dtype` (PEFT keeps
     them in fp32 by default: autocast_adapter_dtype=True): the input cast, two small GEMMs
     (2 T r k_in and 2 T r n_out FLOPs), and scale, add and cast back over the output."""
-    k_in, n_out = _split_tp(lin, c.tp)
+    k_in, n_out = split_tp(lin, c.tp)
     r = c.job.lora_rank
     a = c.act_bytes
     ad = DTYPE_BYTES[c.ex.lora_adapter_dtype]
@@ -337,11 +345,17 @@ def lora_adapter_ops(c: LayerCall, lin: Linear) -> list[Op]:
     return ops
 
 
+def adapted_linears(model: ModelConfig, moe: bool, ex: ExecutorProfile) -> list[Linear]:
+    """The linears PEFT wraps with LoRA adapters, as this executor issues them: every one but the
+    routed experts and the router."""
+    return [lin for lin in _linears(model, moe, ex) if not lin.moe and lin.name != "router"]
+
+
 def with_lora(c: LayerCall, ops: list[Op]) -> list[Op]:
     """`ops` with PEFT's adapter ops after every adapted linear (not experts, not the router)."""
     if not c.job.lora_rank:
         return ops
-    adapted = {lin.name: lin for lin in _linears(c.model, c.moe, c.ex) if not lin.moe and lin.name != "router"}
+    adapted = {lin.name: lin for lin in adapted_linears(c.model, c.moe, c.ex)}
     out = []
     for op in ops:
         out.append(op)
@@ -356,7 +370,7 @@ def _gemm_op(c: LayerCall, lin: Linear) -> Op:
     q/k/v, gate/up column-parallel, o/down row-parallel; experts split tp / ep ways, each of the ep
     ranks holding n_experts / ep whole experts), plus the LoRA adapters when training them (not
     on experts or the router)."""
-    k_in, n_out = _split_tp(lin, c.tp // c.ep if lin.moe else c.tp)
+    k_in, n_out = split_tp(lin, c.tp // c.ep if lin.moe else c.tp)
     if lin.moe:
         flops, bytes_ = _expert_gemm_cost(c, lin, k_in, n_out)
     else:
@@ -785,7 +799,7 @@ def lm_head_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, tokens) -> li
         + tokens * (d + v)  # read the hidden states, write the logits
     )
     return [
-        _norm_op("final_norm", model, job, ex, tokens, 1, ex.train_residual_bytes if job.phase == "train" else None),
+        _norm_op("final_norm", model, job, ex, tokens, 1, residual_bytes(ex, job)),
         Op("lm_head", "gemm", flops, elems * a, 1, dtype=job.dtype),
     ]
 
