@@ -277,8 +277,11 @@ def inference_cost(model: ModelConfig, system: System, job: Job, ex: ExecutorPro
         stage = other + stream_schedule(per_layer, layer_transfer, lps, job.overlap)
         resident_ends = ends * a
         if ex.offload_embeddings:
-            # the embedding and the LM head travel too, each before its own use, not overlapped
-            ends_transfer = ends * a / bw + 2 * kp.copy_latency_s
+            # the embedding and the LM head travel too, each before its own use, not overlapped; a
+            # head tied to the embedding travels again (accelerate's cpu_offload hooks each module
+            # and passes its hooks no tied_params_map, so the lm_head hook copies the shared table)
+            tied_head = model.vocab * model.hidden / job.tp if model.tie_embeddings else 0.0
+            ends_transfer = (ends + tied_head) * a / bw + 2 * kp.copy_latency_s
             transfer = transfer + ends_transfer
             stage = stage + ends_transfer
             resident_ends = max(model.embedding_params, model.head_params) / job.tp * a

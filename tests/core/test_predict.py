@@ -176,6 +176,20 @@ def test_lora_saves_peft_fp32_copy_of_each_adapted_input():
     assert [o for o in full if "autocast" in o.name]
 
 
+@pytest.mark.parametrize("name", ["llama-3.2-1b", "llama-3.1-8b"])
+def test_accelerate_copies_every_weight_and_a_tied_head_twice(name):
+    """accelerate.cpu_offload hooks every module with weights and gives its hooks no tied-weights
+    map: the embedding and the LM head copy their table each before use, the tied table of
+    Llama-3.2-1B twice (2 x 525 MB of its 2.47 GB), at the pageable rate."""
+    from simulator.core.profiles import load_kernel_profile
+    m = load_model(name)
+    job = Job("decode", batch=1, context=512, offload_weights="cpu", host_memory="pageable", overlap=False)
+    p = predict(m, H100, job, load_executor_profile("accelerate"))
+    kp = load_kernel_profile("h100-sxm")
+    copied = 2 * (m.params_total() + (m.vocab * m.hidden if m.tie_embeddings else 0))
+    assert p.transfer_time_s == pytest.approx(copied / kp.h2d_pageable_Bps + (m.n_layers + 2) * kp.copy_latency_s)
+
+
 def test_offload_pageable_slower_than_pinned_and_overlap_helps():
     m = load_model("llama-3.1-8b")
     pinned = predict(m, H100, Job("decode", batch=1, context=512, offload_weights="cpu"))
