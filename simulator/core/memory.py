@@ -244,9 +244,9 @@ def stage_params(model: ModelConfig, tp, pp, ep):
     return (stage_layers(model, pp) * (per_layer + expert_per_layer / np.asarray(ep)) + ends_here) / np.asarray(tp)
 
 
-def trainable_fraction(model: ModelConfig, lora_rank: int) -> float:
+def trainable_fraction(model: ModelConfig, lora_rank: int, ex: ExecutorProfile) -> float:
     """Trainable / all parameters (1 for full training; LoRA adapters / base otherwise)."""
-    return trainable_params(model, Job("train", seq=1, lora_rank=lora_rank)) / model.params_total()
+    return trainable_params(model, Job("train", seq=1, lora_rank=lora_rank), ex) / model.params_total()
 
 
 def memory_terms(model: ModelConfig, seq, ex: ExecutorProfile, tp, pp, dp, cp, ep, micro_batch, n_micro, vpp,
@@ -257,7 +257,7 @@ def memory_terms(model: ModelConfig, seq, ex: ExecutorProfile, tp, pp, dp, cp, e
                                                                     zero))
     P = stage_params(model, tp, pp, ep)
     a = DTYPE_BYTES[dtype]
-    trainable = P * trainable_fraction(model, lora_rank)
+    trainable = P * trainable_fraction(model, lora_rank, ex)
     per_layer, expert_per_layer, _ = param_split(model)
     if lora_rank:
         # frozen base in the compute dtype; adapters in fp32 are their own master weights

@@ -858,15 +858,19 @@ def backward_ops(fwd: list[Op], job: Job, memory_ratio: float = 2.0) -> list[Op]
     return out
 
 
-def trainable_params(model: ModelConfig, job: Job) -> float:
-    """Parameters the optimizer updates (per model replica, before TP/PP/ZeRO sharding)."""
+def trainable_params(model: ModelConfig, job: Job, ex: ExecutorProfile) -> float:
+    """Parameters the optimizer updates (per model replica, before TP/PP/ZeRO sharding): all of
+    them, or with LoRA rank x (in + out) for each linear PEFT adapts as the executor lays the
+    modules out (`adapted_linears`: HF Llama's q, k, v, o, gate, up, down each; the fused qkv and
+    gate_up of a fused stack once). Llama-3.1-8B at rank 16 under HF: 41,943,040, what PEFT's
+    print_trainable_parameters reports."""
     if not job.lora_rank:
         return float(model.params_total())
-    r = job.lora_rank
-    per_layer_dense = sum(r * (l.d_in + l.d_out) for l in model.layer_linears(False) if l.name != "router")
-    per_layer_moe = sum(r * (l.d_in + l.d_out) * (l.count if l.moe else 1)
-                        for l in model.layer_linears(True) if l.name != "router")
-    return float((model.n_layers - model.n_moe_layers) * per_layer_dense + model.n_moe_layers * per_layer_moe)
+
+    def per_layer(moe: bool) -> int:
+        return sum(job.lora_rank * (lin.d_in + lin.d_out) for lin in adapted_linears(model, moe, ex))
+    n_moe = model.n_moe_layers
+    return float((model.n_layers - n_moe) * per_layer(False) + (n_moe * per_layer(True) if n_moe else 0))
 
 
 def loss_ops(model: ModelConfig, job: Job, tokens: int) -> list[Op]:

@@ -294,7 +294,7 @@ def _train_activity(model, job, ex, stage_ops_: list) -> tuple[float, float]:
     m = job.n_micro
     flops = m * sum(float(np.sum(o.flops)) * o.count for o in stage_ops_)
     nbytes = m * sum(float(np.sum(o.bytes)) * o.count for o in stage_ops_)
-    params = float(stage_params(model, job.tp, job.pp, job.ep)) * trainable_fraction(model, job.lora_rank) \
+    params = float(stage_params(model, job.tp, job.pp, job.ep)) * trainable_fraction(model, job.lora_rank, ex) \
         / (job.dp if job.zero >= 1 else 1)
     for o in optimizer_ops(model, job, params):
         if not (ex.autocast_weight_casts and o.name == "optimizer.cast_weights"):

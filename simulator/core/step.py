@@ -486,7 +486,7 @@ def stage_times(model: ModelConfig, system: System, job: Job, ex: ExecutorProfil
     shares = tuple((k, v / whole) for k, v in sorted(gpu.items())) if whole > 0 else (("compute", 1.0),)
     host_free = not any(lane.H for _, lane in lanes)
     return StageTimes(**out, embed=total(emb), head=total(head),
-                      trainable_fraction=trainable_fraction(model, job.lora_rank), lora_rank=job.lora_rank,
+                      trainable_fraction=trainable_fraction(model, job.lora_rank, ex), lora_rank=job.lora_rank,
                       bound_shares=shares, host_free=host_free, lanes=tuple(lanes),
                       step_host_s=ex.host_overhead_per_step_s, optimizer_host_s=ex.host_optimizer_s)
 

@@ -154,6 +154,17 @@ def test_lora_trains_fewer_params_faster():
     assert lora.peak_memory_bytes < 0.4 * full.peak_memory_bytes
 
 
+def test_lora_trains_the_adapters_peft_counts():
+    """PEFT's print_trainable_parameters for Llama-3.1-8B, rank 16 on every linear (q, k, v, o,
+    gate, up, down as HF lays them out): 41,943,040; the fused layout of the default executor
+    (qkv, o, gate_up, down) has fewer."""
+    from simulator.core.ops import trainable_params
+    m, job = load_model("llama-3.1-8b"), Job("train", batch=1, seq=2048, lora_rank=16)
+    assert trainable_params(m, job, load_executor_profile("hf-eager")) == 41_943_040
+    assert trainable_params(m, job, load_executor_profile("default")) == 16 * 32 * (
+        (4096 + 6144) + (4096 + 4096) + (4096 + 28672) + (14336 + 4096))
+
+
 def test_lora_saves_peft_fp32_copy_of_each_adapted_input():
     """PEFT casts each adapted linear's input to the fp32 adapters' dtype and lora_A saves that
     copy for its weight gradient: without recompute a Llama-3.1-8B layer keeps 4 B x (q, k, v,
