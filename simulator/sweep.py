@@ -50,7 +50,7 @@ from simulator.core.schema import Name, Strict, _finite, check, read_yaml
 from simulator.core.speculative import (check_acceptance, check_draft, draft_plan, eagle_head, expected_tokens_per_step,
                                         speculative_energy)
 from simulator.core.units import DTYPE_BYTES
-from simulator.core.workload import MAX_SPEC_TOKENS, Job
+from simulator.core.workload import ALL_LINEAR, MAX_SPEC_TOKENS, Job
 
 
 # ---------------------------------------------------------------------------------------------
@@ -58,7 +58,8 @@ from simulator.core.workload import MAX_SPEC_TOKENS, Job
 
 # plan fields a grid may list besides tp, pp, dp (Job fields; training ones apply to phase train)
 PLAN_FIELDS = {"ep": (int, 1), "micro_batch": (int, 0), "zero": (int, 0), "recompute": (str, "none"),
-               "lora_rank": (int, 0), "sp": (bool, False), "cp": (int, 1), "vpp": (int, 1)}
+               "lora_rank": (int, 0), "lora_targets": (str, ALL_LINEAR), "sp": (bool, False), "cp": (int, 1),
+               "vpp": (int, 1)}
 
 # serving options a grid may list: field -> (default, the phases it applies to). Job fields but for
 # spec_acceptance and draft_model (predict_speculative's arguments). In a grid of several phases a
@@ -143,6 +144,7 @@ class GridSchema(Strict):
     zero: _values(Annotated[int, Field(ge=0, le=3)]) = [0]
     recompute: _values(Literal["none", "selective", "full"]) = ["none"]
     lora_rank: _values(Annotated[int, Field(ge=0, le=MAX_COUNT)]) = [0]
+    lora_targets: _values(Annotated[str, Field(pattern=r"^[a-z_]+(,[a-z_]+)*$|^all-linear$")]) = [ALL_LINEAR]
     sp: _values(bool) = [False]
     power_cap_w: _values(Watts | None) = [None]     # board power limit per GPU (null: the default, its TDP)
     carbon_g_per_kwh: _values(Intensity) = [DEFAULT_CARBON_G_PER_KWH]   # grid intensity for co2_g_per_1m_tokens
@@ -630,10 +632,13 @@ def input_files(groups: list[Group]) -> dict[str, Path | None]:
 
 
 def grid_sha256(grids: list[GridSchema]) -> str:
-    """sha256 of the validated grids (name and description left out, and the serving options of
-    OPTION_FIELDS where they hold their defaults: a grid from before they existed hashes as it did)."""
+    """sha256 of the validated grids (name and description left out, and the fields added since
+    grids were first hashed -- the serving options of OPTION_FIELDS, lora_targets -- where they hold
+    their defaults: a grid from before they existed hashes as it did)."""
+    later = {**{k: default for k, (default, _) in OPTION_FIELDS.items()}, "lora_targets": ALL_LINEAR}
+
     def dump(g: GridSchema) -> dict:
-        unset = {k for k, (default, _) in OPTION_FIELDS.items() if getattr(g, k) == [default]}
+        unset = {k for k, default in later.items() if getattr(g, k) == [default]}
         return g.model_dump(mode="json", exclude={"name", "description", *unset})
     return hashlib.sha256(json.dumps([dump(g) for g in grids], sort_keys=True).encode()).hexdigest()
 

@@ -9,7 +9,7 @@ End-to-end file (YAML), checked by EndToEndFile:
   cases:
     - {id: decode-llama-3.1-8b-b1-l512, group: graph, model: llama-3.1-8b, phase: decode, batch: 1,
        context: 512, executor: default, time_s: 0.00802, peak_memory_bytes: 16463836160, source: ...}
-  (a case may also give seq, dtype, recompute, lora_rank, tp, pp, dp, offload: weights:cpu,
+  (a case may also give seq, dtype, recompute, lora_rank, lora_targets, tp, pp, dp, offload: weights:cpu,
    host_memory: pinned|pageable, overlap, precision)
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from simulator.core.predict import predict
 from simulator.core.profiles import load_executor_profile, load_kernel_profile
 from simulator.core.schema import Name, NonNegInt, PosInt, Positive, Strict, Text, check, read_yaml
 from simulator.core.specs import load_hardware
-from simulator.core.workload import Job
+from simulator.core.workload import ALL_LINEAR, Job
 
 
 class Case(Strict):
@@ -42,6 +42,7 @@ class Case(Strict):
     dtype: Name = "bf16"
     recompute: Name = "none"
     lora_rank: NonNegInt = 0
+    lora_targets: Text = ALL_LINEAR              # PEFT's target_modules (Job.lora_targets)
     tp: PosInt = 1
     pp: PosInt = 1
     dp: PosInt = 1
@@ -69,6 +70,7 @@ def job_from_case(case: dict) -> Job:
     return Job(phase=case["phase"], batch=int(case["batch"]), seq=int(case.get("seq", 0)),
                context=int(case.get("context", 0)), dtype=case.get("dtype", "bf16"),
                recompute=case.get("recompute", "none"), lora_rank=int(case.get("lora_rank", 0)),
+               lora_targets=case.get("lora_targets", ALL_LINEAR),
                tp=int(case.get("tp", 1)), pp=int(case.get("pp", 1)), dp=int(case.get("dp", 1)),
                offload_weights="cpu" if str(offload).startswith("weights") else "gpu",
                host_memory=case.get("host_memory", "pinned"), overlap=bool(case.get("overlap", True)))

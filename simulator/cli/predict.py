@@ -9,7 +9,7 @@ from simulator.core.profiles import load_executor_profile, load_kernel_profile
 from simulator.report.tables import add_format_arg, emit, fmt_of
 from simulator.core.specs import load_hardware
 from simulator.core.units import GiB, fmt_bytes, fmt_duration, fmt_energy, fmt_mass_g, fmt_rate, fmt_time
-from simulator.core.workload import Job
+from simulator.core.workload import ALL_LINEAR, Job
 from simulator.cli.args import finite_float, plot_path
 from simulator.cli.speculative import add_spec_args, predict_spec, spec_fields, spec_job, spec_lines
 from simulator.cli.chunked import add_chunk_args, chunk_fields, chunk_job, chunk_lines, chunk_note, decode_alone
@@ -35,6 +35,9 @@ def add_job_args(p) -> None:
     p.add_argument("--no-overlap", action="store_true", help="do not overlap weight copies with compute")
     p.add_argument("--recompute", default="none", choices=("none", "selective", "full"))
     p.add_argument("--lora-rank", type=int, default=0)
+    p.add_argument("--lora-targets", default=ALL_LINEAR, metavar="all-linear|q,v,...",
+                   help="linears LoRA adapts (PEFT's target_modules): all-linear, or a comma list of q, k, v, o, "
+                        "gate, up, down (qkv, gate_up; or HF module names: q_proj, v_proj, ...)")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--pp", type=int, default=1)
     p.add_argument("--dp", type=int, default=1)
@@ -125,7 +128,8 @@ def job_from_args(args) -> Job:
             raise RoofplanError(f"--global-batch {global_batch} is not a multiple of --dp {args.dp}")
         batch = global_batch // args.dp
     return Job(phase=args.phase, batch=batch, seq=args.seq, context=args.context, dtype=args.dtype,
-               kv_dtype=args.kv_dtype, recompute=args.recompute, lora_rank=args.lora_rank, tp=args.tp,
+               kv_dtype=args.kv_dtype, recompute=args.recompute, lora_rank=args.lora_rank,
+               lora_targets=args.lora_targets, tp=args.tp,
                pp=args.pp, dp=args.dp, micro_batch=args.micro_batch, zero=args.zero, ep=getattr(args, "ep", 1),
                cp=getattr(args, "cp", 1), vpp=getattr(args, "vpp", 1), sp=getattr(args, "sp", False),
                offload_weights=offload, host_memory=args.host_memory, overlap=not args.no_overlap,
@@ -166,7 +170,8 @@ def cmd_predict(args) -> int:
         if j.n_gpus > 1 or j.ep > 1 else ""
     if j.phase == "train":
         par += (f" mb{j.micro_batch} x {j.n_micro}" + (f" v{j.vpp}" if j.vpp > 1 else "") + f" zero{j.zero}"
-                + f" recompute {j.recompute}" + (" sp" if j.sp else "") + (f" lora r{j.lora_rank}" if j.lora_rank else ""))
+                + f" recompute {j.recompute}" + (" sp" if j.sp else "") + (f" lora r{j.lora_rank}" if j.lora_rank else "")
+                + (f" on {j.lora_targets}" if j.lora_rank and j.lora_targets != ALL_LINEAR else ""))
     mem = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in pred.memory.as_dict().items() if v)
     what += chunk_note(j) + quant_note(j)   # a prefill chunk; quantized weights / KV cache
     title = f"{what} on {system.name}{par} ({ex.name} executor, kernel profile {kp.fitted_on})"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from simulator.core.errors import RoofplanError
 from simulator.report.tables import add_format_arg, emit, fmt_of
 from simulator.core.units import fmt_bytes, fmt_time
+from simulator.core.workload import ALL_LINEAR
 
 
 def register(sub) -> None:
@@ -26,6 +27,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--recompute", default="none", choices=("none", "full"))
     p.add_argument("--lora-rank", type=int, default=0)
+    p.add_argument("--lora-targets", default=ALL_LINEAR, metavar="all-linear|qkv,down,...",
+                   help="linears LoRA adapts; this decoder fuses q, k, v (qkv) and gate, up (gate_up)")
     p.add_argument("--offload", default=None, metavar="weights=cpu", help="stream layer weights from host memory")
     p.add_argument("--host-memory", default="pinned", choices=("pinned", "pageable"))
     p.add_argument("--no-overlap", action="store_true", help="copy each layer's weights just before it computes")
@@ -97,7 +100,8 @@ def cmd_run(args) -> int:
     from simulator.cli.predict import parse_offload
     offload = parse_offload(args.offload)
     validate_job(Job(phase=args.phase, batch=args.batch, seq=args.seq, context=args.context, dtype=args.dtype,
-                     recompute=args.recompute, lora_rank=args.lora_rank, offload_weights=offload), model)
+                     recompute=args.recompute, lora_rank=args.lora_rank, lora_targets=args.lora_targets,
+                     offload_weights=offload), model)
     for name in ("steps", "trace_steps"):
         if getattr(args, name) < 1:
             raise RoofplanError(f"--{name.replace('_', '-')} must be >= 1")
@@ -108,7 +112,8 @@ def cmd_run(args) -> int:
     set_threads(args.threads)
     from simulator.executor.run import RunSpec, run
     spec = RunSpec(phase=args.phase, batch=args.batch, seq=args.seq, context=args.context, dtype=args.dtype,
-                   device=args.device, recompute=args.recompute, lora_rank=args.lora_rank, offload_weights=offload,
+                   device=args.device, recompute=args.recompute, lora_rank=args.lora_rank,
+                   lora_targets=args.lora_targets, offload_weights=offload,
                    host_memory=args.host_memory, overlap=not args.no_overlap, cuda_graph=not args.no_cuda_graph,
                    steps=args.steps, warmup=args.warmup, trace_steps=args.trace_steps)
     res = run(model, spec, args.trace, args.result)

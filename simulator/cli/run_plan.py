@@ -3,6 +3,7 @@ roofplan.offload-plan/1) on this machine's cpu or cuda device; see simulator/exe
 from __future__ import annotations
 
 from simulator.core.errors import RoofplanError
+from simulator.core.workload import ALL_LINEAR
 from simulator.report.tables import emit, fmt_of
 from simulator.core.units import fmt_bytes, fmt_time
 
@@ -14,6 +15,8 @@ def cmd_run_plan(args) -> int:
     for flag in ("phase", "offload", "lora_rank"):
         if getattr(args, flag):
             raise RoofplanError(f"--{flag.replace('_', '-')} does not combine with --plan (the plan sets it); drop it")
+    if args.lora_targets != ALL_LINEAR:
+        raise RoofplanError("--lora-targets does not combine with --plan (a plan is an inference run); drop it")
     for name in ("steps",):
         if getattr(args, name) < 1:
             raise RoofplanError(f"--{name} must be >= 1")

@@ -339,7 +339,8 @@ def _parallel(r) -> str:
     for k, (_, default) in PLAN_FIELDS.items():
         v = r.get(k, default)
         if k in r and v != default and v == v:
-            text += f" {k} {v}" if k in ("recompute", "micro_batch", "lora_rank") else f" {k}{int(v) if k != 'sp' else ''}"
+            text += f" {k} {v}" if k in ("recompute", "micro_batch", "lora_rank", "lora_targets") \
+                else f" {k}{int(v) if k != 'sp' else ''}"
     cap = r.get("power_cap_w", np.nan)
     return text + (" offload" if r["offload"] == "cpu" else "") + (f" cap {cap:g} W" if cap == cap else "") + _options(r)
 

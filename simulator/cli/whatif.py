@@ -17,6 +17,7 @@ from simulator.core.profiles import load_executor_profile, load_kernel_profile
 from simulator.report.tables import add_format_arg, emit, fmt_of
 from simulator.core.specs import load_hardware
 from simulator.core.units import GiB, fmt_rate, fmt_time
+from simulator.core.workload import ALL_LINEAR
 from simulator.cli.predict import add_energy_args, add_quant_args, job_from_args, quant_note
 from simulator.cli.speculative import add_spec_args, spec_job
 from simulator.cli.chunked import add_chunk_args, chunk_job, chunk_note
@@ -124,7 +125,7 @@ def cmd_whatif(args) -> int:
 
 def _with_defaults(args):
     for name, default in (("kv_dtype", ""), ("offload", None), ("host_memory", "pinned"), ("no_overlap", False),
-                          ("recompute", "none"), ("lora_rank", 0), ("tp", 1), ("pp", 1), ("dp", 1),
+                          ("recompute", "none"), ("lora_rank", 0), ("lora_targets", ALL_LINEAR), ("tp", 1), ("pp", 1), ("dp", 1),
                           ("micro_batch", 0), ("zero", 0)):
         if not hasattr(args, name):
             setattr(args, name, default)

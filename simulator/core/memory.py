@@ -40,7 +40,7 @@ from simulator.core.ops import adapted_linears, residual_bytes, split_tp, traina
 from simulator.core.profiles import ExecutorProfile
 from simulator.core.quant import is_quantized, weight_bytes_per_param
 from simulator.core.units import DTYPE_BYTES
-from simulator.core.workload import Job
+from simulator.core.workload import ALL_LINEAR, Job
 
 INFER_FP32_TEMPS = 2          # eager fp32 RMSNorm temporaries alive at once during inference
 
@@ -143,7 +143,7 @@ def saved_activation_bytes_per_token_layer(model: ModelConfig, job: Job, ex: Exe
         # dtype, a copy of its own when that differs from the compute dtype (fp32 adapters: 4 B per
         # input feature) -- and lora_B's rank-r input
         ad = DTYPE_BYTES[ex.lora_adapter_dtype]
-        for lin in adapted_linears(model, moe, ex):
+        for lin in adapted_linears(model, moe, ex, job.lora_targets):
             k_in, _ = split_tp(lin, tp)
             mlp += (k_in * ad if ad != a else 0.0) + job.lora_rank * ad
     total = norms + casts + rope + attn + o_in + mlp
@@ -193,7 +193,7 @@ def _is_gpt_style(model: ModelConfig) -> bool:
 
 
 def activation_bytes_per_layer(model: ModelConfig, seq_local, micro_batch, tp, sp, recompute, ex: ExecutorProfile,
-                               lora_rank: int = 0):
+                               lora_rank: int = 0, lora_targets: str = ALL_LINEAR):
     """Saved activations of one layer for one micro-batch on one GPU (vectorised over
     micro_batch, tp, sp; seq_local = seq / cp). GPT-style models use Korthikanti's Table 2; other
     families the per-tensor count of `saved_activation_bytes_per_token_layer`, divided by tp for
@@ -209,7 +209,8 @@ def activation_bytes_per_layer(model: ModelConfig, seq_local, micro_batch, tp, s
     moe_frac = model.n_moe_layers / model.n_layers
     out = np.zeros(np.broadcast(tp, sp).shape)
     for t in np.unique(tp):
-        job = Job(phase="train", batch=1, seq=1, tp=int(t), recompute=recompute, lora_rank=lora_rank)
+        job = Job(phase="train", batch=1, seq=1, tp=int(t), recompute=recompute, lora_rank=lora_rank,
+                  lora_targets=lora_targets)
 
         def per_tok(j):
             return ((1 - moe_frac) * saved_activation_bytes_per_token_layer(model, j, ex, False)
@@ -244,20 +245,22 @@ def stage_params(model: ModelConfig, tp, pp, ep):
     return (stage_layers(model, pp) * (per_layer + expert_per_layer / np.asarray(ep)) + ends_here) / np.asarray(tp)
 
 
-def trainable_fraction(model: ModelConfig, lora_rank: int, ex: ExecutorProfile) -> float:
+def trainable_fraction(model: ModelConfig, lora_rank: int, ex: ExecutorProfile, lora_targets: str = ALL_LINEAR) -> float:
     """Trainable / all parameters (1 for full training; LoRA adapters / base otherwise)."""
-    return trainable_params(model, Job("train", seq=1, lora_rank=lora_rank), ex) / model.params_total()
+    job = Job("train", seq=1, lora_rank=lora_rank, lora_targets=lora_targets)
+    return trainable_params(model, job, ex) / model.params_total()
 
 
 def memory_terms(model: ModelConfig, seq, ex: ExecutorProfile, tp, pp, dp, cp, ep, micro_batch, n_micro, vpp,
-                 sp, zero, recompute: str, lora_rank: int = 0, dtype: str = "bf16") -> dict:
+                 sp, zero, recompute: str, lora_rank: int = 0, dtype: str = "bf16",
+                 lora_targets: str = ALL_LINEAR) -> dict:
     """Per-GPU training memory of the fullest pipeline stage (see module doc), vectorised over
-    every argument but `recompute` and `lora_rank`: dict of MemoryBreakdown field -> array."""
+    every argument but `recompute`, `lora_rank` and `lora_targets`: dict of MemoryBreakdown field -> array."""
     tp, pp, dp, cp, ep, mb, m, v, zero = (np.asarray(x) for x in (tp, pp, dp, cp, ep, micro_batch, n_micro, vpp,
                                                                     zero))
     P = stage_params(model, tp, pp, ep)
     a = DTYPE_BYTES[dtype]
-    trainable = P * trainable_fraction(model, lora_rank, ex)
+    trainable = P * trainable_fraction(model, lora_rank, ex, lora_targets)
     per_layer, expert_per_layer, _ = param_split(model)
     if lora_rank:
         # frozen base in the compute dtype; adapters in fp32 are their own master weights
@@ -272,10 +275,10 @@ def memory_terms(model: ModelConfig, seq, ex: ExecutorProfile, tp, pp, dp, cp, e
     grads_live = ex.persistent_grad_buffer | (m > 1)
     gradients = np.where(grads_live, trainable * GRAD_BYTES / np.where(zero >= 2, dp, 1), 0.0)
     s_local = np.asarray(seq) // cp
-    layer = activation_bytes_per_layer(model, s_local, mb, tp, sp, recompute, ex, lora_rank)
+    layer = activation_bytes_per_layer(model, s_local, mb, tp, sp, recompute, ex, lora_rank, lora_targets)
     layers = stage_layers(model, pp)
     if recompute == "full":   # the layer being recomputed holds its full activations once
-        once = activation_bytes_per_layer(model, s_local, mb, tp, sp, "none", ex, lora_rank)
+        once = activation_bytes_per_layer(model, s_local, mb, tp, sp, "none", ex, lora_rank, lora_targets)
     else:
         once = 0.0
     # 1F1B: the first stage holds min(pp, m) micro-batches (x (1 + (pp-1)/(pp v)) interleaved,
@@ -298,5 +301,5 @@ def training_memory(model: ModelConfig, job: Job, ex: ExecutorProfile) -> Memory
     """Per-GPU memory of one training Job (its tp, pp, dp, cp, ep, sp, vpp, ZeRO, recompute, LoRA)."""
     mb = job.micro_batch or job.batch
     d = memory_terms(model, job.seq, ex, job.tp, job.pp, job.dp, job.cp, job.ep, mb, job.batch // mb, job.vpp,
-                     job.sp, job.zero, job.recompute, job.lora_rank, job.dtype)
+                     job.sp, job.zero, job.recompute, job.lora_rank, job.dtype, job.lora_targets)
     return MemoryBreakdown(**d)

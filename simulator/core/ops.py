@@ -21,11 +21,12 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 
 from simulator.core.constants import ADAM_FLOPS, ADAM_TRAFFIC_BYTES, LOSS_BYTES_PER_LOGIT, RECAST_TRAFFIC_BYTES
+from simulator.core.errors import FieldError
 from simulator.core.models import FUSED_ACTIVATION, HF_ACTIVATIONS, Linear, ModelConfig
 from simulator.core.profiles import ExecutorProfile
 from simulator.core.quant import gemm_dtype, gemm_kind, is_quantized, weight_bytes_per_param
 from simulator.core.units import DTYPE_BYTES
-from simulator.core.workload import Job
+from simulator.core.workload import ALL_LINEAR, Job, linear_parts, lora_target_names
 
 OP_CLASSES = ("gemm", "attention", "norm", "elementwise", "embedding", "loss", "optimizer",
               "copy", "communication")
@@ -345,17 +346,29 @@ def lora_adapter_ops(c: LayerCall, lin: Linear) -> list[Op]:
     return ops
 
 
-def adapted_linears(model: ModelConfig, moe: bool, ex: ExecutorProfile) -> list[Linear]:
-    """The linears PEFT wraps with LoRA adapters, as this executor issues them: every one but the
-    routed experts and the router."""
-    return [lin for lin in _linears(model, moe, ex) if not lin.moe and lin.name != "router"]
+def adapted_linears(model: ModelConfig, moe: bool, ex: ExecutorProfile, targets: str = ALL_LINEAR) -> list[Linear]:
+    """The linears PEFT wraps with LoRA adapters, as this executor issues them: those `targets`
+    names (Job.lora_targets; all-linear: every one but the routed experts and the router). A
+    target that names part of a linear this stack fuses (q of its qkv) cannot be adapted alone."""
+    names = None if targets == ALL_LINEAR else lora_target_names(targets)
+    out = []
+    for lin in _linears(model, moe, ex):
+        if lin.moe or lin.name == "router":
+            continue
+        parts = linear_parts(lin.name)
+        if names is None or names.issuperset(parts):
+            out.append(lin)
+        elif names.intersection(parts):
+            raise FieldError("lora_targets", targets, f"the {ex.name} stack runs {', '.join(parts)} as one "
+                             f"linear ({lin.name})", f"target all of {', '.join(parts)} or none")
+    return out
 
 
 def with_lora(c: LayerCall, ops: list[Op]) -> list[Op]:
     """`ops` with PEFT's adapter ops after every adapted linear (not experts, not the router)."""
     if not c.job.lora_rank:
         return ops
-    adapted = {lin.name: lin for lin in adapted_linears(c.model, c.moe, c.ex)}
+    adapted = {lin.name: lin for lin in adapted_linears(c.model, c.moe, c.ex, c.job.lora_targets)}
     out = []
     for op in ops:
         out.append(op)
@@ -868,7 +881,7 @@ def trainable_params(model: ModelConfig, job: Job, ex: ExecutorProfile) -> float
         return float(model.params_total())
 
     def per_layer(moe: bool) -> int:
-        return sum(job.lora_rank * (lin.d_in + lin.d_out) for lin in adapted_linears(model, moe, ex))
+        return sum(job.lora_rank * (lin.d_in + lin.d_out) for lin in adapted_linears(model, moe, ex, job.lora_targets))
     n_moe = model.n_moe_layers
     return float((model.n_layers - n_moe) * per_layer(False) + (n_moe * per_layer(True) if n_moe else 0))
 

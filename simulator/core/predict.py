@@ -103,7 +103,7 @@ class Prediction:
             d["energy_notes"] = list(self.energy.notes)
         if j.phase == "train":
             d.update({"cp": j.cp, "ep": j.ep, "vpp": j.vpp, "sp": j.sp, "zero": j.zero, "recompute": j.recompute,
-                      "lora_rank": j.lora_rank, "micro_batch": j.micro_batch, "n_micro": j.n_micro,
+                      "lora_rank": j.lora_rank, "lora_targets": j.lora_targets, "micro_batch": j.micro_batch, "n_micro": j.n_micro,
                       "global_batch": j.batch * j.dp, "time_terms_s": dict(self.time_terms)})
         return d
 
@@ -294,7 +294,7 @@ def _train_activity(model, job, ex, stage_ops_: list) -> tuple[float, float]:
     m = job.n_micro
     flops = m * sum(float(np.sum(o.flops)) * o.count for o in stage_ops_)
     nbytes = m * sum(float(np.sum(o.bytes)) * o.count for o in stage_ops_)
-    params = float(stage_params(model, job.tp, job.pp, job.ep)) * trainable_fraction(model, job.lora_rank, ex) \
+    params = float(stage_params(model, job.tp, job.pp, job.ep)) * trainable_fraction(model, job.lora_rank, ex, job.lora_targets) \
         / (job.dp if job.zero >= 1 else 1)
     for o in optimizer_ops(model, job, params):
         if not (ex.autocast_weight_casts and o.name == "optimizer.cast_weights"):

@@ -41,8 +41,8 @@ import numpy as np
 
 from simulator.core.comm import collective_time
 from simulator.core.constants import GRAD_REDUCE_BYTES, RECAST_TRAFFIC_BYTES
-from simulator.core.memory import (MemoryBreakdown, inference_memory, memory_terms, param_split, stage_layers,
-                                   stage_params, trainable_fraction, weight_params_per_gpu)
+from simulator.core.memory import (MemoryBreakdown, inference_memory, param_split, stage_layers, stage_params,
+                                   trainable_fraction, training_memory, weight_params_per_gpu)
 from simulator.core.models import ModelConfig
 from simulator.core.ops import Op, backward_ops, forward_ops, layer_forward_ops, loss_ops, optimizer_ops
 from simulator.core.profiles import ExecutorProfile, KernelProfile
@@ -486,7 +486,7 @@ def stage_times(model: ModelConfig, system: System, job: Job, ex: ExecutorProfil
     shares = tuple((k, v / whole) for k, v in sorted(gpu.items())) if whole > 0 else (("compute", 1.0),)
     host_free = not any(lane.H for _, lane in lanes)
     return StageTimes(**out, embed=total(emb), head=total(head),
-                      trainable_fraction=trainable_fraction(model, job.lora_rank, ex), lora_rank=job.lora_rank,
+                      trainable_fraction=trainable_fraction(model, job.lora_rank, ex, job.lora_targets), lora_rank=job.lora_rank,
                       bound_shares=shares, host_free=host_free, lanes=tuple(lanes),
                       step_host_s=ex.host_overhead_per_step_s, optimizer_host_s=ex.host_optimizer_s)
 
@@ -599,14 +599,6 @@ def train_terms(model: ModelConfig, system: System, seq, st: StageTimes, tp, pp,
     return terms
 
 
-def train_memory(model: ModelConfig, job: Job, ex: ExecutorProfile) -> MemoryBreakdown:
-    """Per-GPU memory of a training job (simulator.core.memory.memory_terms)."""
-    mb = job.micro_batch or job.batch
-    return MemoryBreakdown(**memory_terms(model, job.seq, ex, job.tp, job.pp, job.dp, job.cp, job.ep, mb,
-                                          job.batch // mb, job.vpp, job.sp, job.zero, job.recompute, job.lora_rank,
-                                          job.dtype))
-
-
 def train_cost(model: ModelConfig, system: System, job: Job, ex: ExecutorProfile, kp: KernelProfile,
                st: StageTimes | None = None) -> StepCost:
     """One training step of `job` (any plan; one GPU is tp = pp = dp = 1); `job.overlap` lets the
@@ -623,12 +615,12 @@ def train_cost(model: ModelConfig, system: System, job: Job, ex: ExecutorProfile
     resources["memory"] = resources.get("memory", 0.0) + t["optimizer"]   # AdamW streams the states
     resources["communication"] = comm
     resources["bubble"] = t["bubble"]
-    return StepCost(time_s=time_s, bound=_bound_of(resources, time_s), memory=train_memory(model, job, ex),
+    return StepCost(time_s=time_s, bound=_bound_of(resources, time_s), memory=training_memory(model, job, ex),
                     time_by_resource=resources, time_by_term=t, host_time_s=host_s, device_busy_s=device_s)
 
 
 __all__ = ["BOUNDS", "TRAIN_TERMS", "StepCost", "StageTimes", "OpRow", "inference_cost", "train_cost", "train_terms",
-           "train_memory", "stage_times", "stage_ops", "end_ops", "stream_schedule", "h2d_Bps",
+           "stage_times", "stage_ops", "end_ops", "stream_schedule", "h2d_Bps",
            "optimizer_seconds_per_param", "param_split"]
 
 

@@ -12,6 +12,37 @@ from simulator.core.units import DTYPE_BYTES
 
 PHASES = ("prefill", "decode", "train")
 
+# LoRA target modules (PEFT's target_modules): "all-linear", or linears by roofplan's names or by
+# the module names of Hugging Face's modeling code (Llama, Qwen, Mistral, Phi-3, DeepSeek, OPT, GPT-2)
+ALL_LINEAR = "all-linear"
+LORA_TARGETS = ("q", "k", "v", "qkv", "q_a", "q_b", "kv_a", "kv_b", "o", "gate", "up", "gate_up", "down")
+LORA_TARGET_ALIASES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "qkv_proj": "qkv", "c_attn": "qkv",
+                       "q_a_proj": "q_a", "q_b_proj": "q_b", "kv_a_proj_with_mqa": "kv_a", "kv_b_proj": "kv_b",
+                       "o_proj": "o", "out_proj": "o", "gate_proj": "gate", "up_proj": "up", "fc1": "up", "c_fc": "up",
+                       "gate_up_proj": "gate_up", "down_proj": "down", "fc2": "down"}
+FUSED_PARTS = {"qkv": ("q", "k", "v"), "gate_up": ("gate", "up")}
+
+
+def linear_parts(name: str) -> tuple[str, ...]:
+    """The target names one linear answers to: a fused one its parts (qkv: q, k, v), a shared
+    expert's (DeepSeek shared_gate_up) those of the dense MLP's, as HF names its modules."""
+    name = name.removeprefix("shared_")
+    return FUSED_PARTS.get(name, (name,))
+
+
+def lora_target_names(text: str) -> frozenset[str]:
+    """The canonical linear names a comma list of `lora_targets` names (fused ones as their parts:
+    qkv -> q, k, v). A name roofplan does not know is a FieldError."""
+    names = set()
+    for raw in (t.strip() for t in text.split(",")):
+        name = LORA_TARGET_ALIASES.get(raw, raw)
+        if name not in LORA_TARGETS:
+            raise FieldError("lora_targets", text, f"'{raw}' is not a linear roofplan knows",
+                             f"use {ALL_LINEAR} or a comma list of {', '.join(LORA_TARGETS)} or their HF module "
+                             f"names (q_proj, v_proj, ...)")
+        names.update(linear_parts(name))
+    return frozenset(names)
+
 
 @dataclass(frozen=True)
 class Job:
@@ -23,7 +54,8 @@ class Job:
              (chunked prefill, vLLM V1 / SGLang): N prompt tokens after its `chunk_context` M.
     train:   forward + backward + optimizer step over batch x seq tokens (bf16 mixed precision:
              fp32 master weights and Adam states, bf16 compute); `lora_rank` > 0 freezes the base
-             and trains adapters on every linear layer.
+             and trains adapters on the linears `lora_targets` names (PEFT's target_modules: every
+             linear of the decoder layers by default).
     """
     phase: str
     batch: int = 1
@@ -34,6 +66,7 @@ class Job:
     weight_dtype: str = ""    # layer weights: bf16 | fp16 | fp8 (W8A8) | int8 | int4 (weight-only); "" = dtype
     recompute: str = "none"   # none | selective | full
     lora_rank: int = 0
+    lora_targets: str = ALL_LINEAR   # the linears LoRA adapts: all-linear, or a comma list (lora_target_names)
     tp: int = 1
     pp: int = 1
     dp: int = 1
@@ -136,6 +169,26 @@ def _check_chunk(job: Job, model: ModelConfig) -> None:
                          f"(max_position_embeddings)", "use a smaller chunk or chunk context")
 
 
+def _check_lora_targets(job: Job, model: ModelConfig) -> None:
+    """lora_targets names linears the model has, and only with a LoRA rank."""
+    if job.lora_targets == ALL_LINEAR:
+        return
+    if not isinstance(job.lora_targets, str):
+        raise FieldError("lora_targets", job.lora_targets, f"must be {ALL_LINEAR} or a comma list of linear names")
+    names = lora_target_names(job.lora_targets)
+    if not job.lora_rank:
+        raise FieldError("lora_targets", job.lora_targets, "applies to LoRA only", "add a LoRA rank or drop it")
+    has = set()
+    dense = model.layer_linears(False) if model.n_moe_layers < model.n_layers else []
+    for lin in dense + (model.layer_linears(True) if model.is_moe else []):
+        if not lin.moe and lin.name != "router":
+            has.update(linear_parts(lin.name))
+    missing = sorted(names - has)
+    if missing:
+        raise FieldError("lora_targets", job.lora_targets, f"{model.name} has no {', '.join(missing)} projection",
+                         f"its linears are {', '.join(n for n in LORA_TARGETS if n in has)}")
+
+
 def validate_job(job: Job, model: ModelConfig) -> Job:
     """Check a job against the model; return it with defaults filled. Errors are one-line
     FieldErrors that name the Job field (the CLI spells it as the flag)."""
@@ -203,6 +256,7 @@ def validate_job(job: Job, model: ModelConfig) -> Job:
         if job.phase != "train" and (job.tp % job.ep or model.n_experts % job.ep):
             # inference: whole experts per rank inside the tensor-parallel group
             raise FieldError("ep", job.ep, f"must divide tp {job.tp} and {model.name}'s {model.n_experts} experts")
+    _check_lora_targets(job, model)
     if job.phase != "train":
         # training-only fields a prefill or decode would silently ignore
         for name, unset in (("lora_rank", 0), ("zero", 0), ("recompute", "none"), ("micro_batch", 0)):

@@ -30,7 +30,10 @@ from dataclasses import dataclass, replace
 
 from simulator.core.errors import FixError, RoofplanError
 from simulator.core.models import ModelConfig
+from simulator.core.ops import trainable_params
+from simulator.core.profiles import load_executor_profile
 from simulator.core.units import DTYPE_BYTES, fmt_bytes
+from simulator.core.workload import ALL_LINEAR, Job
 
 BUILD_BYTES = 4            # fp32: the Decoder's parameters as constructed, before the cast
 FP32_BYTES = 4             # master weights and gradients of a train run, LoRA adapters
@@ -54,12 +57,12 @@ def executor_params(model: ModelConfig) -> tuple[int, int]:
     return model.params_total() + tied_head, layers
 
 
-def lora_params(model: ModelConfig, rank: int) -> int:
-    """Adapter parameters, rank x (in + out) for each linear apply_lora wraps (qkv, o, up, down)."""
-    d, f, q = model.hidden, model.ffn_dim, model.n_heads * model.head_dim
-    qkv = q + 2 * model.n_kv_heads * model.head_dim
-    up = (2 if model.gated_mlp else 1) * f
-    return model.n_layers * rank * ((d + qkv) + (q + d) + (d + up) + (f + d))
+def lora_params(model: ModelConfig, rank: int, targets: str = ALL_LINEAR) -> int:
+    """Adapter parameters, rank x (in + out) for each linear apply_lora wraps (those of qkv, o,
+    gate_up, down that `targets` names): the cost model's count for the default executor, whose
+    fused layout this decoder has."""
+    job = Job("train", seq=1, lora_rank=rank, lora_targets=targets)
+    return int(trainable_params(model, job, load_executor_profile("default")))
 
 
 def kv_cache_bytes(model: ModelConfig, sequences: int, positions: int, dtype: str) -> float:
@@ -94,7 +97,7 @@ def run_memory(model: ModelConfig, job, device: str) -> RunMemory:
     P, L = executor_params(model)
     build = BUILD_BYTES * P
     if job.phase == "train":
-        T = lora_params(model, job.lora_rank) if job.lora_rank else P
+        T = lora_params(model, job.lora_rank, job.lora_targets) if job.lora_rank else P
         adapters = FP32_BYTES * T if job.lora_rank else 0      # full fine-tuning: in the fp32 weights
         need = FP32_BYTES * P + adapters + FP32_BYTES * T + ADAM_BYTES * T
         what = f"{_count(P)} parameters, fp32 weights, gradients and AdamW states of {_count(T)}"

@@ -14,7 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from simulator.core.models import ModelConfig
+from simulator.core.ops import adapted_linears
+from simulator.core.profiles import load_executor_profile
+from simulator.core.workload import ALL_LINEAR
 from simulator.executor.fits import check_dense_decoder
+
+# the cost model's linears of the default (fused) layout -> this decoder's modules
+DECODER_LINEAR = {"qkv": "qkv", "o": "o", "gate_up": "up", "up": "up", "down": "down"}
 
 
 class RMSNorm(nn.Module):
@@ -131,13 +137,17 @@ class Decoder(nn.Module):
         return x
 
 
-def apply_lora(model: Decoder, rank: int) -> list[nn.Parameter]:
-    """Freeze every weight; wrap each linear of the decoder layers with a LoRA adapter."""
+def apply_lora(model: Decoder, rank: int, targets: str = ALL_LINEAR) -> list[nn.Parameter]:
+    """Freeze every weight; wrap the linears of the decoder layers that `targets` names (Job's
+    lora_targets) with a LoRA adapter: the cost model's choice for this decoder's fused layout
+    (the default executor: qkv, o, gate_up as `up`, down)."""
     for p in model.parameters():
         p.requires_grad_(False)
+    wrapped = [DECODER_LINEAR[lin.name] for lin in adapted_linears(model.cfg, False, load_executor_profile("default"),
+                                                                   targets)]
     params = []
     for blk in model.layers:
-        for name in ("qkv", "o", "up", "down"):
+        for name in wrapped:
             lora = LoRALinear(getattr(blk, name), rank)
             setattr(blk, name, lora)
             params += [lora.a, lora.b]

@@ -38,6 +38,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from simulator.core.errors import RoofplanError
 from simulator.core.models import ModelConfig
 from simulator.executor.fits import check_dense_decoder, check_device_memory, check_host_memory
+from simulator.core.workload import ALL_LINEAR
 from simulator.executor.model import Decoder, apply_lora
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -54,6 +55,7 @@ class RunSpec:
     device: str = "cpu"
     recompute: str = "none"
     lora_rank: int = 0
+    lora_targets: str = ALL_LINEAR
     offload_weights: str = "gpu"
     host_memory: str = "pinned"
     overlap: bool = True
@@ -170,14 +172,15 @@ def build_step(cfg: ModelConfig, spec: RunSpec, device: torch.device):
     applied = {"device": device.type, "dtype": spec.dtype if amp_dtype else DTYPE_NAMES[dtype],
                "weights_dtype": DTYPE_NAMES[dtype], "autocast": bool(amp_dtype), "cuda_graph": False,
                "offload_weights": "cpu" if offload else "gpu", "host_memory": None, "overlap": None,
-               "recompute": spec.recompute if train else "none", "lora_rank": spec.lora_rank if train else 0}
+               "recompute": spec.recompute if train else "none", "lora_rank": spec.lora_rank if train else 0,
+               "lora_targets": spec.lora_targets if train and spec.lora_rank else None}
     if streamer is not None:
         host = [t for layer in streamer.host for t in layer]
         applied["host_memory"] = "pinned" if host and all(t.is_pinned() for t in host) else "pageable"
         # on cpu the same code copies synchronously: nothing overlaps
         applied["overlap"] = bool(streamer.stream is not None and spec.overlap)
     if train:
-        params = apply_lora(model, spec.lora_rank) if spec.lora_rank else [p for p in model.parameters()]
+        params = apply_lora(model, spec.lora_rank, spec.lora_targets) if spec.lora_rank else list(model.parameters())
         opt = torch.optim.AdamW(params, lr=1e-4, fused=cuda)
         labels = torch.randint(0, cfg.vocab, (spec.batch, q_len), device=device)
         amp = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()

@@ -165,6 +165,34 @@ def test_lora_trains_the_adapters_peft_counts():
         (4096 + 6144) + (4096 + 4096) + (4096 + 28672) + (14336 + 4096))
 
 
+def test_lora_targets_some_linears():
+    """PEFT's target_modules: rank 16 on q_proj and v_proj of Llama-3.1-8B trains 16 x 32 x
+    ((4096 + 4096) + (4096 + 1024)) = 6,815,744 parameters; only those two inputs keep an fp32
+    copy; predict and sweep give the same step; a stack that fuses q, k, v cannot adapt q alone."""
+    from simulator.core.errors import FieldError
+    from simulator.core.memory import saved_activation_bytes_per_token_layer
+    from simulator.core.ops import trainable_params
+    from simulator.sweep import parse_grid, sweep_group
+    m, ex = load_model("llama-3.1-8b"), load_executor_profile("hf-eager")
+    qv = Job("train", batch=1, seq=2048, lora_rank=16, lora_targets="q_proj,v_proj", recompute="full")
+    assert trainable_params(m, qv, ex) == 6_815_744
+    full = replace(qv, lora_targets="all-linear")
+    bf16 = replace(ex, lora_adapter_dtype="bf16")
+    copies = {j.lora_targets: saved_activation_bytes_per_token_layer(m, j, ex, False)
+              - saved_activation_bytes_per_token_layer(m, j, bf16, False) for j in (qv, full)}
+    assert copies["q_proj,v_proj"] == 4 * 2 * 4096 + 2 * 16 * (4 - 2)
+    p_qv, p_all = predict(m, H100, qv, ex), predict(m, H100, full, ex)
+    assert p_qv.time_s < p_all.time_s and p_qv.peak_memory_bytes < p_all.peak_memory_bytes
+    grid = {"hardware": ["h100-sxm"], "model": ["llama-3.1-8b"], "phase": ["train"], "batch": [1], "seq": [2048],
+            "executor": ["hf-eager"], "recompute": ["full"], "lora_rank": [16], "lora_targets": ["q_proj,v_proj"]}
+    (group,) = parse_grid(grid)
+    cols = sweep_group(group)
+    assert cols["time_s"][0] == pytest.approx(p_qv.time_s, rel=1e-9)
+    assert cols["peak_memory_bytes"][0] == pytest.approx(p_qv.peak_memory_bytes, rel=1e-9)
+    with pytest.raises(FieldError, match="runs q, k, v as one linear"):
+        predict(m, H100, replace(qv, lora_targets="q"), load_executor_profile("default"))
+
+
 def test_lora_saves_peft_fp32_copy_of_each_adapted_input():
     """PEFT casts each adapted linear's input to the fp32 adapters' dtype and lora_A saves that
     copy for its weight gradient: without recompute a Llama-3.1-8B layer keeps 4 B x (q, k, v,

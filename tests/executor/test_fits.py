@@ -158,8 +158,10 @@ def test_parameter_count_is_the_decoders(torch, name):
     with torch.device("meta"):
         adapters = apply_lora(dec, 8)
     assert fits.lora_params(m, 8) == sum(p.numel() for p in adapters)
-    # the cost model counts the same adapters for the executor it stands for (default: fused qkv, gate_up)
-    from simulator.core.ops import trainable_params
-    from simulator.core.profiles import load_executor_profile
-    from simulator.core.workload import Job
-    assert trainable_params(m, Job("train", seq=1, lora_rank=8), load_executor_profile("default")) == fits.lora_params(m, 8)
+    # LoRA on some linears only: the fused qkv and the down projection
+    with torch.device("meta"):
+        dec = Decoder(m, 16)
+        adapters = apply_lora(dec, 8, "qkv,down_proj")
+    qkv = (m.n_heads + 2 * m.n_kv_heads) * m.head_dim
+    assert sum(p.numel() for p in adapters) == fits.lora_params(m, 8, "qkv,down") == \
+        8 * m.n_layers * ((m.hidden + qkv) + (m.ffn_dim + m.hidden))
