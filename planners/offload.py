@@ -431,10 +431,10 @@ def _train_lp(model, system, kp, ex, req, rates, mb, fixed=None, elastic=False):
     C = T_tok * model.hidden * a                  # checkpoint: the layer input
     job = Job(phase="train", batch=mb, seq=req.seq, dtype=req.dtype, micro_batch=mb, recompute="full")
     fwd = forward_ops(model, job, ex, layers=1, embed=False, head=False)
-    layer_df = time_ops(fwd + backward_ops(fwd, job, ex.backward_memory_ratio) + fwd, system, kp, ex)  # + recompute
+    layer_df = time_ops(fwd + backward_ops(fwd, job, ex) + fwd, system, kp, ex)  # + recompute
     t_layer_gpu = _lane_s(layer_df)
     ends_fwd = forward_ops(model, job, ex, layers=0)
-    ends_ops = ends_fwd + loss_ops(model, job, T_tok) + backward_ops(ends_fwd, job, ex.backward_memory_ratio)
+    ends_ops = ends_fwd + loss_ops(model, job, T_tok) + backward_ops(ends_fwd, job, ex)
     t_ends = _lane_s(time_ops(ends_ops, system, kp, ex))
     t_adam_gpu_ends = float(time_ops(optimizer_ops(model, job, P_ends), system, kp, ex)["time_s"].sum())
     t_adam_gpu = float(time_ops(optimizer_ops(model, job, P_layer), system, kp, ex)["time_s"].sum())

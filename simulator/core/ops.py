@@ -33,6 +33,7 @@ OP_CLASSES = ("gemm", "attention", "norm", "elementwise", "embedding", "loss", "
 # Op.kind of a memory-bound op that is one contiguous streaming kernel, the kind the microbenchmarks
 # time (the decode KV append by torch.cat, torch's fused layer_norm): no in-model slowdown
 STREAMING = "streaming"
+LORA_IN, LORA_OUT = "lora_in", "lora_out"   # PEFT's cast of an adapted input; its scale-add-cast of the output
 
 # Cross-entropy over the vocabulary in fp32 (HF upcasts the bf16 logits before the loss). Forward
 # bytes per logit: constants.LOSS_BYTES_PER_LOGIT = 2 + 4 + 4 (the bf16 logits read, fp32 values
@@ -327,7 +328,7 @@ def lora_adapter_ops(c: LayerCall, lin: Linear) -> list[Op]:
     name = f"{c.prefix}{lin.name}.lora"
     ops = []
     if ad != a:
-        ops.append(Op(f"{name}_cast_in", "elementwise", T * k_in, T * k_in * (a + ad), c.count, 1, kind="cast",
+        ops.append(Op(f"{name}_cast_in", "elementwise", T * k_in, T * k_in * (a + ad), c.count, 1, kind=LORA_IN,
                       dtype=c.job.dtype))
     ops.append(Op(f"{name}_A", "gemm",
                   2.0 * T * r * k_in,  # FLOPs: T x k_in times k_in x r
@@ -337,12 +338,13 @@ def lora_adapter_ops(c: LayerCall, lin: Linear) -> list[Op]:
                   2.0 * T * r * n_out,  # FLOPs: T x r times r x n_out
                   (T * r + r * n_out + T * n_out) * ad,  # x A, B, its output
                   c.count, kind="lora", dtype=c.ex.lora_adapter_dtype))
+    cast_back = ad != a   # .to(base dtype) is a no-op when the adapters share the base's dtype
     ops.append(Op(f"{name}_scale_add", "elementwise", 2.0 * T * n_out,
                   T * n_out * (
                       2 * ad  # * scaling: read and write the adapter output
                       + (a + 2 * ad)  # base + adapter, promoted to the adapter dtype
-                      + (ad + a)),  # cast the sum back to the base dtype
-                  c.count, 3, dtype=c.job.dtype))
+                      + ((ad + a) if cast_back else 0)),  # cast the sum back to the base dtype
+                  c.count, 3 if cast_back else 2, kind=LORA_OUT, dtype=c.job.dtype))
     return ops
 
 
@@ -842,12 +844,15 @@ def forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, layers: int |
     return ops
 
 
-def backward_ops(fwd: list[Op], job: Job, memory_ratio: float = 2.0) -> list[Op]:
+def backward_ops(fwd: list[Op], job: Job, ex: ExecutorProfile) -> list[Op]:
     """Backward of a forward op list: GEMMs 2x (1x when weights are frozen), attention by the
-    profile's ratio (applied in the time model via kind), memory-bound ops `memory_ratio` x
-    their forward traffic (2 in theory: read the saved input and the incoming gradient, write
-    one gradient; eager autograd with fp32 norms and gradient accumulation moves more -- the
-    executor profile carries the fitted value)."""
+    profile's ratio (applied in the time model via kind), memory-bound ops the executor's
+    backward_memory_ratio x their forward traffic (2 in theory: read the saved input and the
+    incoming gradient, write one gradient; eager autograd with fp32 norms and gradient
+    accumulation moves more -- the executor profile carries the fitted value). PEFT's adapter
+    chains have the autograd nodes traced from its code (`lora_adapter_ops`)."""
+    memory_ratio = ex.backward_memory_ratio
+    a, ad = DTYPE_BYTES[job.dtype], DTYPE_BYTES[ex.lora_adapter_dtype]
     out = []
     for op in fwd:
         if op.cls == "gemm":
@@ -862,6 +867,18 @@ def backward_ops(fwd: list[Op], job: Job, memory_ratio: float = 2.0) -> list[Op]
             out.append(Op(op.name + ".bwd", op.cls, 0.0, op.bytes, op.count, 1, "bwd", op.kind))
         elif op.cls == "embedding":
             out.append(Op(op.name + ".bwd", "embedding", 0.0, op.bytes * 2, op.count, 3, "bwd", dtype=op.dtype))
+        elif op.kind == LORA_IN:
+            # ToCopyBackward0 back to the input dtype, then add_ into the input's gradient (the
+            # base linear's): 2 kernels, (ad + a) + 3 a bytes per input element (op.flops of them)
+            out.append(Op(op.name + ".bwd", op.cls, op.flops, op.flops * (ad + 4 * a), op.count, 2, "bwd", op.kind,
+                          op.dtype))
+        elif op.kind == LORA_OUT:
+            # the grad of .to(base dtype) back to the adapter dtype, the add's cast of the base
+            # branch's grad (both only when the dtypes differ), and * scaling: (a + ad) + (ad + a)
+            # + 2 ad bytes per output element (op.flops / 2 of them) in 3 kernels, or 2 ad in 1
+            n, casts = op.flops / 2, ad != a
+            out.append(Op(op.name + ".bwd", op.cls, op.flops, n * ((2 * a + 4 * ad) if casts else 2 * ad), op.count,
+                          3 if casts else 1, "bwd", op.kind, op.dtype))
         elif op.kind == "cast":
             # a cast's gradient is the reverse cast: the same bytes, one kernel per tensor
             out.append(Op(op.name + ".bwd", op.cls, op.flops, op.bytes, op.count, op.kernels, "bwd", op.kind, op.dtype))

@@ -121,6 +121,10 @@ class ExecutorProfile:
     host_backward_per_kernel_s: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
                                               # one autograd node per forward kernel, by op class
     host_backward_per_layer_s: float = 0.0    # autograd engine work per decoder layer
+    host_recompute_scale: float = 1.0         # full recompute: host time of a checkpointed layer (its
+                                              # forward, recomputed forward and backward) / the same
+                                              # ops' host time unwrapped (torch.utils.checkpoint's
+                                              # RNG state, detach and nested backward)
     host_optimizer_s: float = 0.0             # optimizer.step() + zero_grad() on the host
     fused_qkv: bool = True
     fused_gate_up: bool = True
@@ -387,6 +391,7 @@ class ExecutorFields(Strict):
     host_autograd_scale: Positive = 1.0
     host_backward_per_kernel_us: PerClassUs = {}
     host_backward_per_layer_us: NonNegative = 0.0
+    host_recompute_scale: Positive = 1.0
     host_optimizer_us: NonNegative = 0.0
     fused_qkv: bool = True
     fused_gate_up: bool = True

@@ -400,7 +400,7 @@ def stage_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bool, coun
         linears = [lin for lin in model.layer_linears(moe) if lin.name != "router"]
         fwd = [weight_cast_op(f"{'moe_layer.' if moe else 'layer.'}autocast_weight_cast",
                               model.layer_params(moe) / job.tp, len(linears), count)] + fwd
-    return fwd, backward_ops(fwd, ljob, ex.backward_memory_ratio)
+    return fwd, backward_ops(fwd, ljob, ex)
 
 
 def weight_cast_op(name: str, params: float, kernels: int, count: int = 1) -> Op:
@@ -422,8 +422,8 @@ def end_ops(model: ModelConfig, job: Job, ex: ExecutorProfile):
     head = [o for o in ends if o.cls != "embedding"]
     if ex.autocast_weight_casts and not job.lora_rank:
         head = [weight_cast_op("lm_head.autocast_weight_cast", model.vocab * model.hidden / job.tp, 1)] + head
-    return (emb + backward_ops(emb, ljob, ex.backward_memory_ratio),
-            head + loss_ops(model, ljob, mb * s_local) + backward_ops(head, ljob, ex.backward_memory_ratio))
+    return (emb + backward_ops(emb, ljob, ex),
+            head + loss_ops(model, ljob, mb * s_local) + backward_ops(head, ljob, ex))
 
 
 def _timed(ops, system: System, kp: KernelProfile, ex: ExecutorProfile, tp: int):
@@ -463,13 +463,19 @@ def stage_times(model: ModelConfig, system: System, job: Job, ex: ExecutorProfil
         fwd, bwd = _timed(fwd_ops, system, kp, ex, job.tp), _timed(bwd_ops, system, kp, ex, job.tp)
         compute_f = [(o, d) for o, d, _ in fwd if o.cls != "communication"]
         compute_b = [(o, d) for o, d, _ in bwd if o.cls != "communication"]
-        fwd_lane = Lane.of([ex.host_per_layer_s * ex.host_autograd_scale] + [train_host_s(o, ex, False) for o, _ in compute_f],
-                           [0.0] + [d for _, d in compute_f])
+        fh = [ex.host_per_layer_s * ex.host_autograd_scale] + [train_host_s(o, ex, False) for o, _ in compute_f]
+        fd = [0.0] + [d for _, d in compute_f]
         # backward nodes mirror the forward ops: op i's backward is issued after op i+1's
-        bwd_lane = Lane.of([ex.host_backward_per_layer_s] + [train_host_s(o, ex, True) for o, _ in compute_f[::-1]],
-                           [0.0] + [d for _, d in compute_b[::-1]] + [0.0] * (len(compute_f) - len(compute_b)))
+        bh = [ex.host_backward_per_layer_s] + [train_host_s(o, ex, True) for o, _ in compute_f[::-1]]
+        bd = [0.0] + [d for _, d in compute_b[::-1]] + [0.0] * (len(compute_f) - len(compute_b))
+        # a fully recomputed layer runs inside the executor's checkpoint wrapper: its forward, the
+        # recomputed forward and its backward cost host_recompute_scale x their ops' host time
+        ck = ex.host_recompute_scale
+        fwd_ckpt = Lane.of([h * ck for h in fh], fd)
         sel = [(o, d) for o, d in compute_f if o.name.endswith(ATTENTION_OPS)]
-        lanes += [(f"{key}_fwd", fwd_lane), (f"{key}_bwd", bwd_lane), (f"{key}_rec_full", fwd_lane),
+        lanes += [(f"{key}_fwd", Lane.of(fh, fd)), (f"{key}_bwd", Lane.of(bh, bd)),
+                  (f"{key}_fwd_ckpt", fwd_ckpt), (f"{key}_rec_full", fwd_ckpt),
+                  (f"{key}_bwd_ckpt", Lane.of([h * ck for h in bh], bd)),
                   (f"{key}_rec_selective", Lane.of([train_host_s(o, ex, False) for o, _ in sel], [d for _, d in sel]))]
         out[f"{key}_fwd"], out[f"{key}_bwd"] = total(fwd, False), total(bwd, False)
         out[f"{key}_tp_comm"] = total(fwd, True) + total(bwd, True)
@@ -524,13 +530,15 @@ def train_terms(model: ModelConfig, system: System, seq, st: StageTimes, tp, pp,
         # layers with their recomputed forward, then the stage ends)
         ln = dict(st.lanes)
         end, issue = 0.0, st.step_host_s
+        ckpt = "_ckpt" if recompute == "full" else ""    # the checkpointed layers' lanes
         for kind, frac in (("layer", 1 - moe_frac), ("moe", moe_frac)):
             if f"{kind}_fwd" in ln:
-                end, issue = repeat(end, issue, layers * frac, ln[f"{kind}_fwd"])
+                end, issue = repeat(end, issue, layers * frac, ln[f"{kind}_fwd{ckpt}"])
         forward_done = np.maximum(end, issue)
         for kind, frac in (("layer", 1 - moe_frac), ("moe", moe_frac)):
             if f"{kind}_bwd" in ln:
-                bwd = ln[f"{kind}_rec_{recompute}"].then(ln[f"{kind}_bwd"]) if recompute != "none" else ln[f"{kind}_bwd"]
+                bwd = ln[f"{kind}_bwd{ckpt}"]
+                bwd = ln[f"{kind}_rec_{recompute}"].then(bwd) if recompute != "none" else bwd
                 end, issue = repeat(end, issue, layers * frac, bwd)
         e, h = ln["embed"], ln["head"]
         ends_lane = np.where(pp == 1, max(e.D, e.H) + max(h.D, h.H), max(max(e.D, e.H), max(h.D, h.H)))
@@ -592,10 +600,13 @@ def train_terms(model: ModelConfig, system: System, seq, st: StageTimes, tp, pp,
              "pp_comm": pp_comm, "dp_comm": sync - m * s, "ep_comm": m * t_ep, "cp_comm": m * t_cp,
              "optimizer": optimizer}
     terms["time"] = sync + bubble + pp_comm + optimizer
-    # the two lanes' totals (not terms of the sum): CPU time to issue the step, device busy time
+    # the two lanes' totals (not terms of the sum): CPU time to issue the step, device busy time,
+    # and the kernel seconds inside compute + recompute (the rest of those is the device waiting
+    # for the host)
     comm = m * (t_tp + t_ep + t_cp) + t_dp + pp_comm
     terms["lanes"] = (m * host_c + st.optimizer_host_s,
-                      m * device_c + comm + optimizer_s_per_param * P * st.trainable_fraction / np.where(zero >= 1, dp, 1))
+                      m * device_c + comm + optimizer_s_per_param * P * st.trainable_fraction / np.where(zero >= 1, dp, 1),
+                      m * device_c)
     return terms
 
 
@@ -608,10 +619,12 @@ def train_cost(model: ModelConfig, system: System, job: Job, ex: ExecutorProfile
     t = train_terms(model, system, job.seq, st, job.tp, job.pp, job.dp, job.cp, job.ep, mb, job.batch // mb,
                     job.vpp, job.zero, job.recompute, job.overlap, optimizer_seconds_per_param(model, system, ex, kp))
     time_s = t.pop("time")
-    host_s, device_s = t.pop("lanes")
+    host_s, device_s, kernel_s = t.pop("lanes")
     comm = t["tp_comm"] + t["pp_comm"] + t["dp_comm"] + t["ep_comm"] + t["cp_comm"]
     gpu = t["compute"] + t["recompute"]
-    resources = {k: gpu * share for k, share in st.bound_shares}
+    waited = np.maximum(gpu - kernel_s, 0.0)     # the device idle while an eager host issues
+    resources = {k: (gpu - waited) * share for k, share in st.bound_shares}
+    resources["host"] = resources.get("host", 0.0) + waited
     resources["memory"] = resources.get("memory", 0.0) + t["optimizer"]   # AdamW streams the states
     resources["communication"] = comm
     resources["bubble"] = t["bubble"]
