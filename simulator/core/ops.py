@@ -367,7 +367,8 @@ def adapted_linears(model: ModelConfig, moe: bool, ex: ExecutorProfile, targets:
 
 
 def with_lora(c: LayerCall, ops: list[Op]) -> list[Op]:
-    """`ops` with PEFT's adapter ops after every adapted linear (not experts, not the router)."""
+    """`ops` with PEFT's adapter ops after each linear `adapted_linears` picks for the job's
+    lora_targets."""
     if not c.job.lora_rank:
         return ops
     adapted = {lin.name: lin for lin in adapted_linears(c.model, c.moe, c.ex, c.job.lora_targets)}
