@@ -36,7 +36,7 @@ import numpy as np
 from simulator.core.constants import (ADAM_STATE_BYTES, GRAD_BYTES, LOSS_BYTES_PER_LOGIT, MASTER_ADAM_BYTES,
                                       MASTER_WEIGHT_BYTES, WORKING_WEIGHT_BYTES)
 from simulator.core.models import ModelConfig
-from simulator.core.ops import adapted_linears, residual_bytes, split_tp, trainable_params
+from simulator.core.ops import adapted_linears, lora_math_dtype, residual_bytes, split_tp, trainable_params
 from simulator.core.profiles import ExecutorProfile
 from simulator.core.quant import is_quantized, weight_bytes_per_param
 from simulator.core.units import DTYPE_BYTES
@@ -140,12 +140,13 @@ def saved_activation_bytes_per_token_layer(model: ModelConfig, job: Job, ex: Exe
         mlp += a * model.n_experts * 2   # router logits and probabilities
     if job.lora_rank:
         # PEFT saves, per adapted linear, lora_A's input -- the layer's input cast to the adapter
-        # dtype, a copy of its own when that differs from the compute dtype (fp32 adapters: 4 B per
-        # input feature) -- and lora_B's rank-r input
-        ad = DTYPE_BYTES[ex.lora_adapter_dtype]
+        # dtype (fp32 adapters: 4 B per input feature), or under autocast that copy cast back down
+        # (a B): a tensor of its own either way unless the adapters share the compute dtype -- and
+        # lora_B's rank-r input, in the adapter math dtype
+        ad, g = DTYPE_BYTES[ex.lora_adapter_dtype], DTYPE_BYTES[lora_math_dtype(ex, job)]
         for lin in adapted_linears(model, moe, ex, job.lora_targets):
             k_in, _ = split_tp(lin, tp)
-            mlp += (k_in * ad if ad != a else 0.0) + job.lora_rank * ad
+            mlp += (k_in * g if ad != a else 0.0) + job.lora_rank * g
     total = norms + casts + rope + attn + o_in + mlp
     if job.recompute == "selective":     # recompute rope and attention internals, keep the rest
         total -= rope + attn - a * (dq + 2 * dkv)

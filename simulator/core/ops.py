@@ -87,6 +87,13 @@ def split_tp(lin: Linear, tp: int) -> tuple[int, int]:
     return lin.d_in, lin.d_out // tp
 
 
+def lora_math_dtype(ex: ExecutorProfile, job: Job) -> str:
+    """The dtype of PEFT's adapter math (its two GEMMs, scale and add): the adapters' own, or the
+    compute dtype under torch.autocast (a stack that trains in it: autocast_weight_casts), which
+    casts the GEMMs' fp32 inputs and weights down."""
+    return job.dtype if ex.autocast_weight_casts else ex.lora_adapter_dtype
+
+
 def residual_bytes(ex: ExecutorProfile, job: Job) -> float:
     """Bytes per element of the residual stream: autocast training with fp32 parameters keeps it
     in fp32 (the executor's train_residual_bytes); LoRA freezes the base in the compute dtype, so
@@ -319,31 +326,40 @@ def lora_adapter_ops(c: LayerCall, lin: Linear) -> list[Op]:
     result = base(x); x = x.to(adapter dtype); result = result + lora_B(lora_A(x)) * scaling;
     result.to(base dtype)), with the adapters in the executor's `lora_adapter_dtype` (PEFT keeps
     them in fp32 by default: autocast_adapter_dtype=True): the input cast, two small GEMMs
-    (2 T r k_in and 2 T r n_out FLOPs), and scale, add and cast back over the output."""
+    (2 T r k_in and 2 T r n_out FLOPs), and scale, add and cast back over the output, in the
+    adapter math dtype (`lora_math_dtype`). Under torch.autocast the GEMMs cast the fp32 input
+    copy and both adapter weights back to the compute dtype first (3 more kernels), and the
+    output chain stays in the compute dtype (no cast back)."""
     k_in, n_out = split_tp(lin, c.tp)
     r = c.job.lora_rank
     a = c.act_bytes
     ad = DTYPE_BYTES[c.ex.lora_adapter_dtype]
+    mdt = lora_math_dtype(c.ex, c.job)
+    g = DTYPE_BYTES[mdt]
     T = c.tokens
     name = f"{c.prefix}{lin.name}.lora"
     ops = []
     if ad != a:
         ops.append(Op(f"{name}_cast_in", "elementwise", T * k_in, T * k_in * (a + ad), c.count, 1, kind=LORA_IN,
                       dtype=c.job.dtype))
+    if g != ad:
+        # autocast: lora_A's fp32 input and both fp32 adapter weights cast down (a reverse cast each back)
+        ops.append(Op(f"{name}_autocast", "elementwise", T * k_in, (T * k_in + k_in * r + r * n_out) * (ad + g),
+                      c.count, 3, kind="cast", dtype=c.job.dtype))
     ops.append(Op(f"{name}_A", "gemm",
                   2.0 * T * r * k_in,  # FLOPs: T x k_in times k_in x r
-                  (T * k_in + k_in * r + T * r) * ad,  # x, A, x A in the adapter dtype
-                  c.count, kind="lora", dtype=c.ex.lora_adapter_dtype))
+                  (T * k_in + k_in * r + T * r) * g,  # x, A, x A in the adapter math dtype
+                  c.count, kind="lora", dtype=mdt))
     ops.append(Op(f"{name}_B", "gemm",
                   2.0 * T * r * n_out,  # FLOPs: T x r times r x n_out
-                  (T * r + r * n_out + T * n_out) * ad,  # x A, B, its output
-                  c.count, kind="lora", dtype=c.ex.lora_adapter_dtype))
-    cast_back = ad != a   # .to(base dtype) is a no-op when the adapters share the base's dtype
+                  (T * r + r * n_out + T * n_out) * g,  # x A, B, its output
+                  c.count, kind="lora", dtype=mdt))
+    cast_back = g != a   # .to(base dtype) is a no-op when the math ran in the base's dtype
     ops.append(Op(f"{name}_scale_add", "elementwise", 2.0 * T * n_out,
                   T * n_out * (
-                      2 * ad  # * scaling: read and write the adapter output
-                      + (a + 2 * ad)  # base + adapter, promoted to the adapter dtype
-                      + ((ad + a) if cast_back else 0)),  # cast the sum back to the base dtype
+                      2 * g  # * scaling: read and write the adapter output
+                      + (a + 2 * g)  # base + adapter, promoted to the math dtype
+                      + ((g + a) if cast_back else 0)),  # cast the sum back to the base dtype
                   c.count, 3 if cast_back else 2, kind=LORA_OUT, dtype=c.job.dtype))
     return ops
 
@@ -853,7 +869,7 @@ def backward_ops(fwd: list[Op], job: Job, ex: ExecutorProfile) -> list[Op]:
     accumulation moves more -- the executor profile carries the fitted value). PEFT's adapter
     chains have the autograd nodes traced from its code (`lora_adapter_ops`)."""
     memory_ratio = ex.backward_memory_ratio
-    a, ad = DTYPE_BYTES[job.dtype], DTYPE_BYTES[ex.lora_adapter_dtype]
+    a, ad, g = DTYPE_BYTES[job.dtype], DTYPE_BYTES[ex.lora_adapter_dtype], DTYPE_BYTES[lora_math_dtype(ex, job)]
     out = []
     for op in fwd:
         if op.cls == "gemm":
@@ -874,11 +890,11 @@ def backward_ops(fwd: list[Op], job: Job, ex: ExecutorProfile) -> list[Op]:
             out.append(Op(op.name + ".bwd", op.cls, op.flops, op.flops * (ad + 4 * a), op.count, 2, "bwd", op.kind,
                           op.dtype))
         elif op.kind == LORA_OUT:
-            # the grad of .to(base dtype) back to the adapter dtype, the add's cast of the base
-            # branch's grad (both only when the dtypes differ), and * scaling: (a + ad) + (ad + a)
-            # + 2 ad bytes per output element (op.flops / 2 of them) in 3 kernels, or 2 ad in 1
-            n, casts = op.flops / 2, ad != a
-            out.append(Op(op.name + ".bwd", op.cls, op.flops, n * ((2 * a + 4 * ad) if casts else 2 * ad), op.count,
+            # the grad of .to(base dtype) back to the math dtype, the add's cast of the base
+            # branch's grad (both only when the dtypes differ), and * scaling: (a + g) + (g + a)
+            # + 2 g bytes per output element (op.flops / 2 of them) in 3 kernels, or 2 g in 1
+            n, casts = op.flops / 2, g != a
+            out.append(Op(op.name + ".bwd", op.cls, op.flops, n * ((2 * a + 4 * g) if casts else 2 * g), op.count,
                           3 if casts else 1, "bwd", op.kind, op.dtype))
         elif op.kind == "cast":
             # a cast's gradient is the reverse cast: the same bytes, one kernel per tensor
