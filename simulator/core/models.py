@@ -298,16 +298,16 @@ def parse_hf_config(cfg: Any, name: str, path: Path) -> ModelConfig:
     for attr, field in (("hidden", "hidden_size"), ("n_layers", "num_hidden_layers"), ("n_heads", "num_attention_heads"),
                         ("vocab", "vocab_size"), ("max_positions", "max_position_embeddings"), ("head_dim", "head_dim")):
         if getattr(m, attr) <= 0:
-            raise RoofplanError(f"{path}: field '{field}' is {getattr(m, attr)}; it must be a positive integer")
+            raise RoofplanError(f"{path}: field '{field}' is {clip(getattr(m, attr))}; it must be a positive integer")
     if not m.is_mla and not (1 <= m.n_kv_heads <= m.n_heads and m.n_heads % m.n_kv_heads == 0):
-        raise RoofplanError(f"{path}: field 'num_key_value_heads' is {m.n_kv_heads}; it must divide the "
+        raise RoofplanError(f"{path}: field 'num_key_value_heads' is {clip(m.n_kv_heads)}; it must divide the "
                             f"{m.n_heads} attention heads (grouped-query attention)")
     if m.ffn_dim <= 0 and m.n_moe_layers < m.n_layers:
-        raise RoofplanError(f"{path}: field 'intermediate_size' is {m.ffn_dim}; it must be a positive integer")
+        raise RoofplanError(f"{path}: field 'intermediate_size' is {clip(m.ffn_dim)}; it must be a positive integer")
     if m.family in MOE_TYPES and not (m.n_experts >= 1 and 1 <= m.top_k <= m.n_experts and m.expert_ffn_dim > 0):
         raise RoofplanError(f"{path}: an MoE config needs experts >= 1, 1 <= experts per token <= experts and a "
-                            f"positive expert MLP size (got {m.n_experts} experts, {m.top_k} per token, "
-                            f"{m.expert_ffn_dim} wide)")
+                            f"positive expert MLP size (got {clip(m.n_experts)} experts, {clip(m.top_k)} "
+                            f"per token, {clip(m.expert_ffn_dim)} wide)")
     return m
 
 
