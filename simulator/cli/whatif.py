@@ -125,8 +125,8 @@ def cmd_whatif(args) -> int:
 
 def _with_defaults(args):
     for name, default in (("kv_dtype", ""), ("offload", None), ("host_memory", "pinned"), ("no_overlap", False),
-                          ("recompute", "none"), ("lora_rank", 0), ("lora_targets", ALL_LINEAR), ("tp", 1), ("pp", 1), ("dp", 1),
-                          ("micro_batch", 0), ("zero", 0)):
+                          ("recompute", "none"), ("lora_rank", 0), ("lora_targets", ALL_LINEAR), ("tp", 1),
+                          ("pp", 1), ("dp", 1), ("micro_batch", 0), ("zero", 0)):
         if not hasattr(args, name):
             setattr(args, name, default)
     return args

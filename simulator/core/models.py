@@ -59,6 +59,11 @@ class Linear:
         return self.count * (self.d_in * self.d_out + (self.d_out if self.bias else 0))
 
     @property
+    def adaptable(self) -> bool:
+        """LoRA can adapt it (PEFT's all-linear): every linear but routed experts and the router."""
+        return not self.moe and self.name != "router"
+
+    @property
     def active_params(self) -> int:
         return self.active * (self.d_in * self.d_out + (self.d_out if self.bias else 0))
 

@@ -370,9 +370,7 @@ def adapted_linears(model: ModelConfig, moe: bool, ex: ExecutorProfile, targets:
     target that names part of a linear this stack fuses (q of its qkv) cannot be adapted alone."""
     names = None if targets == ALL_LINEAR else lora_target_names(targets)
     out = []
-    for lin in _linears(model, moe, ex):
-        if lin.moe or lin.name == "router":
-            continue
+    for lin in (lin for lin in _linears(model, moe, ex) if lin.adaptable):
         parts = linear_parts(lin.name)
         if names is None or names.issuperset(parts):
             out.append(lin)

@@ -178,11 +178,9 @@ def _check_lora_targets(job: Job, model: ModelConfig) -> None:
     names = lora_target_names(job.lora_targets)
     if not job.lora_rank:
         raise FieldError("lora_targets", job.lora_targets, "applies to LoRA only", "add a LoRA rank or drop it")
-    has = set()
     dense = model.layer_linears(False) if model.n_moe_layers < model.n_layers else []
-    for lin in dense + (model.layer_linears(True) if model.is_moe else []):
-        if not lin.moe and lin.name != "router":
-            has.update(linear_parts(lin.name))
+    has = {part for lin in dense + (model.layer_linears(True) if model.is_moe else []) if lin.adaptable
+           for part in linear_parts(lin.name)}
     missing = sorted(names - has)
     if missing:
         raise FieldError("lora_targets", job.lora_targets, f"{model.name} has no {', '.join(missing)} projection",
