@@ -18,6 +18,7 @@ from simulator.core.memory import stage_layers, stage_params, trainable_fraction
 from simulator.core.ops import optimizer_ops
 from simulator.core import power
 from simulator.core.step import (ATTENTION_OPS, BOUNDS, TRAIN_TERMS, StepCost, end_ops, inference_cost, stage_ops,
+                                 train_layer_python_s, train_ops_host_s,
                                  train_cost, train_flops)
 from simulator.core.roofline import op_gpu_time, time_ops
 from simulator.core.units import DTYPE_BYTES, fmt_bytes
@@ -309,7 +310,13 @@ def _train_table(model, system, job, ex, kp, cost: StepCost, ops: list) -> pd.Da
     bubble, optimizer), so the rows add up to the step time."""
     m = job.n_micro
     df = time_ops(ops, system, kp, ex, job.tp)
+    df["host_time_s"] = train_ops_host_s(ops, ex, job.recompute)
     df[["flops", "bytes", "kernels", "gpu_time_s", "host_time_s", "time_s"]] *= m
+    # the host work that is no op's: per step, per layer, the optimizer
+    layers = int(stage_layers(model, job.pp))
+    host_rows = [(n, h) for n, h in (("step.host", m * ex.host_overhead_per_step_s),
+                                     ("layer.python", m * layers * train_layer_python_s(ex, job.recompute)),
+                                     ("optimizer.host", ex.host_optimizer_s)) if h > 0]
     t = cost.time_by_term
     extra = [("optimizer", "optimizer", "opt", "memory", t["optimizer"])] + [
         (name, "communication", "comm", "communication", t[name]) for name in ("tp_comm", "pp_comm", "dp_comm",
@@ -321,6 +328,8 @@ def _train_table(model, system, job, ex, kp, cost: StepCost, ops: list) -> pd.Da
     rows = [{"name": n, "cls": c, "pass": p, "count": 1, "flops": 0.0, "bytes": 0.0, "kernels": 0,
              "gpu_time_s": 0.0 if c == "host" else float(v), "host_time_s": 0.0, "time_s": float(v), "bound": b}
             for n, c, p, b, v in extra if float(v) > 1e-9 * float(cost.time_s)]
+    rows += [{"name": n, "cls": "host", "pass": "fwd", "count": 1, "flops": 0.0, "bytes": 0.0, "kernels": 0,
+              "gpu_time_s": 0.0, "host_time_s": h, "time_s": 0.0, "bound": "host"} for n, h in host_rows]
     return pd.concat([df, pd.DataFrame(rows)], ignore_index=True) if rows else df
 
 

@@ -446,6 +446,34 @@ def train_host_s(op, ex: ExecutorProfile, backward: bool) -> float:
     return op_host_s(op, ex) * ex.host_autograd_scale
 
 
+def train_ops_host_s(ops, ex: ExecutorProfile, recompute: str) -> list[float]:
+    """Host seconds of each op of one training micro-batch's stage op list (forward, backward,
+    recomputed, stage ends; `count` instances each) as the lanes of `stage_times` charge them: a
+    layer's backward op costs the autograd nodes of the forward op it mirrors, a stage end's its
+    own; under full recompute the layers' ops cost host_recompute_scale x that."""
+    fwd = {o.name: o for o in ops if o.pass_ == "fwd"}
+    ck = ex.host_recompute_scale if recompute == "full" else 1.0
+    out = []
+    for o in ops:
+        layer = o.name.startswith(("layer.", "moe_layer."))
+        if o.pass_ == "fwd" or o.name.endswith(".recompute"):
+            h = train_host_s(o, ex, False)
+        else:
+            h = train_host_s(fwd[o.name.removesuffix(".bwd")], ex, True) if layer else train_host_s(o, ex, True)
+        out.append(h * o.count * (ck if layer else 1.0))
+    return out
+
+
+def train_layer_python_s(ex: ExecutorProfile, recompute: str) -> float:
+    """Host seconds per layer per micro-batch outside its ops (module calls, autograd engine), as
+    the lanes of `stage_times` charge them: the forward's (twice under full recompute) and the
+    backward's."""
+    fwd = ex.host_per_layer_s * ex.host_autograd_scale
+    if recompute == "full":
+        return (2 * fwd + ex.host_backward_per_layer_s) * ex.host_recompute_scale
+    return fwd + ex.host_backward_per_layer_s
+
+
 def stage_times(model: ModelConfig, system: System, job: Job, ex: ExecutorProfile, kp: KernelProfile) -> StageTimes:
     """Time one layer (dense and MoE) and the stage ends for a micro-batch of `job` through the
     core op lists and roofline."""

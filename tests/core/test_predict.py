@@ -248,6 +248,19 @@ def test_checkpointed_layers_cost_the_measured_host_factor():
     assert scaled.host_time_s - plain.host_time_s == pytest.approx((f - 1) * m.n_layers * (2 * fwd + bwd))
 
 
+@pytest.mark.parametrize("name, job", [
+    ("llama-3.1-8b", Job("train", batch=1, seq=2048, lora_rank=16, recompute="full")),
+    ("llama-3.2-1b", Job("train", batch=8, seq=2048, micro_batch=2, recompute="selective")),
+    ("olmoe-1b-7b", Job("train", batch=2, seq=512, recompute="full")),
+])
+def test_training_op_table_host_adds_up_to_the_host_lane(name, job):
+    """The per-op table (and the Chrome trace drawn from it) charges each training op the host
+    time the lanes charge it -- autograd nodes, per-layer work, the checkpoint wrapper's factor,
+    the optimizer -- so its host column adds up to host_time_s."""
+    p = predict(load_model(name), H100, job, load_executor_profile("hf-eager"), check_memory=False)
+    assert p.ops["host_time_s"].sum() == pytest.approx(p.host_time_s, rel=1e-9)
+
+
 def test_lora_saves_peft_fp32_copy_of_each_adapted_input():
     """PEFT casts each adapted linear's input to the fp32 adapters' dtype and lora_A saves that
     copy for its weight gradient: without recompute a Llama-3.1-8B layer keeps 4 B x (q, k, v,
