@@ -88,6 +88,7 @@ class ModelConfig:
     linear_bias: bool = False        # OPT/GPT: bias on every linear
     learned_positions: int = 0       # rows of a learned position table (OPT adds 2)
     qk_norm: str | None = None       # None | head (Qwen3: per head_dim) | full (OLMoE)
+    gemma_scaling: bool = False      # Gemma: embedding x sqrt(hidden), RMSNorm weight applied as (1 + w)
     # mixture of experts
     n_experts: int = 0
     top_k: int = 0
@@ -275,20 +276,27 @@ class HFConfigFile(BaseModel):
     qk_rope_head_dim: _Size = None
     v_head_dim: _Size = None
     hidden_act: Name | None = None
-    hidden_activation: Name | None = None
     activation_function: Name | None = None
 
 
+# families whose HF config class ties the LM head to the embedding when config.json says nothing
+# (transformers 5.24: GemmaConfig.tie_word_embeddings = True; Llama, Mistral, Qwen2/3, Phi-3,
+# Granite and the MoE configs default to False; GPT-2 and OPT, parsed apart, to True)
+TIED_BY_DEFAULT = ("gemma",)
+
+
 def _activation(cfg: dict, path: Path, default: str) -> str:
-    """The MLP activation the config names (Gemma's hidden_activation, hidden_act, GPT-2/OPT's
-    activation_function), else the family's HF default; one that HF_ACTIVATIONS lacks is an error."""
-    for key in ("hidden_activation", "hidden_act", "activation_function"):
+    """The MLP activation the config names (hidden_act, GPT-2/OPT's activation_function), else the
+    family's HF default; one that HF_ACTIVATIONS lacks is an error. Gemma takes the legacy "gelu"
+    of its official configs as "gelu_pytorch_tanh" (transformers 5.24 configuration_gemma.py; the
+    hidden_activation key some of those configs carry is read by no family roofplan parses)."""
+    for key in ("hidden_act", "activation_function"):
         name = cfg.get(key)
         if name is not None:
             if name not in HF_ACTIVATIONS:
                 raise RoofplanError(f"{path}: field '{key}' is {clip(repr(name))}{did_you_mean(name, HF_ACTIVATIONS)}; "
                                     f"roofplan models the Hugging Face activations {', '.join(HF_ACTIVATIONS)}")
-            return name
+            return "gelu_pytorch_tanh" if (name == "gelu" and cfg.get("model_type") == "gemma") else name
     return default
 
 
@@ -362,15 +370,15 @@ def _parse_hf_config(cfg: Any, name: str, path: Path) -> ModelConfig:
         n_kv_heads=g("num_key_value_heads", default=n_heads),
         head_dim=g("head_dim", default=d // n_heads), ffn_dim=g("intermediate_size"),
         vocab=g("vocab_size"), max_positions=g("max_position_embeddings"),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), gated_mlp=True, norm="rms",
-        activation=_activation(cfg, path, "silu"),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", mt in TIED_BY_DEFAULT)), gated_mlp=True, norm="rms",
+        activation=_activation(cfg, path, "gelu_pytorch_tanh" if mt == "gemma" else "silu"),
         qkv_bias=bool(cfg.get("attention_bias", mt in ("qwen2", "qwen2_moe"))),
         source=str(cfg.get("_source", path)),
     )
     if mt in ("llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "granite"):
         if mt == "qwen3":
             common["qk_norm"] = "head"
-        return ModelConfig(**common)
+        return ModelConfig(**common, gemma_scaling=(mt == "gemma"))
     if mt == "mixtral":
         return ModelConfig(**common, n_experts=g("num_local_experts"), top_k=g("num_experts_per_tok"),
                            expert_ffn_dim=g("intermediate_size"))

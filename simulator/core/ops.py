@@ -191,6 +191,8 @@ def _elementwise_op(c: LayerCall, name: str, elems, bytes_per_elem, kernels: int
 
 EAGER_NORM_CAST_KERNELS = 2        # x.float() and .to(input_dtype) of an eager RMSNorm
 EAGER_NORM_CAST_BYTES = 6 + 6 - 4  # per element: the casts (2 + 4, 4 + 2 B) less the fp32 weight multiply's extra 4 B
+GEMMA_NORM_EXTRA_KERNELS = 2       # weight.float() and 1.0 + of GemmaRMSNorm
+GEMMA_NORM_EXTRA_BYTES = 4         # its weight product reads and writes fp32 (8 B) where Llama's cast writes bf16 first
 
 
 def _norm_op(name: str, model: ModelConfig, job: Job, ex: ExecutorProfile, tokens, count: int,
@@ -218,6 +220,11 @@ def _norm_op(name: str, model: ModelConfig, job: Job, ex: ExecutorProfile, token
     kernels = ex.norm_kernels if model.norm == "rms" else 1   # LayerNorm: one fused kernel
     if residual_bytes == 4 and model.norm == "rms" and kernels > EAGER_NORM_CAST_KERNELS + 4:
         per_elem, kernels = ex.norm_bytes_per_elem - EAGER_NORM_CAST_BYTES, kernels - EAGER_NORM_CAST_KERNELS
+    if model.gemma_scaling and ex.eager_modules:
+        # GemmaRMSNorm multiplies by (1.0 + weight.float()) in fp32 before the cast back: the
+        # weight's cast and + 1 (d elements, two more kernels) and an fp32 product instead of
+        # LlamaRMSNorm's bf16 one (transformers 5.24 modeling_gemma.py)
+        per_elem, kernels = per_elem + GEMMA_NORM_EXTRA_BYTES, kernels + GEMMA_NORM_EXTRA_KERNELS
     bytes_ = (
         per_elem  # HBM bytes per element of the executor's norm kernels
         * tokens  # T: tokens normalised
@@ -801,14 +808,17 @@ def layer_forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bo
 def embedding_ops(model: ModelConfig, job: Job, tokens) -> list[Op]:
     """Token embedding lookup: a gather, no FLOPs; each token reads its table row and writes the
     activation, 2 x hidden elements. (Learned position rows, where a model has them, are not
-    counted separately.)"""
-    bytes_ = (
+    counted separately.) Gemma then scales the embeddings by sqrt(hidden): one elementwise
+    kernel reading and writing them (GemmaTextScaledWordEmbedding)."""
+    elems = (
         tokens  # rows: tokens
         * model.hidden  # d: hidden size
-        * 2  # read the table row, write the activation
-        * DTYPE_BYTES[job.dtype]  # bytes per activation element
     )
-    return [Op("embedding", "embedding", 0.0, bytes_, 1, 1, dtype=job.dtype)]
+    a = DTYPE_BYTES[job.dtype]
+    ops = [Op("embedding", "embedding", 0.0, elems * 2 * a, 1, 1, dtype=job.dtype)]   # read the row, write the activation
+    if model.gemma_scaling:
+        ops.append(Op("embed_scale", "elementwise", elems, elems * 2 * a, 1, 1, dtype=job.dtype))
+    return ops
 
 
 def lm_head_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, tokens) -> list[Op]:

@@ -417,9 +417,8 @@ def end_ops(model: ModelConfig, job: Job, ex: ExecutorProfile):
     s_local = job.seq // job.cp
     mb = job.micro_batch or job.batch
     ljob = replace(job, batch=mb, seq=s_local, micro_batch=mb, ep=1)
-    ends = forward_ops(model, ljob, ex, layers=0, batch=mb, embed=True, head=True)
-    emb = [o for o in ends if o.cls == "embedding"]
-    head = [o for o in ends if o.cls != "embedding"]
+    emb = forward_ops(model, ljob, ex, layers=0, batch=mb, embed=True, head=False)
+    head = forward_ops(model, ljob, ex, layers=0, batch=mb, embed=False, head=True)
     if ex.autocast_weight_casts and not job.lora_rank:
         head = [weight_cast_op("lm_head.autocast_weight_cast", model.vocab * model.hidden / job.tp, 1)] + head
     return (emb + backward_ops(emb, ljob, ex),

@@ -253,3 +253,31 @@ def test_an_unknown_activation_is_a_one_line_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(RoofplanError, match=r"field 'hidden_act' is 'gelu_neww' \(did you mean: gelu_new"):
         load_model(str(tmp_path / "config.json"))
+
+
+def test_gemma_scales_its_embeddings_and_runs_its_eager_norm_in_ten_kernels():
+    """HF Gemma (modeling_gemma.py, transformers 5.24) multiplies the embeddings by sqrt(hidden)
+    (one kernel over T x d, under any stack) and its RMSNorm applies (1 + weight.float()) in fp32:
+    LlamaRMSNorm's 8 kernels and 36 B per element plus the weight's cast and + 1, 10 kernels and
+    40 B. Llama has neither."""
+    T = 4 * 512
+    job = Job(phase="prefill", batch=4, seq=512)
+    hf = load_executor_profile("hf-eager")
+    g = load_model("gemma-2b")
+    ops = {o.name: o for o in forward_ops(g, job, hf)}
+    assert (ops["embed_scale"].kernels, ops["embed_scale"].bytes) == (1, 2 * 2 * T * 2048)
+    assert (ops["layer.attn_norm"].kernels, ops["layer.attn_norm"].bytes) == (10, 40 * T * 2048)
+    vllm = {o.name: o for o in forward_ops(g, job, load_executor_profile("vllm-v1"))}
+    assert "embed_scale" in vllm and vllm["layer.attn_norm"].kernels == 1
+    llama = {o.name: o for o in forward_ops(load_model("llama-3.2-1b"), job, hf)}
+    assert "embed_scale" not in llama and llama["layer.attn_norm"].kernels == 8
+
+
+def test_gemma_configs_read_as_transformers_reads_them():
+    """Gemma's config.json names no tie_word_embeddings (GemmaConfig ties by default) and its legacy
+    hidden_act "gelu" runs as the tanh approximation; its non-embedding parameters are the Gemma
+    report's (Gemma Team 2024, Table 2: 1,981,884,416 and 7,751,248,896)."""
+    for name, non_embedding in (("gemma-2b", 1_981_884_416), ("gemma-7b", 7_751_248_896)):
+        m = load_model(name)
+        assert (m.tie_embeddings, m.activation) == (True, "gelu_pytorch_tanh")
+        assert m.params_total() - m.embedding_params == non_embedding
