@@ -78,6 +78,7 @@ from simulator.core.ops import backward_ops, forward_ops, loss_ops, optimizer_op
 from simulator.core.profiles import ExecutorProfile, KernelProfile
 from simulator.core.roofline import time_ops
 from simulator.core.specs import System
+from simulator.core.step import h2d_Bps
 from simulator.core.units import DTYPE_BYTES, GiB, fmt_bytes
 from simulator.core.workload import Job
 
@@ -119,8 +120,9 @@ class Rates:
     cpu_adam_params_per_s: float
 
 
-def system_rates(system: System, kp: KernelProfile) -> Rates:
-    """Pinned PCIe copies at the kernel profile's measured efficiency; NVMe and CPU memory at
+def system_rates(system: System, kp: KernelProfile, ex: ExecutorProfile) -> Rates:
+    """Pinned PCIe copies at the kernel profile's measured efficiency and the executor's copy
+    efficiency (simulator.core.step.h2d_Bps, the predictor's rate); NVMe and CPU memory at
     their spec; CPU attention at the CPU's measured rate, else its roofline (decode attention
     does 1 FLOP per byte of fp16 K/V: min(memory bandwidth, fp32 peak)); CPU Adam at the
     reference host's measured rate scaled by cores, capped by memory bandwidth / 28 B."""
@@ -133,7 +135,7 @@ def system_rates(system: System, kp: KernelProfile) -> Rates:
     mem_bw = cpu.mem_bw_Bps * n
     attn = (cpu.attention_Bps * n) if cpu.attention_Bps else min(mem_bw, cpu.peak_flops_fp32 * n)
     adam = min(kp.cpu_adam_params_per_s * cpu.cores * n / REFERENCE_HOST_CORES, mem_bw / ADAM_TRAFFIC_BYTES)
-    return Rates(h2d_Bps=link * kp.h2d_pinned_eff, d2h_Bps=link * kp.d2h_pinned_eff,
+    return Rates(h2d_Bps=h2d_Bps(system, kp, ex, "pinned"), d2h_Bps=link * kp.d2h_pinned_eff,
                  disk_read_Bps=system.nvme_read_Bps, disk_write_Bps=system.nvme_write_Bps,
                  cpu_mem_Bps=mem_bw, cpu_attention_Bps=attn, cpu_adam_params_per_s=adam)
 
@@ -535,7 +537,7 @@ def plan_offload(model: ModelConfig, system: System, req: OffloadRequest, execut
     """Best plan over the integer choices; `fixed` pins placement fractions (FlexGen's --percent)
     and `gbs`/`nb`/`req.attention` pin the schedule, to score a published policy."""
     _validate(model, system, req)
-    rates = system_rates(system, kernels)
+    rates = system_rates(system, kernels, executor)
     t0 = time.perf_counter()
     best, best_rep, n_lp = None, None, 0
     memo: dict = {}

@@ -137,17 +137,25 @@ def validation_levels(end_to_end: str | Path, step_times: str | Path | None = No
     from simulator.core.expected_error import calibration_level
     system = load_hardware(hardware)
     kp = load_kernel_profile(system.gpu.name)
+    from simulator.calibration.copy_fit import held_out_errors
     for exe in sorted({c.get("executor", "default") for c in cases}):
         try:
-            level = "/".join(calibration_level(system, kp, load_executor_profile(exe)))
+            ex = load_executor_profile(exe)
+            level = "/".join(calibration_level(system, kp, ex))
         except RoofplanError:
             continue
+        # a case the executor's copy efficiency was fitted on counts with its held-out error
+        held = held_out_errors(cases, exe, system, kp, ex)
         for kind in ("inference", "train"):
             ids = {c.get("id", "") for c in cases if c.get("executor", "default") == exe
                    and (c["phase"] == "train") == (kind == "train")}
-            errs = ok[ok["id"].isin(ids)]["time_error"]
-            if len(errs):
-                levels[f"{level}/{exe}/{kind}"] = row(errs, f"{len(errs)} {exe} {kind} cases of {name} ({hardware})")
+            mine = ok[ok["id"].isin(ids)]
+            errs = [held.get(i, e) for i, e in zip(mine["id"], mine["time_error"])]
+            if errs:
+                n_held = sum(i in held for i in mine["id"])
+                levels[f"{level}/{exe}/{kind}"] = row(
+                    errs, f"{len(errs)} {exe} {kind} cases of {name} ({hardware})"
+                    + (f", {n_held} of them at the copy efficiency fitted without them (leave one out)" if n_held else ""))
     gpu_bound = [c for c in cases if c.get("executor", "default") == "default"]
     ds = compare_cases(hardware, gpu_bound, kernel_profile=DATASHEET)
     levels["datasheet/measured"] = row(ds["time_error"], f"the {len(ds)} default-executor cases of {name} "

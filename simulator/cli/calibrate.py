@@ -217,8 +217,11 @@ def _held_out_rows(h: dict | None) -> list[list[str]]:
 def cmd_calibrate(args) -> int:
     if args.step_times:
         return _calibrate_step_times(args)
+    if not args.trace and not args.microbench and args.end_to_end:
+        return _calibrate_copies(args)
     if not args.trace and not args.microbench:
-        raise RoofplanError("calibrate needs --microbench F (kernel profile), --trace T or --step-times F --engine E (executor profile)")
+        raise RoofplanError("calibrate needs --microbench F (kernel profile), --trace T, --end-to-end E2E or --step-times F "
+                            "--engine E (executor profile)")
     if args.trace and args.microbench and not args.kernels_out:
         raise RoofplanError("with both --trace and --microbench, pass --kernels-out K.yaml for the kernel profile (-o gets the executor profile)")
     if args.fallback_profile and not args.microbench:
@@ -252,7 +255,8 @@ def cmd_calibrate(args) -> int:
     else:
         for flag, val in (("--end-to-end", args.end_to_end), ("--step-time", args.step_time)):
             if val is not None:
-                raise RoofplanError(f"{flag} deflates the host costs of a traced step; pass it with --trace T")
+                raise RoofplanError(f"{flag} deflates the host costs of a traced step; pass it with --trace T "
+                                    "(or --end-to-end alone: an executor's copy efficiency)")
     kp = None
     if mb_rows is not None:
         from simulator.calibration.calibrate import fit_kernel_profile
@@ -331,6 +335,54 @@ def cmd_calibrate(args) -> int:
         _write(path, d, **style)
     emit(fmt_of(args), json_obj=result, rows=rows, header=["profile", "field", "value"],
          title=f"calibrated on {system.gpu.name}", footer=f"\nwrote {out}" + (f" and {args.kernels_out}" if args.trace and args.microbench else ""))
+    return 0
+
+
+def _calibrate_copies(args) -> int:
+    """`--end-to-end E2E -o P.yaml` alone: P's copy_efficiency_scale from the cases of executor P
+    (its file's name) that offload weights (simulator.calibration.copy_fit); the other fields and
+    the source sentences that do not name what is refitted stay, those of -o when it exists, else
+    of the shipped profile of that name."""
+    from simulator.calibration.accuracy import load_cases
+    from simulator.calibration.copy_fit import fit_copy_efficiency
+    from simulator.core.profiles import load_executor_profile
+    if args.step_time is not None:
+        raise RoofplanError("--step-time deflates the host costs of a traced step; pass it with --trace T")
+    out = Path(args.output)
+    base = out if out.is_file() else specs_root() / "profiles" / "executors" / f"{out.stem}.yaml"
+    if not base.is_file():
+        from simulator.core.profiles import list_profiles
+        raise RoofplanError(f"-o {out}: no executor profile '{out.stem}' to refit; --end-to-end alone refits the copy "
+                            f"efficiency of an existing one, named by -o's file name ({', '.join(list_profiles('executors'))})")
+    system = load_hardware(args.hardware)
+    hw, cases = load_cases(args.end_to_end)
+    if hw and load_hardware(hw).gpu.name != system.gpu.name:
+        raise RoofplanError(f"{args.end_to_end} was measured on {hw}, not on {system.gpu.name}; pass --hardware {hw}")
+    kp = load_kernel_profile(system.gpu.name, args.kernel_profile)
+    ex = load_executor_profile(str(base))
+    scale, rows = fit_copy_efficiency(cases, out.stem, system, kp, ex)
+    prev = read_yaml(base)
+    name = Path(args.end_to_end).name
+    fitted = "; ".join(f"{r['id']} {r['measured_s']:.3g} s measured, {r['unfitted_s']:.3g} s at the microbenchmarked rate "
+                       f"({100 * (r['unfitted_s'] / r['measured_s'] - 1):+.1f}%), {r['fitted_s']:.3g} s fitted "
+                       f"({100 * r['fitted_error']:+.1f}%), held out {100 * r['held_out_error']:+.1f}%" for r in rows)
+    sentence = (f"copy_efficiency_scale {scale:.4f} and fitted_on fitted by `roofplan calibrate --end-to-end {name} --hardware "
+                f"{args.hardware}` (simulator.calibration.copy_fit, kernel profile {kp.name}): the scale of the "
+                f"microbenchmarked copy rate that minimises the squared log errors of the {len(rows)} weight-offload "
+                f"case(s) of {out.stem} in {name}: {fitted} (held out: at the scale fitted on the other cases, 1 when "
+                "there are none; the expected-error table reports those errors).")
+    kept = _kept_sentences(str(prev.get("source", "")), {"copy_efficiency_scale", "fitted_on"}, host=False)
+    d = {k: v for k, v in prev.items() if k not in ("source", "copy_efficiency_scale", "fitted_on")}
+    d.update(copy_efficiency_scale=round(scale, 4), fitted_on=system.gpu.name, source=" ".join(kept + [sentence]))
+    _write(out, d, width=120)
+    table = [["executor profile", "copy_efficiency_scale", f"{scale:.4f}"]] + [
+        ["fitted" if len(rows) == 1 else "case", r["id"],
+         f"{r['fitted_s']:.3g} s vs {r['measured_s']:.3g} s ({100 * r['fitted_error']:+.1f}%); held out "
+         f"{100 * r['held_out_error']:+.1f}% (scale {r['held_out_scale']:.3f})"] for r in rows]
+    emit(fmt_of(args), json_obj={"executor_profile": {"path": str(out), "copy_efficiency_scale": round(scale, 4),
+                                                      "cases": rows}},
+         rows=table, header=["profile", "field", "value"], title=f"{out.stem} copies calibrated on {system.gpu.name}",
+         footer=f"\nwrote {out}")
     return 0
 
 

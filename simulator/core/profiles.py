@@ -160,6 +160,9 @@ class ExecutorProfile:
                                                # of KV cache read once (paged blocks, KV re-read per query
                                                # head group): more traffic, not a slower rate -- the
                                                # power model sees it (simulator.core.power)
+    copy_efficiency_scale: float = 1.0        # this stack's host -> GPU weight copies vs the kernel
+                                              # profile's microbenchmarked rate (one large copy of one
+                                              # buffer); fitted on its end-to-end cases (calibrate)
     lora_adapter_dtype: str = "fp32"          # PEFT keeps LoRA adapters in fp32 beside a bf16/fp16 base
                                               # (LoraConfig/get_peft_model autocast_adapter_dtype=True)
     offload_embeddings: bool = False          # weight offload moves the embedding and LM head too
@@ -414,6 +417,7 @@ class ExecutorFields(Strict):
     attn_decode_efficiency_scale: Positive = 1.0
     attn_decode_overhead_us: NonNegative | None = None
     attn_decode_traffic_scale: Annotated[Finite, Field(ge=1.0)] = 1.0
+    copy_efficiency_scale: Positive = 1.0
     lora_adapter_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     offload_embeddings: bool = False
     autocast_weight_casts: bool = False

@@ -109,12 +109,13 @@ def stream_schedule(layer_compute, layer_transfer, n_layers, overlap: bool):
     return layer_transfer + (n_layers - 1) * np.maximum(layer_compute, layer_transfer) + layer_compute
 
 
-def h2d_Bps(system: System, kp: KernelProfile, host_memory: str) -> float:
+def h2d_Bps(system: System, kp: KernelProfile, ex: ExecutorProfile, host_memory: str) -> float:
     """Host -> GPU copy bandwidth: pinned copies run at the link's achieved efficiency, pageable
-    ones are bound by the host's staging copy."""
+    ones are bound by the host's staging copy; both as the kernel profile microbenchmarked them,
+    times the executor's copy_efficiency_scale (how its own copies compare)."""
     if host_memory == "pageable":
-        return min(kp.h2d_pageable_Bps, system.host_link.bw_Bps)
-    return system.host_link.bw_Bps * kp.h2d_pinned_eff
+        return min(kp.h2d_pageable_Bps, system.host_link.bw_Bps) * ex.copy_efficiency_scale
+    return system.host_link.bw_Bps * kp.h2d_pinned_eff * ex.copy_efficiency_scale
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,7 +272,7 @@ def inference_cost(model: ModelConfig, system: System, job: Job, ex: ExecutorPro
         other = stage - np.maximum(layer_time, sum(sum(hs) * c for c, hs, ds in layer_segs))
         ends = (model.embedding_params + model.head_params) / job.tp
         layer_bytes = (weight_params_per_gpu(model, job) - ends) / lps * a
-        bw = h2d_Bps(system, kp, job.host_memory)
+        bw = h2d_Bps(system, kp, ex, job.host_memory)
         layer_transfer = layer_bytes / bw + kp.copy_latency_s
         transfer = transfer + layer_transfer * lps
         stage = other + stream_schedule(per_layer, layer_transfer, lps, job.overlap)

@@ -99,12 +99,18 @@ def test_framework_bound_lora(end_to_end):
     assert abs(errs["lora"]) <= 0.10
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 12 'Model the software, not just the GPU': accelerate offload copies at the microbenchmarked pageable "
-    "rate (2026-11-30: -26.6%)"))
-def test_framework_bound_accelerate(end_to_end):
+def test_accelerate_copy_efficiency_is_fitted_on_its_one_case_and_stated_held_out(end_to_end):
+    """accelerate's copies at the microbenchmarked pageable rate miss its one measured case by
+    -26.6%; `calibrate --end-to-end` fits its copy efficiency (0.72) on that case, which the
+    profile then reproduces. That is in sample, so the expected error every accelerate prediction
+    states is the held-out one: -26.6%, the case predicted without its own fit (no other case)."""
     errs = dict((kind, e) for kind, _, e in _framework_errors(end_to_end) if kind == "accelerate")
-    assert abs(errs["accelerate"]) <= 0.15
+    assert abs(errs["accelerate"]) <= 0.01
+    ex = load_executor_profile("accelerate")
+    assert ex.copy_efficiency_scale == pytest.approx(0.7217, abs=1e-4)
+    job = Job("decode", batch=1, context=512, offload_weights="cpu", host_memory="pageable", overlap=False)
+    ee = predict(load_model("llama-3.1-8b"), H100, job, ex).expected_error
+    assert (ee["cases"], ee["time_worst"]) == (1, pytest.approx(0.2664, abs=1e-4))
 
 
 def test_memory_mape(end_to_end):
@@ -293,14 +299,16 @@ def test_lora_saves_peft_fp32_copy_of_each_adapted_input():
 def test_accelerate_copies_every_weight_and_a_tied_head_twice(name):
     """accelerate.cpu_offload hooks every module with weights and gives its hooks no tied-weights
     map: the embedding and the LM head copy their table each before use, the tied table of
-    Llama-3.2-1B twice (2 x 525 MB of its 2.47 GB), at the pageable rate."""
+    Llama-3.2-1B twice (2 x 525 MB of its 2.47 GB), at the pageable rate times accelerate's copy
+    efficiency."""
     from simulator.core.profiles import load_kernel_profile
     m = load_model(name)
     job = Job("decode", batch=1, context=512, offload_weights="cpu", host_memory="pageable", overlap=False)
     p = predict(m, H100, job, load_executor_profile("accelerate"))
     kp = load_kernel_profile("h100-sxm")
     copied = 2 * (m.params_total() + (m.vocab * m.hidden if m.tie_embeddings else 0))
-    assert p.transfer_time_s == pytest.approx(copied / kp.h2d_pageable_Bps + (m.n_layers + 2) * kp.copy_latency_s)
+    rate = kp.h2d_pageable_Bps * load_executor_profile("accelerate").copy_efficiency_scale
+    assert p.transfer_time_s == pytest.approx(copied / rate + (m.n_layers + 2) * kp.copy_latency_s)
 
 
 def test_offload_pageable_slower_than_pinned_and_overlap_helps():

@@ -216,7 +216,8 @@ def test_accelerate_builds_on_hf_eager():
         assert getattr(acc, f) == getattr(hf, f), f
     assert acc.host_per_layer_s == pytest.approx(913.5e-6) and acc.host_per_layer_s != hf.host_per_layer_s
     assert acc.offload_embeddings and not hf.offload_embeddings
-    assert (acc.fitted_on, hf.fitted_on) == ("", "h100-sxm")      # the hooks' costs: from accelerate's code
+    assert (acc.fitted_on, hf.fitted_on) == ("h100-sxm", "h100-sxm")   # accelerate's copy efficiency: its H100 case
+    assert hf.copy_efficiency_scale == 1.0 and acc.copy_efficiency_scale < 1.0
     assert acc.description != hf.description and acc.source.startswith("base: hf-eager")
 
 
