@@ -34,9 +34,11 @@ def copy_cases(cases: list[dict], executor: str) -> list[dict]:
 
 
 def _predicted_s(case: dict, scale: float, system: System, kp: KernelProfile, ex: ExecutorProfile) -> float:
-    job = job_from_case(case)
-    return float(predict(load_model(case["model"]), system, job, replace(ex, copy_efficiency_scale=scale), kp,
-                         check_memory=False, with_ops=False).time_s)
+    try:
+        return float(predict(load_model(case["model"]), system, job_from_case(case), replace(ex, copy_efficiency_scale=scale),
+                             kp, check_memory=False, with_ops=False).time_s)
+    except RoofplanError as e:
+        raise RoofplanError(f"case {case.get('id') or case['model']}: {e}") from None
 
 
 def _fit(cases: list[dict], system: System, kp: KernelProfile, ex: ExecutorProfile) -> float:
@@ -48,10 +50,12 @@ def _fit(cases: list[dict], system: System, kp: KernelProfile, ex: ExecutorProfi
         return sum(math.log(_predicted_s(c, scale, system, kp, ex) / c["time_s"]) ** 2 for c in cases)
     res = minimize_scalar(loss, bounds=SCALE_BOUNDS, method="bounded", options={"xatol": 1e-5})
     scale = float(res.x)
-    if min(abs(scale - b) for b in SCALE_BOUNDS) < 1e-3:
+    lo, hi = SCALE_BOUNDS
+    if min(scale - lo, hi - scale) < 1e-3:
         worst = max(cases, key=lambda c: abs(math.log(_predicted_s(c, 1.0, system, kp, ex) / c["time_s"])))
-        raise RoofplanError(f"case {worst.get('id', worst['model'])}: its copies would need {scale:.3g} x the microbenchmarked "
-                            f"rate, outside {SCALE_BOUNDS[0]}..{SCALE_BOUNDS[1]}; check its time_s, offload and host_memory")
+        need = f"more than {hi:g}" if scale > 1 else f"less than {lo:g}"
+        raise RoofplanError(f"case {worst.get('id') or worst['model']}: its copies would need {need} x the microbenchmarked "
+                            f"rate; check its time_s, offload and host_memory")
     return scale
 
 

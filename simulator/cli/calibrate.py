@@ -360,7 +360,10 @@ def _calibrate_copies(args) -> int:
         raise RoofplanError(f"{args.end_to_end} was measured on {hw}, not on {system.gpu.name}; pass --hardware {hw}")
     kp = load_kernel_profile(system.gpu.name, args.kernel_profile)
     ex = load_executor_profile(str(base))
-    scale, rows = fit_copy_efficiency(cases, out.stem, system, kp, ex)
+    try:
+        scale, rows = fit_copy_efficiency(cases, out.stem, system, kp, ex)
+    except RoofplanError as e:
+        raise RoofplanError(f"{args.end_to_end}: {e}") from None
     prev = read_yaml(base)
     name = Path(args.end_to_end).name
     fitted = "; ".join(f"{r['id']} {r['measured_s']:.3g} s measured, {r['unfitted_s']:.3g} s at the microbenchmarked rate "

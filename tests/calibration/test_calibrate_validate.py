@@ -456,3 +456,18 @@ def test_no_host_bound_segment(shared, tmp_path, capsys):
                  "-o", str(tmp_path / "y.yaml")]) == 2
     err = capsys.readouterr().err
     assert "--end-to-end" in err and "no trace has one" in err
+
+
+@pytest.mark.parametrize("change, msg", [
+    ({"time_s": 0.01}, "case fast: its copies would need more than 2 x the microbenchmarked rate; check its time_s"),
+    ({"model": "nosuch"}, "case fast: unknown model 'nosuch'"),
+])
+def test_calibrate_copies_names_the_file_and_the_case(tmp_path, capsys, change, msg):
+    case = {"id": "fast", "model": "llama-3.1-8b", "phase": "decode", "batch": 1, "context": 512, "offload": "weights:cpu",
+            "host_memory": "pageable", "overlap": False, "executor": "accelerate", "time_s": 3.0}
+    e2e = tmp_path / "e2e.yaml"
+    e2e.write_text(yaml.safe_dump({"hardware": "h100-sxm", "cases": [case | change]}))
+    assert main(["calibrate", "--end-to-end", str(e2e), "--hardware", "h100-sxm", "-o", str(tmp_path / "accelerate.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"roofplan: error: {e2e}: {msg}") and err.count("\n") == 1
+    assert not (tmp_path / "accelerate.yaml").exists()
