@@ -88,3 +88,21 @@ def held_out_errors(cases: list[dict], executor: str, system: System, kp: Kernel
     if ex.copy_efficiency_scale == 1.0 or not copy_cases(cases, executor):
         return {}
     return {r["id"]: r["held_out_error"] for r in fit_copy_efficiency(cases, executor, system, kp, ex)[1]}
+
+
+def fitted_cases(hardware: str, cases: list[dict], kernel_profile: str | None = None) -> dict[str, tuple[str, float]]:
+    """{case id: (executor, held-out time error)} of every case of the file some executor's copy
+    efficiency was fitted on: `validate --end-to-end` names them, their in-sample error proving
+    nothing."""
+    from simulator.core.profiles import load_executor_profile, load_kernel_profile
+    from simulator.core.specs import load_hardware
+    system = load_hardware(hardware)
+    kp = load_kernel_profile(system.gpu.name, kernel_profile)
+    out = {}
+    for exe in sorted({c.get("executor", "default") for c in cases}):
+        try:
+            ex = load_executor_profile(exe)
+        except RoofplanError:
+            continue      # compare_cases reports it per case
+        out |= {i: (exe, e) for i, e in held_out_errors(cases, exe, system, kp, ex).items()}
+    return out

@@ -140,7 +140,13 @@ def _end_to_end(args) -> int:
         (f"  memory MAPE {100 * v['memory_mape']:5.1f}%" if v["memory_mape"] == v["memory_mape"] else "")
         for g, v in {**groups, "all": overall}.items() if v["time_mape"] == v["time_mape"])
     footer += "".join("\n" + u for u in unpredicted)
-    emit(fmt_of(args), json_obj={"hardware": hw, "cases": df.to_dict("records"), "groups": groups, "all": overall},
+    from simulator.calibration.copy_fit import fitted_cases
+    fitted = fitted_cases(hw, cases)
+    footer += "".join(f"\nin sample: {i} fitted {exe}'s copy efficiency; held out (predicted without it) {100 * e:+.1f}%"
+                      for i, (exe, e) in fitted.items())
+    emit(fmt_of(args), json_obj={"hardware": hw, "cases": df.to_dict("records"), "groups": groups, "all": overall,
+                                 "in_sample": {i: {"fitted": f"{exe}.copy_efficiency_scale", "held_out_time_error": e}
+                                               for i, (exe, e) in fitted.items()}},
          rows=rows, header=["case", "group", "measured", "predicted", "error", "mem meas", "mem pred", "mem error"],
          title=f"predicted vs measured on {hw} ({args.end_to_end})", footer=footer)
     return 0

@@ -376,6 +376,8 @@ def test_validate_end_to_end_framework_groups(shared, capsys):
     assert out["groups"]["train"]["time_mape"] < 0.10
     assert out["groups"]["lora"]["time_mape"] < 0.10
     assert out["groups"]["offload-pageable"]["time_mape"] < 0.01
+    assert out["in_sample"] == {"accelerate-offload-decode-llama-3.1-8b-b1-l512": {
+        "fitted": "accelerate.copy_efficiency_scale", "held_out_time_error": pytest.approx(-0.2664, abs=1e-4)}}
 
 
 def test_calibrate_end_to_end_alone_fits_the_copy_efficiency(shared, tmp_path, capsys):
