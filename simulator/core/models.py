@@ -88,7 +88,11 @@ class ModelConfig:
     linear_bias: bool = False        # OPT/GPT: bias on every linear
     learned_positions: int = 0       # rows of a learned position table (OPT adds 2)
     qk_norm: str | None = None       # None | head (Qwen3: per head_dim) | full (OLMoE)
-    gemma_scaling: bool = False      # Gemma: embedding x sqrt(hidden), RMSNorm weight applied as (1 + w)
+    # scalings some families' code applies as kernels of their own (transformers 5.24):
+    embed_scale: bool = False        # embeddings x a constant (Gemma: sqrt(hidden); Granite: embedding_multiplier)
+    residual_scale: bool = False     # each block's output x residual_multiplier before the add (Granite)
+    logits_scale: bool = False       # logits / logits_scaling (Granite)
+    norm_offset: bool = False        # RMSNorm weight applied as (1 + w) in fp32 (GemmaRMSNorm)
     # mixture of experts
     n_experts: int = 0
     top_k: int = 0
@@ -378,7 +382,8 @@ def _parse_hf_config(cfg: Any, name: str, path: Path) -> ModelConfig:
     if mt in ("llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "granite"):
         if mt == "qwen3":
             common["qk_norm"] = "head"
-        return ModelConfig(**common, gemma_scaling=(mt == "gemma"))
+        return ModelConfig(**common, embed_scale=mt in ("gemma", "granite"), norm_offset=(mt == "gemma"),
+                           residual_scale=(mt == "granite"), logits_scale=(mt == "granite"))
     if mt == "mixtral":
         return ModelConfig(**common, n_experts=g("num_local_experts"), top_k=g("num_experts_per_tok"),
                            expert_ffn_dim=g("intermediate_size"))

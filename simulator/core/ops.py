@@ -220,7 +220,7 @@ def _norm_op(name: str, model: ModelConfig, job: Job, ex: ExecutorProfile, token
     kernels = ex.norm_kernels if model.norm == "rms" else 1   # LayerNorm: one fused kernel
     if residual_bytes == 4 and model.norm == "rms" and kernels > EAGER_NORM_CAST_KERNELS + 4:
         per_elem, kernels = ex.norm_bytes_per_elem - EAGER_NORM_CAST_BYTES, kernels - EAGER_NORM_CAST_KERNELS
-    if model.gemma_scaling and ex.eager_modules:
+    if model.norm_offset and ex.eager_modules:
         # GemmaRMSNorm multiplies by (1.0 + weight.float()) in fp32 before the cast back: the
         # weight's cast and + 1 (d elements, two more kernels) and an fp32 product instead of
         # LlamaRMSNorm's bf16 one (transformers 5.24 modeling_gemma.py)
@@ -686,7 +686,8 @@ def tensor_parallel_allreduce_ops(c: LayerCall, block: str) -> list[Op]:
 
 def residual_add_ops(c: LayerCall, name: str) -> list[Op]:
     """x + f(x) on T x hidden elements: read the residual (r bytes) and the block's output (a),
-    write the residual (r); r = 4 under autocast training with an fp32 residual stream."""
+    write the residual (r); r = 4 under autocast training with an fp32 residual stream. Granite
+    first multiplies the block's output by residual_multiplier: one more kernel, read and write a."""
     elems = (
         c.tokens  # T: tokens through the layer
         * c.model.hidden  # d: hidden size
@@ -695,7 +696,8 @@ def residual_add_ops(c: LayerCall, name: str) -> list[Op]:
         c.act_bytes  # read the block output
         + 2 * c.residual_bytes  # read and write the residual stream
     )
-    return [_elementwise_op(c, name, elems, bytes_per_elem)]
+    scale = [_elementwise_op(c, f"{name}_scale", elems, 2 * c.act_bytes)] if c.model.residual_scale else []
+    return scale + [_elementwise_op(c, name, elems, bytes_per_elem)]
 
 
 def router_topk_ops(c: LayerCall) -> list[Op]:
@@ -808,15 +810,15 @@ def layer_forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bo
 def embedding_ops(model: ModelConfig, job: Job, tokens) -> list[Op]:
     """Token embedding lookup: a gather, no FLOPs; each token reads its table row and writes the
     activation, 2 x hidden elements. (Learned position rows, where a model has them, are not
-    counted separately.) Gemma then scales the embeddings by sqrt(hidden): one elementwise
-    kernel reading and writing them (GemmaTextScaledWordEmbedding)."""
+    counted separately.) Gemma and Granite then scale the embeddings (sqrt(hidden), the
+    embedding_multiplier): one elementwise kernel reading and writing them."""
     elems = (
         tokens  # rows: tokens
         * model.hidden  # d: hidden size
     )
     a = DTYPE_BYTES[job.dtype]
     ops = [Op("embedding", "embedding", 0.0, elems * 2 * a, 1, 1, dtype=job.dtype)]   # read the row, write the activation
-    if model.gemma_scaling:
+    if model.embed_scale:
         ops.append(Op("embed_scale", "elementwise", elems, elems * 2 * a, 1, 1, dtype=job.dtype))
     return ops
 
@@ -838,10 +840,13 @@ def lm_head_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, tokens) -> li
         d * v  # weights
         + tokens * (d + v)  # read the hidden states, write the logits
     )
-    return [
+    ops = [
         _norm_op("final_norm", model, job, ex, tokens, 1, residual_bytes(ex, job)),
         Op("lm_head", "gemm", flops, elems * a, 1, dtype=job.dtype),
     ]
+    if model.logits_scale:   # Granite: logits / logits_scaling, one kernel reading and writing them
+        ops.append(Op("logits_scale", "elementwise", tokens * v, 2 * tokens * v * a, 1, 1, dtype=job.dtype))
+    return ops
 
 
 def forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, layers: int | None = None,

@@ -281,3 +281,23 @@ def test_gemma_configs_read_as_transformers_reads_them():
         m = load_model(name)
         assert (m.tie_embeddings, m.activation) == (True, "gelu_pytorch_tanh")
         assert m.params_total() - m.embedding_params == non_embedding
+
+
+def test_granite_issues_its_multipliers_as_kernels(tmp_path):
+    """HF Granite (modeling_granite.py, transformers 5.24) multiplies the embeddings by
+    embedding_multiplier, each block's output by residual_multiplier before the residual add, and
+    divides the logits by logits_scaling: one elementwise kernel each, reading and writing its
+    tensor (attention_multiplier is SDPA's scale, no kernel). A Llama of the same shape has none."""
+    import json
+    from simulator.core.models import models_root
+    cfg = json.loads((models_root() / "llama-3.2-1b.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(cfg | {"model_type": "granite", "embedding_multiplier": 12.0,
+                                                             "residual_multiplier": 0.22, "logits_scaling": 8.0}))
+    granite, llama = load_model(str(tmp_path / "config.json")), load_model("llama-3.2-1b")
+    job, ex = Job(phase="prefill", batch=2, seq=256), load_executor_profile("hf-eager")
+    T, d, V = 512, 2048, 128256
+    g = {o.name: o for o in forward_ops(granite, job, ex)}
+    extra = {n: (o.count, o.kernels, o.bytes) for n, o in g.items()
+             if n not in {o.name for o in forward_ops(llama, job, ex)}}
+    assert extra == {"embed_scale": (1, 1, 2 * 2 * T * d), "layer.residual_add_scale": (16, 1, 2 * 2 * T * d),
+                     "layer.residual_add2_scale": (16, 1, 2 * 2 * T * d), "logits_scale": (1, 1, 2 * 2 * 2 * V)}
