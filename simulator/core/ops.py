@@ -728,6 +728,27 @@ def activation_ops(c: LayerCall, down: Linear) -> list[Op]:
     return [_elementwise_op(c, f"act_{down.name}", elems, moved * c.act_bytes, kernels)]
 
 
+MOE_PERMUTE_BYTES_PER_ELEM = 5   # x a, per element of the routed rows: gather in (2), weighting and gather back
+                                 # (2 + 2) and the sum's read of the rows (1), less the combine's 2
+
+
+def moe_permute_ops(c: LayerCall) -> list[Op]:
+    """An eager stack's token permutation around the routed experts (transformers 5.x grouped_mm
+    experts, integrations/moe.py: sort the token-expert pairs by expert, gather their rows and
+    weights, cast, histogram and prefix-sum the group offsets; after the experts, weight the rows,
+    build and apply the inverse permutation, sum each token's rows): ex.moe_permute_kernels
+    kernels beyond the combine's, moving MOE_PERMUTE_BYTES_PER_ELEM x a bytes per element of the
+    T k / ep routed rows x hidden. A fused engine's permutation lives in its MoE kernels (0)."""
+    if not (c.moe and c.ex.moe_permute_kernels):
+        return []
+    elems = (
+        c.tokens  # T: tokens through the layer
+        * c.model.top_k / c.ep  # routed rows per token on this rank
+        * c.model.hidden  # d: hidden size
+    )
+    return [_elementwise_op(c, "moe_permute", elems, MOE_PERMUTE_BYTES_PER_ELEM * c.act_bytes, c.ex.moe_permute_kernels)]
+
+
 def moe_combine_ops(c: LayerCall) -> list[Op]:
     """Weighted sum of each token's top_k expert outputs: T k hidden elements, read and written
     (3 kernels)."""
@@ -748,6 +769,8 @@ def mlp_ops(c: LayerCall) -> list[Op]:
     for lin in c.linears:
         if lin.name in ATTENTION_PROJECTIONS:
             continue
+        if lin.name == "experts_gate_up":
+            ops += moe_permute_ops(c)
         if lin.name in DOWN_PROJECTIONS:
             ops += activation_ops(c, lin)
         ops.append(_gemm_op(c, lin))

@@ -160,6 +160,9 @@ class ExecutorProfile:
                                                # of KV cache read once (paged blocks, KV re-read per query
                                                # head group): more traffic, not a slower rate -- the
                                                # power model sees it (simulator.core.power)
+    moe_permute_kernels: int = 0              # an eager stack's token permutation around routed experts
+                                              # (sort, gathers, histogram, offsets, weighting, inverse
+                                              # gather): kernels beyond a fused engine's combine (0: fused)
     copy_efficiency_scale: float = 1.0        # this stack's host -> GPU weight copies vs the kernel
                                               # profile's microbenchmarked rate (one large copy of one
                                               # buffer); fitted on its end-to-end cases (calibrate)
@@ -417,6 +420,7 @@ class ExecutorFields(Strict):
     attn_decode_efficiency_scale: Positive = 1.0
     attn_decode_overhead_us: NonNegative | None = None
     attn_decode_traffic_scale: Annotated[Finite, Field(ge=1.0)] = 1.0
+    moe_permute_kernels: NonNegInt = 0
     copy_efficiency_scale: Positive = 1.0
     lora_adapter_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     offload_embeddings: bool = False

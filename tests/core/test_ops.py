@@ -301,3 +301,18 @@ def test_granite_issues_its_multipliers_as_kernels(tmp_path):
              if n not in {o.name for o in forward_ops(llama, job, ex)}}
     assert extra == {"embed_scale": (1, 1, 2 * 2 * T * d), "layer.residual_add_scale": (16, 1, 2 * 2 * T * d),
                      "layer.residual_add2_scale": (16, 1, 2 * 2 * T * d), "logits_scale": (1, 1, 2 * 2 * 2 * V)}
+
+
+def test_hf_moe_layers_permute_tokens_around_grouped_gemms():
+    """transformers 5.x routes tokens through grouped_mm (integrations/moe.py): sort, gathers,
+    histogram and offsets before the expert GEMMs, weighting, inverse permutation and the sum
+    after: 10 kernels beyond a fused engine's 3-kernel combine, before the experts' gate/up GEMM,
+    moving 5 a bytes per element of the T x top_k routed rows. A fused engine has none."""
+    m = load_model("olmoe-1b-7b")
+    job = Job(phase="decode", batch=4, context=512)
+    hf = [o for o in forward_ops(m, job, load_executor_profile("hf-eager")) if o.name.startswith("moe_layer.")]
+    names = [o.name for o in hf]
+    (perm,) = [o for o in hf if o.name.endswith("moe_permute")]
+    assert names.index("moe_layer.moe_permute") + 1 == names.index("moe_layer.experts_gate_up")
+    assert (perm.kernels, perm.count, perm.bytes) == (10, 16, 5 * 2 * 4 * m.top_k * m.hidden)
+    assert not [o for o in forward_ops(m, job, load_executor_profile("vllm-v1")) if "moe_permute" in o.name]
