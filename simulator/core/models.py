@@ -292,8 +292,9 @@ TIED_BY_DEFAULT = ("gemma",)
 def _activation(cfg: dict, path: Path, default: str) -> str:
     """The MLP activation the config names (hidden_act, GPT-2/OPT's activation_function), else the
     family's HF default; one that HF_ACTIVATIONS lacks is an error. Gemma takes the legacy "gelu"
-    of its official configs as "gelu_pytorch_tanh" (transformers 5.24 configuration_gemma.py; the
-    hidden_activation key some of those configs carry is read by no family roofplan parses)."""
+    of its official configs as "gelu_pytorch_tanh", as transformers 5.24's configuration_gemma.py
+    does (5.17 ran it as the exact gelu: one kernel either way); the hidden_activation key some of
+    those configs carry is read by no family roofplan parses."""
     for key in ("hidden_act", "activation_function"):
         name = cfg.get(key)
         if name is not None:
