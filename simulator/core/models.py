@@ -89,7 +89,9 @@ class ModelConfig:
     learned_positions: int = 0       # rows of a learned position table (OPT adds 2)
     qk_norm: str | None = None       # None | head (Qwen3: per head_dim) | full (OLMoE)
     # scalings some families' code applies as kernels of their own (transformers 5.24):
-    embed_scale: bool = False        # embeddings x a constant (Gemma: sqrt(hidden); Granite: embedding_multiplier)
+    embed_scale_kernels: int = 0     # embeddings x a constant, kernels under an eager stack (Gemma 2: its
+                                     # 0-d sqrt(hidden) buffer cast, then the multiply; Granite 1:
+                                     # x embedding_multiplier); a fused stack multiplies once
     residual_scale: bool = False     # each block's output x residual_multiplier before the add (Granite)
     logits_scale: bool = False       # logits / logits_scaling (Granite)
     norm_offset: bool = False        # RMSNorm weight applied as (1 + w) in fp32 (GemmaRMSNorm)
@@ -383,7 +385,7 @@ def _parse_hf_config(cfg: Any, name: str, path: Path) -> ModelConfig:
     if mt in ("llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "granite"):
         if mt == "qwen3":
             common["qk_norm"] = "head"
-        return ModelConfig(**common, embed_scale=mt in ("gemma", "granite"), norm_offset=(mt == "gemma"),
+        return ModelConfig(**common, embed_scale_kernels={"gemma": 2, "granite": 1}.get(mt, 0), norm_offset=(mt == "gemma"),
                            residual_scale=(mt == "granite"), logits_scale=(mt == "granite"))
     if mt == "mixtral":
         return ModelConfig(**common, n_experts=g("num_local_experts"), top_k=g("num_experts_per_tok"),

@@ -830,19 +830,21 @@ def layer_forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, moe: bo
 # the model: embedding, layers, head
 
 
-def embedding_ops(model: ModelConfig, job: Job, tokens) -> list[Op]:
+def embedding_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, tokens) -> list[Op]:
     """Token embedding lookup: a gather, no FLOPs; each token reads its table row and writes the
     activation, 2 x hidden elements. (Learned position rows, where a model has them, are not
     counted separately.) Gemma and Granite then scale the embeddings (sqrt(hidden), the
-    embedding_multiplier): one elementwise kernel reading and writing them."""
+    embedding_multiplier): an elementwise multiply reading and writing them, under an eager stack
+    as HF issues it (Gemma casts its 0-d scale buffer first: `model.embed_scale_kernels`)."""
     elems = (
         tokens  # rows: tokens
         * model.hidden  # d: hidden size
     )
     a = DTYPE_BYTES[job.dtype]
     ops = [Op("embedding", "embedding", 0.0, elems * 2 * a, 1, 1, dtype=job.dtype)]   # read the row, write the activation
-    if model.embed_scale:
-        ops.append(Op("embed_scale", "elementwise", elems, elems * 2 * a, 1, 1, dtype=job.dtype))
+    if model.embed_scale_kernels:
+        kernels = model.embed_scale_kernels if ex.eager_modules else 1
+        ops.append(Op("embed_scale", "elementwise", elems, elems * 2 * a, 1, kernels, dtype=job.dtype))
     return ops
 
 
@@ -881,7 +883,7 @@ def forward_ops(model: ModelConfig, job: Job, ex: ExecutorProfile, layers: int |
     n_layers = model.n_layers if layers is None else layers
     ops: list[Op] = []
     if embed:
-        ops += embedding_ops(model, job, T)
+        ops += embedding_ops(model, job, ex, T)
     n_moe = min(model.n_moe_layers, n_layers) if model.is_moe else 0
     n_dense = n_layers - n_moe
     kw = dict(tokens=T, batch=B, q_len=q_len, kv_len=job.context if job.phase == "decode" else job.cached_tokens)

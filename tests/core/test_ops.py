@@ -256,19 +256,20 @@ def test_an_unknown_activation_is_a_one_line_error(tmp_path):
 
 
 def test_gemma_scales_its_embeddings_and_runs_its_eager_norm_in_ten_kernels():
-    """HF Gemma (modeling_gemma.py, transformers 5.24) multiplies the embeddings by sqrt(hidden)
-    (one kernel over T x d, under any stack) and its RMSNorm applies (1 + weight.float()) in fp32:
-    LlamaRMSNorm's 8 kernels and 36 B per element plus the weight's cast and + 1, 10 kernels and
-    40 B. Llama has neither."""
+    """HF Gemma (modeling_gemma.py, transformers 5.17 and 5.24) multiplies the embeddings by its
+    sqrt(hidden) buffer cast to bf16 (2 kernels over T x d; a fused stack's 1) and its RMSNorm
+    applies (1 + weight.float()) in fp32: LlamaRMSNorm's 8 kernels and 36 B per element plus the
+    weight's cast and + 1, 10 kernels and 40 B (both counted in a CPU profile of the modules'
+    aten ops). Llama has neither."""
     T = 4 * 512
     job = Job(phase="prefill", batch=4, seq=512)
     hf = load_executor_profile("hf-eager")
     g = load_model("gemma-2b")
     ops = {o.name: o for o in forward_ops(g, job, hf)}
-    assert (ops["embed_scale"].kernels, ops["embed_scale"].bytes) == (1, 2 * 2 * T * 2048)
+    assert (ops["embed_scale"].kernels, ops["embed_scale"].bytes) == (2, 2 * 2 * T * 2048)   # the buffer's cast, the multiply
     assert (ops["layer.attn_norm"].kernels, ops["layer.attn_norm"].bytes) == (10, 40 * T * 2048)
     vllm = {o.name: o for o in forward_ops(g, job, load_executor_profile("vllm-v1"))}
-    assert "embed_scale" in vllm and vllm["layer.attn_norm"].kernels == 1
+    assert vllm["embed_scale"].kernels == 1 and vllm["layer.attn_norm"].kernels == 1
     llama = {o.name: o for o in forward_ops(load_model("llama-3.2-1b"), job, hf)}
     assert "embed_scale" not in llama and llama["layer.attn_norm"].kernels == 8
 
