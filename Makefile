@@ -1,7 +1,8 @@
 # Two commands do all set-up on a fresh machine with Python 3.11:
 #   make demo   -> creates .venv, installs roofplan, runs the flagship what-if
 #   make test   -> installs the test extras (and torch's CPU build when it is on local disk), checks the
-#                  import layering (lint-imports, contracts in pyproject.toml), runs pytest
+#                  import layering (lint-imports, contracts in pyproject.toml), runs pytest (on every
+#                  core with pytest-xdist)
 # On a machine with a GPU (and a CUDA build of torch==2.13.0 in .venv):
 #   make gpu-check -> roofplan selfcheck --device cuda --quick: microbench, calibrate, run, validate,
 #                  report in $(GPU_CHECK_OUT)/ (under 8 minutes on one GPU)
@@ -28,6 +29,8 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	@# Without it the executor tests skip; everything else runs.
 	$(BIN)/python -m pip install -q filelock "typing-extensions>=4.10" "setuptools>=77.0.3" "sympy>=1.13.3" "networkx>=2.5.1" jinja2 "fsspec>=0.8.5"
 	-$(BIN)/python -m pip install -q --no-index $(TORCH) || echo "note: $(TORCH) CPU wheel not on local disk; executor tests will be skipped"
+	@# pytest-xdist spreads the tests over the cores (2 on CI: about half the time); without it they run on one
+	-$(BIN)/python -m pip install -q pytest-xdist || echo "note: pytest-xdist not installable; the tests run on one core"
 	@touch $@
 
 install: $(VENV)/.installed
@@ -38,7 +41,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/lint-imports
-	MPLBACKEND=Agg $(BIN)/python -m pytest
+	MPLBACKEND=Agg $(BIN)/python -m pytest $$($(BIN)/python -c "import xdist" 2>/dev/null && echo --numprocesses=auto)
 
 gpu-check: $(VENV)/.installed
 	@# never installs torch: a CUDA build is the machine's to provide
