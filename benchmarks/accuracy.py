@@ -9,7 +9,7 @@ from pathlib import Path
 
 from simulator.core.paths import REPO_ROOT
 from simulator.calibration.accuracy import compare_cases, load_cases, mape
-from simulator.calibration.copy_fit import fitted_cases
+from simulator.calibration.copy_fit import fitted_cases, in_sample_lines
 
 
 def main() -> int:
@@ -33,8 +33,8 @@ def main() -> int:
         mem = mape(g["memory_error"]) if "memory_error" in g else float("nan")
         mem_txt = f"  memory MAPE {100 * mem:5.1f}%" if mem == mem else ""
         print(f"{group:10s} cases {len(g):2d}  time MAPE {100 * mape(g.time_error):5.1f}%{mem_txt}")
-    for i, (exe, e) in fitted_cases(hardware, cases).items():
-        print(f"in sample: {i} fitted {exe}'s copy efficiency; held out (predicted without it) {100 * e:+.1f}%")
+    for line in in_sample_lines(fitted_cases(hardware, cases)):
+        print(line)
     return 0
 
 

@@ -46,7 +46,7 @@ import yaml
 from simulator.core.paths import REPO_ROOT
 from simulator.calibration.accuracy import job_from_case, load_cases, mape
 from simulator.calibration.calibrate import fit_kernel_profile, read_microbench
-from simulator.calibration.copy_fit import fitted_cases
+from simulator.calibration.copy_fit import fitted_cases, in_sample_lines
 from simulator.core.errors import RoofplanError
 from simulator.core.models import load_model
 from simulator.core.predict import predict
@@ -192,8 +192,8 @@ pd.set_option("display.width", 160)
 print(report.drop(columns=[c for c in ("error",) if c in report]).round(2).to_string(index=False))
 for _, r in report[report.get("error", pd.Series(dtype=str)).notna()].iterrows() if "error" in report else []:
     print(f"not predicted: {r['id']}: {r['error']}")
-for i, (exe, e) in fitted_cases(hardware, cases).items():   # the shipped profile was fitted on these
-    print(f"in sample: {i} fitted {exe}'s copy efficiency; held out (predicted without it) {100 * e:+.1f}%")
+for line in in_sample_lines(fitted_cases(hardware, cases)):   # the shipped profile was fitted on these
+    print(line)
 
 # %% [markdown]
 # Read it per group: the *graph* cases are GPU time only (the fitted kernels alone should

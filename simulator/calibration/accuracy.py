@@ -137,15 +137,14 @@ def validation_levels(end_to_end: str | Path, step_times: str | Path | None = No
     from simulator.core.expected_error import calibration_level
     system = load_hardware(hardware)
     kp = load_kernel_profile(system.gpu.name)
-    from simulator.calibration.copy_fit import held_out_errors
+    from simulator.calibration.copy_fit import fitted_cases
+    # a case an executor's copy efficiency was fitted on counts with its held-out error
+    held = {i: e for i, (_, e) in fitted_cases(hardware, cases).items()}
     for exe in sorted({c.get("executor", "default") for c in cases}):
         try:
-            ex = load_executor_profile(exe)
-            level = "/".join(calibration_level(system, kp, ex))
+            level = "/".join(calibration_level(system, kp, load_executor_profile(exe)))
         except RoofplanError:
             continue
-        # a case the executor's copy efficiency was fitted on counts with its held-out error
-        held = held_out_errors(cases, exe, system, kp, ex)
         for kind in ("inference", "train"):
             ids = {c.get("id", "") for c in cases if c.get("executor", "default") == exe
                    and (c["phase"] == "train") == (kind == "train")}

@@ -106,3 +106,9 @@ def fitted_cases(hardware: str, cases: list[dict], kernel_profile: str | None = 
             continue      # compare_cases reports it per case
         out |= {i: (exe, e) for i, e in held_out_errors(cases, exe, system, kp, ex).items()}
     return out
+
+
+def in_sample_lines(fitted: dict[str, tuple[str, float]]) -> list[str]:
+    """One line per case of `fitted_cases`: what was fitted on it, and its held-out error."""
+    return [f"in sample: {i} fitted {exe}'s copy efficiency; held out (predicted without it) {100 * e:+.1f}%"
+            for i, (exe, e) in fitted.items()]

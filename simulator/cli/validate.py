@@ -140,10 +140,9 @@ def _end_to_end(args) -> int:
         (f"  memory MAPE {100 * v['memory_mape']:5.1f}%" if v["memory_mape"] == v["memory_mape"] else "")
         for g, v in {**groups, "all": overall}.items() if v["time_mape"] == v["time_mape"])
     footer += "".join("\n" + u for u in unpredicted)
-    from simulator.calibration.copy_fit import fitted_cases
+    from simulator.calibration.copy_fit import fitted_cases, in_sample_lines
     fitted = fitted_cases(hw, cases)
-    footer += "".join(f"\nin sample: {i} fitted {exe}'s copy efficiency; held out (predicted without it) {100 * e:+.1f}%"
-                      for i, (exe, e) in fitted.items())
+    footer += "".join("\n" + line for line in in_sample_lines(fitted))
     emit(fmt_of(args), json_obj={"hardware": hw, "cases": df.to_dict("records"), "groups": groups, "all": overall,
                                  "in_sample": {i: {"fitted": f"{exe}.copy_efficiency_scale", "held_out_time_error": e}
                                                for i, (exe, e) in fitted.items()}},
